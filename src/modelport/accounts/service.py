@@ -1,0 +1,114 @@
+"""Accounts and their API keys.
+
+A key is ``mp-`` followed by 43 URL-safe characters (256 random bits). Only its sha256 is stored;
+it is shown once, when created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from modelport.errors import AuthenticationError, Conflict, InvalidRequest, NotFound
+from modelport.ids import new_id
+from modelport.storage.db.engine import Database
+from modelport.storage.db.tables import Account, ApiKey, utcnow
+
+KEY_PREFIX = "mp-"
+ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,38}[a-z0-9]$|^[a-z0-9]$")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the account and the key they used."""
+
+    account_id: str
+    account_name: str
+    key_id: str
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    account_name: str
+    hint: str
+    revoked: bool
+
+
+class AccountService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create_account(self, name: str) -> str:
+        if not ACCOUNT_NAME.match(name):
+            raise InvalidRequest(
+                "account names are 1-40 characters: lower-case letters, digits, '-' and '_'", param="name"
+            )
+        with self.db.session() as s:
+            if s.scalar(select(Account.id).where(Account.name == name)):
+                raise Conflict(f"account {name!r} already exists")
+            account = Account(id=new_id("acct"), name=name)
+            s.add(account)
+        return account.id
+
+    def create_key(self, account_name: str, *, key: str | None = None, create_account: bool = True) -> str:
+        """Make a key for the account (creating the account if asked) and return it in clear, once."""
+        key = key or KEY_PREFIX + secrets.token_urlsafe(32)
+        with self.db.session() as s:
+            account = s.scalar(select(Account).where(Account.name == account_name))
+        if account is None:
+            if not create_account:
+                raise NotFound(f"no account named {account_name!r}")
+            self.create_account(account_name)
+        with self.db.session() as s:
+            account = s.scalars(select(Account).where(Account.name == account_name)).one()
+            s.add(ApiKey(id=new_id("key"), account_id=account.id, key_hash=hash_key(key), hint=key[:7]))
+        return key
+
+    def bootstrap(self, account_name: str, key: str) -> bool:
+        """Create the first account with a known key, but only into an empty database."""
+        with self.db.session() as s:
+            if s.scalar(select(func.count()).select_from(Account)):
+                return False
+        self.create_key(account_name, key=key)
+        return True
+
+    def authenticate(self, key: str | None) -> Principal:
+        if not key:
+            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+        digest = hash_key(key)
+        with self.db.session() as s:
+            row = s.execute(
+                select(ApiKey, Account).join(Account).where(ApiKey.key_hash == digest)
+            ).one_or_none()
+        # compare_digest keeps the final check constant-time even though the lookup is by index.
+        if row is None or not hmac.compare_digest(row[0].key_hash, digest) or row[0].revoked_at:
+            raise AuthenticationError("invalid API key")
+        api_key, account = row
+        return Principal(account_id=account.id, account_name=account.name, key_id=api_key.id)
+
+    def list_keys(self, account_name: str | None = None) -> list[KeyInfo]:
+        query = select(ApiKey, Account).join(Account).order_by(ApiKey.created_at)
+        if account_name:
+            query = query.where(Account.name == account_name)
+        with self.db.session() as s:
+            return [
+                KeyInfo(id=k.id, account_name=a.name, hint=k.hint + "…", revoked=k.revoked_at is not None)
+                for k, a in s.execute(query)
+            ]
+
+    def revoke_key(self, key_id: str) -> None:
+        with self.db.session() as s:
+            key = s.get(ApiKey, key_id)
+            if key is None:
+                raise NotFound(f"no API key {key_id!r}")
+            key.revoked_at = key.revoked_at or utcnow()

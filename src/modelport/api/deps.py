@@ -1,0 +1,39 @@
+"""FastAPI dependencies shared by every router: the services and the caller's identity."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from modelport.accounts.service import AccountService, Principal
+from modelport.catalog.service import Catalog
+from modelport.settings import Settings
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def get_principal(request: Request) -> Principal:
+    accounts: AccountService = request.app.state.accounts
+    principal = accounts.authenticate(_bearer(request))
+    request.state.principal = principal
+    return principal
+
+
+def get_catalog(request: Request) -> Catalog:
+    catalog: Catalog = request.app.state.catalog
+    return catalog
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

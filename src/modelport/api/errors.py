@@ -1,0 +1,83 @@
+"""The one place domain errors become HTTP answers, in the envelope of the dialect that was called.
+
+- ``/v1``, ``/v3`` (Together, OpenAI): ``{"error": {"message", "type", "param", "code"}}``, always,
+  including for request validation, unknown routes and unexpected failures; the Together 1.x
+  client raises on any other shape.
+- ``/v0`` (Nebius): FastAPI's ``{"detail": ...}``, with 422 ``{"detail": [{"loc", "msg", "type"}]}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modelport.errors import ModelportError
+from modelport.redact import scrub
+
+log = logging.getLogger(__name__)
+
+
+def _is_nebius(request: Request) -> bool:
+    return request.url.path.startswith("/v0/")
+
+
+def openai_envelope(status: int, message: str, type_: str, code: str | None, param: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _domain(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ModelportError)
+    if _is_nebius(request):
+        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+    return openai_envelope(exc.status_code, exc.message, exc.type, exc.code, exc.param)
+
+
+def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors: list[dict[str, Any]] = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+    ]
+    if _is_nebius(request):
+        return JSONResponse({"detail": errors}, status_code=422)
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+    message = "; ".join(_describe(e) for e in errors)
+    return openai_envelope(422, message or "invalid request", "invalid_request_error", "invalid_request", param)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error["loc"] if p != "body")
+    if not where and error["type"] == "model_attributes_type":
+        return "the request body must be a JSON object"
+    return f"{where}: {error['msg']}" if where else error["msg"]
+
+
+def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if _is_nebius(request):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    codes = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed")}
+    type_, code = codes.get(exc.status_code, ("invalid_request_error", "http_error"))
+    message = "route not found" if exc.status_code == 404 else str(exc.detail)
+    return openai_envelope(exc.status_code, f"{message}: {request.method} {request.url.path}", type_, code)
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s: %s", request.method, request.url.path, scrub(repr(exc)), exc_info=exc)
+    if _is_nebius(request):
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+    return openai_envelope(500, "internal server error; see the server log", "server_error", "internal_error")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ModelportError, _domain)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,47 @@
+"""Domain rows to Together wire shapes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from modelport.api.together.protocol import JobResponse, ModelDetail, ModelItem, Pricing, StatusUpdate
+from modelport.catalog.service import JobView
+from modelport.storage.db.tables import Model
+
+
+def iso(dt: datetime) -> str:
+    if dt.tzinfo is None:  # SQLite returns naive datetimes; we only ever store UTC
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def job(view: JobView) -> JobResponse:
+    j = view.job
+    args = {k: v for k, v in j.args.items() if v is not None}
+    error = {"code": j.error_code, "message": j.error_message} if j.error_code else None
+    return JobResponse(
+        type=j.type, job_id=j.id, status=j.status,
+        status_updates=[StatusUpdate(status=u.status, message=u.message, timestamp=iso(u.timestamp))
+                        for u in view.updates],
+        args=args, created_at=iso(j.created_at), updated_at=iso(j.updated_at),
+        model_id=j.model_id, progress=j.progress, error=error,
+    )
+
+
+def model_item(m: Model, base_name: str | None) -> ModelItem:
+    account, _, short = m.name.partition("/")
+    manifest = m.manifest or {}
+    return ModelItem(
+        id=m.name, created=int(_aware(m.created_at).timestamp()), type=m.type or "language",
+        display_name=short, organization=account, owned_by=account,
+        context_length=manifest.get("context_length"), pricing=Pricing(), kind=m.kind,
+        base_model=base_name, description=m.description,
+    )
+
+
+def model_detail(m: Model, base_name: str | None) -> ModelDetail:
+    return ModelDetail(**model_item(m, base_name).model_dump(), model_id=m.id, manifest=m.manifest or {})
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

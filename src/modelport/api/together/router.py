@@ -1,0 +1,87 @@
+"""Together's management routes: model uploads, jobs, the model list, identity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from modelport.api.deps import CatalogDep, PrincipalDep
+from modelport.api.together import convert
+from modelport.api.together.protocol import (
+    JobResponse,
+    ModelDetail,
+    ModelUploadData,
+    ModelUploadRequest,
+    ModelUploadResponse,
+)
+from modelport.catalog.service import UploadRequest
+
+router = APIRouter()
+
+
+def wants_bare_list(request: Request) -> bool:
+    """Together's SDKs parse ``GET /v1/models`` as a bare array; everyone else (openai) wants a list object."""
+    agent = request.headers.get("user-agent", "")
+    return agent.startswith(("Together/", "AsyncTogether/"))
+
+
+@router.post("/models", response_model=ModelUploadResponse)
+def upload_model(body: ModelUploadRequest, who: PrincipalDep, catalog: CatalogDep) -> ModelUploadResponse:
+    submitted = catalog.submit_upload(who, UploadRequest(
+        model_name=body.model_name, model_source=body.model_source, model_type=body.model_type,
+        hf_token=body.hf_token, description=body.description, base_model=body.base_model,
+        lora_model=body.lora_model,
+    ))
+    data = ModelUploadData(job_id=submitted.job_id, model_name=submitted.model_name,
+                           model_id=submitted.model_id, model_source=submitted.source.kind)
+    return ModelUploadResponse(data=data, message="job created")
+
+
+@router.get("/jobs/{job_id}", response_model=JobResponse)
+def get_job(job_id: str, who: PrincipalDep, catalog: CatalogDep) -> JobResponse:
+    return convert.job(catalog.get_job(who, job_id))
+
+
+@router.get("/jobs")
+def list_jobs(who: PrincipalDep, catalog: CatalogDep, status: str | None = None) -> dict[str, Any]:
+    return {"object": "list", "data": [convert.job(v).model_dump() for v in catalog.list_jobs(who, status)]}
+
+
+@router.get("/models")
+def list_models(request: Request, who: PrincipalDep, catalog: CatalogDep) -> Any:
+    models = catalog.list_models(who)
+    names = {m.id: m.name for m in models}
+    items = [convert.model_item(m, names.get(m.base_model_id or "")).model_dump() for m in models]
+    return items if wants_bare_list(request) else {"object": "list", "data": items}
+
+
+@router.get("/models/{model_ref:path}", response_model=ModelDetail)
+def get_model(model_ref: str, who: PrincipalDep, catalog: CatalogDep) -> ModelDetail:
+    model = catalog.get_model(who, model_ref)
+    return convert.model_detail(model, catalog.base_name(model))
+
+
+@router.delete("/models/{model_ref:path}")
+def delete_model(model_ref: str, who: PrincipalDep, catalog: CatalogDep) -> dict[str, Any]:
+    model = catalog.delete_model(who, model_ref)
+    return {"id": model.name, "object": "model", "deleted": True}
+
+
+def whoami(who: PrincipalDep) -> dict[str, Any]:
+    return {
+        "type": "project_api_key",
+        "api_key": {"id": who.key_id},
+        "organization": {"id": who.account_id, "name": who.account_name},
+        "project": {"id": who.account_id, "name": who.account_name, "slug": who.account_name},
+    }
+
+
+identity_router = APIRouter()
+identity_router.add_api_route("/v1/whoami", whoami, methods=["GET"])
+identity_router.add_api_route("/v3/whoami", whoami, methods=["GET"])
+
+
+@identity_router.get("/health", include_in_schema=False)
+def health() -> Response:
+    return Response('{"status":"ok"}', media_type="application/json")

@@ -1,0 +1,71 @@
+"""``create_app(settings)``: build the services once, mount the routers, start the workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from modelport import __version__
+from modelport.accounts.service import AccountService
+from modelport.api import errors
+from modelport.api.together.router import identity_router
+from modelport.api.together.router import router as together_router
+from modelport.catalog.service import Catalog
+from modelport.jobs.worker import WorkerPool
+from modelport.settings import Settings
+from modelport.storage.blobs import BlobStore, open_blob_store
+from modelport.storage.db.engine import Database, migrate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    accounts: AccountService
+    catalog: Catalog
+
+
+def build_services(settings: Settings) -> Services:
+    """Open storage, apply migrations and bootstrap the first account. Shared by serve and worker."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.staging_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url)
+    migrate(db.engine)
+    accounts = AccountService(db)
+    if settings.bootstrap_api_key and accounts.bootstrap(settings.bootstrap_account, settings.bootstrap_api_key):
+        log.info("created account %r with the bootstrap API key", settings.bootstrap_account)
+    return Services(settings, db, open_blob_store(settings), accounts, Catalog(settings, db))
+
+
+def create_app(settings: Settings | None = None, *, run_workers: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    services = build_services(settings)
+    pool = WorkerPool(settings, services.db, services.blobs) if run_workers else None
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if pool:
+            pool.start()
+        try:
+            yield
+        finally:
+            if pool:
+                pool.stop()
+            services.db.dispose()
+
+    app = FastAPI(title="modelport", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.services = services
+    app.state.accounts = services.accounts
+    app.state.catalog = services.catalog
+    errors.install(app)
+    app.include_router(identity_router)
+    app.include_router(together_router, prefix="/v1")
+    return app

@@ -1,0 +1,106 @@
+"""The ``modelport`` command: run the server or a worker, manage API keys."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import click
+
+from modelport import __version__
+from modelport.redact import RedactingFilter
+from modelport.settings import Settings
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+@click.group()
+@click.version_option(__version__, prog_name="modelport")
+def cli() -> None:
+    """modelport: upload your own models and adapters and serve them behind an OpenAI-compatible API.
+
+    Configuration comes from MODELPORT_* environment variables (see docs/configuration.md).
+    """
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--workers", type=int, default=None, help="Ingest worker threads (default: MODELPORT_WORKERS).")
+@click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
+def serve(host: str, port: int, workers: int | None, log_level: str) -> None:
+    """Start the API server, with ingest workers inside it."""
+    import uvicorn
+
+    from modelport.app import create_app
+
+    _setup_logging(log_level)
+    settings = Settings() if workers is None else Settings(workers=workers)
+    app = create_app(settings)
+    click.echo(f"modelport {__version__} on http://{host}:{port} (data: {settings.data_dir})", err=True)
+    uvicorn.run(app, host=host, port=port, log_config=None, log_level=log_level.lower())
+
+
+@cli.command()
+@click.option("--threads", default=2, show_default=True, type=int, help="Jobs to run at once.")
+@click.option("--log-level", default="info", show_default=True)
+def worker(threads: int, log_level: str) -> None:
+    """Run ingest workers in their own process, sharing the server's database and blob store."""
+    from modelport.app import build_services
+    from modelport.jobs.worker import WorkerPool
+
+    _setup_logging(log_level)
+    settings = Settings(workers=threads)
+    services = build_services(settings)
+    pool = WorkerPool(settings, services.db, services.blobs)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    pool.start()
+    click.echo(f"modelport worker: {threads} threads on {settings.database_url.split('@')[-1]}", err=True)
+    stop.wait()
+    pool.stop()
+
+
+@cli.group()
+def keys() -> None:
+    """Manage API keys (talks to the database directly: run it where the server runs)."""
+
+
+@keys.command("create")
+@click.option("--account", required=True, help="Account name; created if it does not exist.")
+def keys_create(account: str) -> None:
+    """Create an API key and print it. It is shown only this once."""
+    from modelport.app import build_services
+
+    key = build_services(Settings()).accounts.create_key(account)
+    click.echo(key)
+    click.echo(f"Created a key for account {account!r}. Store it now: it cannot be shown again.", err=True)
+
+
+@keys.command("list")
+@click.option("--account", default=None, help="Only this account's keys.")
+def keys_list(account: str | None) -> None:
+    """List API keys (ids and hints only; keys themselves are never stored)."""
+    from modelport.app import build_services
+
+    for k in build_services(Settings()).accounts.list_keys(account):
+        click.echo(f"{k.id}\t{k.account_name}\t{k.hint}\t{'revoked' if k.revoked else 'active'}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke an API key by its id (from `modelport keys list`)."""
+    from modelport.app import build_services
+
+    build_services(Settings()).accounts.revoke_key(key_id)
+    click.echo(f"Revoked {key_id}.", err=True)

@@ -1,0 +1,101 @@
+"""The domain error tree. Services raise these; ``api/errors.py`` maps them to each wire dialect.
+
+    ModelportError                  500 internal_error
+    ├── AuthenticationError         401 invalid_api_key
+    ├── NotFound                    404 not_found            (also for other accounts' resources)
+    ├── Conflict                    409 conflict
+    │   └── ModelNameTaken          409 model_name_taken
+    ├── InvalidRequest              400 invalid_request
+    │   ├── InvalidSource           400 invalid_source
+    │   │   └── PresignedUrlExpiring 400 presigned_url_expiring
+    │   └── InvalidModelName        400 invalid_model_name
+    └── IngestError                 (job failures; recorded on the job, not returned by the API)
+        ├── SourceUnavailable       the source could not be fetched (404/403/network)
+        ├── ArchiveRejected         the archive is unreadable or unsafe
+        └── ValidationFailed        the artifact is not a servable model; carries every problem
+
+Messages never include secrets: callers pass redacted sources only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class ModelportError(Exception):
+    status_code = 500
+    code = "internal_error"
+    type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class AuthenticationError(ModelportError):
+    status_code = 401
+    code = "invalid_api_key"
+    type = "authentication_error"
+
+
+class NotFound(ModelportError):
+    status_code = 404
+    code = "not_found"
+    type = "not_found_error"
+
+
+class Conflict(ModelportError):
+    status_code = 409
+    code = "conflict"
+    type = "conflict_error"
+
+
+class ModelNameTaken(Conflict):
+    code = "model_name_taken"
+
+
+class InvalidRequest(ModelportError):
+    status_code = 400
+    code = "invalid_request"
+    type = "invalid_request_error"
+
+
+class InvalidSource(InvalidRequest):
+    code = "invalid_source"
+
+
+class PresignedUrlExpiring(InvalidSource):
+    code = "presigned_url_expiring"
+
+
+class InvalidModelName(InvalidRequest):
+    code = "invalid_model_name"
+
+
+class IngestError(ModelportError):
+    """A job failure. ``code`` is stable and shown to users; ``problems`` lists every finding."""
+
+    status_code = 422
+    code = "ingest_failed"
+    type = "ingest_error"
+
+    def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems) or [message]
+
+
+class SourceUnavailable(IngestError):
+    code = "source_unavailable"
+
+
+class ArchiveRejected(IngestError):
+    code = "archive_rejected"
+
+
+class ValidationFailed(IngestError):
+    code = "validation_failed"
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        summary = f"{len(problems)} problem(s) found: " + "; ".join(problems)
+        super().__init__(summary, problems=problems)

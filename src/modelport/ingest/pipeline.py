@@ -1,0 +1,201 @@
+"""One ingest, start to finish: fetch, extract, validate, store blobs, register the model.
+
+Nothing is visible until ``_register`` commits: the model row, its file rows and the job's
+``Complete`` land in one transaction. Any failure before that leaves the staging tree (deleted
+here) and blobs that nothing references (removed by ``cleanup.collect_garbage``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from modelport.errors import IngestError
+from modelport.ingest import archive, validate
+from modelport.ingest.safetensors_header import SafetensorsError, TensorInfo, parse_header
+from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
+from modelport.ingest.sources import http as http_source
+from modelport.ingest.sources import huggingface as hf_source
+from modelport.ingest.staging import StagedFile
+from modelport.jobs.states import JobStatus, JobType, ModelStatus
+from modelport.jobs.store import JobLost, JobStore, add_update
+from modelport.settings import Settings
+from modelport.storage.blobs import BlobStore
+from modelport.storage.db.engine import Database
+from modelport.storage.db.tables import Account, Job, JobSecret, Model, ModelFile, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobInput:
+    job: Job
+    model: Model
+    source: SourceSpec
+    hf_token: str | None
+
+
+class JobProgress:
+    """Reports stages and byte counts to the job row, at most every ``interval`` seconds for bytes."""
+
+    def __init__(self, store: JobStore, job_id: str, worker_id: str, interval: float = 0.5) -> None:
+        self.store, self.job_id, self.worker_id, self.interval = store, job_id, worker_id, interval
+        self.current = "running"
+        self._last = 0.0
+        self._started = time.monotonic()
+
+    def stage(self, status: str, message: str) -> None:
+        self.current = status
+        self._started = time.monotonic()
+        self.store.stage(self.job_id, self.worker_id, status, message)
+
+    def bytes(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval and done != total:
+            return
+        self._last = now
+        elapsed = max(now - self._started, 1e-6)
+        rate = done / elapsed
+        eta = (total - done) / rate if total and rate > 0 else None
+        self.store.heartbeat(self.job_id, self.worker_id, {
+            "stage": self.current, "bytes_done": done, "bytes_total": total,
+            "bytes_per_second": round(rate), "eta_seconds": None if eta is None else round(eta, 1),
+        })
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, db: Database, blobs: BlobStore, store: JobStore) -> None:
+        self.settings, self.db, self.blobs, self.store = settings, db, blobs, store
+
+    def run(self, job_id: str, worker_id: str) -> None:
+        staging = self.settings.staging_dir / job_id
+        shutil.rmtree(staging, ignore_errors=True)  # a resumed job starts from a clean tree
+        staging.mkdir(parents=True)
+        try:
+            inp = self._load(job_id)
+            progress = JobProgress(self.store, job_id, worker_id)
+            files, not_fetched = self._fetch(inp, staging, progress)
+            manifest, base = self._validate(inp, files, not_fetched, progress)
+            self._store(files, progress)
+            self._register(inp, worker_id, manifest, base)
+        except JobLost:
+            log.warning("job %s: lost ownership; stopping without touching it", job_id)
+        except IngestError as e:
+            log.info("job %s failed: %s", job_id, e.code)
+            self.store.finish_failed(job_id, worker_id, e.code, e.message, e.problems)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _load(self, job_id: str) -> JobInput:
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            secret = s.get(JobSecret, job_id)
+            model = s.get(Model, job.model_id) if job and job.model_id else None
+        if job is None or secret is None or model is None:
+            raise IngestError("the job's inputs are gone (was the model deleted?)")
+        return JobInput(job, model, parse_source(secret.source, self.settings, check_expiry=False),
+                        secret.hf_token)
+
+    def _fetch(self, inp: JobInput, staging: Path, progress: JobProgress) -> tuple[list[StagedFile], list[str]]:
+        if inp.source.kind == SourceKind.HUGGINGFACE:
+            return hf_source.fetch(inp.source, inp.hf_token, self.settings.hf_endpoint, staging / "tree", progress)
+        progress.stage("downloading", f"downloading the archive from {inp.source.display}")
+        archive_path = staging / "archive"
+        size = http_source.download(inp.source, archive_path, progress, timeout_s=self.settings.fetch_timeout_s,
+                                    limit=self.settings.max_archive_bytes)
+        fmt = archive.detect_format(archive_path)
+        progress.stage("extracting", f"extracting a {size}-byte .{fmt} archive")
+        limits = archive.Limits(self.settings.max_archive_members, self.settings.max_artifact_bytes)
+        extracted = archive.extract(archive_path, staging / "tree", limits)
+        archive_path.unlink()
+        if extracted.flattened_from:
+            progress.stage("extracting", f"the files sat inside one folder, {extracted.flattened_from!r}/; "
+                                         "it was flattened to the archive root")
+        return extracted.files, []
+
+    def _validate(self, inp: JobInput, files: list[StagedFile], not_fetched: list[str],
+                  progress: JobProgress) -> tuple[dict[str, Any], Model | None]:
+        progress.stage("validating", f"checking {len(files)} files")
+        base_name = None
+        base_row = None
+        base = None
+        if inp.model.kind == "adapter":
+            base_name = inp.job.args.get("baseModel") or _adapter_base_hint(files)
+            base_row = self._find_base(inp.job.account_id, base_name)
+            base = self._base_for_validation(base_row) if base_row else None
+        manifest = validate.validate(files, not_fetched, inp.model.kind, base, base_name)
+        return manifest, base_row
+
+    def _find_base(self, account_id: str, name: str | None) -> Model | None:
+        if not name:
+            return None
+        with self.db.session() as s:
+            account = s.get(Account, account_id)
+            # Bases are looked up in the caller's own namespace only: "base" means "<account>/base".
+            candidates = [name] if account is None or "/" in name else [f"{account.name}/{name}"]
+            return s.scalars(select(Model).where(
+                Model.account_id == account_id, Model.name.in_(candidates), Model.status == ModelStatus.READY,
+                Model.kind == "model")).first()
+
+    def _base_for_validation(self, base: Model) -> validate.BaseModel:
+        tensors: dict[str, TensorInfo] = {}
+        for entry in (base.manifest or {}).get("files", []):
+            if not entry["path"].endswith(".safetensors"):
+                continue
+            sha = entry["sha256"]
+            try:
+                header = parse_header(lambda start, n, sha=sha: self.blobs.read_range(sha, start, n), entry["size"])
+            except SafetensorsError as e:
+                raise IngestError(f"the base model's weights could not be read: {e}") from None
+            tensors.update(header.tensors)
+        return validate.BaseModel(base.name, base.manifest or {}, tensors)
+
+    def _store(self, files: list[StagedFile], progress: JobProgress) -> None:
+        total = sum(f.size for f in files)
+        progress.stage("storing", f"storing {len(files)} files ({total} bytes) in {self.blobs.describe()}")
+        done = 0
+        for f in files:
+            self.blobs.put(f.local, f.sha256)
+            done += f.size
+            progress.bytes(done, total)
+
+    def _register(self, inp: JobInput, worker_id: str, manifest: dict[str, Any], base: Model | None) -> None:
+        with self.db.session() as s:
+            job = s.get(Job, inp.job.id, with_for_update=True)
+            if job is None or job.status != JobStatus.RUNNING or job.worker_id != worker_id:
+                raise JobLost(inp.job.id)
+            model = s.get(Model, inp.model.id)
+            if model is None:
+                raise IngestError("the model was deleted while it was uploading")
+            for entry in manifest["files"]:
+                s.add(ModelFile(model_id=model.id, path=entry["path"], size=entry["size"], sha256=entry["sha256"]))
+            model.status, model.manifest = ModelStatus.READY, manifest
+            model.type = manifest.get("type")
+            model.total_bytes = manifest["total_bytes"]
+            model.base_model_id = base.id if base else None
+            job.status, job.progress, job.updated_at = JobStatus.COMPLETE, None, utcnow()
+            add_update(s, job.id, JobStatus.COMPLETE, f"{model.name} is ready ({manifest['total_bytes']} bytes)")
+            s.delete(s.get(JobSecret, job.id))
+
+
+def _adapter_base_hint(files: list[StagedFile]) -> str | None:
+    import json
+
+    for f in files:
+        if f.path == "adapter_config.json" and f.size < validate.MAX_CONFIG_BYTES:
+            try:
+                value = json.loads(f.local.read_bytes()).get("base_model_name_or_path")
+            except (ValueError, AttributeError):
+                return None
+            return value if isinstance(value, str) else None
+    return None
+
+
+def job_type(kind: str) -> JobType:
+    return JobType.ADAPTER_UPLOAD if kind == "adapter" else JobType.MODEL_UPLOAD

@@ -1,0 +1,124 @@
+"""Fetch a model repo through the real ``huggingface_hub`` client, taking only what a model needs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import httpx
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.hf_api import RepoFile
+
+from modelport.errors import SourceUnavailable
+from modelport.ingest.sources.spec import SourceSpec
+from modelport.ingest.staging import Progress, StagedFile, stage_existing
+
+log = logging.getLogger(__name__)
+
+# What serving needs: configs, weights, tokenizers, chat templates. Everything else (README, images,
+# ONNX exports, pickled duplicates of the weights) stays on the hub.
+_WANTED_SUFFIXES = (".json", ".safetensors", ".model", ".txt", ".jinja", ".tiktoken")
+_SKIP_NAMES = {"README.md", ".gitattributes", "LICENSE", "LICENSE.txt", "requirements.txt"}
+# Listed (not fetched) so validation can explain why the repo is refused.
+_REPORTED_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".py")
+
+
+@dataclass
+class FetchPlan:
+    fetch: list[RepoFile] = field(default_factory=list)
+    not_fetched: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.fetch)
+
+
+def plan(files: list[RepoFile]) -> FetchPlan:
+    result = FetchPlan()
+    for f in files:
+        p = PurePosixPath(f.path)
+        if p.name in _SKIP_NAMES or len(p.parts) > 3:
+            continue
+        # Sub-folders of sentence-transformers repos hold pooling/normalisation configs only.
+        in_root_or_module = len(p.parts) == 1 or p.parts[0][:1].isdigit()
+        if p.suffix in _WANTED_SUFFIXES and in_root_or_module:
+            result.fetch.append(f)
+        elif p.suffix in _REPORTED_SUFFIXES:
+            result.not_fetched.append(f.path)
+    return result
+
+
+def fetch(spec: SourceSpec, token: str | None, endpoint: str, dest: Path, progress: Progress) -> tuple[
+    list[StagedFile], list[str]
+]:
+    """Download the planned files into ``dest``; returns them and the names left on the hub."""
+    assert spec.repo_id is not None
+    api = HfApi(endpoint=endpoint, token=token or False)
+    with _hub_errors(spec):
+        revision = api.model_info(spec.repo_id, revision=spec.revision).sha or spec.revision
+        files = [f for f in api.list_repo_tree(spec.repo_id, revision=revision, recursive=True)
+                 if isinstance(f, RepoFile)]
+    todo = plan(files)
+    progress.stage("downloading", f"downloading {len(todo.fetch)} files ({todo.total_bytes} bytes) "
+                   f"from {spec.display} at {str(revision)[:12]}")
+    done = 0
+    staged = []
+    for f in todo.fetch:
+        with _hub_errors(spec):
+            hf_hub_download(spec.repo_id, f.path, revision=revision, local_dir=dest, token=token or False,
+                            endpoint=endpoint, tqdm_class=_quiet_tqdm())
+        done += f.size
+        progress.bytes(done, todo.total_bytes)
+        staged.append(stage_existing(dest, f.path))
+    return staged, todo.not_fetched
+
+
+class _hub_errors:
+    """Turn the hub client's exceptions into one typed job error, with nothing secret in it."""
+
+    def __init__(self, spec: SourceSpec) -> None:
+        self.spec = spec
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or not isinstance(exc, Exception):
+            return
+        name = self.spec.display
+        if isinstance(exc, GatedRepoError):
+            raise SourceUnavailable(f"{name} is gated: accept its terms on the hub and pass an hf_token "
+                                    "from an account that has access") from None
+        if isinstance(exc, RepositoryNotFoundError):
+            raise SourceUnavailable(f"Hugging Face repo {name} was not found, or it is private and the "
+                                    "hf_token is missing or lacks read access") from None
+        if isinstance(exc, RevisionNotFoundError):
+            raise SourceUnavailable(f"revision {self.spec.revision!r} of {name} does not exist") from None
+        if isinstance(exc, EntryNotFoundError):
+            raise SourceUnavailable(f"a file listed in {name} could not be downloaded") from None
+        if isinstance(exc, HfHubHTTPError):
+            status = exc.response.status_code if exc.response is not None else "?"
+            raise SourceUnavailable(f"the Hugging Face hub answered HTTP {status} for {name}") from None
+        if isinstance(exc, OSError | httpx.HTTPError):
+            raise SourceUnavailable(f"could not reach the Hugging Face hub for {name}: "
+                                    f"{type(exc).__name__}") from None
+
+
+def _quiet_tqdm() -> Any:
+    from tqdm.auto import tqdm
+
+    class Quiet(tqdm):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return Quiet

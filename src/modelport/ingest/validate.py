@@ -1,0 +1,285 @@
+"""Decide whether a staged tree is a servable model or adapter, and describe it in a manifest.
+
+Every check runs and adds to one list of problems, so the user sees the whole report at once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from modelport.errors import ValidationFailed
+from modelport.ingest.safetensors_header import Header, SafetensorsError, TensorInfo, read_file_header
+from modelport.ingest.staging import StagedFile
+from modelport.ingest.transformers_catalog import architectures, known_model_types
+
+MAX_CONFIG_BYTES = 4 * 2**20
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+TOKENIZER_SETS = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",))
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx")
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+
+
+@dataclass
+class BaseModel:
+    """The registered model an adapter claims to extend."""
+
+    name: str
+    manifest: dict[str, Any]
+    tensors: dict[str, TensorInfo]
+
+
+@dataclass
+class _Report:
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, problem: str) -> None:
+        self.problems.append(problem)
+
+
+def validate(files: list[StagedFile], not_fetched: list[str], kind: str, base: BaseModel | None,
+             base_name: str | None) -> dict[str, Any]:
+    """Return the manifest, or raise ``ValidationFailed`` listing every problem found."""
+    report = _Report()
+    by_path = {f.path: f for f in files}
+    _check_forbidden(list(by_path) + not_fetched, report)
+    headers = _read_headers(by_path, report)
+    if kind == "adapter":
+        details = _adapter(by_path, headers, base, base_name, report)
+    else:
+        details = _model(by_path, headers, report)
+    if report.problems:
+        raise ValidationFailed(report.problems)
+    return {
+        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in sorted(files, key=lambda f: f.path)],
+        "total_bytes": sum(f.size for f in files),
+        **details,
+    }
+
+
+def _check_forbidden(paths: list[str], report: _Report) -> None:
+    for path in sorted(paths):
+        name = PurePosixPath(path).name
+        if name.endswith(PICKLE_SUFFIXES):
+            report.add(f"{path}: pickle weight formats (.bin/.pt/.pth/.pkl/.ckpt) can run code when loaded and "
+                       "are refused; convert to safetensors (e.g. `model.save_pretrained(dir, "
+                       "safe_serialization=True)`) and remove the pickle files")
+        elif name.endswith(".py"):
+            report.add(f"{path}: custom Python code is refused; modelport only serves architectures "
+                       "built into transformers")
+
+
+def _read_headers(by_path: dict[str, StagedFile], report: _Report) -> dict[str, Header]:
+    headers = {}
+    for path, f in by_path.items():
+        if path.endswith(".safetensors"):
+            try:
+                headers[path] = read_file_header(str(f.local), f.size)
+            except SafetensorsError as e:
+                report.add(f"{path}: not a valid safetensors file: {e}")
+    return headers
+
+
+def _load_json(by_path: dict[str, StagedFile], path: str, report: _Report) -> dict[str, Any] | None:
+    f = by_path.get(path)
+    if f is None:
+        return None
+    if f.size > MAX_CONFIG_BYTES:
+        report.add(f"{path}: {f.size} bytes is larger than the {MAX_CONFIG_BYTES} bytes allowed for a config")
+        return None
+    try:
+        data = json.loads(f.local.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        report.add(f"{path}: not valid JSON ({e})")
+        return None
+    if not isinstance(data, dict):
+        report.add(f"{path}: must be a JSON object")
+        return None
+    return data
+
+
+def _model(by_path: dict[str, StagedFile], headers: dict[str, Header], report: _Report) -> dict[str, Any]:
+    config = _load_json(by_path, "config.json", report)
+    if config is None:
+        if "config.json" not in by_path:
+            report.add("config.json is missing: a model needs its Hugging Face config at the archive root")
+        return {"kind": "model"}
+    details = _architecture(config, report)
+    is_embedding = "modules.json" in by_path or "config_sentence_transformers.json" in by_path
+    architecture = details.get("architecture")
+    kinds = architectures()
+    if is_embedding:
+        details["type"] = "embedding"
+    elif architecture in kinds["generation"]:
+        details["type"] = "chat" if _has_chat_template(by_path, report) else "language"
+    elif architecture in kinds["encoder"]:
+        details["type"] = "embedding"
+    elif architecture:
+        report.add(f"config.json: architecture {architecture} is neither a text-generation nor an embedding "
+                   "model; modelport serves those two kinds")
+    weights = [p for p in headers if not PurePosixPath(p).name.startswith("adapter_")]
+    if not weights and not any(p.endswith(".safetensors") for p in by_path):
+        report.add("no weights: a model needs its weights as .safetensors files")
+    _check_shards(by_path, report)
+    if details.get("type") in ("chat", "language") and not _has_tokenizer(by_path):
+        report.add("no tokenizer: a text-generation model needs tokenizer.json, tokenizer.model, "
+                   "vocab.json + merges.txt, or vocab.txt")
+    details.update(_weight_stats([headers[p] for p in weights]))
+    details["context_length"] = _context_length(config, by_path, report)
+    return details
+
+
+def _architecture(config: dict[str, Any], report: _Report) -> dict[str, Any]:
+    details: dict[str, Any] = {"kind": "model"}
+    if "auto_map" in config:
+        report.add("config.json: auto_map asks for custom code (trust_remote_code); it is refused")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in known_model_types():
+        report.add(f"config.json: model_type {model_type!r} is not one transformers knows")
+    else:
+        details["model_type"] = model_type
+    archs = config.get("architectures")
+    if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
+        report.add("config.json: 'architectures' must list the model class, e.g. [\"LlamaForCausalLM\"]")
+        return details
+    unknown = [a for a in archs if a not in architectures()["all"]]
+    if unknown:
+        report.add(f"config.json: architecture {', '.join(unknown)} is not built into transformers")
+    else:
+        details["architecture"] = archs[0]
+    return details
+
+
+def _has_tokenizer(by_path: dict[str, StagedFile]) -> bool:
+    return any(all(name in by_path for name in names) for names in TOKENIZER_SETS)
+
+
+def _has_chat_template(by_path: dict[str, StagedFile], report: _Report) -> bool:
+    if "chat_template.jinja" in by_path or "chat_template.json" in by_path:
+        return True
+    config = _load_json(by_path, "tokenizer_config.json", report) or {}
+    return bool(config.get("chat_template"))
+
+
+def _check_shards(by_path: dict[str, StagedFile], report: _Report) -> None:
+    for path in by_path:
+        if not path.endswith(".safetensors.index.json"):
+            continue
+        index = _load_json(by_path, path, report) or {}
+        weight_map = index.get("weight_map")
+        if not isinstance(weight_map, dict):
+            report.add(f"{path}: 'weight_map' is missing")
+            continue
+        for shard in sorted(set(map(str, weight_map.values()))):
+            if shard not in by_path:
+                report.add(f"{path}: lists shard {shard}, which is missing")
+
+
+def _weight_stats(headers: list[Header]) -> dict[str, Any]:
+    params = 0
+    bytes_by_dtype: Counter[str] = Counter()
+    for header in headers:
+        for t in header.tensors.values():
+            params += t.numel
+            bytes_by_dtype[t.dtype] += t.end - t.start
+    dtype = bytes_by_dtype.most_common(1)[0][0] if bytes_by_dtype else None
+    return {"parameters": params, "dtype": dtype}
+
+
+def _context_length(config: dict[str, Any], by_path: dict[str, StagedFile], report: _Report) -> int | None:
+    sbert = _load_json(by_path, "sentence_bert_config.json", report) or {}
+    candidates = [sbert.get("max_seq_length"), *(config.get(k) for k in CONTEXT_KEYS)]
+    text_config = config.get("text_config")
+    if isinstance(text_config, dict):
+        candidates += [text_config.get(k) for k in CONTEXT_KEYS]
+    for value in candidates:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _adapter(by_path: dict[str, StagedFile], headers: dict[str, Header], base: BaseModel | None,
+             base_name: str | None, report: _Report) -> dict[str, Any]:
+    details: dict[str, Any] = {"kind": "adapter"}
+    for required in ("adapter_config.json", "adapter_model.safetensors"):
+        if required not in by_path:
+            report.add(f"{required} is missing: an adapter needs adapter_config.json and adapter_model.safetensors")
+    config = _load_json(by_path, "adapter_config.json", report)
+    if config is not None:
+        details["adapter"] = _adapter_config(config, report)
+    if base is None:
+        report.add(f"base model {base_name!r} is not one of your models: upload the base model first "
+                   "and pass its name as base_model" if base_name else
+                   "no base model: pass base_model, or set base_model_name_or_path in adapter_config.json")
+        return details
+    details["base_model"] = base.name
+    details["type"] = base.manifest.get("type")
+    for key in ("architecture", "model_type", "context_length"):
+        details[key] = base.manifest.get(key)
+    header = headers.get("adapter_model.safetensors")
+    if header is not None and config is not None:
+        _check_against_base(header, config, base, report)
+        details.update(_weight_stats([header]))
+    return details
+
+
+def _adapter_config(config: dict[str, Any], report: _Report) -> dict[str, Any]:
+    peft_type = str(config.get("peft_type", "")).upper()
+    if peft_type != "LORA":
+        report.add(f"adapter_config.json: peft_type {config.get('peft_type')!r} is not supported; only LORA is")
+    rank = config.get("r")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        report.add("adapter_config.json: 'r' (the LoRA rank) must be a positive integer")
+    targets = config.get("target_modules")
+    if isinstance(targets, str):
+        targets = [targets]
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        report.add("adapter_config.json: 'target_modules' must name the modules the adapter changes")
+        targets = []
+    return {"peft_type": peft_type, "rank": rank, "alpha": config.get("lora_alpha"),
+            "target_modules": sorted(targets)}
+
+
+def _check_against_base(header: Header, config: dict[str, Any], base: BaseModel, report: _Report) -> None:
+    """Every LoRA pair must sit on a base weight, with shapes [r, in] and [out, r] matching it."""
+    pairs: dict[str, dict[str, TensorInfo]] = {}
+    for name, tensor in header.tensors.items():
+        match = _LORA_KEY.match(name)
+        if match:
+            pairs.setdefault(match["module"], {})[match["ab"]] = tensor
+    if not pairs:
+        report.add("adapter_model.safetensors holds no LoRA weights (lora_A / lora_B)")
+        return
+    mismatches = []
+    for module, ab in sorted(pairs.items()):
+        base_weight = _find_base_weight(module, base.tensors)
+        if base_weight is None:
+            mismatches.append(f"{module} does not exist in the base model")
+        elif "A" not in ab or "B" not in ab:
+            mismatches.append(f"{module} lacks its lora_{'B' if 'A' in ab else 'A'} weight")
+        elif len(base_weight.shape) == 2:
+            out_f, in_f = base_weight.shape
+            a, b = ab["A"].shape, ab["B"].shape
+            if len(a) != 2 or len(b) != 2 or a[1] != in_f or b[0] != out_f or a[0] != b[1]:
+                mismatches.append(f"{module}: lora_A {list(a)} / lora_B {list(b)} do not fit the base weight "
+                                  f"{[out_f, in_f]}")
+    for problem in mismatches[:10]:
+        report.add(f"adapter does not match base model {base.name}: {problem}")
+    if len(mismatches) > 10:
+        report.add(f"... and {len(mismatches) - 10} more modules that do not match {base.name}")
+
+
+def _find_base_weight(module: str, tensors: dict[str, TensorInfo]) -> TensorInfo | None:
+    # PEFT names modules from the top-level model (model.layers.0...); some bases are saved without
+    # the top-level prefix (layers.0...), so try both spellings.
+    candidates = [f"{module}.weight"]
+    if "." in module:
+        candidates.append(f"{module.split('.', 1)[1]}.weight")
+    for candidate in candidates:
+        if candidate in tensors:
+            return tensors[candidate]
+    return None

@@ -1,0 +1,1 @@
+"""Ingestion jobs: their states, legal transitions, and the workers that claim and run them."""

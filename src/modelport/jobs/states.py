@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    """Values are Together's wire values."""
+
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.COMPLETE, JobStatus.FAILED)
+
+
+class JobType(StrEnum):
+    MODEL_UPLOAD = "model_upload"
+    ADAPTER_UPLOAD = "adapter_upload"
+
+
+class ModelStatus(StrEnum):
+    UPLOADING = "uploading"  # reserves the name; invisible to every API
+    READY = "ready"

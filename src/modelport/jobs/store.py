@@ -1,0 +1,136 @@
+"""Job rows and their transitions. Every write checks the job is still owned by the caller.
+
+A worker claims a Queued job (row lock on PostgreSQL, an atomic conditional UPDATE everywhere),
+keeps a heartbeat while it runs, and ends it Complete or Failed. A Running job whose heartbeat is
+older than the lease is taken back by any worker: re-queued while it has attempts left, else failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from modelport.jobs.states import JobStatus
+from modelport.storage.db.engine import Database
+from modelport.storage.db.tables import Job, JobSecret, JobStatusUpdate, Model, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class JobLost(Exception):
+    """This worker no longer owns the job (its lease expired and someone else took it)."""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job_id: str
+    attempt: int
+
+
+def add_update(s: Session, job_id: str, status: str, message: str) -> None:
+    s.add(JobStatusUpdate(job_id=job_id, status=status, message=message))
+
+
+class JobStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def claim(self, worker_id: str) -> Claimed | None:
+        with self.db.session() as s:
+            candidate = s.scalars(
+                select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at).limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if candidate is None:
+                return None
+            now = utcnow()
+            claimed = s.execute(
+                update(Job).where(Job.id == candidate, Job.status == JobStatus.QUEUED)
+                .values(status=JobStatus.RUNNING, worker_id=worker_id, heartbeat_at=now, updated_at=now,
+                        attempts=Job.attempts + 1)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            attempts = s.scalars(select(Job.attempts).where(Job.id == candidate)).one()
+            add_update(s, candidate, JobStatus.RUNNING, f"started (attempt {attempts})")
+            return Claimed(candidate, attempts)
+
+    def _owned(self, s: Session, job_id: str, worker_id: str) -> Job:
+        job = s.get(Job, job_id, with_for_update=True)
+        if job is None or job.status != JobStatus.RUNNING or job.worker_id != worker_id:
+            raise JobLost(job_id)
+        return job
+
+    def heartbeat(self, job_id: str, worker_id: str, progress: dict[str, Any] | None = None) -> None:
+        with self.db.session() as s:
+            job = self._owned(s, job_id, worker_id)
+            job.heartbeat_at = job.updated_at = utcnow()
+            if progress is not None:
+                job.progress = progress
+
+    def stage(self, job_id: str, worker_id: str, status: str, message: str) -> None:
+        with self.db.session() as s:
+            job = self._owned(s, job_id, worker_id)
+            job.heartbeat_at = job.updated_at = utcnow()
+            job.progress = {"stage": status}
+            add_update(s, job_id, status, message)
+
+    def finish_failed(self, job_id: str, worker_id: str | None, code: str, message: str,
+                      problems: list[str]) -> None:
+        """Fail the job, free its model name, forget its secrets. ``worker_id=None``: reaper's call."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or JobStatus(job.status).terminal:
+                return
+            if worker_id is not None and job.worker_id != worker_id:
+                raise JobLost(job_id)
+            self._fail(s, job, code, message, problems)
+
+    @staticmethod
+    def _fail(s: Session, job: Job, code: str, message: str, problems: list[str]) -> None:
+        job.status = JobStatus.FAILED
+        job.error_code, job.error_message = code, message
+        job.updated_at = utcnow()
+        job.progress = None
+        for problem in problems:
+            add_update(s, job.id, JobStatus.FAILED, problem)
+        if not problems:
+            add_update(s, job.id, JobStatus.FAILED, message)
+        s.execute(delete(JobSecret).where(JobSecret.job_id == job.id))
+        if job.model_id:
+            model_id, job.model_id = job.model_id, None
+            s.flush()
+            s.execute(delete(Model).where(Model.id == model_id, Model.status == "uploading"))
+
+    def reap_stale(self, lease: timedelta, max_attempts: int) -> list[str]:
+        """Take back Running jobs whose worker went silent. Returns the ids it touched."""
+        cutoff = utcnow() - lease
+        touched = []
+        with self.db.session() as s:
+            stale = s.scalars(
+                select(Job).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for job in stale:
+                touched.append(job.id)
+                if job.attempts >= max_attempts:
+                    msg = (f"the worker running this job stopped responding {job.attempts} times "
+                           "(crash or restart); giving up")
+                    log.warning("job %s: failing after %d lost attempts", job.id, job.attempts)
+                    self._fail(s, job, "worker_lost", msg, [])
+                    continue
+                log.warning("job %s: worker %s went silent; re-queueing", job.id, job.worker_id)
+                job.status, job.worker_id, job.progress = JobStatus.QUEUED, None, None
+                job.updated_at = utcnow()
+                add_update(s, job.id, JobStatus.QUEUED,
+                           "the worker running this job stopped (crash or restart); it will be resumed")
+        return touched
+
+    def running_ids(self) -> set[str]:
+        with self.db.session() as s:
+            return set(s.scalars(select(Job.id).where(Job.status == JobStatus.RUNNING)))

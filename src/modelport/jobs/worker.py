@@ -1,0 +1,118 @@
+"""Workers: claim Queued jobs and run them; take back jobs whose worker died.
+
+``modelport serve`` runs ``settings.workers`` of these as threads; ``modelport worker`` runs them in
+a process of its own. Any number of either can share one database and blob store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import timedelta
+
+from modelport.errors import ModelportError
+from modelport.ingest.pipeline import Pipeline
+from modelport.jobs.cleanup import collect_garbage
+from modelport.jobs.store import JobLost, JobStore
+from modelport.redact import scrub
+from modelport.settings import Settings
+from modelport.storage.blobs import BlobStore
+from modelport.storage.db.engine import Database
+
+log = logging.getLogger(__name__)
+GC_INTERVAL_S = 3600.0
+
+
+class Worker:
+    def __init__(self, settings: Settings, db: Database, blobs: BlobStore, name: str) -> None:
+        self.settings, self.db, self.blobs = settings, db, blobs
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{name}"
+        self.store = JobStore(db)
+        self.pipeline = Pipeline(settings, db, blobs, self.store)
+
+    def run_once(self) -> bool:
+        """Reap stale jobs, then claim and run one. Returns whether a job ran."""
+        self.store.reap_stale(timedelta(seconds=self.settings.job_lease_s), self.settings.job_max_attempts)
+        claimed = self.store.claim(self.id)
+        if claimed is None:
+            return False
+        log.info("worker %s: running job %s (attempt %d)", self.id, claimed.job_id, claimed.attempt)
+        with _Heartbeat(self.store, claimed.job_id, self.id, self.settings.job_lease_s / 4):
+            try:
+                self.pipeline.run(claimed.job_id, self.id)
+            except Exception as e:  # a bug or an outage: the job must still end, and say why
+                self._fail_unexpected(claimed.job_id, e)
+        return True
+
+    def _fail_unexpected(self, job_id: str, error: Exception) -> None:
+        log.exception("job %s: unexpected error", job_id)
+        if isinstance(error, ModelportError):
+            code, message = error.code, scrub(error.message)
+        else:
+            code, message = "internal_error", f"internal error ({type(error).__name__}); see the server log"
+        try:
+            self.store.finish_failed(job_id, self.id, code, message, [])
+        except JobLost:
+            pass
+
+    def run_forever(self, stop: threading.Event) -> None:
+        next_gc = 0.0
+        while not stop.is_set():
+            try:
+                if stop.wait(0) or self.run_once():
+                    continue
+                if (now := time.monotonic()) >= next_gc:
+                    collect_garbage(self.db, self.blobs, self.settings)
+                    next_gc = now + GC_INTERVAL_S
+            except Exception:
+                log.exception("worker %s: loop error; retrying", self.id)
+            stop.wait(self.settings.job_poll_interval_s)
+
+
+class _Heartbeat:
+    """Keeps the job's lease alive while a long, silent step (hashing, validating) runs."""
+
+    def __init__(self, store: JobStore, job_id: str, worker_id: str, interval: float) -> None:
+        self.store, self.job_id, self.worker_id, self.interval = store, job_id, worker_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.store.heartbeat(self.job_id, self.worker_id)
+            except JobLost:
+                return
+            except Exception:
+                log.warning("job %s: heartbeat failed; will retry", self.job_id, exc_info=True)
+
+
+class WorkerPool:
+    """Worker threads inside the API server process."""
+
+    def __init__(self, settings: Settings, db: Database, blobs: BlobStore) -> None:
+        self.workers = [Worker(settings, db, blobs, f"w{i}") for i in range(settings.workers)]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for w in self.workers:
+            t = threading.Thread(target=w.run_forever, args=(self._stop,), name=w.id, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout)

@@ -1,0 +1,76 @@
+"""The one place configuration comes from: environment variables prefixed ``MODELPORT_``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PUBLIC_HF_ENDPOINT = "https://huggingface.co"
+# The seeds require presigned URLs to stay valid this long, so a long download never outlives its URL.
+MIN_PRESIGNED_VALIDITY_S = 100 * 60
+
+
+class Settings(BaseSettings):
+    """Everything modelport can be told. Every field is ``MODELPORT_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MODELPORT_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("./data"), description="Where the SQLite database and the local blob store live."
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL. Empty means a SQLite file in the data dir; "
+        "postgresql+psycopg://user@host/db is supported.",
+    )
+    blob_url: str = Field(
+        default="",
+        description="Blob store: file:///path (empty means <data_dir>/blobs) or s3://bucket/prefix.",
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint for an s3:// blob store.")
+    s3_region: str = Field(default="us-east-1", description="S3 region for an s3:// blob store.")
+    s3_access_key_id: str | None = Field(default=None, description="S3 access key (else boto3's chain).")
+    s3_secret_access_key: str | None = Field(default=None, description="S3 secret key.")
+    hf_endpoint: str = Field(default=PUBLIC_HF_ENDPOINT, description="Base URL of the Hugging Face hub.")
+    bootstrap_api_key: str | None = Field(
+        default=None,
+        description="If set while no account exists, the first account is created with this API key.",
+    )
+    bootstrap_account: str = Field(default="admin", description="Name of the bootstrapped account.")
+    workers: int = Field(default=2, ge=0, description="Ingestion workers run inside `modelport serve`.")
+    job_lease_s: float = Field(
+        default=60.0, gt=0, description="A Running job whose worker has not reported for this long is "
+        "taken back (resumed or failed)."
+    )
+    job_max_attempts: int = Field(default=3, ge=1, description="Tries before a job that keeps dying fails.")
+    job_poll_interval_s: float = Field(default=0.5, gt=0, description="How often idle workers look for jobs.")
+    fetch_allow_http: bool = Field(
+        default=False,
+        description="Allow plain http:// archive URLs (tests and on-prem object stores). https is always allowed.",
+    )
+    fetch_timeout_s: float = Field(default=60.0, gt=0, description="Stall timeout for source downloads.")
+    max_archive_bytes: int = Field(default=200 * 2**30, gt=0, description="Largest archive accepted.")
+    max_artifact_bytes: int = Field(default=200 * 2**30, gt=0, description="Largest unpacked model accepted.")
+    max_archive_members: int = Field(default=10_000, gt=0, description="Most files an archive may hold.")
+    blob_gc_grace_s: float = Field(
+        default=3600.0, ge=0, description="Unreferenced blobs younger than this are left alone by cleanup."
+    )
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'modelport.db'}"
+        if not self.blob_url:
+            self.blob_url = (self.data_dir / "blobs").as_uri()
+        if not self.blob_url.startswith(("file://", "s3://")):
+            raise ValueError("MODELPORT_BLOB_URL must start with file:// or s3://")
+        self.hf_endpoint = self.hf_endpoint.rstrip("/")
+        return self
+
+    @property
+    def staging_dir(self) -> Path:
+        """Local scratch space for downloads and extraction; never visible as a model."""
+        return self.data_dir / "staging"
