@@ -151,8 +151,9 @@ def _extract_zip(archive: Path, dest: Path, limits: Limits) -> list[StagedFile]:
                 rel = safe_member_path(info.filename)
                 if info.is_dir() or rel is None:
                     continue
-                mode = info.external_attr >> 16
-                if mode and not stat.S_ISREG(mode):
+                # Unix-made zips keep st_mode in the high 16 bits; file type bits of 0 mean "plain file".
+                file_type = stat.S_IFMT(info.external_attr >> 16)
+                if file_type and file_type != stat.S_IFREG:
                     raise ArchiveRejected(f"archive member {info.filename!r} is not a regular file")
                 budget.admit(rel, info.file_size)
                 with zf.open(info) as src:

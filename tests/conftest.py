@@ -1,0 +1,126 @@
+"""Shared fixtures. The database is SQLite unless MODELPORT_TEST_DATABASE=postgresql.
+
+With PostgreSQL every test gets a database of its own (created and dropped here) on the server at
+MODELPORT_TEST_PG_URL (default: 127.0.0.1:5432, user postgres, trust auth).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from sqlalchemy import create_engine, text
+
+from modelport.accounts.service import Principal
+from modelport.app import Services, build_services
+from modelport.settings import Settings
+from tests.support.fakehub import FakeHub
+from tests.support.procs import Proc, free_port, start_moto
+from tests.support.tinymodels import make_llama, make_lora
+
+PG_ADMIN_URL = os.environ.get("MODELPORT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+USE_PG = os.environ.get("MODELPORT_TEST_DATABASE", "sqlite") == "postgresql"
+
+
+def pytest_report_header() -> str:
+    return f"modelport database under test: {'PostgreSQL at ' + PG_ADMIN_URL if USE_PG else 'SQLite'}"
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> Iterator[str]:
+    if not USE_PG:
+        yield f"sqlite:///{tmp_path / 'modelport.db'}"
+        return
+    name = f"mp_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def hub() -> Iterator[FakeHub]:
+    server = FakeHub()
+    server.start(free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc: Proc
+    proc, url = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(s3_server: str) -> Any:
+    return boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    name = f"bucket-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def presign(s3: Any, bucket: str) -> Any:
+    """Put bytes in S3 and return a real presigned GET URL for them."""
+
+    def _presign(data: bytes, key: str = "model.tar.gz", expires: int = 6 * 3600) -> str:
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+        url: str = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
+        return url
+
+    return _presign
+
+
+def make_settings(tmp_path: Path, db_url: str, hub_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data", "database_url": db_url, "hf_endpoint": hub_url, "fetch_allow_http": True,
+        "workers": 0, "job_lease_s": 5.0, "job_poll_interval_s": 0.1, "blob_gc_grace_s": 0.0,
+    }
+    return Settings(**(values | overrides))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str, hub: FakeHub) -> Settings:
+    return make_settings(tmp_path, db_url, hub.url)
+
+
+@pytest.fixture
+def services(settings: Settings) -> Iterator[Services]:
+    svc = build_services(settings)
+    yield svc
+    svc.db.dispose()
+
+
+def principal_for(services: Services, account: str) -> Principal:
+    return services.accounts.authenticate(services.accounts.create_key(account))
+
+
+@pytest.fixture
+def alice(services: Services) -> Principal:
+    return principal_for(services, "alice")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
+    return make_lora(tmp_path_factory.mktemp("adapters") / "tiny-lora", tiny_llama)
