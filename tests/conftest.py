@@ -64,8 +64,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def s3(s3_server: str) -> Any:
-    return boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing")
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
 
 
 @pytest.fixture
@@ -81,7 +86,9 @@ def presign(s3: Any, bucket: str) -> Any:
 
     def _presign(data: bytes, key: str = "model.tar.gz", expires: int = 6 * 3600) -> str:
         s3.put_object(Bucket=bucket, Key=key, Body=data)
-        url: str = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
+        url: str = s3.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires
+        )
         return url
 
     return _presign
@@ -89,8 +96,14 @@ def presign(s3: Any, bucket: str) -> Any:
 
 def make_settings(tmp_path: Path, db_url: str, hub_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "data_dir": tmp_path / "data", "database_url": db_url, "hf_endpoint": hub_url, "fetch_allow_http": True,
-        "workers": 0, "job_lease_s": 5.0, "job_poll_interval_s": 0.1, "blob_gc_grace_s": 0.0,
+        "data_dir": tmp_path / "data",
+        "database_url": db_url,
+        "hf_endpoint": hub_url,
+        "fetch_allow_http": True,
+        "workers": 0,
+        "job_lease_s": 5.0,
+        "job_poll_interval_s": 0.1,
+        "blob_gc_grace_s": 0.0,
     }
     return Settings(**(values | overrides))
 

@@ -7,7 +7,9 @@ import re
 from collections.abc import Iterable
 
 _PATTERNS = [
-    re.compile(r"(?i)(X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId)=[^&\s\"']+"),
+    re.compile(
+        r"(?i)(X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId)=[^&\s\"']+"
+    ),
     re.compile(r"\bhf_[A-Za-z0-9]{8,}\b"),
     re.compile(r"\bmp-[A-Za-z0-9_-]{20,}\b"),
     re.compile(r"(?i)(authorization:\s*bearer\s+)\S+"),
@@ -20,8 +22,10 @@ def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "<redacted>")
     for pattern in _PATTERNS:
-        text = pattern.sub(lambda m: (m.group(1) + ("=" if "=" in m.group(0) else "") if m.groups() else "")
-                           + "<redacted>", text)
+        text = pattern.sub(
+            lambda m: (m.group(1) + ("=" if "=" in m.group(0) else "") if m.groups() else "") + "<redacted>",
+            text,
+        )
     return text
 
 

@@ -41,14 +41,16 @@ class Settings(BaseSettings):
     bootstrap_account: str = Field(default="admin", description="Name of the bootstrapped account.")
     workers: int = Field(default=2, ge=0, description="Ingestion workers run inside `modelport serve`.")
     job_lease_s: float = Field(
-        default=60.0, gt=0, description="A Running job whose worker has not reported for this long is "
-        "taken back (resumed or failed)."
+        default=60.0,
+        gt=0,
+        description="A Running job whose worker has not reported for this long is "
+        "taken back (resumed or failed).",
     )
     job_max_attempts: int = Field(default=3, ge=1, description="Tries before a job that keeps dying fails.")
     job_poll_interval_s: float = Field(default=0.5, gt=0, description="How often idle workers look for jobs.")
     fetch_allow_http: bool = Field(
         default=False,
-        description="Allow plain http:// archive URLs (tests and on-prem object stores). https is always allowed.",
+        description="Allow plain http:// archive URLs (tests, on-prem stores); https is always allowed.",
     )
     fetch_timeout_s: float = Field(default=60.0, gt=0, description="Stall timeout for source downloads.")
     max_archive_bytes: int = Field(default=200 * 2**30, gt=0, description="Largest archive accepted.")

@@ -68,8 +68,11 @@ def test_whoami_answers_on_v1_and_v3(client: TestClient) -> None:
 def test_upload_answer_has_the_together_shape(client: TestClient, presign: Any, tiny_llama: Path) -> None:
     auth = key_for(client, "alice")
     url = presign(archive_bytes(files_of(tiny_llama), "tar.gz"))
-    resp = client.post("/v1/models", headers=auth, json={"model_name": "tiny", "model_source": url,
-                                                         "allow_unsupported": True})
+    resp = client.post(
+        "/v1/models",
+        headers=auth,
+        json={"model_name": "tiny", "model_source": url, "allow_unsupported": True},
+    )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["message"] == "job created"
@@ -89,10 +92,14 @@ def test_upload_answer_has_the_together_shape(client: TestClient, presign: Any, 
 
 
 def test_model_list_is_bare_for_together_and_a_list_object_for_others(
-        client: TestClient, presign: Any, tiny_llama: Path) -> None:
+    client: TestClient, presign: Any, tiny_llama: Path
+) -> None:
     auth = key_for(client, "alice")
-    client.post("/v1/models", headers=auth, json={"model_name": "tiny", "model_source":
-                                                  presign(archive_bytes(files_of(tiny_llama), "tar"))})
+    client.post(
+        "/v1/models",
+        headers=auth,
+        json={"model_name": "tiny", "model_source": presign(archive_bytes(files_of(tiny_llama), "tar"))},
+    )
     run_all_jobs(client.app.state.services)  # type: ignore[attr-defined]
     bare = client.get("/v1/models", headers=auth | TOGETHER_UA).json()
     assert isinstance(bare, list) and bare[0]["id"] == "alice/tiny"
@@ -109,8 +116,11 @@ def test_model_list_is_bare_for_together_and_a_list_object_for_others(
 
 def test_other_accounts_see_404_not_403(client: TestClient, presign: Any, tiny_llama: Path) -> None:
     alice, mallory = key_for(client, "alice"), key_for(client, "mallory")
-    data = client.post("/v1/models", headers=alice, json={
-        "model_name": "secret", "model_source": presign(archive_bytes(files_of(tiny_llama), "tar"))}).json()["data"]
+    data = client.post(
+        "/v1/models",
+        headers=alice,
+        json={"model_name": "secret", "model_source": presign(archive_bytes(files_of(tiny_llama), "tar"))},
+    ).json()["data"]
     run_all_jobs(client.app.state.services)  # type: ignore[attr-defined]
     assert_envelope(client.get(f"/v1/jobs/{data['job_id']}", headers=mallory), 404, "not_found")
     assert_envelope(client.get("/v1/models/alice/secret", headers=mallory), 404, "not_found")
@@ -119,8 +129,13 @@ def test_other_accounts_see_404_not_403(client: TestClient, presign: Any, tiny_l
     assert client.get("/v1/models", headers=mallory | TOGETHER_UA).json() == []
     assert client.get("/v1/jobs", headers=mallory).json()["data"] == []
     # Nor can mallory create a model in alice's namespace.
-    err = assert_envelope(client.post("/v1/models", headers=mallory, json={
-        "model_name": "alice/x", "model_source": "org/repo"}), 400, "invalid_model_name")
+    err = assert_envelope(
+        client.post(
+            "/v1/models", headers=mallory, json={"model_name": "alice/x", "model_source": "org/repo"}
+        ),
+        400,
+        "invalid_model_name",
+    )
     assert "namespace" in err["message"]
 
 
@@ -139,8 +154,11 @@ def test_concurrent_duplicates_exactly_one_wins(client: TestClient) -> None:
 
     def submit() -> None:
         barrier.wait()
-        statuses.append(client.post("/v1/models", headers=auth,
-                                    json={"model_name": "race", "model_source": "org/repo"}).status_code)
+        statuses.append(
+            client.post(
+                "/v1/models", headers=auth, json={"model_name": "race", "model_source": "org/repo"}
+            ).status_code
+        )
 
     threads = [threading.Thread(target=submit) for _ in range(8)]
     for t in threads:
@@ -150,23 +168,39 @@ def test_concurrent_duplicates_exactly_one_wins(client: TestClient) -> None:
     assert sorted(statuses) == [200] + [409] * 7
 
 
-@pytest.mark.parametrize(("body", "status", "code", "param"), [
-    ({"model_source": "org/repo"}, 422, "invalid_request", "model_name"),
-    ({"model_name": "x", "model_source": "org/repo", "model_type": "lora"}, 422, "invalid_request", "model_type"),
-    ({"model_name": "../etc", "model_source": "org/repo"}, 400, "invalid_model_name", "model_name"),
-    ({"model_name": "x", "model_source": "ftp://host/m.zip"}, 400, "invalid_source", "model_source"),
-    ({"model_name": "x", "model_source": "not a source"}, 400, "invalid_source", "model_source"),
-])
-def test_bad_input_gets_a_clear_error(client: TestClient, body: dict[str, Any], status: int, code: str,
-                                      param: str) -> None:
-    err = assert_envelope(client.post("/v1/models", headers=key_for(client, "alice"), json=body), status, code)
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param"),
+    [
+        ({"model_source": "org/repo"}, 422, "invalid_request", "model_name"),
+        (
+            {"model_name": "x", "model_source": "org/repo", "model_type": "lora"},
+            422,
+            "invalid_request",
+            "model_type",
+        ),
+        ({"model_name": "../etc", "model_source": "org/repo"}, 400, "invalid_model_name", "model_name"),
+        ({"model_name": "x", "model_source": "ftp://host/m.zip"}, 400, "invalid_source", "model_source"),
+        ({"model_name": "x", "model_source": "not a source"}, 400, "invalid_source", "model_source"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(
+    client: TestClient, body: dict[str, Any], status: int, code: str, param: str
+) -> None:
+    err = assert_envelope(
+        client.post("/v1/models", headers=key_for(client, "alice"), json=body), status, code
+    )
     assert err["param"] == param
 
 
 def test_presigned_url_expiring_soon_is_refused_at_submission(client: TestClient, presign: Any) -> None:
     url = presign(b"whatever", expires=30 * 60)
-    err = assert_envelope(client.post("/v1/models", headers=key_for(client, "alice"),
-                                      json={"model_name": "x", "model_source": url}), 400, "presigned_url_expiring")
+    err = assert_envelope(
+        client.post(
+            "/v1/models", headers=key_for(client, "alice"), json={"model_name": "x", "model_source": url}
+        ),
+        400,
+        "presigned_url_expiring",
+    )
     assert "100 minutes" in err["message"] and "Signature" not in err["message"]
     assert client.get("/v1/jobs", headers=key_for(client, "bob")).json()["data"] == []
 

@@ -16,8 +16,9 @@ from tests.support.tinymodels import archive_bytes, files_of
 
 
 @pytest.mark.parametrize("fmt", ["tar.gz", "tar", "zip"])
-def test_presigned_archive_becomes_a_model(services: Services, alice: Principal, presign: Any,
-                                           tiny_llama: Path, fmt: str) -> None:
+def test_presigned_archive_becomes_a_model(
+    services: Services, alice: Principal, presign: Any, tiny_llama: Path, fmt: str
+) -> None:
     files = files_of(tiny_llama)
     url = presign(archive_bytes(files, fmt), key=f"m.{fmt}")
     view = upload(services, alice, "tiny", url)
@@ -36,14 +37,16 @@ def test_presigned_archive_becomes_a_model(services: Services, alice: Principal,
     assert not list(services.settings.staging_dir.iterdir())
 
 
-def test_archive_type_is_detected_by_content_not_name(services: Services, alice: Principal, presign: Any,
-                                                      tiny_llama: Path) -> None:
+def test_archive_type_is_detected_by_content_not_name(
+    services: Services, alice: Principal, presign: Any, tiny_llama: Path
+) -> None:
     url = presign(archive_bytes(files_of(tiny_llama), "zip"), key="weights.tar.gz")
     assert upload(services, alice, "misnamed", url).job.status == "Complete"
 
 
-def test_wrapping_folder_is_flattened_and_reported(services: Services, alice: Principal, presign: Any,
-                                                   tiny_llama: Path) -> None:
+def test_wrapping_folder_is_flattened_and_reported(
+    services: Services, alice: Principal, presign: Any, tiny_llama: Path
+) -> None:
     url = presign(archive_bytes(files_of(tiny_llama), "tar.gz", wrap="tiny-llama"))
     view = upload(services, alice, "wrapped", url)
     assert view.job.status == "Complete"
@@ -52,20 +55,23 @@ def test_wrapping_folder_is_flattened_and_reported(services: Services, alice: Pr
     assert "config.json" in paths
 
 
-def test_hugging_face_repo_takes_only_what_a_model_needs(services: Services, alice: Principal, hub: FakeHub,
-                                                         tiny_llama: Path) -> None:
+def test_hugging_face_repo_takes_only_what_a_model_needs(
+    services: Services, alice: Principal, hub: FakeHub, tiny_llama: Path
+) -> None:
     files = files_of(tiny_llama) | {"README.md": b"# hi", "pytorch_model.onnx": b"x", "images/a.png": b"png"}
     hub.add("org/tiny-llama", files)
     view = upload(services, alice, "from-hub", "org/tiny-llama")
     assert view.job.status == "Complete", [u.message for u in view.updates]
-    gets = [p.split("/resolve/", 1)[1] for m, p, _ in hub.requests if m == "GET" and "/resolve/" in p]
+    gets = [p.split("/resolve/", 1)[1] for m, p, _ in hub.requests
+            if m == "GET" and p.startswith("/org/tiny-llama/resolve/")]
     # Every file is fetched at the commit the repo pointed to when the job began, not a moving "main".
     assert {g.split("/", 1)[0] for g in gets} == {hub.repos["org/tiny-llama"].sha}
     assert {g.split("/", 1)[1] for g in gets} == set(files_of(tiny_llama))
 
 
-def test_private_repo_needs_the_token_and_never_stores_it(services: Services, alice: Principal, hub: FakeHub,
-                                                          tiny_llama: Path) -> None:
+def test_private_repo_needs_the_token_and_never_stores_it(
+    services: Services, alice: Principal, hub: FakeHub, tiny_llama: Path
+) -> None:
     token = "hf_privatetokenvalue123"
     hub.add("org/private-llama", files_of(tiny_llama), token=token)
     denied = upload(services, alice, "no-token", "https://huggingface.co/org/private-llama")
@@ -81,11 +87,23 @@ def test_private_repo_needs_the_token_and_never_stores_it(services: Services, al
             assert token not in dump, table
 
 
-def test_adapter_is_checked_against_its_base(services: Services, alice: Principal, presign: Any,
-                                             tiny_llama: Path, tiny_lora: Path) -> None:
-    assert upload(services, alice, "base", presign(archive_bytes(files_of(tiny_llama), "tar"), "b.tar")).job.status == "Complete"
-    view = upload(services, alice, "my-lora", presign(archive_bytes(files_of(tiny_lora), "zip"), "a.zip"),
-                  model_type="adapter", base_model="base")
+def test_adapter_is_checked_against_its_base(
+    services: Services, alice: Principal, presign: Any, tiny_llama: Path, tiny_lora: Path
+) -> None:
+    assert (
+        upload(
+            services, alice, "base", presign(archive_bytes(files_of(tiny_llama), "tar"), "b.tar")
+        ).job.status
+        == "Complete"
+    )
+    view = upload(
+        services,
+        alice,
+        "my-lora",
+        presign(archive_bytes(files_of(tiny_lora), "zip"), "a.zip"),
+        model_type="adapter",
+        base_model="base",
+    )
     assert view.job.status == "Complete", [u.message for u in view.updates]
     assert view.job.type == "adapter_upload"
     adapter = services.catalog.get_model(alice, "my-lora")
@@ -93,20 +111,28 @@ def test_adapter_is_checked_against_its_base(services: Services, alice: Principa
     assert (adapter.manifest or {})["adapter"]["rank"] == 4
 
 
-def test_adapter_for_a_different_base_fails_with_the_reason(services: Services, alice: Principal, presign: Any,
-                                                            tmp_path: Path, tiny_lora: Path) -> None:
+def test_adapter_for_a_different_base_fails_with_the_reason(
+    services: Services, alice: Principal, presign: Any, tmp_path: Path, tiny_lora: Path
+) -> None:
     from tests.support.tinymodels import make_llama
 
     wider = make_llama(tmp_path / "wider", hidden=32, heads=4, kv_heads=4)
     upload(services, alice, "wider", presign(archive_bytes(files_of(wider), "tar"), "w.tar"))
-    view = upload(services, alice, "mismatch", presign(archive_bytes(files_of(tiny_lora), "tar"), "a.tar"),
-                  model_type="adapter", base_model="wider")
+    view = upload(
+        services,
+        alice,
+        "mismatch",
+        presign(archive_bytes(files_of(tiny_lora), "tar"), "a.tar"),
+        model_type="adapter",
+        base_model="wider",
+    )
     assert view.job.status == "Failed" and view.job.error_code == "validation_failed"
     assert any("do not fit the base weight" in u.message for u in view.updates)
 
 
-def test_failed_ingest_leaves_no_files_and_no_rows(services: Services, alice: Principal, presign: Any,
-                                                   tiny_llama: Path) -> None:
+def test_failed_ingest_leaves_no_files_and_no_rows(
+    services: Services, alice: Principal, presign: Any, tiny_llama: Path
+) -> None:
     files = files_of(tiny_llama)
     files["pytorch_model.bin"] = b"pickle!"
     files["modeling_evil.py"] = b"import os"
@@ -118,11 +144,17 @@ def test_failed_ingest_leaves_no_files_and_no_rows(services: Services, alice: Pr
     assert stored_blobs(services) == set()
     assert not list(services.settings.staging_dir.iterdir())
     # The name is free again.
-    assert upload(services, alice, "bad", presign(archive_bytes(files_of(tiny_llama), "tar"), "ok.tar")).job.status == "Complete"
+    assert (
+        upload(
+            services, alice, "bad", presign(archive_bytes(files_of(tiny_llama), "tar"), "ok.tar")
+        ).job.status
+        == "Complete"
+    )
 
 
-def test_cleanup_removes_blobs_nothing_references(services: Services, alice: Principal, presign: Any,
-                                                  tiny_llama: Path, tmp_path: Path) -> None:
+def test_cleanup_removes_blobs_nothing_references(
+    services: Services, alice: Principal, presign: Any, tiny_llama: Path, tmp_path: Path
+) -> None:
     upload(services, alice, "keep", presign(archive_bytes(files_of(tiny_llama), "tar")))
     kept = stored_blobs(services)
     orphan = tmp_path / "orphan"

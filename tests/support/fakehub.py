@@ -37,13 +37,15 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, authorization)
-        self.app = Starlette(routes=[
-            Route("/api/models/{org}/{name}/tree/{revision}", self._tree),
-            Route("/api/models/{org}/{name}/tree/{revision}/{path:path}", self._tree),
-            Route("/api/models/{org}/{name}/revision/{revision:path}", self._info),
-            Route("/api/models/{org}/{name}", self._info),
-            Route("/{org}/{name}/resolve/{revision}/{path:path}", self._resolve, methods=["GET", "HEAD"]),
-        ])
+        self.app = Starlette(
+            routes=[
+                Route("/api/models/{org}/{name}/tree/{revision}", self._tree),
+                Route("/api/models/{org}/{name}/tree/{revision}/{path:path}", self._tree),
+                Route("/api/models/{org}/{name}/revision/{revision:path}", self._info),
+                Route("/api/models/{org}/{name}", self._info),
+                Route("/{org}/{name}/resolve/{revision}/{path:path}", self._resolve, methods=["GET", "HEAD"]),
+            ]
+        )
         self.url = ""
         self._server: uvicorn.Server | None = None
 
@@ -57,11 +59,15 @@ class FakeHub:
         revision = request.path_params.get("revision", "main")
         if repo is None or (repo.token and request.headers.get("authorization") != f"Bearer {repo.token}"):
             # The hub answers 401 for both missing and private repos, so it reveals nothing.
-            return Response(status_code=401, headers={"X-Error-Code": "RepoNotFound",
-                                                      "X-Error-Message": "Repository not found"})
+            return Response(
+                status_code=401,
+                headers={"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"},
+            )
         if revision not in ("main", repo.sha):
-            return Response(status_code=404, headers={"X-Error-Code": "RevisionNotFound",
-                                                      "X-Error-Message": "Invalid rev id"})
+            return Response(
+                status_code=404,
+                headers={"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id"},
+            )
         return repo
 
     async def _info(self, request: Request) -> Response:
@@ -70,8 +76,16 @@ class FakeHub:
             return repo
         repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
         siblings = [{"rfilename": p, "size": len(b)} for p, b in sorted(repo.files.items())]
-        body: dict[str, Any] = {"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": bool(repo.token),
-                                "siblings": siblings, "tags": [], "downloads": 0, "likes": 0}
+        body: dict[str, Any] = {
+            "id": repo_id,
+            "modelId": repo_id,
+            "sha": repo.sha,
+            "private": bool(repo.token),
+            "siblings": siblings,
+            "tags": [],
+            "downloads": 0,
+            "likes": 0,
+        }
         return JSONResponse(body)
 
     async def _tree(self, request: Request) -> Response:
@@ -79,8 +93,11 @@ class FakeHub:
         if isinstance(repo, Response):
             return repo
         prefix = request.path_params.get("path", "")
-        entries = [{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
-                   for p, b in sorted(repo.files.items()) if p.startswith(prefix)]
+        entries = [
+            {"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+            for p, b in sorted(repo.files.items())
+            if p.startswith(prefix)
+        ]
         dirs = sorted({p.rsplit("/", 1)[0] for p in repo.files if "/" in p})
         entries += [{"type": "directory", "path": d, "oid": "0" * 40} for d in dirs]
         return JSONResponse(entries)
@@ -91,9 +108,15 @@ class FakeHub:
             return repo
         data = repo.files.get(request.path_params["path"])
         if data is None:
-            return Response(status_code=404, headers={"X-Error-Code": "EntryNotFound", "X-Repo-Commit": repo.sha})
-        headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
-                   "Content-Length": str(len(data)), "Accept-Ranges": "bytes"}
+            return Response(
+                status_code=404, headers={"X-Error-Code": "EntryNotFound", "X-Repo-Commit": repo.sha}
+            )
+        headers = {
+            "X-Repo-Commit": repo.sha,
+            "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+            "Content-Length": str(len(data)),
+            "Accept-Ranges": "bytes",
+        }
         if request.method == "HEAD":
             return Response(status_code=200, headers=headers)
         return Response(data, headers=headers, media_type="application/octet-stream")

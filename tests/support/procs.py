@@ -38,8 +38,13 @@ class Proc:
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         self._log_file = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(args, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                      env={**os.environ, **(env or {})}, start_new_session=True)
+        self.popen = subprocess.Popen(
+            args,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
 
     def kill9(self) -> None:
         os.killpg(self.popen.pid, signal.SIGKILL)

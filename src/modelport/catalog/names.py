@@ -18,9 +18,13 @@ def qualify(account: str, raw: str) -> str:
         if prefix != account:
             raise InvalidModelName(
                 f"model names are created in your own namespace ({account}/...); "
-                f"{prefix!r} is not your account", param="model_name")
+                f"{prefix!r} is not your account",
+                param="model_name",
+            )
     if not _NAME.match(name) or ".." in name:
         raise InvalidModelName(
             "model_name must be 1-100 characters of letters, digits, '.', '_' and '-', start with a letter "
-            "or digit, and contain no '..'", param="model_name")
+            "or digit, and contain no '..'",
+            param="model_name",
+        )
     return f"{account}/{name}"

@@ -6,7 +6,6 @@ Another account's resources answer exactly like missing ones (``NotFound``), so 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -59,20 +58,45 @@ class Catalog:
         name = qualify(who.account_name, req.model_name)
         source = parse_source(req.model_source, self.settings)
         if req.model_type == "model" and (req.base_model or req.lora_model):
-            raise InvalidRequest("base_model and lora_model only apply to model_type 'adapter'", param="base_model")
+            raise InvalidRequest(
+                "base_model and lora_model only apply to model_type 'adapter'", param="base_model"
+            )
         model_id, job_id = new_id("model"), new_id("job")
-        args = {"modelName": name, "modelSource": source.display, "modelType": req.model_type,
-                "description": req.description or "", "baseModel": req.base_model, "loraModel": req.lora_model}
+        args = {
+            "modelName": name,
+            "modelSource": source.display,
+            "modelType": req.model_type,
+            "description": req.description or "",
+            "baseModel": req.base_model,
+            "loraModel": req.lora_model,
+        }
         try:
             with self.db.session() as s:
                 if s.scalar(select(Model.id).where(Model.name == name)):
                     raise ModelNameTaken(f"Model name already exists: {name}", param="model_name")
-                s.add(Model(id=model_id, account_id=who.account_id, name=name, kind=req.model_type,
-                            status=ModelStatus.UPLOADING, description=req.description, source_kind=source.kind,
-                            source=source.display))
+                s.add(
+                    Model(
+                        id=model_id,
+                        account_id=who.account_id,
+                        name=name,
+                        kind=req.model_type,
+                        status=ModelStatus.UPLOADING,
+                        description=req.description,
+                        source_kind=source.kind,
+                        source=source.display,
+                    )
+                )
                 s.flush()
-                s.add(Job(id=job_id, account_id=who.account_id, type=job_type(req.model_type),
-                          status=JobStatus.QUEUED, model_id=model_id, args=args))
+                s.add(
+                    Job(
+                        id=job_id,
+                        account_id=who.account_id,
+                        type=job_type(req.model_type),
+                        status=JobStatus.QUEUED,
+                        model_id=model_id,
+                        args=args,
+                    )
+                )
                 s.flush()
                 s.add(JobSecret(job_id=job_id, source=source.url, hf_token=req.hf_token or None))
                 add_update(s, job_id, JobStatus.QUEUED, f"job created for {name} from {source.display}")
@@ -86,34 +110,53 @@ class Catalog:
             job = s.get(Job, job_id)
             if job is None or job.account_id != who.account_id:
                 raise NotFound(f"job {job_id!r} not found", param="job_id")
-            updates = list(s.scalars(select(JobStatusUpdate).where(JobStatusUpdate.job_id == job_id)
-                                     .order_by(JobStatusUpdate.id)))
+            updates = list(
+                s.scalars(
+                    select(JobStatusUpdate)
+                    .where(JobStatusUpdate.job_id == job_id)
+                    .order_by(JobStatusUpdate.id)
+                )
+            )
         return JobView(job, updates)
 
     def list_jobs(self, who: Principal, status: str | None = None, limit: int = 100) -> list[JobView]:
-        query = select(Job).where(Job.account_id == who.account_id).order_by(Job.created_at.desc()).limit(limit)
+        query = (
+            select(Job).where(Job.account_id == who.account_id).order_by(Job.created_at.desc()).limit(limit)
+        )
         if status:
             query = query.where(Job.status == status)
         with self.db.session() as s:
             jobs = list(s.scalars(query))
             updates: dict[str, list[JobStatusUpdate]] = {j.id: [] for j in jobs}
-            for u in s.scalars(select(JobStatusUpdate).where(JobStatusUpdate.job_id.in_(list(updates)))
-                               .order_by(JobStatusUpdate.id)):
+            for u in s.scalars(
+                select(JobStatusUpdate)
+                .where(JobStatusUpdate.job_id.in_(list(updates)))
+                .order_by(JobStatusUpdate.id)
+            ):
                 updates[u.job_id].append(u)
         return [JobView(j, updates[j.id]) for j in jobs]
 
     def list_models(self, who: Principal) -> list[Model]:
         with self.db.session() as s:
-            return list(s.scalars(select(Model).where(Model.account_id == who.account_id,
-                                                      Model.status == ModelStatus.READY).order_by(Model.created_at)))
+            return list(
+                s.scalars(
+                    select(Model)
+                    .where(Model.account_id == who.account_id, Model.status == ModelStatus.READY)
+                    .order_by(Model.created_at)
+                )
+            )
 
     def get_model(self, who: Principal, ref: str) -> Model:
         """``ref`` is a model id, a full name, or a name within the caller's namespace."""
         names = [ref] if "/" in ref else [ref, f"{who.account_name}/{ref}"]
         with self.db.session() as s:
-            model = s.scalars(select(Model).where(
-                Model.account_id == who.account_id, Model.status == ModelStatus.READY,
-                (Model.id == ref) | Model.name.in_(names))).first()
+            model = s.scalars(
+                select(Model).where(
+                    Model.account_id == who.account_id,
+                    Model.status == ModelStatus.READY,
+                    (Model.id == ref) | Model.name.in_(names),
+                )
+            ).first()
         if model is None:
             raise NotFound(f"model {ref!r} not found", param="model")
         return model
@@ -123,8 +166,10 @@ class Catalog:
         with self.db.session() as s:
             dependants = list(s.scalars(select(Model.name).where(Model.base_model_id == model.id)))
             if dependants:
-                raise Conflict(f"{model.name} is the base of {', '.join(dependants)}; delete those adapters first",
-                               param="model")
+                raise Conflict(
+                    f"{model.name} is the base of {', '.join(dependants)}; delete those adapters first",
+                    param="model",
+                )
             row = s.get(Model, model.id)
             if row is not None:
                 s.delete(row)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
 import threading
 
 import click
 
 from modelport import __version__
+from modelport.accounts.service import KEY_PREFIX, AccountService
 from modelport.redact import RedactingFilter
 from modelport.settings import Settings
 
@@ -45,8 +47,27 @@ def serve(host: str, port: int, workers: int | None, log_level: str) -> None:
     _setup_logging(log_level)
     settings = Settings() if workers is None else Settings(workers=workers)
     app = create_app(settings)
+    _first_start_key(app.state.accounts, settings)
     click.echo(f"modelport {__version__} on http://{host}:{port} (data: {settings.data_dir})", err=True)
     uvicorn.run(app, host=host, port=port, log_config=None, log_level=log_level.lower())
+
+
+def _first_start_key(accounts: AccountService, settings: Settings) -> None:
+    """On a brand-new install, make an admin key so the user can start at once.
+
+    The key goes to a 0600 file, never to the log; the terminal is told where it is.
+    """
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    if not accounts.bootstrap(settings.bootstrap_account, key):
+        return
+    path = settings.data_dir / "admin-api-key"
+    path.touch(mode=0o600)
+    path.write_text(key + "\n")
+    click.echo(
+        f"First start: created account {settings.bootstrap_account!r}; its API key is in {path}\n"
+        f"  export TOGETHER_API_KEY=$(cat {path}) TOGETHER_BASE_URL=http://127.0.0.1:8000/v1",
+        err=True,
+    )
 
 
 @cli.command()

@@ -11,7 +11,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO
 
 from modelport.errors import ArchiveRejected
 from modelport.ingest.staging import StagedFile, copy_hashed
@@ -96,7 +96,7 @@ class _Budget:
         return self.limits.max_total_bytes - self.total
 
 
-def _write_member(src: BinaryIO, rel: str, dest: Path, budget: _Budget) -> StagedFile:
+def _write_member(src: IO[bytes], rel: str, dest: Path, budget: _Budget) -> StagedFile:
     local = dest / rel
     try:
         size, sha = copy_hashed(src, local, limit=budget.remaining())
@@ -119,8 +119,10 @@ def _extract_tar(archive: Path, dest: Path, limits: Limits) -> list[StagedFile]:
                 if member.isdir() or rel is None:
                     continue
                 if not member.isreg():
-                    raise ArchiveRejected(f"archive member {member.name!r} is a {_tar_kind(member)}; "
-                                          "only regular files are allowed")
+                    raise ArchiveRejected(
+                        f"archive member {member.name!r} is a {_tar_kind(member)}; "
+                        "only regular files are allowed"
+                    )
                 budget.admit(rel, member.size)
                 src = tar.extractfile(member)
                 assert src is not None

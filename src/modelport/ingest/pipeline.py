@@ -7,6 +7,7 @@ here) and blobs that nothing references (removed by ``cleanup.collect_garbage``)
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -63,10 +64,17 @@ class JobProgress:
         elapsed = max(now - self._started, 1e-6)
         rate = done / elapsed
         eta = (total - done) / rate if total and rate > 0 else None
-        self.store.heartbeat(self.job_id, self.worker_id, {
-            "stage": self.current, "bytes_done": done, "bytes_total": total,
-            "bytes_per_second": round(rate), "eta_seconds": None if eta is None else round(eta, 1),
-        })
+        self.store.heartbeat(
+            self.job_id,
+            self.worker_id,
+            {
+                "stage": self.current,
+                "bytes_done": done,
+                "bytes_total": total,
+                "bytes_per_second": round(rate),
+                "eta_seconds": None if eta is None else round(eta, 1),
+            },
+        )
 
 
 class Pipeline:
@@ -99,28 +107,42 @@ class Pipeline:
             model = s.get(Model, job.model_id) if job and job.model_id else None
         if job is None or secret is None or model is None:
             raise IngestError("the job's inputs are gone (was the model deleted?)")
-        return JobInput(job, model, parse_source(secret.source, self.settings, check_expiry=False),
-                        secret.hf_token)
+        return JobInput(
+            job, model, parse_source(secret.source, self.settings, check_expiry=False), secret.hf_token
+        )
 
-    def _fetch(self, inp: JobInput, staging: Path, progress: JobProgress) -> tuple[list[StagedFile], list[str]]:
+    def _fetch(
+        self, inp: JobInput, staging: Path, progress: JobProgress
+    ) -> tuple[list[StagedFile], list[str]]:
         if inp.source.kind == SourceKind.HUGGINGFACE:
-            return hf_source.fetch(inp.source, inp.hf_token, self.settings.hf_endpoint, staging / "tree", progress)
+            return hf_source.fetch(
+                inp.source, inp.hf_token, self.settings.hf_endpoint, staging / "tree", progress
+            )
         progress.stage("downloading", f"downloading the archive from {inp.source.display}")
         archive_path = staging / "archive"
-        size = http_source.download(inp.source, archive_path, progress, timeout_s=self.settings.fetch_timeout_s,
-                                    limit=self.settings.max_archive_bytes)
+        size = http_source.download(
+            inp.source,
+            archive_path,
+            progress,
+            timeout_s=self.settings.fetch_timeout_s,
+            limit=self.settings.max_archive_bytes,
+        )
         fmt = archive.detect_format(archive_path)
         progress.stage("extracting", f"extracting a {size}-byte .{fmt} archive")
         limits = archive.Limits(self.settings.max_archive_members, self.settings.max_artifact_bytes)
         extracted = archive.extract(archive_path, staging / "tree", limits)
         archive_path.unlink()
         if extracted.flattened_from:
-            progress.stage("extracting", f"the files sat inside one folder, {extracted.flattened_from!r}/; "
-                                         "it was flattened to the archive root")
+            progress.stage(
+                "extracting",
+                f"the files sat inside one folder, {extracted.flattened_from!r}/; "
+                "it was flattened to the archive root",
+            )
         return extracted.files, []
 
-    def _validate(self, inp: JobInput, files: list[StagedFile], not_fetched: list[str],
-                  progress: JobProgress) -> tuple[dict[str, Any], Model | None]:
+    def _validate(
+        self, inp: JobInput, files: list[StagedFile], not_fetched: list[str], progress: JobProgress
+    ) -> tuple[dict[str, Any], Model | None]:
         progress.stage("validating", f"checking {len(files)} files")
         base_name = None
         base_row = None
@@ -139,18 +161,23 @@ class Pipeline:
             account = s.get(Account, account_id)
             # Bases are looked up in the caller's own namespace only: "base" means "<account>/base".
             candidates = [name] if account is None or "/" in name else [f"{account.name}/{name}"]
-            return s.scalars(select(Model).where(
-                Model.account_id == account_id, Model.name.in_(candidates), Model.status == ModelStatus.READY,
-                Model.kind == "model")).first()
+            return s.scalars(
+                select(Model).where(
+                    Model.account_id == account_id,
+                    Model.name.in_(candidates),
+                    Model.status == ModelStatus.READY,
+                    Model.kind == "model",
+                )
+            ).first()
 
     def _base_for_validation(self, base: Model) -> validate.BaseModel:
         tensors: dict[str, TensorInfo] = {}
         for entry in (base.manifest or {}).get("files", []):
             if not entry["path"].endswith(".safetensors"):
                 continue
-            sha = entry["sha256"]
+            read = functools.partial(self.blobs.read_range, entry["sha256"])
             try:
-                header = parse_header(lambda start, n, sha=sha: self.blobs.read_range(sha, start, n), entry["size"])
+                header = parse_header(read, entry["size"])
             except SafetensorsError as e:
                 raise IngestError(f"the base model's weights could not be read: {e}") from None
             tensors.update(header.tensors)
@@ -174,13 +201,19 @@ class Pipeline:
             if model is None:
                 raise IngestError("the model was deleted while it was uploading")
             for entry in manifest["files"]:
-                s.add(ModelFile(model_id=model.id, path=entry["path"], size=entry["size"], sha256=entry["sha256"]))
+                s.add(
+                    ModelFile(
+                        model_id=model.id, path=entry["path"], size=entry["size"], sha256=entry["sha256"]
+                    )
+                )
             model.status, model.manifest = ModelStatus.READY, manifest
             model.type = manifest.get("type")
             model.total_bytes = manifest["total_bytes"]
             model.base_model_id = base.id if base else None
             job.status, job.progress, job.updated_at = JobStatus.COMPLETE, None, utcnow()
-            add_update(s, job.id, JobStatus.COMPLETE, f"{model.name} is ready ({manifest['total_bytes']} bytes)")
+            add_update(
+                s, job.id, JobStatus.COMPLETE, f"{model.name} is ready ({manifest['total_bytes']} bytes)"
+            )
             s.delete(s.get(JobSecret, job.id))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import IO, Protocol
 
 CHUNK = 1 << 20
 
@@ -34,7 +34,7 @@ class NullProgress:
         pass
 
 
-def copy_hashed(src: BinaryIO, dest: Path, *, limit: int | None = None) -> tuple[int, str]:
+def copy_hashed(src: IO[bytes], dest: Path, *, limit: int | None = None) -> tuple[int, str]:
     """Copy a stream to ``dest`` while hashing it; refuse to write more than ``limit`` bytes."""
     digest = hashlib.sha256()
     size = 0

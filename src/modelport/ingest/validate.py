@@ -41,8 +41,9 @@ class _Report:
         self.problems.append(problem)
 
 
-def validate(files: list[StagedFile], not_fetched: list[str], kind: str, base: BaseModel | None,
-             base_name: str | None) -> dict[str, Any]:
+def validate(
+    files: list[StagedFile], not_fetched: list[str], kind: str, base: BaseModel | None, base_name: str | None
+) -> dict[str, Any]:
     """Return the manifest, or raise ``ValidationFailed`` listing every problem found."""
     report = _Report()
     by_path = {f.path: f for f in files}
@@ -55,7 +56,9 @@ def validate(files: list[StagedFile], not_fetched: list[str], kind: str, base: B
     if report.problems:
         raise ValidationFailed(report.problems)
     return {
-        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in sorted(files, key=lambda f: f.path)],
+        "files": [
+            {"path": f.path, "size": f.size, "sha256": f.sha256} for f in sorted(files, key=lambda f: f.path)
+        ],
         "total_bytes": sum(f.size for f in files),
         **details,
     }
@@ -65,12 +68,16 @@ def _check_forbidden(paths: list[str], report: _Report) -> None:
     for path in sorted(paths):
         name = PurePosixPath(path).name
         if name.endswith(PICKLE_SUFFIXES):
-            report.add(f"{path}: pickle weight formats (.bin/.pt/.pth/.pkl/.ckpt) can run code when loaded and "
-                       "are refused; convert to safetensors (e.g. `model.save_pretrained(dir, "
-                       "safe_serialization=True)`) and remove the pickle files")
+            report.add(
+                f"{path}: pickle weight formats (.bin/.pt/.pth/.pkl/.ckpt) can run code when loaded and "
+                "are refused; convert to safetensors (e.g. `model.save_pretrained(dir, "
+                "safe_serialization=True)`) and remove the pickle files"
+            )
         elif name.endswith(".py"):
-            report.add(f"{path}: custom Python code is refused; modelport only serves architectures "
-                       "built into transformers")
+            report.add(
+                f"{path}: custom Python code is refused; modelport only serves architectures "
+                "built into transformers"
+            )
 
 
 def _read_headers(by_path: dict[str, StagedFile], report: _Report) -> dict[str, Header]:
@@ -119,15 +126,19 @@ def _model(by_path: dict[str, StagedFile], headers: dict[str, Header], report: _
     elif architecture in kinds["encoder"]:
         details["type"] = "embedding"
     elif architecture:
-        report.add(f"config.json: architecture {architecture} is neither a text-generation nor an embedding "
-                   "model; modelport serves those two kinds")
+        report.add(
+            f"config.json: architecture {architecture} is neither a text-generation nor an embedding "
+            "model; modelport serves those two kinds"
+        )
     weights = [p for p in headers if not PurePosixPath(p).name.startswith("adapter_")]
     if not weights and not any(p.endswith(".safetensors") for p in by_path):
         report.add("no weights: a model needs its weights as .safetensors files")
     _check_shards(by_path, report)
     if details.get("type") in ("chat", "language") and not _has_tokenizer(by_path):
-        report.add("no tokenizer: a text-generation model needs tokenizer.json, tokenizer.model, "
-                   "vocab.json + merges.txt, or vocab.txt")
+        report.add(
+            "no tokenizer: a text-generation model needs tokenizer.json, tokenizer.model, "
+            "vocab.json + merges.txt, or vocab.txt"
+        )
     details.update(_weight_stats([headers[p] for p in weights]))
     details["context_length"] = _context_length(config, by_path, report)
     return details
@@ -202,19 +213,29 @@ def _context_length(config: dict[str, Any], by_path: dict[str, StagedFile], repo
     return None
 
 
-def _adapter(by_path: dict[str, StagedFile], headers: dict[str, Header], base: BaseModel | None,
-             base_name: str | None, report: _Report) -> dict[str, Any]:
+def _adapter(
+    by_path: dict[str, StagedFile],
+    headers: dict[str, Header],
+    base: BaseModel | None,
+    base_name: str | None,
+    report: _Report,
+) -> dict[str, Any]:
     details: dict[str, Any] = {"kind": "adapter"}
     for required in ("adapter_config.json", "adapter_model.safetensors"):
         if required not in by_path:
-            report.add(f"{required} is missing: an adapter needs adapter_config.json and adapter_model.safetensors")
+            report.add(
+                f"{required} is missing: an adapter needs adapter_config.json and adapter_model.safetensors"
+            )
     config = _load_json(by_path, "adapter_config.json", report)
     if config is not None:
         details["adapter"] = _adapter_config(config, report)
     if base is None:
-        report.add(f"base model {base_name!r} is not one of your models: upload the base model first "
-                   "and pass its name as base_model" if base_name else
-                   "no base model: pass base_model, or set base_model_name_or_path in adapter_config.json")
+        report.add(
+            f"base model {base_name!r} is not one of your models: upload the base model first "
+            "and pass its name as base_model"
+            if base_name
+            else "no base model: pass base_model, or set base_model_name_or_path in adapter_config.json"
+        )
         return details
     details["base_model"] = base.name
     details["type"] = base.manifest.get("type")
@@ -230,7 +251,9 @@ def _adapter(by_path: dict[str, StagedFile], headers: dict[str, Header], base: B
 def _adapter_config(config: dict[str, Any], report: _Report) -> dict[str, Any]:
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
-        report.add(f"adapter_config.json: peft_type {config.get('peft_type')!r} is not supported; only LORA is")
+        report.add(
+            f"adapter_config.json: peft_type {config.get('peft_type')!r} is not supported; only LORA is"
+        )
     rank = config.get("r")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         report.add("adapter_config.json: 'r' (the LoRA rank) must be a positive integer")
@@ -240,8 +263,12 @@ def _adapter_config(config: dict[str, Any], report: _Report) -> dict[str, Any]:
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
         report.add("adapter_config.json: 'target_modules' must name the modules the adapter changes")
         targets = []
-    return {"peft_type": peft_type, "rank": rank, "alpha": config.get("lora_alpha"),
-            "target_modules": sorted(targets)}
+    return {
+        "peft_type": peft_type,
+        "rank": rank,
+        "alpha": config.get("lora_alpha"),
+        "target_modules": sorted(targets),
+    }
 
 
 def _check_against_base(header: Header, config: dict[str, Any], base: BaseModel, report: _Report) -> None:
@@ -265,8 +292,10 @@ def _check_against_base(header: Header, config: dict[str, Any], base: BaseModel,
             out_f, in_f = base_weight.shape
             a, b = ab["A"].shape, ab["B"].shape
             if len(a) != 2 or len(b) != 2 or a[1] != in_f or b[0] != out_f or a[0] != b[1]:
-                mismatches.append(f"{module}: lora_A {list(a)} / lora_B {list(b)} do not fit the base weight "
-                                  f"{[out_f, in_f]}")
+                mismatches.append(
+                    f"{module}: lora_A {list(a)} / lora_B {list(b)} do not fit the base weight "
+                    f"{[out_f, in_f]}"
+                )
     for problem in mismatches[:10]:
         report.add(f"adapter does not match base model {base.name}: {problem}")
     if len(mismatches) > 10:

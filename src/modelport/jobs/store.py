@@ -43,16 +43,25 @@ class JobStore:
     def claim(self, worker_id: str) -> Claimed | None:
         with self.db.session() as s:
             candidate = s.scalars(
-                select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at).limit(1)
+                select(Job.id)
+                .where(Job.status == JobStatus.QUEUED)
+                .order_by(Job.created_at)
+                .limit(1)
                 .with_for_update(skip_locked=True)
             ).first()
             if candidate is None:
                 return None
             now = utcnow()
             claimed = s.execute(
-                update(Job).where(Job.id == candidate, Job.status == JobStatus.QUEUED)
-                .values(status=JobStatus.RUNNING, worker_id=worker_id, heartbeat_at=now, updated_at=now,
-                        attempts=Job.attempts + 1)
+                update(Job)
+                .where(Job.id == candidate, Job.status == JobStatus.QUEUED)
+                .values(
+                    status=JobStatus.RUNNING,
+                    worker_id=worker_id,
+                    heartbeat_at=now,
+                    updated_at=now,
+                    attempts=Job.attempts + 1,
+                )
             )
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 return None
@@ -80,8 +89,9 @@ class JobStore:
             job.progress = {"stage": status}
             add_update(s, job_id, status, message)
 
-    def finish_failed(self, job_id: str, worker_id: str | None, code: str, message: str,
-                      problems: list[str]) -> None:
+    def finish_failed(
+        self, job_id: str, worker_id: str | None, code: str, message: str, problems: list[str]
+    ) -> None:
         """Fail the job, free its model name, forget its secrets. ``worker_id=None``: reaper's call."""
         with self.db.session() as s:
             job = s.get(Job, job_id, with_for_update=True)
@@ -113,22 +123,29 @@ class JobStore:
         touched = []
         with self.db.session() as s:
             stale = s.scalars(
-                select(Job).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)
+                select(Job)
+                .where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)
                 .with_for_update(skip_locked=True)
             ).all()
             for job in stale:
                 touched.append(job.id)
                 if job.attempts >= max_attempts:
-                    msg = (f"the worker running this job stopped responding {job.attempts} times "
-                           "(crash or restart); giving up")
+                    msg = (
+                        f"the worker running this job stopped responding {job.attempts} times "
+                        "(crash or restart); giving up"
+                    )
                     log.warning("job %s: failing after %d lost attempts", job.id, job.attempts)
                     self._fail(s, job, "worker_lost", msg, [])
                     continue
                 log.warning("job %s: worker %s went silent; re-queueing", job.id, job.worker_id)
                 job.status, job.worker_id, job.progress = JobStatus.QUEUED, None, None
                 job.updated_at = utcnow()
-                add_update(s, job.id, JobStatus.QUEUED,
-                           "the worker running this job stopped (crash or restart); it will be resumed")
+                add_update(
+                    s,
+                    job.id,
+                    JobStatus.QUEUED,
+                    "the worker running this job stopped (crash or restart); it will be resumed",
+                )
         return touched
 
     def running_ids(self) -> set[str]:

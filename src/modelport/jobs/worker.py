@@ -6,6 +6,7 @@ a process of its own. Any number of either can share one database and blob store
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -53,10 +54,8 @@ class Worker:
             code, message = error.code, scrub(error.message)
         else:
             code, message = "internal_error", f"internal error ({type(error).__name__}); see the server log"
-        try:
+        with contextlib.suppress(JobLost):
             self.store.finish_failed(job_id, self.id, code, message, [])
-        except JobLost:
-            pass
 
     def run_forever(self, stop: threading.Event) -> None:
         next_gc = 0.0

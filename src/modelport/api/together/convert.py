@@ -20,11 +20,18 @@ def job(view: JobView) -> JobResponse:
     args = {k: v for k, v in j.args.items() if v is not None}
     error = {"code": j.error_code, "message": j.error_message} if j.error_code else None
     return JobResponse(
-        type=j.type, job_id=j.id, status=j.status,
-        status_updates=[StatusUpdate(status=u.status, message=u.message, timestamp=iso(u.timestamp))
-                        for u in view.updates],
-        args=args, created_at=iso(j.created_at), updated_at=iso(j.updated_at),
-        model_id=j.model_id, progress=j.progress, error=error,
+        type=j.type,
+        job_id=j.id,
+        status=j.status,
+        status_updates=[
+            StatusUpdate(status=u.status, message=u.message, timestamp=iso(u.timestamp)) for u in view.updates
+        ],
+        args=args,
+        created_at=iso(j.created_at),
+        updated_at=iso(j.updated_at),
+        model_id=j.model_id,
+        progress=j.progress,
+        error=error,
     )
 
 
@@ -32,10 +39,17 @@ def model_item(m: Model, base_name: str | None) -> ModelItem:
     account, _, short = m.name.partition("/")
     manifest = m.manifest or {}
     return ModelItem(
-        id=m.name, created=int(_aware(m.created_at).timestamp()), type=m.type or "language",
-        display_name=short, organization=account, owned_by=account,
-        context_length=manifest.get("context_length"), pricing=Pricing(), kind=m.kind,
-        base_model=base_name, description=m.description,
+        id=m.name,
+        created=int(_aware(m.created_at).timestamp()),
+        type=m.type or "language",
+        display_name=short,
+        organization=account,
+        owned_by=account,
+        context_length=manifest.get("context_length"),
+        pricing=Pricing(),
+        kind=m.kind,
+        base_model=base_name,
+        description=m.description,
     )
 
 

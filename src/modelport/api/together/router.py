@@ -21,20 +21,31 @@ router = APIRouter()
 
 
 def wants_bare_list(request: Request) -> bool:
-    """Together's SDKs parse ``GET /v1/models`` as a bare array; everyone else (openai) wants a list object."""
+    """Together's SDKs parse ``GET /v1/models`` as a bare array; the openai SDK wants a list object."""
     agent = request.headers.get("user-agent", "")
     return agent.startswith(("Together/", "AsyncTogether/"))
 
 
 @router.post("/models", response_model=ModelUploadResponse)
 def upload_model(body: ModelUploadRequest, who: PrincipalDep, catalog: CatalogDep) -> ModelUploadResponse:
-    submitted = catalog.submit_upload(who, UploadRequest(
-        model_name=body.model_name, model_source=body.model_source, model_type=body.model_type,
-        hf_token=body.hf_token, description=body.description, base_model=body.base_model,
-        lora_model=body.lora_model,
-    ))
-    data = ModelUploadData(job_id=submitted.job_id, model_name=submitted.model_name,
-                           model_id=submitted.model_id, model_source=submitted.source.kind)
+    submitted = catalog.submit_upload(
+        who,
+        UploadRequest(
+            model_name=body.model_name,
+            model_source=body.model_source,
+            model_type=body.model_type,
+            hf_token=body.hf_token,
+            description=body.description,
+            base_model=body.base_model,
+            lora_model=body.lora_model,
+        ),
+    )
+    data = ModelUploadData(
+        job_id=submitted.job_id,
+        model_name=submitted.model_name,
+        model_id=submitted.model_id,
+        model_source=submitted.source.kind,
+    )
     return ModelUploadResponse(data=data, message="job created")
 
 

@@ -57,25 +57,38 @@ def plan(files: list[RepoFile]) -> FetchPlan:
     return result
 
 
-def fetch(spec: SourceSpec, token: str | None, endpoint: str, dest: Path, progress: Progress) -> tuple[
-    list[StagedFile], list[str]
-]:
+def fetch(
+    spec: SourceSpec, token: str | None, endpoint: str, dest: Path, progress: Progress
+) -> tuple[list[StagedFile], list[str]]:
     """Download the planned files into ``dest``; returns them and the names left on the hub."""
     assert spec.repo_id is not None
     api = HfApi(endpoint=endpoint, token=token or False)
     with _hub_errors(spec):
         revision = api.model_info(spec.repo_id, revision=spec.revision).sha or spec.revision
-        files = [f for f in api.list_repo_tree(spec.repo_id, revision=revision, recursive=True)
-                 if isinstance(f, RepoFile)]
+        files = [
+            f
+            for f in api.list_repo_tree(spec.repo_id, revision=revision, recursive=True)
+            if isinstance(f, RepoFile)
+        ]
     todo = plan(files)
-    progress.stage("downloading", f"downloading {len(todo.fetch)} files ({todo.total_bytes} bytes) "
-                   f"from {spec.display} at {str(revision)[:12]}")
+    progress.stage(
+        "downloading",
+        f"downloading {len(todo.fetch)} files ({todo.total_bytes} bytes) "
+        f"from {spec.display} at {str(revision)[:12]}",
+    )
     done = 0
     staged = []
     for f in todo.fetch:
         with _hub_errors(spec):
-            hf_hub_download(spec.repo_id, f.path, revision=revision, local_dir=dest, token=token or False,
-                            endpoint=endpoint, tqdm_class=_quiet_tqdm())
+            hf_hub_download(
+                spec.repo_id,
+                f.path,
+                revision=revision,
+                local_dir=dest,
+                token=token or False,
+                endpoint=endpoint,
+                tqdm_class=_quiet_tqdm(),
+            )
         done += f.size
         progress.bytes(done, todo.total_bytes)
         staged.append(stage_existing(dest, f.path))
@@ -96,11 +109,15 @@ class _hub_errors:
             return
         name = self.spec.display
         if isinstance(exc, GatedRepoError):
-            raise SourceUnavailable(f"{name} is gated: accept its terms on the hub and pass an hf_token "
-                                    "from an account that has access") from None
+            raise SourceUnavailable(
+                f"{name} is gated: accept its terms on the hub and pass an hf_token "
+                "from an account that has access"
+            ) from None
         if isinstance(exc, RepositoryNotFoundError):
-            raise SourceUnavailable(f"Hugging Face repo {name} was not found, or it is private and the "
-                                    "hf_token is missing or lacks read access") from None
+            raise SourceUnavailable(
+                f"Hugging Face repo {name} was not found, or it is private and the "
+                "hf_token is missing or lacks read access"
+            ) from None
         if isinstance(exc, RevisionNotFoundError):
             raise SourceUnavailable(f"revision {self.spec.revision!r} of {name} does not exist") from None
         if isinstance(exc, EntryNotFoundError):
@@ -109,14 +126,15 @@ class _hub_errors:
             status = exc.response.status_code if exc.response is not None else "?"
             raise SourceUnavailable(f"the Hugging Face hub answered HTTP {status} for {name}") from None
         if isinstance(exc, OSError | httpx.HTTPError):
-            raise SourceUnavailable(f"could not reach the Hugging Face hub for {name}: "
-                                    f"{type(exc).__name__}") from None
+            raise SourceUnavailable(
+                f"could not reach the Hugging Face hub for {name}: {type(exc).__name__}"
+            ) from None
 
 
 def _quiet_tqdm() -> Any:
     from tqdm.auto import tqdm
 
-    class Quiet(tqdm):  # type: ignore[misc,valid-type]
+    class Quiet(tqdm):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)

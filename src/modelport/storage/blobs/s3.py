@@ -61,8 +61,12 @@ class S3BlobStore:
     def _touch(self, key: str) -> None:
         """Refresh LastModified so cleanup's grace period covers the ingest about to reference it."""
         try:
-            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
-                                    MetadataDirective="REPLACE")
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=key,
+                CopySource={"Bucket": self.bucket, "Key": key},
+                MetadataDirective="REPLACE",
+            )
         except ClientError:
             # Best effort: single-request copies stop at 5 GB; such a blob keeps its old age.
             log.debug("could not refresh %s", key)

@@ -1,0 +1,119 @@
+"""A live ``modelport serve`` process, and the official ``together`` clients in their own venvs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.fakehub import FakeHub
+from tests.support.procs import Proc, start_modelport
+
+REPO = Path(__file__).resolve().parents[2]
+VENVS = Path(os.environ.get("MODELPORT_TEST_VENVS", REPO / ".venvs"))
+TOGETHER_VERSIONS = ("1.5.35", "2.42.0")
+
+
+def together_venv(version: str) -> Path:
+    """Create (once) a venv holding exactly this version of the official client."""
+    venv = VENVS / f"together-{version}"
+    marker = venv / ".installed"
+    if not marker.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
+        pip = subprocess.run(
+            [
+                str(venv / "bin" / "pip"),
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                f"together=={version}",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert pip.returncode == 0, f"could not install together=={version}:\n{pip.stderr[-3000:]}"
+        marker.write_text(version)
+    return venv
+
+
+@dataclass
+class Live:
+    url: str
+    key: str
+    proc: Proc
+    env: dict[str, str]
+
+    def together(self, version: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        venv = together_venv(version)
+        env = {
+            **os.environ,
+            "TOGETHER_BASE_URL": f"{self.url}/v1",
+            "TOGETHER_API_KEY": self.key,
+            "NO_COLOR": "1",
+            "COLUMNS": "250",
+            "TERM": "dumb",
+        }
+        result = subprocess.run(
+            [str(venv / "bin" / "together"), *args], env=env, capture_output=True, text=True, timeout=120
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"together {version} {args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def sdk(self, version: str, code: str) -> Any:
+        """Run Python with that client installed; the snippet prints JSON on its last line."""
+        venv = together_venv(version)
+        env = {**os.environ, "TOGETHER_BASE_URL": f"{self.url}/v1", "TOGETHER_API_KEY": self.key}
+        result = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", code], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def get(self, path: str) -> Any:
+        resp = httpx.get(self.url + path, headers={"Authorization": f"Bearer {self.key}"}, timeout=10)
+        return resp.json()
+
+    def wait_job(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.get(f"/v1/jobs/{job_id}")
+            if job["status"] in ("Complete", "Failed"):
+                return dict(job)
+            time.sleep(0.2)
+        raise TimeoutError(job_id)
+
+
+def server_env(tmp_path: Path, db_url: str, hub: FakeHub, key: str, **extra: str) -> dict[str, str]:
+    return {
+        "MODELPORT_DATA_DIR": str(tmp_path / "data"),
+        "MODELPORT_DATABASE_URL": db_url,
+        "MODELPORT_HF_ENDPOINT": hub.url,
+        "MODELPORT_FETCH_ALLOW_HTTP": "true",
+        "MODELPORT_BOOTSTRAP_API_KEY": key,
+        "MODELPORT_BOOTSTRAP_ACCOUNT": "devuser",
+        "MODELPORT_WORKERS": "2",
+        "MODELPORT_JOB_POLL_INTERVAL_S": "0.1",
+        "MODELPORT_JOB_LEASE_S": "4",
+        **extra,
+    }
+
+
+@pytest.fixture
+def live(tmp_path: Path, db_url: str, hub: FakeHub) -> Iterator[Live]:
+    key = "mp-e2e-bootstrap-key-0123456789abcdef"
+    env = server_env(tmp_path, db_url, hub, key)
+    proc, url = start_modelport(env, tmp_path / "server.log")
+    yield Live(url, key, proc, env)
+    proc.stop()
