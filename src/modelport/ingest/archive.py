@@ -137,10 +137,10 @@ def _tar_kind(member: tarfile.TarInfo) -> str:
         return "symbolic link"
     if member.islnk():
         return "hard link"
+    if member.isfifo():  # before isdev(), which counts FIFOs as devices
+        return "FIFO"
     if member.isdev():
         return "device file"
-    if member.isfifo():
-        return "FIFO"
     return "special file"
 
 

@@ -1,0 +1,116 @@
+"""Hostile and odd archives: each is refused whole, with the member named."""
+
+from __future__ import annotations
+
+import io
+import struct
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from modelport.errors import ArchiveRejected
+from modelport.ingest.archive import Limits, detect_format, extract
+from tests.support.tinymodels import archive_bytes
+
+LIMITS = Limits(max_members=100, max_total_bytes=10_000)
+
+
+def _tar(members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for m in members:
+            payload = (data or {}).get(m.name)
+            if payload is not None:
+                m.size = len(payload)
+            tf.addfile(m, io.BytesIO(payload) if payload is not None else None)
+    return buf.getvalue()
+
+
+def _run(tmp_path: Path, blob: bytes, limits: Limits = LIMITS) -> list[str]:
+    src = tmp_path / "archive"
+    src.write_bytes(blob)
+    return sorted(f.path for f in extract(src, tmp_path / "out", limits).files)
+
+
+@pytest.mark.parametrize("fmt", ["tar", "tar.gz", "zip"])
+def test_plain_archives_extract_with_hashes(tmp_path: Path, fmt: str) -> None:
+    files = {"config.json": b"{}", "sub/a.txt": b"a"}
+    assert _run(tmp_path, archive_bytes(files, fmt)) == ["config.json", "sub/a.txt"]
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../evil", "a/../../evil", "a\\b", "x/./../../y"])
+def test_path_escapes_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ArchiveRejected, match="archive member"):
+        _run(tmp_path, _tar([tarfile.TarInfo(name)], {name: b"x"}))
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize(("kind", "word"), [(tarfile.SYMTYPE, "symbolic link"), (tarfile.LNKTYPE, "hard link"),
+                                            (tarfile.CHRTYPE, "device file"), (tarfile.FIFOTYPE, "FIFO")])
+def test_links_devices_and_fifos_are_refused(tmp_path: Path, kind: bytes, word: str) -> None:
+    member = tarfile.TarInfo("weights.safetensors")
+    member.type = kind
+    member.linkname = "/etc/shadow"
+    with pytest.raises(ArchiveRejected, match=f"'weights.safetensors' is a {word}"):
+        _run(tmp_path, _tar([member]))
+
+
+def test_zip_symlinks_are_refused(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        info = zipfile.ZipInfo("link")
+        info.create_system = 3
+        info.external_attr = (0o120777 << 16)
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(ArchiveRejected, match="'link' is not a regular file"):
+        _run(tmp_path, buf.getvalue())
+
+
+def test_duplicates_nested_archives_and_limits(tmp_path: Path) -> None:
+    dup = [tarfile.TarInfo("a.json"), tarfile.TarInfo("a.json")]
+    with pytest.raises(ArchiveRejected, match="more than once"):
+        _run(tmp_path, _tar(dup, {"a.json": b"{}"}))
+    with pytest.raises(ArchiveRejected, match="nested archives"):
+        _run(tmp_path, archive_bytes({"inner.tar.gz": b"x"}, "tar"))
+    with pytest.raises(ArchiveRejected, match="more than 2 files"):
+        _run(tmp_path, archive_bytes({"a": b"", "b": b"", "c": b""}, "zip"), Limits(2, 10_000))
+    with pytest.raises(ArchiveRejected, match="past 10 bytes"):
+        _run(tmp_path, archive_bytes({"big": b"x" * 11}, "tar.gz"), Limits(10, 10))
+
+
+def test_a_zip_that_lies_about_its_sizes_is_refused(tmp_path: Path) -> None:
+    """A bomb declaring 10 bytes while inflating to 50,000 never gets past the declared size."""
+    blob = bytearray(archive_bytes({"bomb": b"\0" * 50_000}, "zip"))
+    local, central = blob.find(b"PK\x03\x04"), blob.find(b"PK\x01\x02")
+    struct.pack_into("<I", blob, local + 22, 10)
+    struct.pack_into("<I", blob, central + 24, 10)
+    with pytest.raises(ArchiveRejected, match="corrupt"):
+        _run(tmp_path, bytes(blob))
+    assert not (tmp_path / "out" / "bomb").exists() or (tmp_path / "out" / "bomb").stat().st_size <= 10
+
+
+def test_litter_is_skipped_and_wrapping_folder_flattened(tmp_path: Path) -> None:
+    files = {"m/config.json": b"{}", "__MACOSX/m/._config.json": b"", "m/.DS_Store": b""}
+    src = tmp_path / "a"
+    src.write_bytes(archive_bytes(files, "zip"))
+    result = extract(src, tmp_path / "out", LIMITS)
+    assert [f.path for f in result.files] == ["config.json"] and result.flattened_from == "m"
+
+
+def test_format_is_detected_by_content(tmp_path: Path) -> None:
+    for fmt in ("zip", "tar", "tar.gz"):
+        p = tmp_path / f"x.{fmt}"
+        p.write_bytes(archive_bytes({"a": b"1"}, fmt))
+        assert detect_format(p) == fmt
+    junk = tmp_path / "model.tar.gz"
+    junk.write_bytes(b"<html>AccessDenied</html>")
+    with pytest.raises(ArchiveRejected, match="not a .zip, .tar or .tar.gz"):
+        detect_format(junk)
+
+
+def test_truncated_archives_are_refused(tmp_path: Path) -> None:
+    blob = archive_bytes({"a.bin.txt": b"y" * 5000}, "tar.gz")
+    with pytest.raises(ArchiveRejected, match="corrupt or truncated"):
+        _run(tmp_path, blob[: len(blob) // 2])
