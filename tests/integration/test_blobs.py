@@ -22,8 +22,14 @@ from tests.support.tinymodels import archive_bytes, files_of
 
 
 def s3_settings(tmp_path: Path, s3_server: str, bucket: str, **kw: Any) -> Settings:
-    return Settings(data_dir=tmp_path, blob_url=f"s3://{bucket}/blobs", s3_endpoint_url=s3_server,
-                    s3_access_key_id="testing", s3_secret_access_key="testing", **kw)
+    return Settings(
+        data_dir=tmp_path,
+        blob_url=f"s3://{bucket}/blobs",
+        s3_endpoint_url=s3_server,
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
+        **kw,
+    )
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -82,16 +88,22 @@ def test_missing_blob_and_unreachable_store_raise_clear_errors(tmp_path: Path) -
 @pytest.fixture
 def s3_services(tmp_path: Path, db_url: str, hub: FakeHub, s3_server: str, bucket: str) -> Iterator[Services]:
     base = make_settings(tmp_path, db_url, hub.url)
-    settings = base.model_copy(update={
-        "blob_url": f"s3://{bucket}/store", "s3_endpoint_url": s3_server,
-        "s3_access_key_id": "testing", "s3_secret_access_key": "testing"})
+    settings = base.model_copy(
+        update={
+            "blob_url": f"s3://{bucket}/store",
+            "s3_endpoint_url": s3_server,
+            "s3_access_key_id": "testing",
+            "s3_secret_access_key": "testing",
+        }
+    )
     svc = build_services(settings)
     yield svc
     svc.db.dispose()
 
 
-def test_ingest_into_an_s3_blob_store(s3_services: Services, presign: Any, tiny_llama: Path, s3: Any,
-                                      bucket: str) -> None:
+def test_ingest_into_an_s3_blob_store(
+    s3_services: Services, presign: Any, tiny_llama: Path, s3: Any, bucket: str
+) -> None:
     who: Principal = principal_for(s3_services, "alice")
     view = upload(s3_services, who, "tiny", presign(archive_bytes(files_of(tiny_llama), "tar.gz"), "src.tgz"))
     assert view.job.status == "Complete", [u.message for u in view.updates]

@@ -62,8 +62,11 @@ def test_hugging_face_repo_takes_only_what_a_model_needs(
     hub.add("org/tiny-llama", files)
     view = upload(services, alice, "from-hub", "org/tiny-llama")
     assert view.job.status == "Complete", [u.message for u in view.updates]
-    gets = [p.split("/resolve/", 1)[1] for m, p, _ in hub.requests
-            if m == "GET" and p.startswith("/org/tiny-llama/resolve/")]
+    gets = [
+        p.split("/resolve/", 1)[1]
+        for m, p, _ in hub.requests
+        if m == "GET" and p.startswith("/org/tiny-llama/resolve/")
+    ]
     # Every file is fetched at the commit the repo pointed to when the job began, not a moving "main".
     assert {g.split("/", 1)[0] for g in gets} == {hub.repos["org/tiny-llama"].sha}
     assert {g.split("/", 1)[1] for g in gets} == set(files_of(tiny_llama))

@@ -8,15 +8,17 @@ Every request is recorded, so tests can check what was (not) downloaded.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 
@@ -44,14 +46,36 @@ class FakeHub:
                 Route("/api/models/{org}/{name}/revision/{revision:path}", self._info),
                 Route("/api/models/{org}/{name}", self._info),
                 Route("/{org}/{name}/resolve/{revision}/{path:path}", self._resolve, methods=["GET", "HEAD"]),
+                Route("/files/{name}", self._file),
             ]
         )
+        self.files: dict[str, tuple[bytes, float]] = {}
         self.url = ""
         self._server: uvicorn.Server | None = None
 
     def add(self, repo_id: str, files: dict[str, bytes], token: str | None = None) -> Repo:
         self.repos[repo_id] = Repo(files, token)
         return self.repos[repo_id]
+
+    def serve_file(self, name: str, data: bytes, *, seconds: float = 0.0) -> str:
+        """Serve ``data`` at ``/files/name``, dripped out over about ``seconds``; returns the URL."""
+        self.files[name] = (data, seconds)
+        # "localhost", not the hub's own 127.0.0.1 address: URLs on the hub's host are read as repos.
+        return f"{self.url.replace('127.0.0.1', 'localhost')}/files/{name}"
+
+    async def _file(self, request: Request) -> Response:
+        entry = self.files.get(request.path_params["name"])
+        if entry is None:
+            return Response(status_code=404)
+        data, seconds = entry
+        chunks = [data[i : i + 4096] for i in range(0, len(data), 4096)] or [b""]
+
+        async def drip() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                await asyncio.sleep(seconds / len(chunks))
+                yield chunk
+
+        return StreamingResponse(drip(), headers={"Content-Length": str(len(data))})
 
     def _repo(self, request: Request) -> Repo | Response:
         self.requests.append((request.method, request.url.path, request.headers.get("authorization")))

@@ -30,21 +30,39 @@ def test_files_written_by_the_library_parse(tmp_path: Path) -> None:
     assert header.metadata == {"k": "v"}
 
 
-@pytest.mark.parametrize(("blob", "match"), [
-    (b"\x01\x02", "shorter"),
-    (struct.pack("<Q", 10**12) + b"{}", "beyond the file"),
-    (_raw(None, raw_json=b"{not json"), "not valid JSON"),
-    (_raw(None, raw_json=b'{"a": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}, '
-                         b'"a": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}}', data=b"\0" * 4), "twice"),
-    (_raw({"a": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}, b"\0" * 16), "unknown dtype"),
-    (_raw({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8), "needs 12 bytes"),
-    (_raw({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
-           "b": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]}}, b"\0" * 6), "overlaps"),
-    (_raw({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8), "gap"),
-    (_raw({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 9), "data area holds 9"),
-    (_raw({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4), "non-negative"),
-    (_raw([1, 2]), "not a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("blob", "match"),
+    [
+        (b"\x01\x02", "shorter"),
+        (struct.pack("<Q", 10**12) + b"{}", "beyond the file"),
+        (_raw(None, raw_json=b"{not json"), "not valid JSON"),
+        (
+            _raw(
+                None,
+                raw_json=b'{"a": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}, '
+                b'"a": {"dtype": "F32", "shape": [], "data_offsets": [0, 4]}}',
+                data=b"\0" * 4,
+            ),
+            "twice",
+        ),
+        (_raw({"a": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}, b"\0" * 16), "unknown dtype"),
+        (_raw({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8), "needs 12 bytes"),
+        (
+            _raw(
+                {
+                    "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                    "b": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]},
+                },
+                b"\0" * 6,
+            ),
+            "overlaps",
+        ),
+        (_raw({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8), "gap"),
+        (_raw({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 9), "data area holds 9"),
+        (_raw({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4), "non-negative"),
+        (_raw([1, 2]), "not a JSON object"),
+    ],
+)
 def test_hostile_headers_are_refused(tmp_path: Path, blob: bytes, match: str) -> None:
     with pytest.raises(SafetensorsError, match=match):
         _parse(tmp_path, blob)

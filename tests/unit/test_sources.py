@@ -12,20 +12,34 @@ from modelport.settings import Settings
 S = Settings(hf_endpoint="http://127.0.0.1:9999")
 
 
-@pytest.mark.parametrize(("raw", "repo", "revision"), [
-    ("org/name", "org/name", None),
-    ("org/name@v1.0", "org/name", "v1.0"),
-    ("https://huggingface.co/org/name", "org/name", None),
-    ("https://huggingface.co/org/name/tree/dev", "org/name", "dev"),
-    ("http://127.0.0.1:9999/org/name", "org/name", None),
-])
+@pytest.mark.parametrize(
+    ("raw", "repo", "revision"),
+    [
+        ("org/name", "org/name", None),
+        ("org/name@v1.0", "org/name", "v1.0"),
+        ("https://huggingface.co/org/name", "org/name", None),
+        ("https://huggingface.co/org/name/tree/dev", "org/name", "dev"),
+        ("http://127.0.0.1:9999/org/name", "org/name", None),
+    ],
+)
 def test_hugging_face_forms(raw: str, repo: str, revision: str | None) -> None:
     spec = parse_source(raw, S)
     assert spec.kind == SourceKind.HUGGINGFACE and spec.repo_id == repo and spec.revision == revision
 
 
-@pytest.mark.parametrize("raw", ["", "justaname", "../x/y", "org/name/extra", "https://huggingface.co/org",
-                                 "s3://bucket/key.tar", "file:///etc/passwd", "http://example.com/m.tar"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "justaname",
+        "../x/y",
+        "org/name/extra",
+        "https://huggingface.co/org",
+        "s3://bucket/key.tar",
+        "file:///etc/passwd",
+        "http://example.com/m.tar",
+    ],
+)
 def test_refused_sources(raw: str) -> None:
     with pytest.raises(InvalidSource):
         parse_source(raw, S)
@@ -37,9 +51,11 @@ def test_http_only_when_the_operator_allows_it() -> None:
 
 
 def _sigv4(signed: datetime, expires_s: int) -> str:
-    return ("https://b.s3.amazonaws.com/m.tar.gz?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20261123"
-            f"&X-Amz-Date={signed:%Y%m%dT%H%M%SZ}&X-Amz-Expires={expires_s}&X-Amz-SignedHeaders=host"
-            "&X-Amz-Signature=deadbeefcafe")
+    return (
+        "https://b.s3.amazonaws.com/m.tar.gz?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20261123"
+        f"&X-Amz-Date={signed:%Y%m%dT%H%M%SZ}&X-Amz-Expires={expires_s}&X-Amz-SignedHeaders=host"
+        "&X-Amz-Signature=deadbeefcafe"
+    )
 
 
 def test_sigv4_expiry_is_read_and_short_validity_refused() -> None:
@@ -55,7 +71,8 @@ def test_sigv4_expiry_is_read_and_short_validity_refused() -> None:
 
 def test_sigv2_expiry() -> None:
     now = datetime(2026, 11, 23, tzinfo=UTC)
-    url = f"https://b.s3.amazonaws.com/m.zip?AWSAccessKeyId=AKIA&Signature=abc&Expires={int(now.timestamp()) + 600}"
+    expires = int(now.timestamp()) + 600
+    url = f"https://b.s3.amazonaws.com/m.zip?AWSAccessKeyId=AKIA&Signature=abc&Expires={expires}"
     with pytest.raises(PresignedUrlExpiring):
         check_presigned_validity(url, now)
 
@@ -67,6 +84,8 @@ def test_plain_urls_have_no_expiry_and_malformed_ones_are_refused() -> None:
 
 
 def test_redaction_drops_signatures_and_credentials() -> None:
-    assert redact_url("https://user:pw@b.s3.amazonaws.com:443/k/m.tar?X-Amz-Signature=s") == \
-        "https://b.s3.amazonaws.com:443/k/m.tar?<redacted>"
+    assert (
+        redact_url("https://user:pw@b.s3.amazonaws.com:443/k/m.tar?X-Amz-Signature=s")
+        == "https://b.s3.amazonaws.com:443/k/m.tar?<redacted>"
+    )
     assert redact_url("https://h/m.zip") == "https://h/m.zip"

@@ -16,11 +16,17 @@ from tests.support.tinymodels import make_bert_embedder, make_llama, make_lora
 
 
 def staged(root: Path) -> list[StagedFile]:
-    return [stage_existing(root, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*")) if p.is_file()]
+    return [
+        stage_existing(root, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*")) if p.is_file()
+    ]
 
 
-def problems(files: list[StagedFile], kind: str = "model", base: BaseModel | None = None,
-             not_fetched: list[str] | None = None) -> list[str]:
+def problems(
+    files: list[StagedFile],
+    kind: str = "model",
+    base: BaseModel | None = None,
+    not_fetched: list[str] | None = None,
+) -> list[str]:
     with pytest.raises(ValidationFailed) as err:
         validate(files, not_fetched or [], kind, base, base.name if base else None)
     return err.value.problems
@@ -43,7 +49,10 @@ def test_a_good_model_gets_a_full_manifest(tiny_llama: Path) -> None:
 
 
 def test_without_chat_template_it_is_a_language_model(tmp_path: Path) -> None:
-    assert validate(staged(make_llama(tmp_path / "m", chat=False)), [], "model", None, None)["type"] == "language"
+    assert (
+        validate(staged(make_llama(tmp_path / "m", chat=False)), [], "model", None, None)["type"]
+        == "language"
+    )
 
 
 def test_embedding_models_are_recognised(tmp_path: Path) -> None:
@@ -62,8 +71,13 @@ def test_every_problem_is_reported_at_once(tmp_path: Path, tiny_llama: Path) -> 
     (model / "pytorch_model.bin").write_bytes(b"pickle")
     (model / "modeling_x.py").write_text("import os")
     found = " | ".join(problems(staged(model)))
-    for expected in ("pytorch_model.bin", "convert to safetensors", "modeling_x.py", "auto_map",
-                     "EvilForCausalLM is not built into transformers"):
+    for expected in (
+        "pytorch_model.bin",
+        "convert to safetensors",
+        "modeling_x.py",
+        "auto_map",
+        "EvilForCausalLM is not built into transformers",
+    ):
         assert expected in found, (expected, found)
 
 
@@ -88,16 +102,26 @@ def test_pickles_left_on_the_hub_are_still_reported(tmp_path: Path) -> None:
 def test_broken_shard_index_and_bad_json(tmp_path: Path, tiny_llama: Path) -> None:
     model = tmp_path / "m"
     shutil.copytree(tiny_llama, model)
-    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00002.safetensors"}}))
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00002.safetensors"}})
+    )
     (model / "tokenizer_config.json").write_text("{oops")
     found = " | ".join(problems(staged(model)))
-    assert "model-00002.safetensors, which is missing" in found and "tokenizer_config.json: not valid JSON" in found
+    assert (
+        "model-00002.safetensors, which is missing" in found
+        and "tokenizer_config.json: not valid JSON" in found
+    )
 
 
 def test_a_matching_adapter_passes(tiny_llama: Path, tiny_lora: Path) -> None:
     manifest = validate(staged(tiny_lora), [], "adapter", base_of(tiny_llama), "base")
     assert manifest["kind"] == "adapter" and manifest["base_model"] == "alice/base"
-    assert manifest["adapter"] == {"peft_type": "LORA", "rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    assert manifest["adapter"] == {
+        "peft_type": "LORA",
+        "rank": 4,
+        "alpha": 8,
+        "target_modules": ["q_proj", "v_proj"],
+    }
     assert manifest["type"] == "chat"
 
 
@@ -110,8 +134,10 @@ def test_adapter_problems(tmp_path: Path, tiny_llama: Path) -> None:
     found = " | ".join(problems(staged(lora), "adapter", base_of(tiny_llama)))
     assert "only LORA" in found and "do not fit the base weight" in found
     (lora / "adapter_model.safetensors").unlink()
-    assert any("adapter_model.safetensors is missing" in p for p in problems(staged(lora), "adapter",
-                                                                            base_of(tiny_llama)))
+    assert any(
+        "adapter_model.safetensors is missing" in p
+        for p in problems(staged(lora), "adapter", base_of(tiny_llama))
+    )
 
 
 def test_adapter_without_a_known_base(tiny_lora: Path) -> None:

@@ -86,7 +86,13 @@ class JobStore:
         with self.db.session() as s:
             job = self._owned(s, job_id, worker_id)
             job.heartbeat_at = job.updated_at = utcnow()
-            job.progress = {"stage": status}
+            job.progress = {
+                "stage": status,
+                "bytes_done": 0,
+                "bytes_total": None,
+                "bytes_per_second": 0,
+                "eta_seconds": None,
+            }
             add_update(s, job_id, status, message)
 
     def finish_failed(

@@ -9,7 +9,7 @@ import httpx
 
 from modelport.errors import SourceUnavailable
 from modelport.ingest.sources.spec import SourceSpec
-from modelport.ingest.staging import CHUNK, Progress
+from modelport.ingest.staging import Progress
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def download(spec: SourceSpec, dest: Path, progress: Progress, *, timeout_s: flo
 def _write(resp: httpx.Response, dest: Path, progress: Progress, total: int | None, limit: int) -> int:
     size = 0
     with open(dest, "wb") as out:
-        for chunk in resp.iter_raw(CHUNK):
+        for chunk in resp.iter_raw():  # as bytes arrive: a fixed size would stall progress on slow links
             size += len(chunk)
             if size > limit:
                 raise SourceUnavailable(f"the archive exceeds the limit of {limit} bytes")

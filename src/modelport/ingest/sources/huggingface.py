@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -62,6 +63,9 @@ def fetch(
 ) -> tuple[list[StagedFile], list[str]]:
     """Download the planned files into ``dest``; returns them and the names left on the hub."""
     assert spec.repo_id is not None
+    # The client's telemetry (agent detection for its User-Agent) calls the public hub whatever the
+    # endpoint; a self-hosted fetcher pointed at a private hub must not reach out anywhere else.
+    hf_constants.HF_HUB_DISABLE_TELEMETRY = True
     api = HfApi(endpoint=endpoint, token=token or False)
     with _hub_errors(spec):
         revision = api.model_info(spec.repo_id, revision=spec.revision).sha or spec.revision
