@@ -52,10 +52,23 @@ class Settings(BaseSettings):
         default=False,
         description="Allow plain http:// archive URLs (tests, on-prem stores); https is always allowed.",
     )
-    fetch_timeout_s: float = Field(default=60.0, gt=0, description="Stall timeout for source downloads.")
+    fetch_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Stall timeout: a download that receives nothing for this long is retried.",
+    )
+    fetch_retries: int = Field(
+        default=5,
+        ge=0,
+        description="How often a broken download is resumed (HTTP Range) before the job fails.",
+    )
     max_archive_bytes: int = Field(default=200 * 2**30, gt=0, description="Largest archive accepted.")
     max_artifact_bytes: int = Field(default=200 * 2**30, gt=0, description="Largest unpacked model accepted.")
     max_archive_members: int = Field(default=10_000, gt=0, description="Most files an archive may hold.")
+    max_compression_ratio: float = Field(
+        default=100.0, gt=1, description="Refuse archives that inflate more than this many times (bombs)."
+    )
+    extract_threads: int = Field(default=2, ge=1, description="Zip members extracted in parallel.")
     blob_gc_grace_s: float = Field(
         default=3600.0, ge=0, description="Unreferenced blobs younger than this are left alone by cleanup."
     )

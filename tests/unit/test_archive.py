@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from modelport.errors import ArchiveRejected
-from modelport.ingest.archive import Limits, detect_format, extract
+from modelport.ingest.archive import Limits, detect_format, extract_file
 from tests.support.tinymodels import archive_bytes
 
 LIMITS = Limits(max_members=100, max_total_bytes=10_000)
@@ -31,7 +31,7 @@ def _tar(members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -
 def _run(tmp_path: Path, blob: bytes, limits: Limits = LIMITS) -> list[str]:
     src = tmp_path / "archive"
     src.write_bytes(blob)
-    return sorted(f.path for f in extract(src, tmp_path / "out", limits).files)
+    return sorted(f.path for f in extract_file(src, tmp_path / "out", limits).files)
 
 
 @pytest.mark.parametrize("fmt", ["tar", "tar.gz", "zip"])
@@ -102,7 +102,7 @@ def test_litter_is_skipped_and_wrapping_folder_flattened(tmp_path: Path) -> None
     files = {"m/config.json": b"{}", "__MACOSX/m/._config.json": b"", "m/.DS_Store": b""}
     src = tmp_path / "a"
     src.write_bytes(archive_bytes(files, "zip"))
-    result = extract(src, tmp_path / "out", LIMITS)
+    result = extract_file(src, tmp_path / "out", LIMITS)
     assert [f.path for f in result.files] == ["config.json"] and result.flattened_from == "m"
 
 
@@ -110,11 +110,11 @@ def test_format_is_detected_by_content(tmp_path: Path) -> None:
     for fmt in ("zip", "tar", "tar.gz"):
         p = tmp_path / f"x.{fmt}"
         p.write_bytes(archive_bytes({"a": b"1"}, fmt))
-        assert detect_format(p) == fmt
+        assert detect_format(p.read_bytes()[:512]) == fmt
     junk = tmp_path / "model.tar.gz"
     junk.write_bytes(b"<html>AccessDenied</html>")
     with pytest.raises(ArchiveRejected, match=r"not a \.zip, \.tar or \.tar\.gz"):
-        detect_format(junk)
+        detect_format(junk.read_bytes())
 
 
 def test_truncated_archives_are_refused(tmp_path: Path) -> None:

@@ -7,23 +7,26 @@ here) and blobs that nothing references (removed by ``cleanup.collect_garbage``)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import select
 
-from modelport.errors import IngestError
+from modelport.errors import IngestError, SourceUnavailable
 from modelport.ingest import archive, validate
 from modelport.ingest.safetensors_header import SafetensorsError, TensorInfo, parse_header
 from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
 from modelport.ingest.sources import http as http_source
 from modelport.ingest.sources import huggingface as hf_source
-from modelport.ingest.staging import StagedFile
+from modelport.ingest.staging import CHUNK, StagedFile
 from modelport.jobs.states import JobStatus, JobType, ModelStatus
 from modelport.jobs.store import JobLost, JobStore, add_update
 from modelport.settings import Settings
@@ -50,6 +53,7 @@ class JobProgress:
         self.current = "running"
         self._last = 0.0
         self._started = time.monotonic()
+        self._lock = threading.Lock()
 
     def stage(self, status: str, message: str) -> None:
         self.current = status
@@ -58,9 +62,10 @@ class JobProgress:
 
     def bytes(self, done: int, total: int | None) -> None:
         now = time.monotonic()
-        if now - self._last < self.interval and done != total:
-            return
-        self._last = now
+        with self._lock:  # zip members are extracted on several threads
+            if now - self._last < self.interval and done != total:
+                return
+            self._last = now
         elapsed = max(now - self._started, 1e-6)
         rate = done / elapsed
         eta = (total - done) / rate if total and rate > 0 else None
@@ -118,27 +123,42 @@ class Pipeline:
             return hf_source.fetch(
                 inp.source, inp.hf_token, self.settings.hf_endpoint, staging / "tree", progress
             )
-        progress.stage("downloading", f"downloading the archive from {inp.source.display}")
-        archive_path = staging / "archive"
-        size = http_source.download(
-            inp.source,
-            archive_path,
-            progress,
-            timeout_s=self.settings.fetch_timeout_s,
-            limit=self.settings.max_archive_bytes,
-        )
-        fmt = archive.detect_format(archive_path)
-        progress.stage("extracting", f"extracting a {size}-byte .{fmt} archive")
-        limits = archive.Limits(self.settings.max_archive_members, self.settings.max_artifact_bytes)
-        extracted = archive.extract(archive_path, staging / "tree", limits)
-        archive_path.unlink()
-        if extracted.flattened_from:
-            progress.stage(
-                "extracting",
-                f"the files sat inside one folder, {extracted.flattened_from!r}/; "
-                "it was flattened to the archive root",
+        return self._fetch_archive(inp.source, staging, progress), []
+
+    def _fetch_archive(self, source: SourceSpec, staging: Path, progress: JobProgress) -> list[StagedFile]:
+        """Download, inflate, parse, hash and write in one pass; no copy of the archive is kept."""
+        s = self.settings
+        info = http_source.probe(source, timeout_s=s.fetch_timeout_s, retries=s.fetch_retries)
+        if info.size is not None and info.size > s.max_archive_bytes:
+            raise SourceUnavailable(
+                f"the archive is {info.size} bytes; the limit is {s.max_archive_bytes} bytes"
             )
-        return extracted.files, []
+        fmt = archive.detect_format(info.head)
+        size = "unknown size" if info.size is None else f"{info.size} bytes"
+        progress.stage(
+            "downloading",
+            f"streaming a .{fmt} archive ({size}) from {source.display}: download, extraction and hashing "
+            "in one pass",
+        )
+        counter = _Downloaded(progress, info.size, s.max_archive_bytes)
+        reader = _Readers(source, info, s.fetch_timeout_s, s.fetch_retries, counter.add)
+        limits = archive.Limits(
+            s.max_archive_members, s.max_artifact_bytes, s.max_compression_ratio, s.extract_threads
+        )
+        tree = staging / "tree"
+        if fmt != "zip":
+            with reader.stream() as stream:
+                extracted = archive.extract_tar(stream, fmt == "tar.gz", tree, limits)
+        elif info.ranges and info.size is not None:
+            extracted = archive.extract_zip(reader.ranges, tree, limits)
+        else:
+            # A zip's directory is at its end: without range support the only way is a local copy.
+            copy = staging / "archive.zip"
+            with reader.stream() as stream, open(copy, "wb") as out:
+                shutil.copyfileobj(stream, out, CHUNK)
+            extracted = archive.extract_zip(archive.file_opener(copy), tree, limits)
+        progress.stage("extracting", _extraction_summary(extracted))
+        return extracted.files
 
     def _validate(
         self, inp: JobInput, files: list[StagedFile], not_fetched: list[str], progress: JobProgress
@@ -215,6 +235,54 @@ class Pipeline:
                 s, job.id, JobStatus.COMPLETE, f"{model.name} is ready ({manifest['total_bytes']} bytes)"
             )
             s.delete(s.get(JobSecret, job.id))
+
+
+def _extraction_summary(extracted: archive.Extracted) -> str:
+    total = sum(f.size for f in extracted.files)
+    summary = f"extracted {len(extracted.files)} files ({total} bytes)"
+    if extracted.flattened_from:
+        summary += f"; the files sat inside one folder, {extracted.flattened_from!r}/, flattened to the root"
+    return summary
+
+
+@dataclass
+class _Readers:
+    """Opens readers over one archive URL, all reporting their bytes to one counter."""
+
+    source: SourceSpec
+    info: http_source.Probe
+    timeout_s: float
+    retries: int
+    on_bytes: Callable[[int], None]
+
+    def stream(self) -> contextlib.closing[http_source.ResumableStream]:
+        return contextlib.closing(
+            http_source.ResumableStream(
+                self.source, self.info, timeout_s=self.timeout_s, retries=self.retries, on_bytes=self.on_bytes
+            )
+        )
+
+    def ranges(self) -> IO[bytes]:
+        return http_source.RangeFile(  # type: ignore[return-value]
+            self.source, self.info, timeout_s=self.timeout_s, retries=self.retries, on_bytes=self.on_bytes
+        )
+
+
+class _Downloaded:
+    """Counts source bytes from any thread, reports progress, and enforces the archive size limit."""
+
+    def __init__(self, progress: JobProgress, total: int | None, limit: int) -> None:
+        self.progress, self.total, self.limit = progress, total, limit
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            done = self.done
+        if done > self.limit:
+            raise SourceUnavailable(f"the archive exceeds the limit of {self.limit} bytes")
+        self.progress.bytes(done, self.total)
 
 
 def _adapter_base_hint(files: list[StagedFile]) -> str | None:

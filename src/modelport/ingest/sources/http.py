@@ -1,15 +1,27 @@
-"""Download one archive from an https:// URL (usually an S3 presigned URL) into the staging area."""
+"""Read one archive from an https:// URL (usually an S3 presigned URL) without a local copy.
+
+Two readers over the same URL:
+
+- ``ResumableStream``: a forward-only file object over one long GET. On a transient failure
+  (connection reset, stall past the timeout, early end of body) it reconnects with
+  ``Range: bytes=<pos>-`` and ``If-Range: <etag>`` and carries on, a bounded number of times.
+- ``RangeFile``: a seekable file object that reads windows with ranged GETs, for zip archives whose
+  directory sits at the end. Only used when the server honours ``Range``.
+
+Errors never include the URL's query string (where presigned signatures live).
+"""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
 
 from modelport.errors import SourceUnavailable
 from modelport.ingest.sources.spec import SourceSpec
-from modelport.ingest.staging import Progress
 
 log = logging.getLogger(__name__)
 
@@ -19,44 +31,250 @@ _STATUS_HINTS = {
     403: "access denied: the presigned URL has expired, was revoked, or its signature does not match",
     404: "no object at that URL: check the bucket and key",
 }
+_TRANSIENT = (httpx.TransportError, httpx.RemoteProtocolError)
+RANGE_WINDOW = 8 * 2**20
 
 
-def download(spec: SourceSpec, dest: Path, progress: Progress, *, timeout_s: float, limit: int) -> int:
-    """Stream the URL into ``dest``; returns the byte count. Errors name the redacted URL only."""
-    timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0))
+@dataclass(frozen=True)
+class Probe:
+    size: int | None
+    ranges: bool
+    etag: str | None
+    head: bytes  # the first bytes, enough to recognise the format
+
+
+class _Client:
+    def __init__(self, spec: SourceSpec, timeout_s: float, retries: int) -> None:
+        self.spec, self.retries = spec, retries
+        # The read timeout is the stall timeout: no byte for that long and the attempt is retried.
+        self.http = httpx.Client(
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)), follow_redirects=True
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def fail(self, resp: httpx.Response) -> SourceUnavailable:
+        hint = _STATUS_HINTS.get(resp.status_code, "the server refused the download")
+        return SourceUnavailable(f"HTTP {resp.status_code} from {self.spec.display}: {hint}")
+
+    def transport_error(self, e: Exception) -> SourceUnavailable:
+        return SourceUnavailable(
+            f"download from {self.spec.display} failed after {self.retries} retries: {type(e).__name__}"
+        )
+
+    def backoff(self, attempt: int) -> None:
+        time.sleep(min(0.2 * 2**attempt, 5.0))
+
+
+def probe(spec: SourceSpec, *, timeout_s: float, retries: int = 3) -> Probe:
+    """Learn the size, whether ranges work, and the first bytes, with one small ranged GET."""
+    client = _Client(spec, timeout_s, retries)
     try:
-        with httpx.stream("GET", spec.url, timeout=timeout, follow_redirects=True) as resp:
-            _raise_for_status(resp, spec)
-            total = _content_length(resp)
-            if total is not None and total > limit:
-                raise SourceUnavailable(f"the archive is {total} bytes; the limit is {limit} bytes")
-            size = _write(resp, dest, progress, total, limit)
-    except httpx.HTTPError as e:
-        raise SourceUnavailable(f"download from {spec.display} failed: {type(e).__name__}") from None
-    if total is not None and size != total:
-        raise SourceUnavailable(f"download from {spec.display} was truncated: {size} of {total} bytes")
-    return size
+        for attempt in range(retries + 1):
+            try:
+                with client.http.stream("GET", spec.url, headers={"Range": "bytes=0-1023"}) as resp:
+                    if resp.status_code >= 400:
+                        raise client.fail(resp)
+                    head = _read_at_most(resp, 1024)
+                    return _probe_from(resp, head)
+            except _TRANSIENT as e:
+                if attempt == retries:
+                    raise client.transport_error(e) from None
+                client.backoff(attempt)
+    finally:
+        client.close()
+    raise AssertionError("unreachable")
 
 
-def _write(resp: httpx.Response, dest: Path, progress: Progress, total: int | None, limit: int) -> int:
-    size = 0
-    with open(dest, "wb") as out:
-        for chunk in resp.iter_raw():  # as bytes arrive: a fixed size would stall progress on slow links
-            size += len(chunk)
-            if size > limit:
-                raise SourceUnavailable(f"the archive exceeds the limit of {limit} bytes")
-            out.write(chunk)
-            progress.bytes(size, total)
-    return size
+def _read_at_most(resp: httpx.Response, n: int) -> bytes:
+    out = b""
+    for chunk in resp.iter_raw():
+        out += chunk
+        if len(out) >= n:
+            break
+    return out[:n]
 
 
-def _raise_for_status(resp: httpx.Response, spec: SourceSpec) -> None:
-    if resp.status_code < 400:
-        return
-    hint = _STATUS_HINTS.get(resp.status_code, "the server refused the download")
-    raise SourceUnavailable(f"HTTP {resp.status_code} from {spec.display}: {hint}")
+def _probe_from(resp: httpx.Response, head: bytes) -> Probe:
+    etag = resp.headers.get("etag")
+    if resp.status_code == 206:
+        total = resp.headers.get("content-range", "").rpartition("/")[2]
+        return Probe(int(total) if total.isdigit() else None, True, etag, head)
+    length = resp.headers.get("content-length")
+    return Probe(int(length) if length and length.isdigit() else None, False, etag, head)
 
 
-def _content_length(resp: httpx.Response) -> int | None:
-    value = resp.headers.get("content-length")
-    return int(value) if value and value.isdigit() else None
+class ResumableStream:
+    """Forward-only reads over one GET that survives transient failures by resuming with Range."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        info: Probe,
+        *,
+        timeout_s: float,
+        retries: int,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        self.client = _Client(spec, timeout_s, retries)
+        self.info, self.on_bytes = info, on_bytes
+        self.position = 0
+        self._resp: httpx.Response | None = None
+        self._chunks: object = None
+        self._buffer = b""
+        self._failures = 0
+
+    def _open(self) -> None:
+        headers = {"Accept-Encoding": "identity"}
+        if self.position:
+            if not self.info.ranges:
+                raise SourceUnavailable(
+                    f"download from {self.client.spec.display} broke at byte "
+                    f"{self.position} and the server does not support resuming"
+                )
+            headers["Range"] = f"bytes={self.position}-"
+            if self.info.etag:
+                headers["If-Range"] = self.info.etag  # the object changed: start over rather than splice
+        req = self.client.http.build_request("GET", self.client.spec.url, headers=headers)
+        self._resp = self.client.http.send(req, stream=True)
+        if self._resp.status_code >= 400:
+            raise self.client.fail(self._resp)
+        if self.position and self._resp.status_code != 206:
+            raise SourceUnavailable(f"{self.client.spec.display} changed while it was being downloaded")
+        self._chunks = self._resp.iter_raw()
+
+    def _next_chunk(self) -> bytes:
+        while True:
+            try:
+                if self._resp is None:
+                    self._open()
+                chunk = next(self._chunks, b"")  # type: ignore[call-overload]
+                if chunk or self._complete():
+                    return bytes(chunk)
+                raise httpx.RemoteProtocolError("body ended early")
+            except _TRANSIENT as e:
+                self._drop()
+                self._failures += 1
+                if self._failures > self.client.retries:
+                    raise self.client.transport_error(e) from None
+                log.info(
+                    "download of %s broke at byte %d (%s); resuming",
+                    self.client.spec.display,
+                    self.position,
+                    type(e).__name__,
+                )
+                self.client.backoff(self._failures - 1)
+
+    def _complete(self) -> bool:
+        return self.info.size is None or self.position >= self.info.size
+
+    def _drop(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+        self._resp = None
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buffer) < n:
+            chunk = self._next_chunk()
+            if not chunk:
+                break
+            self.position += len(chunk)
+            if self.info.size is not None and self.position > self.info.size:
+                raise SourceUnavailable(
+                    f"{self.client.spec.display} sent more bytes than its Content-Length ({self.info.size})"
+                )
+            self.on_bytes(len(chunk))
+            self._buffer += chunk
+        if n < 0:
+            out, self._buffer = self._buffer, b""
+        else:
+            out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._drop()
+        self.client.close()
+
+
+class RangeFile:
+    """A seekable, read-only file over ranged GETs, reading ``RANGE_WINDOW`` bytes at a time."""
+
+    def __enter__(self) -> RangeFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        info: Probe,
+        *,
+        timeout_s: float,
+        retries: int,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        assert info.ranges and info.size is not None
+        self.client = _Client(spec, timeout_s, retries)
+        self.size, self.etag, self.on_bytes = info.size, info.etag, on_bytes
+        self._pos = 0
+        self._window_start, self._window = 0, b""
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            n = self.size - self._pos
+        out = bytearray()
+        while len(out) < n and self._pos < self.size:
+            offset = self._pos - self._window_start
+            if not 0 <= offset < len(self._window):
+                self._fetch(self._pos, max(n - len(out), RANGE_WINDOW))
+                offset = 0
+            piece = self._window[offset : offset + n - len(out)]
+            out += piece
+            self._pos += len(piece)
+        return bytes(out)
+
+    def _fetch(self, start: int, length: int) -> None:
+        end = min(self.size, start + length) - 1
+        headers = {"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
+        if self.etag:
+            headers["If-Match"] = self.etag
+        for attempt in range(self.client.retries + 1):
+            try:
+                resp = self.client.http.get(self.client.spec.url, headers=headers)
+                if resp.status_code == 412:
+                    raise SourceUnavailable(f"{self.client.spec.display} changed while it was being read")
+                if resp.status_code != 206:
+                    raise (
+                        self.client.fail(resp)
+                        if resp.status_code >= 400
+                        else SourceUnavailable(f"{self.client.spec.display} stopped honouring range requests")
+                    )
+                self._window_start, self._window = start, resp.content
+                self.on_bytes(len(resp.content))
+                return
+            except _TRANSIENT as e:
+                if attempt == self.client.retries:
+                    raise self.client.transport_error(e) from None
+                self.client.backoff(attempt)
+
+    def close(self) -> None:
+        self.client.close()
