@@ -86,9 +86,7 @@ def presign(s3: Any, bucket: str) -> Any:
 
     def _presign(data: bytes, key: str = "model.tar.gz", expires: int = 6 * 3600) -> str:
         s3.put_object(Bucket=bucket, Key=key, Body=data)
-        url: str = s3.generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires
-        )
+        url: str = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
         return url
 
     return _presign

@@ -39,9 +39,7 @@ def build_services(settings: Settings) -> Services:
     db = Database(settings.database_url)
     migrate(db.engine)
     accounts = AccountService(db)
-    if settings.bootstrap_api_key and accounts.bootstrap(
-        settings.bootstrap_account, settings.bootstrap_api_key
-    ):
+    if settings.bootstrap_api_key and accounts.bootstrap(settings.bootstrap_account, settings.bootstrap_api_key):
         log.info("created account %r with the bootstrap API key", settings.bootstrap_account)
     return Services(settings, db, open_blob_store(settings), accounts, Catalog(settings, db))
 

@@ -7,9 +7,7 @@ import re
 from collections.abc import Iterable
 
 _PATTERNS = [
-    re.compile(
-        r"(?i)(X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId)=[^&\s\"']+"
-    ),
+    re.compile(r"(?i)(X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|AWSAccessKeyId)=[^&\s\"']+"),
     re.compile(r"\bhf_[A-Za-z0-9]{8,}\b"),
     re.compile(r"\bmp-[A-Za-z0-9_-]{20,}\b"),
     re.compile(r"(?i)(authorization:\s*bearer\s+)\S+"),

@@ -43,8 +43,7 @@ class Settings(BaseSettings):
     job_lease_s: float = Field(
         default=60.0,
         gt=0,
-        description="A Running job whose worker has not reported for this long is "
-        "taken back (resumed or failed).",
+        description="A Running job whose worker has not reported for this long is taken back (resumed or failed).",
     )
     job_max_attempts: int = Field(default=3, ge=1, description="Tries before a job that keeps dying fails.")
     job_poll_interval_s: float = Field(default=0.5, gt=0, description="How often idle workers look for jobs.")
@@ -69,6 +68,9 @@ class Settings(BaseSettings):
         default=100.0, gt=1, description="Refuse archives that inflate more than this many times (bombs)."
     )
     extract_threads: int = Field(default=2, ge=1, description="Zip members extracted in parallel.")
+    stage_delay_s: float = Field(
+        default=0.0, ge=0, description="Testing aid: pause this long at the start of each ingest stage."
+    )
     blob_gc_grace_s: float = Field(
         default=3600.0, ge=0, description="Unreferenced blobs younger than this are left alone by cleanup."
     )

@@ -130,9 +130,7 @@ def test_other_accounts_see_404_not_403(client: TestClient, presign: Any, tiny_l
     assert client.get("/v1/jobs", headers=mallory).json()["data"] == []
     # Nor can mallory create a model in alice's namespace.
     err = assert_envelope(
-        client.post(
-            "/v1/models", headers=mallory, json={"model_name": "alice/x", "model_source": "org/repo"}
-        ),
+        client.post("/v1/models", headers=mallory, json={"model_name": "alice/x", "model_source": "org/repo"}),
         400,
         "invalid_model_name",
     )
@@ -155,9 +153,7 @@ def test_concurrent_duplicates_exactly_one_wins(client: TestClient) -> None:
     def submit() -> None:
         barrier.wait()
         statuses.append(
-            client.post(
-                "/v1/models", headers=auth, json={"model_name": "race", "model_source": "org/repo"}
-            ).status_code
+            client.post("/v1/models", headers=auth, json={"model_name": "race", "model_source": "org/repo"}).status_code
         )
 
     threads = [threading.Thread(target=submit) for _ in range(8)]
@@ -186,18 +182,14 @@ def test_concurrent_duplicates_exactly_one_wins(client: TestClient) -> None:
 def test_bad_input_gets_a_clear_error(
     client: TestClient, body: dict[str, Any], status: int, code: str, param: str
 ) -> None:
-    err = assert_envelope(
-        client.post("/v1/models", headers=key_for(client, "alice"), json=body), status, code
-    )
+    err = assert_envelope(client.post("/v1/models", headers=key_for(client, "alice"), json=body), status, code)
     assert err["param"] == param
 
 
 def test_presigned_url_expiring_soon_is_refused_at_submission(client: TestClient, presign: Any) -> None:
     url = presign(b"whatever", expires=30 * 60)
     err = assert_envelope(
-        client.post(
-            "/v1/models", headers=key_for(client, "alice"), json={"model_name": "x", "model_source": url}
-        ),
+        client.post("/v1/models", headers=key_for(client, "alice"), json={"model_name": "x", "model_source": url}),
         400,
         "presigned_url_expiring",
     )

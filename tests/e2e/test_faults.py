@@ -70,18 +70,14 @@ def test_kill_9_during_download_then_restart_resumes_the_job(
         proc.stop()
 
 
-def test_a_separate_worker_process_runs_the_jobs(
-    tmp_path: Path, db_url: str, hub: FakeHub, tiny_llama: Path
-) -> None:
+def test_a_separate_worker_process_runs_the_jobs(tmp_path: Path, db_url: str, hub: FakeHub, tiny_llama: Path) -> None:
     key = "mp-worker-test-key-0123456789abcdef"
     env = server_env(tmp_path, db_url, hub, key, MODELPORT_WORKERS="0")
     proc, url = start_modelport(env, tmp_path / "server.log")
     worker = None
     try:
         live = Live(url, key, proc, env)
-        job_id = _submit(
-            url, key, "via-worker", hub.serve_file("w.tar", archive_bytes(files_of(tiny_llama), "tar"))
-        )
+        job_id = _submit(url, key, "via-worker", hub.serve_file("w.tar", archive_bytes(files_of(tiny_llama), "tar")))
         time.sleep(1.0)
         assert live.get(f"/v1/jobs/{job_id}")["status"] == "Queued"  # the API process runs no jobs
         worker = Proc([modelport_exe(), "worker", "--threads", "2"], tmp_path / "worker.log", env)

@@ -15,9 +15,7 @@ def run_all_jobs(services: Services) -> int:
 
 
 def upload(services: Services, who: Principal, name: str, source: str, **kwargs: str) -> JobView:
-    submitted = services.catalog.submit_upload(
-        who, UploadRequest(model_name=name, model_source=source, **kwargs)
-    )
+    submitted = services.catalog.submit_upload(who, UploadRequest(model_name=name, model_source=source, **kwargs))
     run_all_jobs(services)
     return services.catalog.get_job(who, submitted.job_id)
 

@@ -94,9 +94,7 @@ def test_adapter_is_checked_against_its_base(
     services: Services, alice: Principal, presign: Any, tiny_llama: Path, tiny_lora: Path
 ) -> None:
     assert (
-        upload(
-            services, alice, "base", presign(archive_bytes(files_of(tiny_llama), "tar"), "b.tar")
-        ).job.status
+        upload(services, alice, "base", presign(archive_bytes(files_of(tiny_llama), "tar"), "b.tar")).job.status
         == "Complete"
     )
     view = upload(
@@ -148,9 +146,7 @@ def test_failed_ingest_leaves_no_files_and_no_rows(
     assert not list(services.settings.staging_dir.iterdir())
     # The name is free again.
     assert (
-        upload(
-            services, alice, "bad", presign(archive_bytes(files_of(tiny_llama), "tar"), "ok.tar")
-        ).job.status
+        upload(services, alice, "bad", presign(archive_bytes(files_of(tiny_llama), "tar"), "ok.tar")).job.status
         == "Complete"
     )
 

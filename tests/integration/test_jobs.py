@@ -47,9 +47,7 @@ def _age_heartbeat(services: Services, job_id: str) -> None:
         s.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow() - timedelta(hours=1)))
 
 
-def test_a_silent_worker_loses_its_job_which_is_resumed_then_failed(
-    services: Services, alice: Principal
-) -> None:
+def test_a_silent_worker_loses_its_job_which_is_resumed_then_failed(services: Services, alice: Principal) -> None:
     [job_id] = submit(services, alice, 1)
     store = JobStore(services.db)
     lease = timedelta(seconds=30)

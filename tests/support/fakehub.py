@@ -35,6 +35,16 @@ class Repo:
         self.sha = self.sha or digest.hexdigest()
 
 
+@dataclass
+class _Served:
+    data: bytes
+    seconds: float
+    ranges: bool
+    break_after: int | None
+    breaks: int
+    claim_size: int | None
+
+
 class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
@@ -49,7 +59,7 @@ class FakeHub:
                 Route("/files/{name}", self._file),
             ]
         )
-        self.files: dict[str, tuple[bytes, float]] = {}
+        self.files: dict[str, _Served] = {}
         self.url = ""
         self._server: uvicorn.Server | None = None
 
@@ -57,25 +67,61 @@ class FakeHub:
         self.repos[repo_id] = Repo(files, token)
         return self.repos[repo_id]
 
-    def serve_file(self, name: str, data: bytes, *, seconds: float = 0.0) -> str:
-        """Serve ``data`` at ``/files/name``, dripped out over about ``seconds``; returns the URL."""
-        self.files[name] = (data, seconds)
+    def serve_file(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        seconds: float = 0.0,
+        ranges: bool = True,
+        break_after: int | None = None,
+        breaks: int = 0,
+        claim_size: int | None = None,
+    ) -> str:
+        """Serve ``data`` at ``/files/name``; returns the URL.
+
+        ``seconds``: drip it out over about that long. ``ranges``: honour Range requests.
+        ``break_after``/``breaks``: the first ``breaks`` responses drop the connection after that many
+        bytes. ``claim_size``: announce this Content-Length instead of the true one.
+        """
+        self.files[name] = _Served(data, seconds, ranges, break_after, breaks, claim_size)
         # "localhost", not the hub's own 127.0.0.1 address: URLs on the hub's host are read as repos.
         return f"{self.url.replace('127.0.0.1', 'localhost')}/files/{name}"
 
     async def _file(self, request: Request) -> Response:
-        entry = self.files.get(request.path_params["name"])
-        if entry is None:
+        served = self.files.get(request.path_params["name"])
+        if served is None:
             return Response(status_code=404)
-        data, seconds = entry
+        self.requests.append((request.method, request.url.path, request.headers.get("range")))
+        data, status, headers = (
+            served.data,
+            200,
+            {"ETag": '"v1"', "Accept-Ranges": "bytes" if served.ranges else "none"},
+        )
+        wanted = request.headers.get("range", "")
+        if served.ranges and wanted.startswith("bytes="):
+            first, _, last = wanted[6:].partition("-")
+            start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            data, status = data[start : end + 1], 206
+        headers["Content-Length"] = str(served.claim_size if served.claim_size and status == 200 else len(data))
+        cut = None
+        if served.breaks > 0 and served.break_after is not None and len(data) > served.break_after:
+            served.breaks -= 1
+            cut = served.break_after
         chunks = [data[i : i + 4096] for i in range(0, len(data), 4096)] or [b""]
 
         async def drip() -> AsyncIterator[bytes]:
+            sent = 0
             for chunk in chunks:
-                await asyncio.sleep(seconds / len(chunks))
+                await asyncio.sleep(served.seconds / len(chunks))
+                if cut is not None and sent + len(chunk) > cut:
+                    yield chunk[: cut - sent]
+                    raise ConnectionResetError("test server drops the connection")
+                sent += len(chunk)
                 yield chunk
 
-        return StreamingResponse(drip(), headers={"Content-Length": str(len(data))})
+        return StreamingResponse(drip(), status_code=status, headers=headers)
 
     def _repo(self, request: Request) -> Repo | Response:
         self.requests.append((request.method, request.url.path, request.headers.get("authorization")))
@@ -132,9 +178,7 @@ class FakeHub:
             return repo
         data = repo.files.get(request.path_params["path"])
         if data is None:
-            return Response(
-                status_code=404, headers={"X-Error-Code": "EntryNotFound", "X-Repo-Commit": repo.sha}
-            )
+            return Response(status_code=404, headers={"X-Error-Code": "EntryNotFound", "X-Repo-Commit": repo.sha})
         headers = {
             "X-Repo-Commit": repo.sha,
             "ETag": f'"{hashlib.sha256(data).hexdigest()}"',

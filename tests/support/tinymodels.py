@@ -129,9 +129,7 @@ def make_lora(
         for t in targets:
             key = f"base_model.model.model.layers.{n}.self_attn.{t}"
             tensors[f"{key}.lora_A.weight"] = (rng.standard_normal((rank, h)) * 0.1).astype(np.float32)
-            tensors[f"{key}.lora_B.weight"] = (rng.standard_normal((out_features[t], rank)) * 0.1).astype(
-                np.float32
-            )
+            tensors[f"{key}.lora_B.weight"] = (rng.standard_normal((out_features[t], rank)) * 0.1).astype(np.float32)
     path.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
     (path / "adapter_config.json").write_text(

@@ -16,9 +16,7 @@ from tests.support.tinymodels import make_bert_embedder, make_llama, make_lora
 
 
 def staged(root: Path) -> list[StagedFile]:
-    return [
-        stage_existing(root, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*")) if p.is_file()
-    ]
+    return [stage_existing(root, p.relative_to(root).as_posix()) for p in sorted(root.rglob("*")) if p.is_file()]
 
 
 def problems(
@@ -49,10 +47,7 @@ def test_a_good_model_gets_a_full_manifest(tiny_llama: Path) -> None:
 
 
 def test_without_chat_template_it_is_a_language_model(tmp_path: Path) -> None:
-    assert (
-        validate(staged(make_llama(tmp_path / "m", chat=False)), [], "model", None, None)["type"]
-        == "language"
-    )
+    assert validate(staged(make_llama(tmp_path / "m", chat=False)), [], "model", None, None)["type"] == "language"
 
 
 def test_embedding_models_are_recognised(tmp_path: Path) -> None:
@@ -102,15 +97,10 @@ def test_pickles_left_on_the_hub_are_still_reported(tmp_path: Path) -> None:
 def test_broken_shard_index_and_bad_json(tmp_path: Path, tiny_llama: Path) -> None:
     model = tmp_path / "m"
     shutil.copytree(tiny_llama, model)
-    (model / "model.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {"a": "model-00002.safetensors"}})
-    )
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00002.safetensors"}}))
     (model / "tokenizer_config.json").write_text("{oops")
     found = " | ".join(problems(staged(model)))
-    assert (
-        "model-00002.safetensors, which is missing" in found
-        and "tokenizer_config.json: not valid JSON" in found
-    )
+    assert "model-00002.safetensors, which is missing" in found and "tokenizer_config.json: not valid JSON" in found
 
 
 def test_a_matching_adapter_passes(tiny_llama: Path, tiny_lora: Path) -> None:
@@ -135,8 +125,7 @@ def test_adapter_problems(tmp_path: Path, tiny_llama: Path) -> None:
     assert "only LORA" in found and "do not fit the base weight" in found
     (lora / "adapter_model.safetensors").unlink()
     assert any(
-        "adapter_model.safetensors is missing" in p
-        for p in problems(staged(lora), "adapter", base_of(tiny_llama))
+        "adapter_model.safetensors is missing" in p for p in problems(staged(lora), "adapter", base_of(tiny_llama))
     )
 
 

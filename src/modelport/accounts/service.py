@@ -87,9 +87,7 @@ class AccountService:
             raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
         digest = hash_key(key)
         with self.db.session() as s:
-            row = s.execute(
-                select(ApiKey, Account).join(Account).where(ApiKey.key_hash == digest)
-            ).one_or_none()
+            row = s.execute(select(ApiKey, Account).join(Account).where(ApiKey.key_hash == digest)).one_or_none()
         # compare_digest keeps the final check constant-time even though the lookup is by index.
         if row is None or not hmac.compare_digest(row[0].key_hash, digest) or row[0].revoked_at:
             raise AuthenticationError("invalid API key")

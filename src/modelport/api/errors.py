@@ -26,9 +26,7 @@ def _is_nebius(request: Request) -> bool:
     return request.url.path.startswith("/v0/")
 
 
-def openai_envelope(
-    status: int, message: str, type_: str, code: str | None, param: str | None = None
-) -> JSONResponse:
+def openai_envelope(status: int, message: str, type_: str, code: str | None, param: str | None = None) -> JSONResponse:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, headers=headers)
@@ -44,17 +42,14 @@ def _domain(request: Request, exc: Exception) -> JSONResponse:
 def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors: list[dict[str, Any]] = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in exc.errors()
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
     ]
     if _is_nebius(request):
         return JSONResponse({"detail": errors}, status_code=422)
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     param = ".".join(str(p) for p in first["loc"] if p != "body") or None
     message = "; ".join(_describe(e) for e in errors)
-    return openai_envelope(
-        422, message or "invalid request", "invalid_request_error", "invalid_request", param
-    )
+    return openai_envelope(422, message or "invalid request", "invalid_request_error", "invalid_request", param)
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -75,9 +70,7 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error(
-        "unhandled error on %s %s: %s", request.method, request.url.path, scrub(repr(exc)), exc_info=exc
-    )
+    log.error("unhandled error on %s %s: %s", request.method, request.url.path, scrub(repr(exc)), exc_info=exc)
     if _is_nebius(request):
         return JSONResponse({"detail": "internal server error"}, status_code=500)
     return openai_envelope(500, "internal server error; see the server log", "server_error", "internal_error")

@@ -17,8 +17,7 @@ def qualify(account: str, raw: str) -> str:
         prefix, _, name = name.partition("/")
         if prefix != account:
             raise InvalidModelName(
-                f"model names are created in your own namespace ({account}/...); "
-                f"{prefix!r} is not your account",
+                f"model names are created in your own namespace ({account}/...); {prefix!r} is not your account",
                 param="model_name",
             )
     if not _NAME.match(name) or ".." in name:

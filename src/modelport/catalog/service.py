@@ -58,9 +58,7 @@ class Catalog:
         name = qualify(who.account_name, req.model_name)
         source = parse_source(req.model_source, self.settings)
         if req.model_type == "model" and (req.base_model or req.lora_model):
-            raise InvalidRequest(
-                "base_model and lora_model only apply to model_type 'adapter'", param="base_model"
-            )
+            raise InvalidRequest("base_model and lora_model only apply to model_type 'adapter'", param="base_model")
         model_id, job_id = new_id("model"), new_id("job")
         args = {
             "modelName": name,
@@ -111,27 +109,19 @@ class Catalog:
             if job is None or job.account_id != who.account_id:
                 raise NotFound(f"job {job_id!r} not found", param="job_id")
             updates = list(
-                s.scalars(
-                    select(JobStatusUpdate)
-                    .where(JobStatusUpdate.job_id == job_id)
-                    .order_by(JobStatusUpdate.id)
-                )
+                s.scalars(select(JobStatusUpdate).where(JobStatusUpdate.job_id == job_id).order_by(JobStatusUpdate.id))
             )
         return JobView(job, updates)
 
     def list_jobs(self, who: Principal, status: str | None = None, limit: int = 100) -> list[JobView]:
-        query = (
-            select(Job).where(Job.account_id == who.account_id).order_by(Job.created_at.desc()).limit(limit)
-        )
+        query = select(Job).where(Job.account_id == who.account_id).order_by(Job.created_at.desc()).limit(limit)
         if status:
             query = query.where(Job.status == status)
         with self.db.session() as s:
             jobs = list(s.scalars(query))
             updates: dict[str, list[JobStatusUpdate]] = {j.id: [] for j in jobs}
             for u in s.scalars(
-                select(JobStatusUpdate)
-                .where(JobStatusUpdate.job_id.in_(list(updates)))
-                .order_by(JobStatusUpdate.id)
+                select(JobStatusUpdate).where(JobStatusUpdate.job_id.in_(list(updates))).order_by(JobStatusUpdate.id)
             ):
                 updates[u.job_id].append(u)
         return [JobView(j, updates[j.id]) for j in jobs]

@@ -19,13 +19,14 @@ import stat
 import tarfile
 import threading
 import zipfile
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol, cast
 
-from isal import igzip
+from isal import igzip, igzip_lib
 
 from modelport.errors import ArchiveRejected
 from modelport.ingest.staging import CHUNK, StagedFile
@@ -34,6 +35,7 @@ from modelport.ingest.staging import CHUNK, StagedFile
 _LITTER_DIRS = {"__MACOSX"}
 _LITTER_NAMES = {".DS_Store"}
 _NESTED_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".tar.gz", ".7z", ".rar", ".xz", ".bz2", ".zst")
+_CORRUPT_TAR: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, OSError, igzip_lib.IsalError, zlib.error)
 # Below this many inflated bytes the ratio check stays quiet: small, very compressible JSON is normal.
 _RATIO_GRACE_BYTES = 16 * 2**20
 
@@ -60,9 +62,7 @@ def detect_format(head: bytes) -> str:
         return "tar.gz"
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "tar"
-    raise ArchiveRejected(
-        "the source is not a .zip, .tar or .tar.gz archive (checked by content, not by name)"
-    )
+    raise ArchiveRejected("the source is not a .zip, .tar or .tar.gz archive (checked by content, not by name)")
 
 
 def extract_file(archive: Path, dest: Path, limits: Limits) -> Extracted:
@@ -119,9 +119,7 @@ class _Budget:
     def admit(self, rel: str, declared_size: int) -> None:
         parents = ["/".join(rel.split("/")[:i]) for i in range(1, rel.count("/") + 1)]
         if rel in self.seen or rel in self.folders or any(p in self.seen for p in parents):
-            raise ArchiveRejected(
-                f"archive member {rel!r} appears more than once (or as a file and a folder)"
-            )
+            raise ArchiveRejected(f"archive member {rel!r} appears more than once (or as a file and a folder)")
         self.seen.add(rel)
         self.folders.update(parents)
         self.members += 1
@@ -241,7 +239,7 @@ def extract_tar(raw: Reader, gzipped: bool, dest: Path, limits: Limits) -> Extra
         with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as tar:
             for member in tar:
                 _tar_member(tar, member, sink, budget, counted if gzipped else None)
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except _CORRUPT_TAR as e:
         sink.finish()
         raise ArchiveRejected(f"the tar archive is corrupt or truncated: {type(e).__name__}") from None
     except BaseException:
@@ -319,9 +317,7 @@ def _zip_name(info: zipfile.ZipInfo) -> str:
     try:
         return info.filename.encode("cp437").decode("utf-8")
     except UnicodeDecodeError:
-        raise ArchiveRejected(
-            f"archive member {info.filename!r} has a name that is not valid UTF-8"
-        ) from None
+        raise ArchiveRejected(f"archive member {info.filename!r} has a name that is not valid UTF-8") from None
 
 
 def _plan_zip(infos: list[zipfile.ZipInfo], budget: _Budget) -> list[tuple[zipfile.ZipInfo, str]]:
@@ -339,8 +335,7 @@ def _plan_zip(infos: list[zipfile.ZipInfo], budget: _Budget) -> list[tuple[zipfi
             info.compress_size, 1
         ):
             raise ArchiveRejected(
-                f"archive member {name!r} inflates more than {budget.limits.max_ratio:g}x "
-                "(a decompression bomb?)"
+                f"archive member {name!r} inflates more than {budget.limits.max_ratio:g}x (a decompression bomb?)"
             )
         budget.admit(rel, info.file_size)
         plan.append((info, rel))
@@ -351,8 +346,7 @@ def _plan_zip(infos: list[zipfile.ZipInfo], budget: _Budget) -> list[tuple[zipfi
 def _check_no_overlap(infos: list[zipfile.ZipInfo]) -> None:
     """Overlapping entries (one compressed stream shared by many names) are a classic zip bomb."""
     spans = sorted(
-        (i.header_offset, i.header_offset + 30 + len(i.orig_filename.encode()) + i.compress_size, i)
-        for i in infos
+        (i.header_offset, i.header_offset + 30 + len(i.orig_filename.encode()) + i.compress_size, i) for i in infos
     )
     for (start_a, end_a, a), (start_b, _, b) in itertools.pairwise(spans):
         if start_b < end_a or start_a == start_b:

@@ -48,8 +48,17 @@ class JobInput:
 class JobProgress:
     """Reports stages and byte counts to the job row, at most every ``interval`` seconds for bytes."""
 
-    def __init__(self, store: JobStore, job_id: str, worker_id: str, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        worker_id: str,
+        *,
+        interval: float = 0.5,
+        stage_delay_s: float = 0.0,
+    ) -> None:
         self.store, self.job_id, self.worker_id, self.interval = store, job_id, worker_id, interval
+        self.stage_delay_s = stage_delay_s
         self.current = "running"
         self._last = 0.0
         self._started = time.monotonic()
@@ -59,6 +68,8 @@ class JobProgress:
         self.current = status
         self._started = time.monotonic()
         self.store.stage(self.job_id, self.worker_id, status, message)
+        if self.stage_delay_s:
+            time.sleep(self.stage_delay_s)
 
     def bytes(self, done: int, total: int | None) -> None:
         now = time.monotonic()
@@ -92,10 +103,11 @@ class Pipeline:
         staging.mkdir(parents=True)
         try:
             inp = self._load(job_id)
-            progress = JobProgress(self.store, job_id, worker_id)
+            progress = JobProgress(self.store, job_id, worker_id, stage_delay_s=self.settings.stage_delay_s)
             files, not_fetched = self._fetch(inp, staging, progress)
             manifest, base = self._validate(inp, files, not_fetched, progress)
             self._store(files, progress)
+            progress.stage("registering", f"registering {inp.model.name}")
             self._register(inp, worker_id, manifest, base)
         except JobLost:
             log.warning("job %s: lost ownership; stopping without touching it", job_id)
@@ -112,17 +124,11 @@ class Pipeline:
             model = s.get(Model, job.model_id) if job and job.model_id else None
         if job is None or secret is None or model is None:
             raise IngestError("the job's inputs are gone (was the model deleted?)")
-        return JobInput(
-            job, model, parse_source(secret.source, self.settings, check_expiry=False), secret.hf_token
-        )
+        return JobInput(job, model, parse_source(secret.source, self.settings, check_expiry=False), secret.hf_token)
 
-    def _fetch(
-        self, inp: JobInput, staging: Path, progress: JobProgress
-    ) -> tuple[list[StagedFile], list[str]]:
+    def _fetch(self, inp: JobInput, staging: Path, progress: JobProgress) -> tuple[list[StagedFile], list[str]]:
         if inp.source.kind == SourceKind.HUGGINGFACE:
-            return hf_source.fetch(
-                inp.source, inp.hf_token, self.settings.hf_endpoint, staging / "tree", progress
-            )
+            return hf_source.fetch(inp.source, inp.hf_token, self.settings.hf_endpoint, staging / "tree", progress)
         return self._fetch_archive(inp.source, staging, progress), []
 
     def _fetch_archive(self, source: SourceSpec, staging: Path, progress: JobProgress) -> list[StagedFile]:
@@ -130,21 +136,16 @@ class Pipeline:
         s = self.settings
         info = http_source.probe(source, timeout_s=s.fetch_timeout_s, retries=s.fetch_retries)
         if info.size is not None and info.size > s.max_archive_bytes:
-            raise SourceUnavailable(
-                f"the archive is {info.size} bytes; the limit is {s.max_archive_bytes} bytes"
-            )
+            raise SourceUnavailable(f"the archive is {info.size} bytes; the limit is {s.max_archive_bytes} bytes")
         fmt = archive.detect_format(info.head)
         size = "unknown size" if info.size is None else f"{info.size} bytes"
         progress.stage(
             "downloading",
-            f"streaming a .{fmt} archive ({size}) from {source.display}: download, extraction and hashing "
-            "in one pass",
+            f"streaming a .{fmt} archive ({size}) from {source.display}: download, extraction and hashing in one pass",
         )
         counter = _Downloaded(progress, info.size, s.max_archive_bytes)
         reader = _Readers(source, info, s.fetch_timeout_s, s.fetch_retries, counter.add)
-        limits = archive.Limits(
-            s.max_archive_members, s.max_artifact_bytes, s.max_compression_ratio, s.extract_threads
-        )
+        limits = archive.Limits(s.max_archive_members, s.max_artifact_bytes, s.max_compression_ratio, s.extract_threads)
         tree = staging / "tree"
         if fmt != "zip":
             with reader.stream() as stream:
@@ -221,19 +222,13 @@ class Pipeline:
             if model is None:
                 raise IngestError("the model was deleted while it was uploading")
             for entry in manifest["files"]:
-                s.add(
-                    ModelFile(
-                        model_id=model.id, path=entry["path"], size=entry["size"], sha256=entry["sha256"]
-                    )
-                )
+                s.add(ModelFile(model_id=model.id, path=entry["path"], size=entry["size"], sha256=entry["sha256"]))
             model.status, model.manifest = ModelStatus.READY, manifest
             model.type = manifest.get("type")
             model.total_bytes = manifest["total_bytes"]
             model.base_model_id = base.id if base else None
             job.status, job.progress, job.updated_at = JobStatus.COMPLETE, None, utcnow()
-            add_update(
-                s, job.id, JobStatus.COMPLETE, f"{model.name} is ready ({manifest['total_bytes']} bytes)"
-            )
+            add_update(s, job.id, JobStatus.COMPLETE, f"{model.name} is ready ({manifest['total_bytes']} bytes)")
             s.delete(s.get(JobSecret, job.id))
 
 

@@ -25,9 +25,7 @@ def architectures() -> dict[str, frozenset[str]]:
     """Architecture names by what they do: ``generation``, ``encoder``, and ``all``."""
     from transformers.models.auto import modeling_auto as m
 
-    generation = _names(m.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) | _names(
-        m.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES
-    )
+    generation = _names(m.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) | _names(m.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
     encoder = _names(m.MODEL_MAPPING_NAMES) | _names(m.MODEL_FOR_MASKED_LM_MAPPING_NAMES)
     everything: set[str] = set()
     for name in dir(m):

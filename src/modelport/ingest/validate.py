@@ -56,9 +56,7 @@ def validate(
     if report.problems:
         raise ValidationFailed(report.problems)
     return {
-        "files": [
-            {"path": f.path, "size": f.size, "sha256": f.sha256} for f in sorted(files, key=lambda f: f.path)
-        ],
+        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in sorted(files, key=lambda f: f.path)],
         "total_bytes": sum(f.size for f in files),
         **details,
     }
@@ -75,8 +73,7 @@ def _check_forbidden(paths: list[str], report: _Report) -> None:
             )
         elif name.endswith(".py"):
             report.add(
-                f"{path}: custom Python code is refused; modelport only serves architectures "
-                "built into transformers"
+                f"{path}: custom Python code is refused; modelport only serves architectures built into transformers"
             )
 
 
@@ -223,9 +220,7 @@ def _adapter(
     details: dict[str, Any] = {"kind": "adapter"}
     for required in ("adapter_config.json", "adapter_model.safetensors"):
         if required not in by_path:
-            report.add(
-                f"{required} is missing: an adapter needs adapter_config.json and adapter_model.safetensors"
-            )
+            report.add(f"{required} is missing: an adapter needs adapter_config.json and adapter_model.safetensors")
     config = _load_json(by_path, "adapter_config.json", report)
     if config is not None:
         details["adapter"] = _adapter_config(config, report)
@@ -251,9 +246,7 @@ def _adapter(
 def _adapter_config(config: dict[str, Any], report: _Report) -> dict[str, Any]:
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
-        report.add(
-            f"adapter_config.json: peft_type {config.get('peft_type')!r} is not supported; only LORA is"
-        )
+        report.add(f"adapter_config.json: peft_type {config.get('peft_type')!r} is not supported; only LORA is")
     rank = config.get("r")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         report.add("adapter_config.json: 'r' (the LoRA rank) must be a positive integer")
@@ -293,8 +286,7 @@ def _check_against_base(header: Header, config: dict[str, Any], base: BaseModel,
             a, b = ab["A"].shape, ab["B"].shape
             if len(a) != 2 or len(b) != 2 or a[1] != in_f or b[0] != out_f or a[0] != b[1]:
                 mismatches.append(
-                    f"{module}: lora_A {list(a)} / lora_B {list(b)} do not fit the base weight "
-                    f"{[out_f, in_f]}"
+                    f"{module}: lora_A {list(a)} / lora_B {list(b)} do not fit the base weight {[out_f, in_f]}"
                 )
     for problem in mismatches[:10]:
         report.add(f"adapter does not match base model {base.name}: {problem}")

@@ -95,9 +95,7 @@ class JobStore:
             }
             add_update(s, job_id, status, message)
 
-    def finish_failed(
-        self, job_id: str, worker_id: str | None, code: str, message: str, problems: list[str]
-    ) -> None:
+    def finish_failed(self, job_id: str, worker_id: str | None, code: str, message: str, problems: list[str]) -> None:
         """Fail the job, free its model name, forget its secrets. ``worker_id=None``: reaper's call."""
         with self.db.session() as s:
             job = s.get(Job, job_id, with_for_update=True)

@@ -30,6 +30,7 @@ _STATUS_HINTS = {
     401: "access denied: the URL is not signed or its signature is invalid",
     403: "access denied: the presigned URL has expired, was revoked, or its signature does not match",
     404: "no object at that URL: check the bucket and key",
+    416: "the object is shorter than the server announced (a truncated upload?)",
 }
 _TRANSIENT = (httpx.TransportError, httpx.RemoteProtocolError)
 RANGE_WINDOW = 8 * 2**20
@@ -47,9 +48,7 @@ class _Client:
     def __init__(self, spec: SourceSpec, timeout_s: float, retries: int) -> None:
         self.spec, self.retries = spec, retries
         # The read timeout is the stall timeout: no byte for that long and the attempt is retried.
-        self.http = httpx.Client(
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)), follow_redirects=True
-        )
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)), follow_redirects=True)
 
     def close(self) -> None:
         self.http.close()
@@ -129,9 +128,10 @@ class ResumableStream:
         headers = {"Accept-Encoding": "identity"}
         if self.position:
             if not self.info.ranges:
+                size = "?" if self.info.size is None else self.info.size
                 raise SourceUnavailable(
-                    f"download from {self.client.spec.display} broke at byte "
-                    f"{self.position} and the server does not support resuming"
+                    f"download from {self.client.spec.display} was cut off at byte {self.position} of "
+                    f"{size} and the server does not support resuming"
                 )
             headers["Range"] = f"bytes={self.position}-"
             if self.info.etag:

@@ -70,15 +70,12 @@ def fetch(
     with _hub_errors(spec):
         revision = api.model_info(spec.repo_id, revision=spec.revision).sha or spec.revision
         files = [
-            f
-            for f in api.list_repo_tree(spec.repo_id, revision=revision, recursive=True)
-            if isinstance(f, RepoFile)
+            f for f in api.list_repo_tree(spec.repo_id, revision=revision, recursive=True) if isinstance(f, RepoFile)
         ]
     todo = plan(files)
     progress.stage(
         "downloading",
-        f"downloading {len(todo.fetch)} files ({todo.total_bytes} bytes) "
-        f"from {spec.display} at {str(revision)[:12]}",
+        f"downloading {len(todo.fetch)} files ({todo.total_bytes} bytes) from {spec.display} at {str(revision)[:12]}",
     )
     done = 0
     staged = []
@@ -114,8 +111,7 @@ class _hub_errors:
         name = self.spec.display
         if isinstance(exc, GatedRepoError):
             raise SourceUnavailable(
-                f"{name} is gated: accept its terms on the hub and pass an hf_token "
-                "from an account that has access"
+                f"{name} is gated: accept its terms on the hub and pass an hf_token from an account that has access"
             ) from None
         if isinstance(exc, RepositoryNotFoundError):
             raise SourceUnavailable(
@@ -130,9 +126,7 @@ class _hub_errors:
             status = exc.response.status_code if exc.response is not None else "?"
             raise SourceUnavailable(f"the Hugging Face hub answered HTTP {status} for {name}") from None
         if isinstance(exc, OSError | httpx.HTTPError):
-            raise SourceUnavailable(
-                f"could not reach the Hugging Face hub for {name}: {type(exc).__name__}"
-            ) from None
+            raise SourceUnavailable(f"could not reach the Hugging Face hub for {name}: {type(exc).__name__}") from None
 
 
 def _quiet_tqdm() -> Any:

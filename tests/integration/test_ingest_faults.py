@@ -1,0 +1,114 @@
+"""What goes wrong on the way in: broken, stalled, refused and hostile downloads. Each ends as a clear
+job error (or a successful resume), and leaves no files and no rows behind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelport.accounts.service import Principal
+from modelport.app import Services, build_services
+from tests.conftest import make_settings, principal_for
+from tests.integration.helpers import stored_blobs, upload
+from tests.support.fakehub import FakeHub
+from tests.support.tinymodels import archive_bytes, files_of
+
+
+@pytest.fixture
+def impatient(tmp_path: Path, db_url: str, hub: FakeHub) -> Iterator[Services]:
+    svc = build_services(make_settings(tmp_path, db_url, hub.url, fetch_timeout_s=1.0, fetch_retries=2))
+    yield svc
+    svc.db.dispose()
+
+
+@pytest.fixture
+def tgz(tiny_llama: Path) -> bytes:
+    return archive_bytes(files_of(tiny_llama), "tar.gz")
+
+
+def _assert_nothing_left(services: Services, who: Principal) -> None:
+    assert services.catalog.list_models(who) == []
+    assert stored_blobs(services) == set()
+    assert list(services.settings.staging_dir.iterdir()) == []
+
+
+def test_dropped_connections_are_resumed_with_range(impatient: Services, hub: FakeHub, tgz: bytes) -> None:
+    who = principal_for(impatient, "alice")
+    url = hub.serve_file("drops.tgz", tgz, break_after=len(tgz) // 3, breaks=2)
+    view = upload(impatient, who, "resumed", url)
+    assert view.job.status == "Complete", [u.message for u in view.updates]
+    ranges = [r for m, p, r in hub.requests if p == "/files/drops.tgz" and r and r != "bytes=0-1023"]
+    assert ranges == [f"bytes={len(tgz) // 3}-", f"bytes={2 * (len(tgz) // 3)}-"]
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
+def test_without_range_support_a_drop_is_a_clear_failure(
+    impatient: Services, hub: FakeHub, tiny_llama: Path, fmt: str
+) -> None:
+    who = principal_for(impatient, "alice")
+    data = archive_bytes(files_of(tiny_llama), fmt)
+    view = upload(impatient, who, "cut", hub.serve_file(f"cut.{fmt}", data, ranges=False, break_after=5000, breaks=9))
+    assert view.job.status == "Failed" and view.job.error_code == "source_unavailable"
+    assert "cut off at byte 5000" in (view.job.error_message or "") and "resuming" in (view.job.error_message or "")
+    _assert_nothing_left(impatient, who)
+
+
+def test_a_wrong_content_length_is_a_clear_failure(impatient: Services, hub: FakeHub, tgz: bytes) -> None:
+    who = principal_for(impatient, "alice")
+    view = upload(impatient, who, "liar", hub.serve_file("liar.tgz", tgz, ranges=False, claim_size=len(tgz) + 999))
+    assert view.job.status == "Failed" and view.job.error_code == "source_unavailable"
+    assert f"of {len(tgz) + 999}" in (view.job.error_message or "")
+    _assert_nothing_left(impatient, who)
+
+
+def test_a_stalled_download_times_out(impatient: Services, hub: FakeHub, tgz: bytes) -> None:
+    who = principal_for(impatient, "alice")
+    view = upload(impatient, who, "stall", hub.serve_file("stall.tgz", tgz, seconds=60, ranges=False))
+    assert view.job.status == "Failed" and view.job.error_code == "source_unavailable"
+    assert "ReadTimeout" in (view.job.error_message or "")
+    _assert_nothing_left(impatient, who)
+
+
+def test_missing_object_and_denied_access(
+    services: Services, alice: Principal, s3: Any, bucket: str, presign: Any, tgz: bytes
+) -> None:
+    url = presign(tgz, key="gone.tgz")
+    s3.delete_object(Bucket=bucket, Key="gone.tgz")
+    view = upload(services, alice, "gone", url)
+    assert view.job.status == "Failed" and "HTTP 404" in (view.job.error_message or "")
+    assert "Signature" not in (view.job.error_message or "")
+    tampered = url.replace("X-Amz-Signature=", "X-Amz-Signature=00")
+    view = upload(services, alice, "denied", tampered)
+    assert view.job.status == "Failed"
+    assert view.job.error_message and ("HTTP 403" in view.job.error_message or "HTTP 404" in view.job.error_message)
+    _assert_nothing_left(services, alice)
+
+
+def test_a_corrupt_gzip_is_rejected(services: Services, alice: Principal, hub: FakeHub, tgz: bytes) -> None:
+    broken = tgz[:200] + bytes(b ^ 0xFF for b in tgz[200:400]) + tgz[400:]
+    view = upload(services, alice, "corrupt", hub.serve_file("corrupt.tgz", broken))
+    assert view.job.status == "Failed" and view.job.error_code == "archive_rejected"
+    _assert_nothing_left(services, alice)
+
+
+def test_a_gzip_bomb_is_rejected(services: Services, alice: Principal, hub: FakeHub) -> None:
+    bomb = archive_bytes({"config.json": b"\0" * (64 * 2**20)}, "tar.gz")
+    assert len(bomb) < 2**20
+    view = upload(services, alice, "bomb", hub.serve_file("bomb.tgz", bomb))
+    assert view.job.status == "Failed" and view.job.error_code == "archive_rejected"
+    assert "inflates more than 100x" in (view.job.error_message or "")
+    _assert_nothing_left(services, alice)
+
+
+def test_a_hostile_archive_fails_the_job_naming_the_member(
+    services: Services, alice: Principal, hub: FakeHub, tiny_llama: Path
+) -> None:
+    files = files_of(tiny_llama) | {"../../escape.json": b"{}"}
+    view = upload(services, alice, "escape", hub.serve_file("escape.tar", archive_bytes(files, "tar")))
+    assert view.job.status == "Failed" and view.job.error_code == "archive_rejected"
+    assert "'../../escape.json'" in (view.job.error_message or "")
+    assert not (services.settings.data_dir.parent / "escape.json").exists()
+    _assert_nothing_left(services, alice)
