@@ -35,7 +35,13 @@ from modelport.ingest.staging import CHUNK, StagedFile
 _LITTER_DIRS = {"__MACOSX"}
 _LITTER_NAMES = {".DS_Store"}
 _NESTED_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".tar.gz", ".7z", ".rar", ".xz", ".bz2", ".zst")
-_CORRUPT_TAR: tuple[type[BaseException], ...] = (tarfile.TarError, EOFError, OSError, igzip_lib.IsalError, zlib.error)
+_CORRUPT_TAR: tuple[type[BaseException], ...] = (
+    tarfile.TarError,
+    EOFError,
+    OSError,
+    zlib.error,
+    cast(type[BaseException], igzip_lib.IsalError),  # untyped in isal's stubs
+)
 # Below this many inflated bytes the ratio check stays quiet: small, very compressible JSON is normal.
 _RATIO_GRACE_BYTES = 16 * 2**20
 
