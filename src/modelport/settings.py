@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         default=100.0, gt=1, description="Refuse archives that inflate more than this many times (bombs)."
     )
     extract_threads: int = Field(default=2, ge=1, description="Zip members extracted in parallel.")
+    admission_max_bytes: int = Field(
+        default=2 * 2**30,
+        ge=0,
+        description="Models (or adapter bases) whose weights fit this budget are loaded on CPU and run one "
+        "forward pass before they are Complete; bigger ones get the structural check only.",
+    )
     stage_delay_s: float = Field(
         default=0.0, ge=0, description="Testing aid: pause this long at the start of each ingest stage."
     )

@@ -21,8 +21,8 @@ from typing import IO, Any
 from sqlalchemy import select
 
 from modelport.errors import IngestError, SourceUnavailable
-from modelport.ingest import archive, validate
-from modelport.ingest.safetensors_header import SafetensorsError, TensorInfo, parse_header
+from modelport.ingest import admission, archive, validate
+from modelport.ingest.safetensors_header import SafetensorsError, TensorInfo, parse_header, read_file_header
 from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
 from modelport.ingest.sources import http as http_source
 from modelport.ingest.sources import huggingface as hf_source
@@ -106,6 +106,7 @@ class Pipeline:
             progress = JobProgress(self.store, job_id, worker_id, stage_delay_s=self.settings.stage_delay_s)
             files, not_fetched = self._fetch(inp, staging, progress)
             manifest, base = self._validate(inp, files, not_fetched, progress)
+            manifest["admission"] = self._admit(manifest, files, base, staging, progress)
             self._store(files, progress)
             progress.stage("registering", f"registering {inp.model.name}")
             self._register(inp, worker_id, manifest, base)
@@ -175,6 +176,36 @@ class Pipeline:
         manifest = validate.validate(files, not_fetched, inp.model.kind, base, base_name)
         return manifest, base_row
 
+    def _admit(
+        self,
+        manifest: dict[str, Any],
+        files: list[StagedFile],
+        base: Model | None,
+        staging: Path,
+        progress: JobProgress,
+    ) -> dict[str, Any]:
+        budget = self.settings.admission_max_bytes
+        progress.stage(
+            "admitting",
+            "loading the model and running a one-token forward pass"
+            if manifest.get("total_bytes", 0) <= budget
+            else "checking the architecture against the weights",
+        )
+        candidate = admission.Candidate(_tree_root(files), manifest, _tensors(files))
+        base_candidate = self._materialize_base(base, staging / "base", budget) if base else None
+        report = admission.admit(candidate, max_bytes=budget, base=base_candidate)
+        progress.stage("admitting", _admission_summary(report))
+        return report
+
+    def _materialize_base(self, base: Model, dest: Path, budget: int) -> admission.Candidate:
+        """The base's configs always, its weights only if a forward pass will need them."""
+        manifest = base.manifest or {}
+        with_weights = manifest.get("total_bytes", 0) <= budget
+        for entry in manifest.get("files", []):
+            if with_weights or not entry["path"].endswith(".safetensors"):
+                self.blobs.materialize(entry["sha256"], dest / entry["path"])
+        return admission.Candidate(dest, manifest, self._base_for_validation(base).tensors)
+
     def _find_base(self, account_id: str, name: str | None) -> Model | None:
         if not name:
             return None
@@ -230,6 +261,31 @@ class Pipeline:
             job.status, job.progress, job.updated_at = JobStatus.COMPLETE, None, utcnow()
             add_update(s, job.id, JobStatus.COMPLETE, f"{model.name} is ready ({manifest['total_bytes']} bytes)")
             s.delete(s.get(JobSecret, job.id))
+
+
+def _tree_root(files: list[StagedFile]) -> Path:
+    """The directory that plays the archive root (after any flattening)."""
+    first = files[0]
+    return Path(str(first.local)[: -len(first.path)])
+
+
+def _tensors(files: list[StagedFile]) -> dict[str, TensorInfo]:
+    tensors: dict[str, TensorInfo] = {}
+    for f in files:
+        if f.path.endswith(".safetensors") and "/" not in f.path:
+            tensors.update(read_file_header(str(f.local), f.size).tensors)
+    return tensors
+
+
+def _admission_summary(report: dict[str, Any]) -> str:
+    if report["checked"] == "meta":
+        return f"structure verified; {report['reason']}"
+    if "changed_modules" in report:
+        return (
+            f"adapter applied to its base: it changes {report['changed_modules']} of {report['target_modules']} "
+            f"target modules ({report['ms']} ms)"
+        )
+    return f"forward pass ok on {report['tokens']} tokens, outputs finite ({report['ms']} ms)"
 
 
 def _extraction_summary(extracted: archive.Extracted) -> str:

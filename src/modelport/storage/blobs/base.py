@@ -31,6 +31,10 @@ class BlobStore(Protocol):
 
     def read_range(self, sha256: str, start: int, length: int) -> bytes: ...
 
+    def materialize(self, sha256: str, dest: Path) -> None:
+        """Make the blob available as a local file at ``dest`` (a hard link where possible)."""
+        ...
+
     def delete(self, sha256: str) -> None: ...
 
     def iter_blobs(self) -> Iterator[tuple[str, datetime]]:

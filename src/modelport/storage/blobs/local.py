@@ -74,6 +74,16 @@ class LocalBlobStore:
             f.seek(start)
             return f.read(length)
 
+    def materialize(self, sha256: str, dest: Path) -> None:
+        src = self._path(sha256)
+        if not src.exists():
+            raise BlobUnavailable(f"blob {sha256} is missing from the store")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dest)
+        except OSError:
+            shutil.copyfile(src, dest)
+
     def delete(self, sha256: str) -> None:
         self._path(sha256).unlink(missing_ok=True)
 

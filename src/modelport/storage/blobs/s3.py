@@ -100,6 +100,13 @@ class S3BlobStore:
         except (BotoCoreError, ClientError) as e:
             raise BlobUnavailable(f"could not read blob {sha256}: {e}") from e
 
+    def materialize(self, sha256: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(self.bucket, self._key(sha256), str(dest), Config=_TRANSFER)
+        except (BotoCoreError, ClientError) as e:
+            raise BlobUnavailable(f"could not read blob {sha256}: {e}") from e
+
     def delete(self, sha256: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(sha256))
