@@ -133,3 +133,44 @@ def test_adapter_without_a_known_base(tiny_lora: Path) -> None:
     with pytest.raises(ValidationFailed) as err:
         validate(staged(tiny_lora), [], "adapter", None, "nope")
     assert "base model 'nope' is not one of your models" in err.value.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("num_hidden_layers", 10**9),
+        ("hidden_size", -1),
+        ("vocab_size", "many"),
+        ("max_position_embeddings", True),
+    ],
+)
+def test_absurd_config_sizes_are_refused_before_any_allocation(
+    tmp_path: Path, tiny_llama: Path, key: str, value: object
+) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(tiny_llama, model)
+    config = json.loads((model / "config.json").read_text())
+    config[key] = value
+    (model / "config.json").write_text(json.dumps(config))
+    assert any(f"{key} = {value!r}" in p for p in problems(staged(model)))
+
+
+def test_a_config_far_bigger_than_its_weights_is_refused(tmp_path: Path, tiny_llama: Path) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(tiny_llama, model)
+    config = json.loads((model / "config.json").read_text())
+    config["hidden_size"], config["intermediate_size"] = 4096, 11008
+    (model / "config.json").write_text(json.dumps(config))
+    assert any("the config does not belong to these weights" in p for p in problems(staged(model)))
+
+
+def test_custom_tokenizer_code_and_oversized_tokenizers_are_refused(tmp_path: Path, tiny_llama: Path) -> None:
+    model = tmp_path / "m"
+    shutil.copytree(tiny_llama, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["tok.Evil", None]}
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    with open(model / "tokenizer.json", "r+b") as f:
+        f.truncate(65 * 2**20)  # sparse: no real 65 MiB written
+    found = " | ".join(problems(staged(model)))
+    assert "custom tokenizer code" in found and "tokenizer.json: 68157440 bytes is larger" in found

@@ -18,6 +18,30 @@ from modelport.ingest.staging import StagedFile
 from modelport.ingest.transformers_catalog import architectures, known_model_types
 
 MAX_CONFIG_BYTES = 4 * 2**20
+# Tokenizer files can be large (big vocabularies), but not unboundedly so.
+MAX_TOKENIZER_BYTES = 64 * 2**20
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt")
+# Upper bounds that no real text model comes near; a config past them would make even the meta-device
+# skeleton (millions of Python objects) exhaust memory.
+SIZE_BOUNDS = {
+    "hidden_size": 1 << 17,
+    "intermediate_size": 1 << 20,
+    "num_hidden_layers": 1024,
+    "num_attention_heads": 4096,
+    "num_key_value_heads": 4096,
+    "vocab_size": 1 << 24,
+    "max_position_embeddings": 1 << 24,
+    "head_dim": 1 << 14,
+    "num_local_experts": 4096,
+    "num_experts": 4096,
+    "n_embd": 1 << 17,
+    "n_layer": 1024,
+    "n_head": 4096,
+    "d_model": 1 << 17,
+    "num_layers": 1024,
+}
+# The config may describe at most this many times the parameters its weights hold.
+MAX_CONFIG_TO_WEIGHTS_RATIO = 20
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 TOKENIZER_SETS = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",))
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx")
@@ -113,6 +137,8 @@ def _model(by_path: dict[str, StagedFile], headers: dict[str, Header], report: _
             report.add("config.json is missing: a model needs its Hugging Face config at the archive root")
         return {"kind": "model"}
     details = _architecture(config, report)
+    _check_sizes(config, report)
+    _check_tokenizer_files(by_path, report)
     is_embedding = "modules.json" in by_path or "config_sentence_transformers.json" in by_path
     architecture = details.get("architecture")
     kinds = architectures()
@@ -138,7 +164,45 @@ def _model(by_path: dict[str, StagedFile], headers: dict[str, Header], report: _
         )
     details.update(_weight_stats([headers[p] for p in weights]))
     details["context_length"] = _context_length(config, by_path, report)
+    _check_config_against_weights(config, details.get("parameters") or 0, report)
     return details
+
+
+def _check_sizes(config: dict[str, Any], report: _Report) -> None:
+    for scope in (config, config.get("text_config")):
+        if not isinstance(scope, dict):
+            continue
+        for key, bound in SIZE_BOUNDS.items():
+            value = scope.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= bound:
+                report.add(f"config.json: {key} = {value!r} must be a positive integer no larger than {bound}")
+
+
+def _check_config_against_weights(config: dict[str, Any], weight_params: int, report: _Report) -> None:
+    """A config describing a far bigger model than its weights would make the skeleton alone huge."""
+    h, layers = config.get("hidden_size"), config.get("num_hidden_layers")
+    vocab, inter = config.get("vocab_size") or 0, config.get("intermediate_size") or 0
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (h, layers, vocab, inter)):
+        return
+    assert isinstance(h, int) and isinstance(layers, int)
+    estimate = layers * (4 * h * h + 3 * h * inter) + vocab * h
+    if weight_params and estimate > MAX_CONFIG_TO_WEIGHTS_RATIO * weight_params:
+        report.add(
+            f"config.json describes about {estimate} parameters but the weights hold {weight_params}: "
+            "the config does not belong to these weights"
+        )
+
+
+def _check_tokenizer_files(by_path: dict[str, StagedFile], report: _Report) -> None:
+    for name in TOKENIZER_FILES:
+        f = by_path.get(name)
+        if f is not None and f.size > MAX_TOKENIZER_BYTES:
+            report.add(f"{name}: {f.size} bytes is larger than the {MAX_TOKENIZER_BYTES} bytes allowed")
+    tok_config = _load_json(by_path, "tokenizer_config.json", report) or {}
+    if "auto_map" in tok_config:
+        report.add("tokenizer_config.json: auto_map asks for custom tokenizer code (trust_remote_code); it is refused")
 
 
 def _architecture(config: dict[str, Any], report: _Report) -> dict[str, Any]:
