@@ -12,6 +12,7 @@
     └── IngestError                 (job failures; recorded on the job, not returned by the API)
         ├── SourceUnavailable       the source could not be fetched (404/403/network)
         ├── ArchiveRejected         the archive is unreadable or unsafe
+        ├── StagingFull             the disk filled up while unpacking
         └── ValidationFailed        the artifact is not a servable model; carries every problem
 
 Messages never include secrets: callers pass redacted sources only.
@@ -91,6 +92,10 @@ class SourceUnavailable(IngestError):
 
 class ArchiveRejected(IngestError):
     code = "archive_rejected"
+
+
+class StagingFull(IngestError):
+    code = "staging_full"
 
 
 class ValidationFailed(IngestError):

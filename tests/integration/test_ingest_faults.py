@@ -112,3 +112,39 @@ def test_a_hostile_archive_fails_the_job_naming_the_member(
     assert "'../../escape.json'" in (view.job.error_message or "")
     assert not (services.settings.data_dir.parent / "escape.json").exists()
     _assert_nothing_left(services, alice)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path, db_url: str, hub: FakeHub) -> Iterator[Services]:
+    """The data directory on a 256 KiB tmpfs: a real 'No space left on device'."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root); the full-disk test needs one")
+    svc = build_services(make_settings(disk, db_url, hub.url))
+    yield svc
+    svc.db.dispose()
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
+def test_a_full_disk_during_extraction_fails_cleanly(
+    tiny_disk: Services, hub: FakeHub, tiny_llama: Path, fmt: str
+) -> None:
+    import numpy as np
+
+    who = principal_for(tiny_disk, "alice")
+    files = files_of(tiny_llama) | {"extra.safetensors": np.random.default_rng(0).bytes(2**20)}
+    view = upload(tiny_disk, who, "full", hub.serve_file(f"full.{fmt}", archive_bytes(files, fmt)))
+    assert view.job.status == "Failed" and view.job.error_code == "staging_full", view.job.error_message
+    assert "no space left in the staging area" in (view.job.error_message or "")
+    _assert_nothing_left(tiny_disk, who)
+    # The disk is usable again: a model that fits still goes through.
+    assert (
+        upload(
+            tiny_disk, who, "fits", hub.serve_file("fits.tar", archive_bytes(files_of(tiny_llama), "tar"))
+        ).job.status
+        == "Complete"
+    )

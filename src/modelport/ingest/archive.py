@@ -11,6 +11,8 @@ Any unsafe member rejects the whole archive, naming the member; the caller delet
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import itertools
@@ -20,7 +22,7 @@ import tarfile
 import threading
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -28,7 +30,7 @@ from typing import IO, Any, Protocol, cast
 
 from isal import igzip, igzip_lib
 
-from modelport.errors import ArchiveRejected
+from modelport.errors import ArchiveRejected, StagingFull
 from modelport.ingest.staging import CHUNK, StagedFile
 
 # Finder and resource-fork litter that macOS puts in zips: harmless, and never part of a model.
@@ -145,7 +147,26 @@ class _Budget:
                 )
 
 
+@contextlib.contextmanager
+def _disk_full_is_clear(rel: str) -> Iterator[None]:
+    """ENOSPC must not read as a corrupt archive: say what filled up and where."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StagingFull(
+                f"no space left in the staging area while writing archive member {rel!r}; "
+                "free disk space or lower the upload size"
+            ) from None
+        raise
+
+
 def _copy_member(src: IO[bytes], rel: str, dest: Path, budget: _Budget) -> StagedFile:
+    with _disk_full_is_clear(rel):
+        return _copy(src, rel, dest, budget)
+
+
+def _copy(src: IO[bytes], rel: str, dest: Path, budget: _Budget) -> StagedFile:
     local = dest / rel
     local.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
@@ -192,6 +213,8 @@ class _Sink:
         self.files: list[StagedFile] = []
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=16)  # bounded: ~16 MiB in flight
         self._error: BaseException | None = None
+        self._rel, self._digest, self._size = "", hashlib.sha256(), 0
+        self._out: IO[bytes] = io.BytesIO()
         self._thread = threading.Thread(target=self._run, name="archive-sink", daemon=True)
         self._thread.start()
 
@@ -201,28 +224,32 @@ class _Sink:
         self._queue.put((op, value))
 
     def _run(self) -> None:
-        out: IO[bytes] | None = None
-        digest, size, rel = hashlib.sha256(), 0, ""
         while True:
             op, value = self._queue.get()
             if op == "stop":
                 return
             if self._error is not None:
-                continue
+                continue  # keep draining so the reading thread never blocks on a full queue
             try:
-                if op == "open":
-                    rel, digest, size = value, hashlib.sha256(), 0
-                    (self.dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                    out = open(self.dest / rel, "wb")  # noqa: SIM115 - closed on "close"
-                elif op == "data" and out is not None:
-                    digest.update(value)
-                    out.write(value)
-                    size += len(value)
-                elif op == "close" and out is not None:
-                    out.close()
-                    self.files.append(StagedFile(rel, size, digest.hexdigest(), self.dest / rel))
+                with _disk_full_is_clear(self._rel):
+                    self._apply(op, value)
             except BaseException as e:  # re-raised in the reading thread by put()/finish()
                 self._error = e
+                with contextlib.suppress(OSError):
+                    self._out.close()
+
+    def _apply(self, op: str, value: Any) -> None:
+        if op == "open":
+            self._rel, self._digest, self._size = value, hashlib.sha256(), 0
+            (self.dest / self._rel).parent.mkdir(parents=True, exist_ok=True)
+            self._out = open(self.dest / self._rel, "wb")  # noqa: SIM115 - closed on "close"
+        elif op == "data":
+            self._digest.update(value)
+            self._out.write(value)
+            self._size += len(value)
+        elif op == "close":
+            self._out.close()
+            self.files.append(StagedFile(self._rel, self._size, self._digest.hexdigest(), self.dest / self._rel))
 
     def finish(self) -> list[StagedFile]:
         self._queue.put(("stop", None))
