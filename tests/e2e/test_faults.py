@@ -70,6 +70,46 @@ def test_kill_9_during_download_then_restart_resumes_the_job(
         proc.stop()
 
 
+STAGES = ["downloading", "extracting", "validating", "admitting", "storing", "registering"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_kill_9_in_each_stage_ends_resumed_with_nothing_orphaned(
+    tmp_path: Path, db_url: str, hub: FakeHub, tiny_llama: Path, stage: str
+) -> None:
+    key = "mp-stage-test-key-0123456789abcdef"
+    env = server_env(tmp_path, db_url, hub, key, MODELPORT_STAGE_DELAY_S="0.6", MODELPORT_JOB_LEASE_S="1.5")
+    proc, url = start_modelport(env, tmp_path / "first.log")
+    try:
+        live = Live(url, key, proc, env)
+        job_id = _submit(url, key, "staged", hub.serve_file(f"{stage}.tar", archive_bytes(files_of(tiny_llama), "tar")))
+        _wait_for(live, job_id, lambda job: (job.get("progress") or {}).get("stage") == stage)
+    finally:
+        proc.kill9()
+    proc, url = start_modelport(env, tmp_path / "second.log")
+    try:
+        live = Live(url, key, proc, env)
+        job = live.wait_job(job_id, timeout=90)
+        assert job["status"] == "Complete", job
+        assert any("it will be resumed" in u["message"] for u in job["status_updates"])
+        model = live.get("/v1/models/devuser/staged")
+        referenced = {f["sha256"] for f in model["manifest"]["files"]}
+        blobs = {p.name for p in (tmp_path / "data" / "blobs" / "sha256").glob("??/*")}
+        assert blobs == referenced
+        assert list((tmp_path / "data" / "staging").iterdir()) == []
+    finally:
+        proc.stop()
+
+
+def _wait_for(live: Live, job_id: str, ready: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready(live.get(f"/v1/jobs/{job_id}")):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(job_id)
+
+
 def test_a_separate_worker_process_runs_the_jobs(tmp_path: Path, db_url: str, hub: FakeHub, tiny_llama: Path) -> None:
     key = "mp-worker-test-key-0123456789abcdef"
     env = server_env(tmp_path, db_url, hub, key, MODELPORT_WORKERS="0")
