@@ -74,6 +74,9 @@ class Settings(BaseSettings):
         description="Models (or adapter bases) whose weights fit this budget are loaded on CPU and run one "
         "forward pass before they are Complete; bigger ones get the structural check only.",
     )
+    check_timeout_s: float = Field(
+        default=900.0, gt=0, description="Validation and admission (in a child process) are stopped after this long."
+    )
     stage_delay_s: float = Field(
         default=0.0, ge=0, description="Testing aid: pause this long at the start of each ingest stage."
     )

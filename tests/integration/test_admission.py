@@ -113,3 +113,15 @@ def test_models_over_the_budget_get_the_structural_check_only(
     assert admission["checked"] == "meta" and "forward pass skipped" in admission["reason"]
     broken = _broken_copy(tmp_path, tiny_llama, "missing")
     assert upload(small_budget, who, "broken", _serve(hub, broken, "b.tar")).job.error_code == "admission_failed"
+
+
+def test_a_check_that_overruns_its_time_is_stopped(tmp_path: Path, db_url: str, hub: FakeHub, tiny_llama: Path) -> None:
+    svc = build_services(make_settings(tmp_path, db_url, hub.url, check_timeout_s=0.01))
+    try:
+        who = principal_for(svc, "alice")
+        view = upload(svc, who, "slow", _serve(hub, tiny_llama, "slow.tar"))
+        assert view.job.status == "Failed" and view.job.error_code == "check_timeout"
+        assert "longer than 0.01 s" in (view.job.error_message or "")
+        assert stored_blobs(svc) == set() and list(svc.settings.staging_dir.iterdir()) == []
+    finally:
+        svc.db.dispose()

@@ -21,12 +21,13 @@ from typing import IO, Any
 from sqlalchemy import select
 
 from modelport.errors import IngestError, SourceUnavailable
-from modelport.ingest import admission, archive, validate
-from modelport.ingest.safetensors_header import SafetensorsError, TensorInfo, parse_header, read_file_header
+from modelport.ingest import archive, checker
+from modelport.ingest.safetensors_header import SafetensorsError, TensorInfo, parse_header
 from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
 from modelport.ingest.sources import http as http_source
 from modelport.ingest.sources import huggingface as hf_source
 from modelport.ingest.staging import CHUNK, StagedFile
+from modelport.ingest.validate import MAX_CONFIG_BYTES
 from modelport.jobs.states import JobStatus, JobType, ModelStatus
 from modelport.jobs.store import JobLost, JobStore, add_update
 from modelport.settings import Settings
@@ -105,8 +106,7 @@ class Pipeline:
             inp = self._load(job_id)
             progress = JobProgress(self.store, job_id, worker_id, stage_delay_s=self.settings.stage_delay_s)
             files, not_fetched = self._fetch(inp, staging, progress)
-            manifest, base = self._validate(inp, files, not_fetched, progress)
-            manifest["admission"] = self._admit(manifest, files, base, staging, progress)
+            manifest, base = self._check(inp, files, not_fetched, staging, progress)
             self._store(files, progress)
             progress.stage("registering", f"registering {inp.model.name}")
             self._register(inp, worker_id, manifest, base)
@@ -162,49 +162,32 @@ class Pipeline:
         progress.stage("extracting", _extraction_summary(extracted))
         return extracted.files
 
-    def _validate(
-        self, inp: JobInput, files: list[StagedFile], not_fetched: list[str], progress: JobProgress
+    def _check(
+        self, inp: JobInput, files: list[StagedFile], not_fetched: list[str], staging: Path, progress: JobProgress
     ) -> tuple[dict[str, Any], Model | None]:
+        """Validate and admit in a child process (see ``checker``); returns the manifest and the base."""
         progress.stage("validating", f"checking {len(files)} files")
-        base_name = None
-        base_row = None
-        base = None
+        base_name, base_row, base_spec = None, None, None
         if inp.model.kind == "adapter":
             base_name = inp.job.args.get("baseModel") or _adapter_base_hint(files)
             base_row = self._find_base(inp.job.account_id, base_name)
-            base = self._base_for_validation(base_row) if base_row else None
-        manifest = validate.validate(files, not_fetched, inp.model.kind, base, base_name)
+            base_spec = self._base_spec(base_row, staging / "base") if base_row else None
+        request = checker.request_for(
+            files, not_fetched, inp.model.kind, base_name, base_spec, self.settings.admission_max_bytes
+        )
+        manifest = checker.run_checks(request, progress.stage, timeout_s=self.settings.check_timeout_s)
+        progress.stage("admitting", _admission_summary(manifest["admission"]))
         return manifest, base_row
 
-    def _admit(
-        self,
-        manifest: dict[str, Any],
-        files: list[StagedFile],
-        base: Model | None,
-        staging: Path,
-        progress: JobProgress,
-    ) -> dict[str, Any]:
-        budget = self.settings.admission_max_bytes
-        progress.stage(
-            "admitting",
-            "loading the model and running a one-token forward pass"
-            if manifest.get("total_bytes", 0) <= budget
-            else "checking the architecture against the weights",
-        )
-        candidate = admission.Candidate(_tree_root(files), manifest, _tensors(files))
-        base_candidate = self._materialize_base(base, staging / "base", budget) if base else None
-        report = admission.admit(candidate, max_bytes=budget, base=base_candidate)
-        progress.stage("admitting", _admission_summary(report))
-        return report
-
-    def _materialize_base(self, base: Model, dest: Path, budget: int) -> admission.Candidate:
+    def _base_spec(self, base: Model, dest: Path) -> checker.BaseSpec:
         """The base's configs always, its weights only if a forward pass will need them."""
         manifest = base.manifest or {}
-        with_weights = manifest.get("total_bytes", 0) <= budget
+        with_weights = manifest.get("total_bytes", 0) <= self.settings.admission_max_bytes
         for entry in manifest.get("files", []):
             if with_weights or not entry["path"].endswith(".safetensors"):
                 self.blobs.materialize(entry["sha256"], dest / entry["path"])
-        return admission.Candidate(dest, manifest, self._base_for_validation(base).tensors)
+        tensors = checker.encode_tensors(self._base_tensors(base))
+        return checker.BaseSpec(base.name, manifest, str(dest), tensors)
 
     def _find_base(self, account_id: str, name: str | None) -> Model | None:
         if not name:
@@ -222,7 +205,7 @@ class Pipeline:
                 )
             ).first()
 
-    def _base_for_validation(self, base: Model) -> validate.BaseModel:
+    def _base_tensors(self, base: Model) -> dict[str, TensorInfo]:
         tensors: dict[str, TensorInfo] = {}
         for entry in (base.manifest or {}).get("files", []):
             if not entry["path"].endswith(".safetensors"):
@@ -233,7 +216,7 @@ class Pipeline:
             except SafetensorsError as e:
                 raise IngestError(f"the base model's weights could not be read: {e}") from None
             tensors.update(header.tensors)
-        return validate.BaseModel(base.name, base.manifest or {}, tensors)
+        return tensors
 
     def _store(self, files: list[StagedFile], progress: JobProgress) -> None:
         total = sum(f.size for f in files)
@@ -261,20 +244,6 @@ class Pipeline:
             job.status, job.progress, job.updated_at = JobStatus.COMPLETE, None, utcnow()
             add_update(s, job.id, JobStatus.COMPLETE, f"{model.name} is ready ({manifest['total_bytes']} bytes)")
             s.delete(s.get(JobSecret, job.id))
-
-
-def _tree_root(files: list[StagedFile]) -> Path:
-    """The directory that plays the archive root (after any flattening)."""
-    first = files[0]
-    return Path(str(first.local)[: -len(first.path)])
-
-
-def _tensors(files: list[StagedFile]) -> dict[str, TensorInfo]:
-    tensors: dict[str, TensorInfo] = {}
-    for f in files:
-        if f.path.endswith(".safetensors") and "/" not in f.path:
-            tensors.update(read_file_header(str(f.local), f.size).tensors)
-    return tensors
 
 
 def _admission_summary(report: dict[str, Any]) -> str:
@@ -340,7 +309,7 @@ def _adapter_base_hint(files: list[StagedFile]) -> str | None:
     import json
 
     for f in files:
-        if f.path == "adapter_config.json" and f.size < validate.MAX_CONFIG_BYTES:
+        if f.path == "adapter_config.json" and f.size < MAX_CONFIG_BYTES:
             try:
                 value = json.loads(f.local.read_bytes()).get("base_model_name_or_path")
             except (ValueError, AttributeError):
