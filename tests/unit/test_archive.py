@@ -7,11 +7,12 @@ import struct
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from modelport.errors import ArchiveRejected
-from modelport.ingest.archive import Limits, detect_format, extract_file
+from modelport.ingest.archive import Limits, detect_format, extract_file, extract_zip, file_opener
 from tests.support.tinymodels import archive_bytes
 
 LIMITS = Limits(max_members=100, max_total_bytes=10_000)
@@ -87,15 +88,94 @@ def test_duplicates_nested_archives_and_limits(tmp_path: Path) -> None:
         _run(tmp_path, archive_bytes({"big": b"x" * 11}, "tar.gz"), Limits(10, 10))
 
 
-def test_a_zip_that_lies_about_its_sizes_is_refused(tmp_path: Path) -> None:
-    """A bomb declaring 10 bytes while inflating to 50,000 never gets past the declared size."""
+def _lying_zip() -> bytes:
+    """A member declaring 10 bytes that inflates to 50,000."""
     blob = bytearray(archive_bytes({"bomb": b"\0" * 50_000}, "zip"))
     local, central = blob.find(b"PK\x03\x04"), blob.find(b"PK\x01\x02")
     struct.pack_into("<I", blob, local + 22, 10)
     struct.pack_into("<I", blob, central + 24, 10)
+    return bytes(blob)
+
+
+def test_a_zip_that_lies_about_its_sizes_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ArchiveRejected, match="does not match its recorded size"):
+        _run(tmp_path, _lying_zip(), Limits(100, 10**9))
+    # The directory-first reader never reads past the declared size.
+    (tmp_path / "lie.zip").write_bytes(_lying_zip())
     with pytest.raises(ArchiveRejected, match="corrupt"):
+        extract_zip(file_opener(tmp_path / "lie.zip"), tmp_path / "out2", Limits(100, 10**9))
+    assert not (tmp_path / "out2" / "bomb").exists() or (tmp_path / "out2" / "bomb").stat().st_size <= 10
+
+
+def _unseekable_zip(files: dict[str, bytes], method: int) -> bytes:
+    """What zip writers produce on a pipe: sizes and CRCs only after the data (data descriptors)."""
+
+    class Pipe(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: Any) -> int:
+            self.data += b
+            return len(b)
+
+    pipe = Pipe()
+    with zipfile.ZipFile(pipe, "w", method) as zf:
+        for name, data in files.items():
+            with zf.open(name, "w") as member:
+                member.write(data)
+    return bytes(pipe.data)
+
+
+def test_streamed_zips_with_data_descriptors(tmp_path: Path) -> None:
+    files = {"config.json": b"{}", "w.safetensors": bytes(range(256)) * 30}
+    blob = _unseekable_zip(files, zipfile.ZIP_DEFLATED)
+    assert struct.unpack_from("<H", blob, 6)[0] & 0x8  # really has a data descriptor
+    assert _run(tmp_path, blob) == sorted(files)
+    assert (tmp_path / "out" / "w.safetensors").read_bytes() == files["w.safetensors"]
+
+
+def test_stored_entries_with_descriptors_fall_back_to_the_directory(tmp_path: Path) -> None:
+    files = {"a.json": b"{}", "b.json": b"[]"}
+    assert _run(tmp_path, _unseekable_zip(files, zipfile.ZIP_STORED)) == ["a.json", "b.json"]
+
+
+def test_a_zip_whose_directory_disagrees_with_its_contents_is_refused(tmp_path: Path) -> None:
+    blob = bytearray(archive_bytes({"config.json": b"{}", "model.safetensors": b"x" * 100}, "zip"))
+    central = blob.find(b"PK\x01\x02")
+    name_at = central + 46
+    blob[name_at : name_at + 6] = b"CONFIG"
+    with pytest.raises(ArchiveRejected, match="directory does not match its contents"):
         _run(tmp_path, bytes(blob))
-    assert not (tmp_path / "out" / "bomb").exists() or (tmp_path / "out" / "bomb").stat().st_size <= 10
+
+
+def test_a_tampered_zip_member_fails_its_crc(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("a.txt", b"hello world")
+    blob = bytearray(buf.getvalue())
+    blob[blob.find(b"hello")] ^= 0xFF
+    with pytest.raises(ArchiveRejected, match="CRC-32"):
+        _run(tmp_path, bytes(blob))
+
+
+@pytest.mark.parametrize(("flag_offset", "value", "match"), [(6, 0x1, "encrypted"), (8, 14, "compression method 14")])
+def test_encrypted_and_exotic_zip_members_are_refused(tmp_path: Path, flag_offset: int, value: int, match: str) -> None:
+    blob = bytearray(archive_bytes({"a.txt": b"hello"}, "zip"))
+    struct.pack_into("<H", blob, flag_offset, value)
+    with pytest.raises(ArchiveRejected, match=match):
+        _run(tmp_path, bytes(blob))
+
+
+def test_overlapping_entries_are_refused_by_the_directory_reader(tmp_path: Path) -> None:
+    blob = bytearray(archive_bytes({"a": b"A" * 1000, "b": b"B" * 1000}, "zip"))
+    second_central = blob.find(b"PK\x01\x02", blob.find(b"PK\x01\x02") + 4)
+    struct.pack_into("<I", blob, second_central + 42, 0)  # b's local header offset -> a's
+    (tmp_path / "overlap.zip").write_bytes(bytes(blob))
+    with pytest.raises(ArchiveRejected, match="overlap"):
+        extract_zip(file_opener(tmp_path / "overlap.zip"), tmp_path / "out", LIMITS)
 
 
 def test_litter_is_skipped_and_wrapping_folder_flattened(tmp_path: Path) -> None:

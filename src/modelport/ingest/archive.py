@@ -3,8 +3,10 @@
 - tar and tar.gz are read in one forward pass straight from the source stream: gzip is inflated by
   ISA-L (``isal``), tar headers are parsed as they arrive, and a second thread hashes and writes
   each member while the first keeps inflating.
-- zip needs its directory (at the end), so it is read from a seekable source (HTTP ranges or a
-  file); every entry is checked before anything is written, then members are extracted in parallel.
+- zip is streamed the same way from its local headers, and its central directory (at the end) must
+  agree with what was extracted (``zipstream``). The one layout that cannot be streamed falls back to
+  reading the directory first from a seekable source (HTTP ranges or a file), checking every entry
+  before anything is written, then extracting members in parallel.
 
 Any unsafe member rejects the whole archive, naming the member; the caller deletes the staging tree.
 """
@@ -17,6 +19,7 @@ import hashlib
 import io
 import itertools
 import queue
+import shutil
 import stat
 import tarfile
 import threading
@@ -31,6 +34,7 @@ from typing import IO, Any, Protocol, cast
 from isal import igzip, igzip_lib
 
 from modelport.errors import ArchiveRejected, StagingFull
+from modelport.ingest import zipstream
 from modelport.ingest.staging import CHUNK, StagedFile
 
 # Finder and resource-fork litter that macOS puts in zips: harmless, and never part of a model.
@@ -78,6 +82,11 @@ def extract_file(archive: Path, dest: Path, limits: Limits) -> Extracted:
     with open(archive, "rb") as f:
         fmt = detect_format(f.read(512))
     if fmt == "zip":
+        with open(archive, "rb") as f:
+            try:
+                return extract_zip_stream(f, dest, limits)
+            except zipstream.NeedsRandomAccess:
+                shutil.rmtree(dest, ignore_errors=True)
         return extract_zip(file_opener(archive), dest, limits)
     with open(archive, "rb") as f:
         return extract_tar(f, fmt == "tar.gz", dest, limits)
@@ -323,7 +332,56 @@ def _tar_kind(member: tarfile.TarInfo) -> str:
     return "special file"
 
 
-# ---- zip ------------------------------------------------------------------------------------------------
+# ---- zip, streamed -------------------------------------------------------------------------------------
+
+
+def extract_zip_stream(raw: Reader, dest: Path, limits: Limits) -> Extracted:
+    """One forward pass over a zip (see ``zipstream``); raises ``NeedsRandomAccess`` for the rare layout
+    that cannot be streamed."""
+    budget = _Budget(limits)
+    inp = zipstream.Input(raw)
+    sink = _Sink(dest)
+    seen: dict[str, tuple[int, int]] = {}
+    try:
+        while True:
+            signature = inp.exact(4, "a header")
+            if signature == zipstream.LOCAL:
+                _zip_stream_member(inp, sink, budget, seen)
+            elif signature == zipstream.CENTRAL or signature in zipstream.ENDS:
+                inp.push(signature)
+                directory = zipstream.read_directory(inp)
+                zipstream.check_directory(directory, seen)
+                for name, entry in directory.items():
+                    _check_zip_mode(name, entry.mode)
+                break
+            else:
+                raise ArchiveRejected("the zip archive is corrupt (unexpected bytes between members)")
+    except BaseException:
+        sink.finish()
+        raise
+    return _finish(sink.finish())
+
+
+def _zip_stream_member(inp: zipstream.Input, sink: _Sink, budget: _Budget, seen: dict[str, tuple[int, int]]) -> None:
+    entry, zip64 = zipstream.read_local_header(inp)
+    if entry.name in seen:
+        raise ArchiveRejected(f"archive member {entry.name!r} appears more than once")
+    reader = zipstream.MemberReader(inp, entry, zip64)
+    rel = None if entry.name.endswith("/") else safe_member_path(entry.name)
+    if rel is not None:
+        budget.admit(rel, 0 if reader.descriptor else entry.usize)
+        sink.put("open", rel)
+    for chunk in reader.chunks():
+        if rel is not None:
+            budget.add(len(chunk), rel)
+            _check_ratio(reader.size, reader.consumed, budget.limits.max_ratio, rel)
+            sink.put("data", chunk)
+    if rel is not None:
+        sink.put("close", None)
+    seen[entry.name] = (reader.size, reader.crc & 0xFFFFFFFF)
+
+
+# ---- zip, directory first -------------------------------------------------------------------------------
 
 
 def extract_zip(open_source: Callable[[], IO[bytes]], dest: Path, limits: Limits) -> Extracted:
@@ -353,6 +411,13 @@ def _zip_name(info: zipfile.ZipInfo) -> str:
         raise ArchiveRejected(f"archive member {info.filename!r} has a name that is not valid UTF-8") from None
 
 
+def _check_zip_mode(name: str, mode: int) -> None:
+    """Unix-made zips keep st_mode in the directory; file type bits of 0 mean "plain file"."""
+    file_type = stat.S_IFMT(mode)
+    if file_type and file_type not in (stat.S_IFREG, stat.S_IFDIR):
+        raise ArchiveRejected(f"archive member {name!r} is not a regular file")
+
+
 def _plan_zip(infos: list[zipfile.ZipInfo], budget: _Budget) -> list[tuple[zipfile.ZipInfo, str]]:
     plan = []
     for info in infos:
@@ -360,10 +425,7 @@ def _plan_zip(infos: list[zipfile.ZipInfo], budget: _Budget) -> list[tuple[zipfi
         rel = safe_member_path(name)
         if info.is_dir() or rel is None:
             continue
-        # Unix-made zips keep st_mode in the high 16 bits; file type bits of 0 mean "plain file".
-        file_type = stat.S_IFMT(info.external_attr >> 16)
-        if file_type and file_type != stat.S_IFREG:
-            raise ArchiveRejected(f"archive member {name!r} is not a regular file")
+        _check_zip_mode(name, info.external_attr >> 16)
         if info.file_size > _RATIO_GRACE_BYTES and info.file_size > budget.limits.max_ratio * max(
             info.compress_size, 1
         ):
@@ -379,7 +441,8 @@ def _plan_zip(infos: list[zipfile.ZipInfo], budget: _Budget) -> list[tuple[zipfi
 def _check_no_overlap(infos: list[zipfile.ZipInfo]) -> None:
     """Overlapping entries (one compressed stream shared by many names) are a classic zip bomb."""
     spans = sorted(
-        (i.header_offset, i.header_offset + 30 + len(i.orig_filename.encode()) + i.compress_size, i) for i in infos
+        ((i.header_offset, i.header_offset + 30 + len(i.orig_filename.encode()) + i.compress_size, i) for i in infos),
+        key=lambda span: span[:2],
     )
     for (start_a, end_a, a), (start_b, _, b) in itertools.pairwise(spans):
         if start_b < end_a or start_a == start_b:

@@ -20,14 +20,15 @@ from typing import IO, Any
 
 from sqlalchemy import select
 
-from modelport.errors import IngestError, SourceUnavailable
+from modelport.errors import ArchiveRejected, IngestError, SourceUnavailable
 from modelport.ingest import archive, checker
 from modelport.ingest.safetensors_header import SafetensorsError, TensorInfo, parse_header
 from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
 from modelport.ingest.sources import http as http_source
 from modelport.ingest.sources import huggingface as hf_source
-from modelport.ingest.staging import CHUNK, StagedFile
+from modelport.ingest.staging import StagedFile
 from modelport.ingest.validate import MAX_CONFIG_BYTES
+from modelport.ingest.zipstream import NeedsRandomAccess
 from modelport.jobs.states import JobStatus, JobType, ModelStatus
 from modelport.jobs.store import JobLost, JobStore, add_update
 from modelport.settings import Settings
@@ -148,17 +149,21 @@ class Pipeline:
         reader = _Readers(source, info, s.fetch_timeout_s, s.fetch_retries, counter.add)
         limits = archive.Limits(s.max_archive_members, s.max_artifact_bytes, s.max_compression_ratio, s.extract_threads)
         tree = staging / "tree"
-        if fmt != "zip":
+        try:
             with reader.stream() as stream:
-                extracted = archive.extract_tar(stream, fmt == "tar.gz", tree, limits)
-        elif info.ranges and info.size is not None:
+                if fmt == "zip":
+                    extracted = archive.extract_zip_stream(stream, tree, limits)
+                else:
+                    extracted = archive.extract_tar(stream, fmt == "tar.gz", tree, limits)
+        except NeedsRandomAccess:
+            if not (info.ranges and info.size is not None):
+                raise ArchiveRejected(
+                    "this zip stores an uncompressed entry with a data descriptor, which can only be read "
+                    "directory-first, and the server does not support range requests; re-create it with "
+                    "`zip -r` or upload a .tar.gz"
+                ) from None
+            shutil.rmtree(tree, ignore_errors=True)
             extracted = archive.extract_zip(reader.ranges, tree, limits)
-        else:
-            # A zip's directory is at its end: without range support the only way is a local copy.
-            copy = staging / "archive.zip"
-            with reader.stream() as stream, open(copy, "wb") as out:
-                shutil.copyfileobj(stream, out, CHUNK)
-            extracted = archive.extract_zip(archive.file_opener(copy), tree, limits)
         progress.stage("extracting", _extraction_summary(extracted))
         return extracted.files
 
@@ -275,10 +280,12 @@ class _Readers:
     retries: int
     on_bytes: Callable[[int], None]
 
-    def stream(self) -> contextlib.closing[http_source.ResumableStream]:
+    def stream(self) -> contextlib.closing[http_source.Prefetched]:
         return contextlib.closing(
-            http_source.ResumableStream(
-                self.source, self.info, timeout_s=self.timeout_s, retries=self.retries, on_bytes=self.on_bytes
+            http_source.Prefetched(
+                http_source.ResumableStream(
+                    self.source, self.info, timeout_s=self.timeout_s, retries=self.retries, on_bytes=self.on_bytes
+                )
             )
         )
 

@@ -13,7 +13,10 @@ Errors never include the URL's query string (where presigned signatures live).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,6 +201,54 @@ class ResumableStream:
     def close(self) -> None:
         self._drop()
         self.client.close()
+
+
+class Prefetched:
+    """Reads ahead on its own thread into a bounded queue, so the network and the inflater overlap."""
+
+    def __init__(self, source: ResumableStream, *, chunk: int = 2**20, depth: int = 16) -> None:
+        self.source = source
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)  # bounds memory
+        self._stop = threading.Event()
+        self._buffer = b""
+        self._done = False
+        self._thread = threading.Thread(target=self._run, args=(chunk,), name="prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self, chunk: int) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self.source.read(chunk)
+                self._queue.put(data)
+                if not data:
+                    return
+        except BaseException as e:  # handed to the reading thread
+            self._queue.put(e)
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._done and (n < 0 or len(self._buffer) < n):
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            if not item:
+                self._done = True
+                break
+            self._buffer = item if not self._buffer else self._buffer + item
+        if n < 0:
+            n = len(self._buffer)
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return out
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a put() on a full queue
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+        self.source.close()
 
 
 class RangeFile:
