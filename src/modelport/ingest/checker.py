@@ -77,6 +77,17 @@ def _context() -> Any:
     return ctx
 
 
+def warm_up() -> None:
+    """Start the fork server now (it imports torch, seconds) rather than during the first job."""
+    child = _context().Process(target=_noop, name="modelport-check-warmup", daemon=True)
+    child.start()
+    child.join()
+
+
+def _noop() -> None:
+    pass
+
+
 def run_checks(request: CheckRequest, on_stage: Callable[[str, str], None], *, timeout_s: float) -> dict[str, Any]:
     """Run the checks in a child process; returns the manifest or raises the child's ``IngestError``."""
     receiver, sender = _context().Pipe(duplex=False)

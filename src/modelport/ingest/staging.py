@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -16,6 +17,40 @@ class StagedFile:
     size: int
     sha256: str
     local: Path
+
+
+class ChunkReader:
+    """``read(n)`` over a source of successive chunks, copying only the bytes it returns.
+
+    Slicing the remainder off a buffer on every read is quadratic when callers read in small pieces
+    (gzip and tar readers do); an offset into the current chunk is not.
+    """
+
+    def __init__(self, next_chunk: Callable[[], bytes]) -> None:
+        self._next_chunk = next_chunk
+        self._chunk = b""
+        self._offset = 0
+        self._eof = False
+
+    def read(self, n: int = -1) -> bytes:
+        parts = []
+        while n != 0:
+            if self._offset >= len(self._chunk) and (self._eof or not self._refill()):
+                break
+            end = len(self._chunk) if n < 0 else min(len(self._chunk), self._offset + n)
+            parts.append(self._chunk[self._offset : end])
+            if n > 0:
+                n -= end - self._offset
+            self._offset = end
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _refill(self) -> bool:
+        self._chunk, self._offset = self._next_chunk(), 0
+        self._eof = not self._chunk
+        return not self._eof
+
+    def readable(self) -> bool:
+        return True
 
 
 class Progress(Protocol):

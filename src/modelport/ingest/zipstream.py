@@ -218,8 +218,8 @@ def read_directory(inp: Input) -> dict[str, DirectoryEntry]:
     while data[pos : pos + 4] == CENTRAL:
         if pos + 46 > len(data):
             raise ArchiveRejected("the zip's central directory is truncated")
-        (_, _, flags, _, _, _, crc, csize, usize, name_len, extra_len, comment_len, _, _, attr) = (
-            struct.unpack_from("<HHHHHHIIIHHHHHI", data, pos + 4)
+        (_, _, flags, _, _, _, crc, csize, usize, name_len, extra_len, comment_len, _, _, attr) = struct.unpack_from(
+            "<HHHHHHIIIHHHHHI", data, pos + 4
         )
         name = decode_name(data[pos + 46 : pos + 46 + name_len], flags)
         extra = data[pos + 46 + name_len : pos + 46 + name_len + extra_len]

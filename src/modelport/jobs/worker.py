@@ -15,6 +15,7 @@ import time
 from datetime import timedelta
 
 from modelport.errors import ModelportError
+from modelport.ingest import checker
 from modelport.ingest.pipeline import Pipeline
 from modelport.jobs.cleanup import collect_garbage
 from modelport.jobs.store import JobLost, JobStore
@@ -106,6 +107,8 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        if self.workers:
+            threading.Thread(target=checker.warm_up, name="checker-warm-up", daemon=True).start()
         for w in self.workers:
             t = threading.Thread(target=w.run_forever, args=(self._stop,), name=w.id, daemon=True)
             t.start()

@@ -25,6 +25,7 @@ import httpx
 
 from modelport.errors import SourceUnavailable
 from modelport.ingest.sources.spec import SourceSpec
+from modelport.ingest.staging import ChunkReader
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,8 @@ class ResumableStream:
         self.position = 0
         self._resp: httpx.Response | None = None
         self._chunks: object = None
-        self._buffer = b""
         self._failures = 0
+        self._reader = ChunkReader(self._counted_chunk)
 
     def _open(self) -> None:
         headers = {"Accept-Encoding": "identity"}
@@ -177,23 +178,19 @@ class ResumableStream:
             self._resp.close()
         self._resp = None
 
-    def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buffer) < n:
-            chunk = self._next_chunk()
-            if not chunk:
-                break
-            self.position += len(chunk)
-            if self.info.size is not None and self.position > self.info.size:
-                raise SourceUnavailable(
-                    f"{self.client.spec.display} sent more bytes than its Content-Length ({self.info.size})"
-                )
+    def _counted_chunk(self) -> bytes:
+        chunk = self._next_chunk()
+        self.position += len(chunk)
+        if self.info.size is not None and self.position > self.info.size:
+            raise SourceUnavailable(
+                f"{self.client.spec.display} sent more bytes than its Content-Length ({self.info.size})"
+            )
+        if chunk:
             self.on_bytes(len(chunk))
-            self._buffer += chunk
-        if n < 0:
-            out, self._buffer = self._buffer, b""
-        else:
-            out, self._buffer = self._buffer[:n], self._buffer[n:]
-        return out
+        return chunk
+
+    def read(self, n: int = -1) -> bytes:
+        return self._reader.read(n)
 
     def readable(self) -> bool:
         return True
@@ -210,8 +207,8 @@ class Prefetched:
         self.source = source
         self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)  # bounds memory
         self._stop = threading.Event()
-        self._buffer = b""
         self._done = False
+        self._reader = ChunkReader(self._take)
         self._thread = threading.Thread(target=self._run, args=(chunk,), name="prefetch", daemon=True)
         self._thread.start()
 
@@ -225,20 +222,18 @@ class Prefetched:
         except BaseException as e:  # handed to the reading thread
             self._queue.put(e)
 
+    def _take(self) -> bytes:
+        if self._done:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        self._done = not item
+        return item
+
     def read(self, n: int = -1) -> bytes:
-        while not self._done and (n < 0 or len(self._buffer) < n):
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            if not item:
-                self._done = True
-                break
-            self._buffer = item if not self._buffer else self._buffer + item
-        if n < 0:
-            n = len(self._buffer)
-        out, self._buffer = self._buffer[:n], self._buffer[n:]
-        return out
+        return self._reader.read(n)
 
     def readable(self) -> bool:
         return True
