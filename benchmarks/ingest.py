@@ -295,7 +295,8 @@ def with_forward(work: Path, s3: Any, s3_url: str) -> dict[str, Any]:
 
 def report(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| size | format | archive | curl only | modelport | baseline | naive | vs baseline | vs naive | server peak RSS |",
+        "| size | format | archive | curl only | modelport | baseline | naive | vs baseline | vs naive "
+        "| server peak RSS |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
