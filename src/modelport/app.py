@@ -48,6 +48,8 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True) ->
     settings = settings or Settings()
     services = build_services(settings)
     pool = WorkerPool(settings, services.db, services.blobs) if run_workers else None
+    if pool:
+        services.catalog.on_submit = pool.wake
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

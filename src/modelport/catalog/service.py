@@ -5,6 +5,7 @@ Another account's resources answer exactly like missing ones (``NotFound``), so 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -49,8 +50,9 @@ class JobView:
 
 
 class Catalog:
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, db: Database, on_submit: Callable[[], None] = lambda: None) -> None:
         self.settings, self.db = settings, db
+        self.on_submit = on_submit  # wakes in-process workers; others find the job at their next poll
 
     def submit_upload(self, who: Principal, req: UploadRequest) -> Submitted:
         if req.model_type not in ("model", "adapter"):
@@ -101,6 +103,7 @@ class Catalog:
         except IntegrityError:
             # Two uploads raced for one name: the unique index let exactly one commit.
             raise ModelNameTaken(f"Model name already exists: {name}", param="model_name") from None
+        self.on_submit()
         return Submitted(job_id, model_id, name, source)
 
     def get_job(self, who: Principal, job_id: str) -> JobView:

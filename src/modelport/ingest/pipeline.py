@@ -13,10 +13,9 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from sqlalchemy import select
 
@@ -136,25 +135,16 @@ class Pipeline:
     def _fetch_archive(self, source: SourceSpec, staging: Path, progress: JobProgress) -> list[StagedFile]:
         """Download, inflate, parse, hash and write in one pass; no copy of the archive is kept."""
         s = self.settings
-        info = http_source.probe(source, timeout_s=s.fetch_timeout_s, retries=s.fetch_retries)
-        if info.size is not None and info.size > s.max_archive_bytes:
-            raise SourceUnavailable(f"the archive is {info.size} bytes; the limit is {s.max_archive_bytes} bytes")
-        fmt = archive.detect_format(info.head)
-        size = "unknown size" if info.size is None else f"{info.size} bytes"
-        progress.stage(
-            "downloading",
-            f"streaming a .{fmt} archive ({size}) from {source.display}: download, extraction and hashing in one pass",
-        )
-        counter = _Downloaded(progress, info.size, s.max_archive_bytes)
-        reader = _Readers(source, info, s.fetch_timeout_s, s.fetch_retries, counter.add)
+        counter = _Downloaded(progress, s.max_archive_bytes)
+        opts: dict[str, Any] = {"timeout_s": s.fetch_timeout_s, "retries": s.fetch_retries, "on_bytes": counter.add}
         limits = archive.Limits(s.max_archive_members, s.max_artifact_bytes, s.max_compression_ratio, s.extract_threads)
         tree = staging / "tree"
+        stream = http_source.ResumableStream(source, **opts)
         try:
-            with reader.stream() as stream:
-                if fmt == "zip":
-                    extracted = archive.extract_zip_stream(stream, tree, limits)
-                else:
-                    extracted = archive.extract_tar(stream, fmt == "tar.gz", tree, limits)
+            info = counter.expect(stream.open())
+            fmt = archive.detect_format(stream.peek(512))
+            progress.stage("downloading", _download_summary(fmt, info, source))
+            extracted = self._extract(http_source.Prefetched(stream), fmt, tree, limits)
         except NeedsRandomAccess:
             if not (info.ranges and info.size is not None):
                 raise ArchiveRejected(
@@ -163,9 +153,18 @@ class Pipeline:
                     "`zip -r` or upload a .tar.gz"
                 ) from None
             shutil.rmtree(tree, ignore_errors=True)
-            extracted = archive.extract_zip(reader.ranges, tree, limits)
+            extracted = archive.extract_zip(lambda: http_source.RangeFile(source, info, **opts), tree, limits)  # type: ignore[arg-type,return-value]
+        finally:
+            stream.close()
         progress.stage("extracting", _extraction_summary(extracted))
         return extracted.files
+
+    @staticmethod
+    def _extract(reader: http_source.Prefetched, fmt: str, tree: Path, limits: archive.Limits) -> archive.Extracted:
+        with contextlib.closing(reader):
+            if fmt == "zip":
+                return archive.extract_zip_stream(reader, tree, limits)
+            return archive.extract_tar(reader, fmt == "tar.gz", tree, limits)
 
     def _check(
         self, inp: JobInput, files: list[StagedFile], not_fetched: list[str], staging: Path, progress: JobProgress
@@ -262,6 +261,11 @@ def _admission_summary(report: dict[str, Any]) -> str:
     return f"forward pass ok on {report['tokens']} tokens, outputs finite ({report['ms']} ms)"
 
 
+def _download_summary(fmt: str, info: http_source.SourceInfo, source: SourceSpec) -> str:
+    size = "unknown size" if info.size is None else f"{info.size} bytes"
+    return f"streaming a .{fmt} archive ({size}) from {source.display}: download, extraction and hashing in one pass"
+
+
 def _extraction_summary(extracted: archive.Extracted) -> str:
     total = sum(f.size for f in extracted.files)
     summary = f"extracted {len(extracted.files)} files ({total} bytes)"
@@ -270,38 +274,21 @@ def _extraction_summary(extracted: archive.Extracted) -> str:
     return summary
 
 
-@dataclass
-class _Readers:
-    """Opens readers over one archive URL, all reporting their bytes to one counter."""
-
-    source: SourceSpec
-    info: http_source.Probe
-    timeout_s: float
-    retries: int
-    on_bytes: Callable[[int], None]
-
-    def stream(self) -> contextlib.closing[http_source.Prefetched]:
-        return contextlib.closing(
-            http_source.Prefetched(
-                http_source.ResumableStream(
-                    self.source, self.info, timeout_s=self.timeout_s, retries=self.retries, on_bytes=self.on_bytes
-                )
-            )
-        )
-
-    def ranges(self) -> IO[bytes]:
-        return http_source.RangeFile(  # type: ignore[return-value]
-            self.source, self.info, timeout_s=self.timeout_s, retries=self.retries, on_bytes=self.on_bytes
-        )
-
-
 class _Downloaded:
     """Counts source bytes from any thread, reports progress, and enforces the archive size limit."""
 
-    def __init__(self, progress: JobProgress, total: int | None, limit: int) -> None:
-        self.progress, self.total, self.limit = progress, total, limit
+    def __init__(self, progress: JobProgress, limit: int) -> None:
+        self.progress, self.limit = progress, limit
+        self.total: int | None = None
         self.done = 0
         self._lock = threading.Lock()
+
+    def expect(self, info: http_source.SourceInfo) -> http_source.SourceInfo:
+        """Learn the announced size; refuse an archive over the limit before reading it."""
+        if info.size is not None and info.size > self.limit:
+            raise SourceUnavailable(f"the archive is {info.size} bytes; the limit is {self.limit} bytes")
+        self.total = info.size
+        return info
 
     def add(self, n: int) -> None:
         with self._lock:

@@ -44,6 +44,14 @@ class ChunkReader:
             self._offset = end
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def peek(self, n: int) -> bytes:
+        """The next ``n`` bytes (fewer at the end), without consuming them."""
+        while len(self._chunk) - self._offset < n and not self._eof:
+            more = self._next_chunk()
+            self._eof = not more
+            self._chunk, self._offset = self._chunk[self._offset :] + more, 0
+        return self._chunk[self._offset : self._offset + n]
+
     def _refill(self) -> bool:
         self._chunk, self._offset = self._next_chunk(), 0
         self._eof = not self._chunk

@@ -58,7 +58,9 @@ class Worker:
         with contextlib.suppress(JobLost):
             self.store.finish_failed(job_id, self.id, code, message, [])
 
-    def run_forever(self, stop: threading.Event) -> None:
+    def run_forever(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
+        """Run jobs until ``stop``; ``wake`` cuts the idle wait short when a job is submitted here."""
+        wake = wake or threading.Event()
         next_gc = 0.0
         while not stop.is_set():
             try:
@@ -69,7 +71,8 @@ class Worker:
                     next_gc = now + GC_INTERVAL_S
             except Exception:
                 log.exception("worker %s: loop error; retrying", self.id)
-            stop.wait(self.settings.job_poll_interval_s)
+            if wake.wait(self.settings.job_poll_interval_s):
+                wake.clear()
 
 
 class _Heartbeat:
@@ -104,17 +107,23 @@ class WorkerPool:
     def __init__(self, settings: Settings, db: Database, blobs: BlobStore) -> None:
         self.workers = [Worker(settings, db, blobs, f"w{i}") for i in range(settings.workers)]
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    def wake(self) -> None:
+        """A job was just queued by this process: look now rather than at the next poll."""
+        self._wake.set()
 
     def start(self) -> None:
         if self.workers:
             threading.Thread(target=checker.warm_up, name="checker-warm-up", daemon=True).start()
         for w in self.workers:
-            t = threading.Thread(target=w.run_forever, args=(self._stop,), name=w.id, daemon=True)
+            t = threading.Thread(target=w.run_forever, args=(self._stop, self._wake), name=w.id, daemon=True)
             t.start()
             self._threads.append(t)
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
         for t in self._threads:
             t.join(timeout)

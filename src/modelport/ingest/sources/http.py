@@ -41,11 +41,10 @@ RANGE_WINDOW = 8 * 2**20
 
 
 @dataclass(frozen=True)
-class Probe:
+class SourceInfo:
     size: int | None
-    ranges: bool
+    ranges: bool  # the server answered the first request's "Range: bytes=0-" with 206
     etag: str | None
-    head: bytes  # the first bytes, enough to recognise the format
 
 
 class _Client:
@@ -70,81 +69,63 @@ class _Client:
         time.sleep(min(0.2 * 2**attempt, 5.0))
 
 
-def probe(spec: SourceSpec, *, timeout_s: float, retries: int = 3) -> Probe:
-    """Learn the size, whether ranges work, and the first bytes, with one small ranged GET."""
-    client = _Client(spec, timeout_s, retries)
-    try:
-        for attempt in range(retries + 1):
-            try:
-                with client.http.stream("GET", spec.url, headers={"Range": "bytes=0-1023"}) as resp:
-                    if resp.status_code >= 400:
-                        raise client.fail(resp)
-                    head = _read_at_most(resp, 1024)
-                    return _probe_from(resp, head)
-            except _TRANSIENT as e:
-                if attempt == retries:
-                    raise client.transport_error(e) from None
-                client.backoff(attempt)
-    finally:
-        client.close()
-    raise AssertionError("unreachable")
-
-
-def _read_at_most(resp: httpx.Response, n: int) -> bytes:
-    out = b""
-    for chunk in resp.iter_raw():
-        out += chunk
-        if len(out) >= n:
-            break
-    return out[:n]
-
-
-def _probe_from(resp: httpx.Response, head: bytes) -> Probe:
+def _info_from(resp: httpx.Response) -> SourceInfo:
     etag = resp.headers.get("etag")
     if resp.status_code == 206:
         total = resp.headers.get("content-range", "").rpartition("/")[2]
-        return Probe(int(total) if total.isdigit() else None, True, etag, head)
+        return SourceInfo(int(total) if total.isdigit() else None, True, etag)
     length = resp.headers.get("content-length")
-    return Probe(int(length) if length and length.isdigit() else None, False, etag, head)
+    return SourceInfo(int(length) if length and length.isdigit() else None, False, etag)
 
 
 class ResumableStream:
     """Forward-only reads over one GET that survives transient failures by resuming with Range."""
 
-    def __init__(
-        self,
-        spec: SourceSpec,
-        info: Probe,
-        *,
-        timeout_s: float,
-        retries: int,
-        on_bytes: Callable[[int], None],
-    ) -> None:
+    def __init__(self, spec: SourceSpec, *, timeout_s: float, retries: int, on_bytes: Callable[[int], None]) -> None:
         self.client = _Client(spec, timeout_s, retries)
-        self.info, self.on_bytes = info, on_bytes
+        self.on_bytes = on_bytes
+        self._info: SourceInfo | None = None
         self.position = 0
         self._resp: httpx.Response | None = None
         self._chunks: object = None
         self._failures = 0
         self._reader = ChunkReader(self._counted_chunk)
 
+    @property
+    def info(self) -> SourceInfo:
+        """Size, range support and ETag, known once the first response arrived (``open``)."""
+        if self._info is None:
+            self.peek(1)
+        assert self._info is not None
+        return self._info
+
+    def open(self) -> SourceInfo:
+        return self.info
+
+    def peek(self, n: int) -> bytes:
+        return self._reader.peek(n)
+
     def _open(self) -> None:
-        headers = {"Accept-Encoding": "identity"}
+        # The first request asks for "bytes=0-": a 206 tells us resuming will work, at no extra cost.
+        headers = {"Accept-Encoding": "identity", "Range": "bytes=0-"}
         if self.position:
-            if not self.info.ranges:
-                size = "?" if self.info.size is None else self.info.size
+            assert self._info is not None
+            if not self._info.ranges:
+                size = "?" if self._info.size is None else self._info.size
                 raise SourceUnavailable(
                     f"download from {self.client.spec.display} was cut off at byte {self.position} of "
                     f"{size} and the server does not support resuming"
                 )
             headers["Range"] = f"bytes={self.position}-"
-            if self.info.etag:
-                headers["If-Range"] = self.info.etag  # the object changed: start over rather than splice
+            if self._info.etag:
+                headers["If-Range"] = self._info.etag  # the object changed: start over rather than splice
         req = self.client.http.build_request("GET", self.client.spec.url, headers=headers)
         self._resp = self.client.http.send(req, stream=True)
         if self._resp.status_code >= 400:
             raise self.client.fail(self._resp)
-        if self.position and self._resp.status_code != 206:
+        if self._info is None:
+            self._info = _info_from(self._resp)
+        elif self.position and self._resp.status_code != 206:
             raise SourceUnavailable(f"{self.client.spec.display} changed while it was being downloaded")
         self._chunks = self._resp.iter_raw()
 
@@ -171,7 +152,8 @@ class ResumableStream:
                 self.client.backoff(self._failures - 1)
 
     def _complete(self) -> bool:
-        return self.info.size is None or self.position >= self.info.size
+        size = self._info.size if self._info else None
+        return size is None or self.position >= size
 
     def _drop(self) -> None:
         if self._resp is not None:
@@ -181,10 +163,9 @@ class ResumableStream:
     def _counted_chunk(self) -> bytes:
         chunk = self._next_chunk()
         self.position += len(chunk)
-        if self.info.size is not None and self.position > self.info.size:
-            raise SourceUnavailable(
-                f"{self.client.spec.display} sent more bytes than its Content-Length ({self.info.size})"
-            )
+        size = self._info.size if self._info else None
+        if size is not None and self.position > size:
+            raise SourceUnavailable(f"{self.client.spec.display} sent more bytes than its Content-Length ({size})")
         if chunk:
             self.on_bytes(len(chunk))
         return chunk
@@ -258,7 +239,7 @@ class RangeFile:
     def __init__(
         self,
         spec: SourceSpec,
-        info: Probe,
+        info: SourceInfo,
         *,
         timeout_s: float,
         retries: int,
