@@ -67,7 +67,15 @@ def request_for(
 # ---- parent side ----------------------------------------------------------------------------------------
 
 # The fork server imports these once; every check is a fresh fork of it, isolated but quick to start.
-PRELOAD = ["modelport.ingest.checker", "torch", "transformers", "peft", "safetensors"]
+PRELOAD = [
+    "modelport.ingest.checker",
+    "torch",
+    "transformers",
+    "transformers.models.auto.modeling_auto",
+    "transformers.models.auto.configuration_auto",
+    "peft",
+    "safetensors",
+]
 
 
 @functools.cache

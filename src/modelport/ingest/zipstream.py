@@ -139,7 +139,7 @@ class MemberReader:
             out = self._next()
             if out is None:
                 break
-            self.crc = zlib.crc32(out, self.crc)
+            self.crc = isal_zlib.crc32(out, self.crc)
             self.size += len(out)
             yield out
         self._finish()

@@ -43,7 +43,7 @@ RANGE_WINDOW = 8 * 2**20
 @dataclass(frozen=True)
 class SourceInfo:
     size: int | None
-    ranges: bool  # the server answered the first request's "Range: bytes=0-" with 206
+    ranges: bool  # the server announced "Accept-Ranges: bytes"
     etag: str | None
 
 
@@ -70,12 +70,9 @@ class _Client:
 
 
 def _info_from(resp: httpx.Response) -> SourceInfo:
-    etag = resp.headers.get("etag")
-    if resp.status_code == 206:
-        total = resp.headers.get("content-range", "").rpartition("/")[2]
-        return SourceInfo(int(total) if total.isdigit() else None, True, etag)
     length = resp.headers.get("content-length")
-    return SourceInfo(int(length) if length and length.isdigit() else None, False, etag)
+    ranges = resp.headers.get("accept-ranges", "").lower() == "bytes"
+    return SourceInfo(int(length) if length and length.isdigit() else None, ranges, resp.headers.get("etag"))
 
 
 class ResumableStream:
@@ -106,8 +103,7 @@ class ResumableStream:
         return self._reader.peek(n)
 
     def _open(self) -> None:
-        # The first request asks for "bytes=0-": a 206 tells us resuming will work, at no extra cost.
-        headers = {"Accept-Encoding": "identity", "Range": "bytes=0-"}
+        headers = {"Accept-Encoding": "identity"}
         if self.position:
             assert self._info is not None
             if not self._info.ranges:
