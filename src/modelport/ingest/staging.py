@@ -44,6 +44,18 @@ class ChunkReader:
             self._offset = end
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def read_some(self) -> bytes:
+        """Whatever is buffered, or the next chunk: no copying beyond one slice."""
+        if self._offset >= len(self._chunk) and (self._eof or not self._refill()):
+            return b""
+        out, self._offset = self._chunk[self._offset :], len(self._chunk)
+        return out
+
+    def unread(self, data: bytes) -> None:
+        """Put bytes back in front (a decompressor read past the end of its member)."""
+        if data:
+            self._chunk, self._offset = data + self._chunk[self._offset :], 0
+
     def peek(self, n: int) -> bytes:
         """The next ``n`` bytes (fewer at the end), without consuming them."""
         while len(self._chunk) - self._offset < n and not self._eof:

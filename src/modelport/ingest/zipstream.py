@@ -21,7 +21,7 @@ from typing import Any, cast
 from isal import isal_zlib
 
 from modelport.errors import ArchiveRejected
-from modelport.ingest.staging import CHUNK
+from modelport.ingest.staging import CHUNK, ChunkReader
 
 LOCAL, CENTRAL, DESCRIPTOR = b"PK\x03\x04", b"PK\x01\x02", b"PK\x07\x08"
 ENDS = (b"PK\x05\x06", b"PK\x06\x06", b"PK\x06\x07")
@@ -48,31 +48,22 @@ class Input:
     """Exact reads with push-back over a forward-only reader."""
 
     def __init__(self, raw: Any) -> None:
-        self.raw, self.pending = raw, b""
+        self._reader = ChunkReader(lambda: raw.read(CHUNK))
 
     def read(self, n: int) -> bytes:
-        while len(self.pending) < n:
-            chunk = self.raw.read(max(CHUNK, n - len(self.pending)))
-            if not chunk:
-                break
-            self.pending += chunk
-        out, self.pending = self.pending[:n], self.pending[n:]
-        return out
+        return self._reader.read(n)
 
     def exact(self, n: int, what: str) -> bytes:
-        data = self.read(n)
+        data = self._reader.read(n)
         if len(data) != n:
             raise ArchiveRejected(f"the zip archive is truncated (in {what})")
         return data
 
     def some(self) -> bytes:
-        if self.pending:
-            out, self.pending = self.pending, b""
-            return out
-        return bytes(self.raw.read(CHUNK))
+        return self._reader.read_some()
 
     def push(self, data: bytes) -> None:
-        self.pending = data + self.pending
+        self._reader.unread(data)
 
 
 def decode_name(raw: bytes, flags: int) -> str:
