@@ -19,6 +19,7 @@ moving bytes; `--with-forward` adds one 1 GiB run with the CPU forward pass for 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -162,13 +163,18 @@ def naive(url: str, fmt: str, work: Path) -> float:
 
 
 class RssSampler:
+    """Peak RSS of the server process, and separately of its children (the checker's forks)."""
+
     def __init__(self, pid: int) -> None:
-        self.proc, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
+        self.proc, self.peak, self.child_peak, self._stop = psutil.Process(pid), 0, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, self.proc.memory_info().rss)
+            for child in self.proc.children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    self.child_peak = max(self.child_peak, child.memory_info().rss)
 
     def __enter__(self) -> RssSampler:
         self.peak = self.proc.memory_info().rss
@@ -197,7 +203,7 @@ def ours(server: str, pid: int, url: str, name: str) -> dict[str, Any]:
         elapsed = time.monotonic() - started
     if job["status"] != "Complete":
         raise SystemExit(f"ingest failed: {job.get('error')}")
-    return {"seconds": elapsed, "peak_rss": rss.peak, "updates": job["status_updates"]}
+    return {"seconds": elapsed, "peak_rss": rss.peak, "child_rss": rss.child_peak, "updates": job["status_updates"]}
 
 
 def start_server(work: Path, s3_url: str, admission_bytes: int) -> tuple[Proc, str]:
@@ -250,6 +256,7 @@ def main() -> None:
                     "model_bytes": size,
                     "ours_s": mine["seconds"],
                     "peak_rss_mb": mine["peak_rss"] / 2**20,
+                    "checker_rss_mb": mine["child_rss"] / 2**20,
                 }
                 if gib == 1:
                     row["curl_only_s"] = source_only(presigned)
@@ -287,6 +294,7 @@ def with_forward(work: Path, s3: Any, s3_url: str) -> dict[str, Any]:
         "format": "tar.gz (with forward pass)",
         "ours_s": mine["seconds"],
         "peak_rss_mb": mine["peak_rss"] / 2**20,
+        "checker_rss_mb": mine["child_rss"] / 2**20,
         "admission": admission,
     }
     print(json.dumps(row), flush=True)
@@ -296,8 +304,8 @@ def with_forward(work: Path, s3: Any, s3_url: str) -> dict[str, Any]:
 def report(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| size | format | archive | curl only | modelport | baseline | naive | vs baseline | vs naive "
-        "| server peak RSS |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| server peak RSS | checker peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mb = r.get("archive_bytes", 0) / 2**20
@@ -306,12 +314,12 @@ def report(rows: list[dict[str, Any]]) -> str:
                 f"| {r['size']} | {r['format']} | {mb:.0f} MiB | {r['curl_only_s']:.1f} s | "
                 f"{r['ours_s']:.1f} s ({mb / r['ours_s']:.0f} MiB/s) | "
                 f"{r['baseline_s']:.1f} s | {r['naive_s']:.1f} s | {r['baseline_s'] / r['ours_s']:.2f}x | "
-                f"{r['naive_s'] / r['ours_s']:.2f}x | {r['peak_rss_mb']:.0f} MB |"
+                f"{r['naive_s'] / r['ours_s']:.2f}x | {r['peak_rss_mb']:.0f} MB | {r['checker_rss_mb']:.0f} MB |"
             )
         else:
             lines.append(
                 f"| {r['size']} | {r['format']} | {mb:.0f} MiB | | {r['ours_s']:.1f} s | | | | | "
-                f"{r['peak_rss_mb']:.0f} MB |"
+                f"{r['peak_rss_mb']:.0f} MB | {r['checker_rss_mb']:.0f} MB |"
             )
     return "\n".join(lines)
 
