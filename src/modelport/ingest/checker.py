@@ -69,6 +69,8 @@ def request_for(
 # The fork server imports these once; every check is a fresh fork of it, isolated but quick to start.
 PRELOAD = [
     "modelport.ingest.checker",
+    # Each child re-runs the parent's __main__ (the `modelport` script): make its imports free.
+    "modelport.cli.main",
     "torch",
     "transformers",
     "transformers.models.auto.modeling_auto",
