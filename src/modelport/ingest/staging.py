@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 CHUNK = 1 << 20
 
@@ -79,29 +79,6 @@ class Progress(Protocol):
     def stage(self, status: str, message: str) -> None: ...
 
     def bytes(self, done: int, total: int | None) -> None: ...
-
-
-class NullProgress:
-    def stage(self, status: str, message: str) -> None:
-        pass
-
-    def bytes(self, done: int, total: int | None) -> None:
-        pass
-
-
-def copy_hashed(src: IO[bytes], dest: Path, *, limit: int | None = None) -> tuple[int, str]:
-    """Copy a stream to ``dest`` while hashing it; refuse to write more than ``limit`` bytes."""
-    digest = hashlib.sha256()
-    size = 0
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest, "wb") as out:
-        while chunk := src.read(CHUNK):
-            size += len(chunk)
-            if limit is not None and size > limit:
-                raise OverflowError(size)
-            digest.update(chunk)
-            out.write(chunk)
-    return size, digest.hexdigest()
 
 
 def hash_file(path: Path) -> str:

@@ -151,7 +151,3 @@ class JobStore:
                     "the worker running this job stopped (crash or restart); it will be resumed",
                 )
         return touched
-
-    def running_ids(self) -> set[str]:
-        with self.db.session() as s:
-            return set(s.scalars(select(Job.id).where(Job.status == JobStatus.RUNNING)))
