@@ -13,6 +13,7 @@ torch, transformers and peft are imported here only, when an admission runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -71,8 +72,6 @@ def _ms(started: float) -> int:
 
 
 def _check_template(directory: Path, problems: list[str]) -> None:
-    import json
-
     template = None
     if (directory / "chat_template.jinja").exists():
         template = (directory / "chat_template.jinja").read_text(errors="replace")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import shutil
 import threading
@@ -141,7 +142,7 @@ class Pipeline:
         tree = staging / "tree"
         stream = http_source.ResumableStream(source, **opts)
         try:
-            info = counter.expect(stream.open())
+            info = counter.expect(stream.info)
             fmt = archive.detect_format(stream.peek(512))
             progress.stage("downloading", _download_summary(fmt, info, source))
             extracted = self._extract(http_source.Prefetched(stream), fmt, tree, limits)
@@ -300,8 +301,6 @@ class _Downloaded:
 
 
 def _adapter_base_hint(files: list[StagedFile]) -> str | None:
-    import json
-
     for f in files:
         if f.path == "adapter_config.json" and f.size < MAX_CONFIG_BYTES:
             try:

@@ -2,7 +2,8 @@
 
 Two readers over the same URL:
 
-- ``ResumableStream``: a forward-only file object over one long GET. On a transient failure
+- ``ResumableStream``: a forward-only file object over one long GET, whose response headers give the
+  size, the ETag and (``Accept-Ranges``) whether it can be resumed. On a transient failure
   (connection reset, stall past the timeout, early end of body) it reconnects with
   ``Range: bytes=<pos>-`` and ``If-Range: <etag>`` and carries on, a bounded number of times.
 - ``RangeFile``: a seekable file object that reads windows with ranged GETs, for zip archives whose
@@ -90,14 +91,11 @@ class ResumableStream:
 
     @property
     def info(self) -> SourceInfo:
-        """Size, range support and ETag, known once the first response arrived (``open``)."""
+        """Size, range support and ETag; the first access sends the GET and waits for its headers."""
         if self._info is None:
             self.peek(1)
         assert self._info is not None
         return self._info
-
-    def open(self) -> SourceInfo:
-        return self.info
 
     def peek(self, n: int) -> bytes:
         return self._reader.peek(n)
