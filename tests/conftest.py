@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,13 @@ def pytest_report_header() -> str:
 
 @pytest.fixture
 def db_url(tmp_path: Path) -> Iterator[str]:
+    with database(tmp_path) as url:
+        yield url
+
+
+@contextmanager
+def database(tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of the kind under test; dropped afterwards on PostgreSQL."""
     if not USE_PG:
         yield f"sqlite:///{tmp_path / 'modelport.db'}"
         return

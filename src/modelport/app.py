@@ -12,10 +12,14 @@ from fastapi import FastAPI
 from modelport import __version__
 from modelport.accounts.service import AccountService
 from modelport.api import errors
+from modelport.api.openai.router import router as openai_router
 from modelport.api.together.router import identity_router
 from modelport.api.together.router import router as together_router
 from modelport.catalog.service import Catalog
 from modelport.jobs.worker import WorkerPool
+from modelport.serving.artifacts import ArtifactCache
+from modelport.serving.engines import open_engine
+from modelport.serving.service import InferenceService
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore, open_blob_store
 from modelport.storage.db.engine import Database, migrate
@@ -50,9 +54,12 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True) ->
     pool = WorkerPool(settings, services.db, services.blobs) if run_workers else None
     if pool:
         services.catalog.on_submit = pool.wake
+    engine = open_engine(settings)
+    inference = InferenceService(services.catalog, ArtifactCache(settings.model_cache_dir, services.blobs), engine)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        engine.start()
         if pool:
             pool.start()
         try:
@@ -60,6 +67,7 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True) ->
         finally:
             if pool:
                 pool.stop()
+            engine.stop()
             services.db.dispose()
 
     app = FastAPI(title="modelport", version=__version__, lifespan=lifespan)
@@ -67,7 +75,9 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True) ->
     app.state.services = services
     app.state.accounts = services.accounts
     app.state.catalog = services.catalog
+    app.state.inference = inference
     errors.install(app)
     app.include_router(identity_router)
     app.include_router(together_router, prefix="/v1")
+    app.include_router(openai_router, prefix="/v1")
     return app

@@ -8,12 +8,18 @@
     ├── InvalidRequest              400 invalid_request
     │   ├── InvalidSource           400 invalid_source
     │   │   └── PresignedUrlExpiring 400 presigned_url_expiring
-    │   └── InvalidModelName        400 invalid_model_name
+    │   ├── InvalidModelName        400 invalid_model_name
+    │   ├── UnsupportedParameter    400 unsupported_parameter (a known field we cannot honour)
+    │   ├── ContextLengthExceeded   400 context_length_exceeded
+    │   ├── WrongModelType          400 model_type_mismatch   (e.g. chat with an embedding model)
+    │   └── TemplateMissing         400 chat_template_missing (serving/text.py)
     └── IngestError                 (job failures; recorded on the job, not returned by the API)
         ├── SourceUnavailable       the source could not be fetched (404/403/network)
         ├── ArchiveRejected         the archive is unreadable or unsafe
         ├── StagingFull             the disk filled up while unpacking
         └── ValidationFailed        the artifact is not a servable model; carries every problem
+
+Engines add two server-side errors (``serving/engine.py``): ``EngineOverloaded`` (503) and ``EngineFailed`` (500).
 
 Messages never include secrets: callers pass redacted sources only.
 """
@@ -72,6 +78,18 @@ class PresignedUrlExpiring(InvalidSource):
 
 class InvalidModelName(InvalidRequest):
     code = "invalid_model_name"
+
+
+class UnsupportedParameter(InvalidRequest):
+    code = "unsupported_parameter"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class WrongModelType(InvalidRequest):
+    code = "model_type_mismatch"
 
 
 class IngestError(ModelportError):

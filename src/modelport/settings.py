@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +85,36 @@ class Settings(BaseSettings):
         default=3600.0, ge=0, description="Unreferenced blobs younger than this are left alone by cleanup."
     )
 
+    engine: Literal["transformers", "fake"] = Field(
+        default="transformers",
+        description="Inference engine: transformers (embedded, CPU or CUDA) or fake (tests and demos, no weights).",
+    )
+    engine_device: str = Field(default="auto", description="Device for the embedded engine: auto, cpu, cuda, cuda:1…")
+    engine_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Weights dtype when serving: auto is float32 on CPU and the model's stored dtype on CUDA.",
+    )
+    engine_memory_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Weights the engine keeps loaded before evicting idle models (LRU); 0 means half the RAM "
+        "on CPU, 80% of the GPU's memory on CUDA.",
+    )
+    max_num_seqs: int = Field(
+        default=32, ge=1, description="Sequences decoded together per model; further requests queue."
+    )
+    max_loras: int = Field(
+        default=16, ge=1, description="LoRA adapters resident per base model; the least recently used is replaced."
+    )
+    max_queued_requests: int = Field(
+        default=512, ge=1, description="Requests waiting per model beyond which new ones get 503."
+    )
+    prefill_token_budget: int = Field(
+        default=4096,
+        ge=1,
+        description="Prompt tokens prefilled per engine step, so long prompts cannot stall decoding.",
+    )
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
@@ -95,6 +126,11 @@ class Settings(BaseSettings):
             raise ValueError("MODELPORT_BLOB_URL must start with file:// or s3://")
         self.hf_endpoint = self.hf_endpoint.rstrip("/")
         return self
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Stored models materialized as folders for the engine to load; rebuilt from blobs when missing."""
+        return self.data_dir / "cache" / "models"
 
     @property
     def staging_dir(self) -> Path:

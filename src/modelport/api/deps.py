@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from modelport.accounts.service import AccountService, Principal
 from modelport.catalog.service import Catalog
+from modelport.serving.service import InferenceService
 from modelport.settings import Settings
 
 
@@ -29,6 +30,11 @@ def get_catalog(request: Request) -> Catalog:
     return catalog
 
 
+def get_inference(request: Request) -> InferenceService:
+    inference: InferenceService = request.app.state.inference
+    return inference
+
+
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
@@ -36,4 +42,5 @@ def get_settings(request: Request) -> Settings:
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+InferenceDep = Annotated[InferenceService, Depends(get_inference)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -81,3 +81,18 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
+
+
+def stream_error(exc: Exception) -> dict[str, Any]:
+    """The error event sent when a server-sent-event stream fails after its 200 went out."""
+    if isinstance(exc, ModelportError):
+        return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+    log.error("stream failed: %s", scrub(repr(exc)), exc_info=exc)
+    return {
+        "error": {
+            "message": "internal server error; see the server log",
+            "type": "server_error",
+            "param": None,
+            "code": "internal_error",
+        }
+    }

@@ -21,7 +21,7 @@ from modelport.jobs.states import JobStatus, ModelStatus
 from modelport.jobs.store import add_update
 from modelport.settings import Settings
 from modelport.storage.db.engine import Database
-from modelport.storage.db.tables import Job, JobSecret, JobStatusUpdate, Model
+from modelport.storage.db.tables import Job, JobSecret, JobStatusUpdate, Model, ModelFile
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,21 @@ class Catalog:
                 s.delete(row)
         # The blobs go with the next cleanup pass (after its grace period), never while referenced.
         return model
+
+    def serving_target(self, who: Principal, ref: str) -> tuple[Model, Model | None]:
+        """``(model to load, adapter to apply or None)`` for ``ref``; an adapter runs on its base."""
+        model = self.get_model(who, ref)
+        if model.kind != "adapter":
+            return model, None
+        with self.db.session() as s:
+            base = s.get(Model, model.base_model_id) if model.base_model_id else None
+        if base is None or base.status != ModelStatus.READY:
+            raise NotFound(f"the base model of adapter {model.name} is no longer available", param="model")
+        return base, model
+
+    def files(self, model: Model) -> list[ModelFile]:
+        with self.db.session() as s:
+            return list(s.scalars(select(ModelFile).where(ModelFile.model_id == model.id).order_by(ModelFile.path)))
 
     def base_name(self, model: Model) -> str | None:
         if not model.base_model_id:

@@ -1,4 +1,5 @@
-"""Remove what failed or interrupted ingests left behind: staging trees and unreferenced blobs."""
+"""Remove what failed or interrupted ingests left behind (staging trees, unreferenced blobs) and the
+serving copies of deleted models."""
 
 from __future__ import annotations
 
@@ -9,17 +10,25 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from modelport.jobs.states import JobStatus
+from modelport.serving.artifacts import ArtifactCache
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore
 from modelport.storage.db.engine import Database
-from modelport.storage.db.tables import Job, ModelFile, utcnow
+from modelport.storage.db.tables import Job, Model, ModelFile, utcnow
 
 log = logging.getLogger(__name__)
 
 
 def collect_garbage(db: Database, blobs: BlobStore, settings: Settings) -> tuple[int, int]:
-    """Returns (staging trees removed, blobs removed)."""
+    """Returns (staging trees removed, blobs removed). Also drops serving copies of deleted models."""
+    _clean_model_cache(db, blobs, settings)
     return _clean_staging(db, settings), _clean_blobs(db, blobs, settings)
+
+
+def _clean_model_cache(db: Database, blobs: BlobStore, settings: Settings) -> int:
+    with db.session() as s:
+        live = set(s.scalars(select(Model.id)))
+    return ArtifactCache(settings.model_cache_dir, blobs).prune(live)
 
 
 def _clean_staging(db: Database, settings: Settings) -> int:

@@ -1,0 +1,1 @@
+"""The OpenAI inference dialect: chat completions, completions and embeddings."""

@@ -1,0 +1,111 @@
+"""The ``Engine`` interface: what the inference service needs from a backend, in token ids.
+
+Engines are chosen by name (``Settings.engine``) from ``ENGINES``; adding one is a module and a line
+in ``engines/__init__.py``. ``engines/fake.py`` is the test double.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from modelport.errors import ModelportError
+
+
+class EngineOverloaded(ModelportError):
+    """Too much queued work, or no memory left to load another model; the client should retry."""
+
+    status_code = 503
+    code = "engine_overloaded"
+    type = "server_error"
+
+
+class EngineFailed(ModelportError):
+    """A model or adapter could not be loaded or run."""
+
+    status_code = 500
+    code = "engine_error"
+    type = "server_error"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A stored model or adapter, materialized in a local folder the engine can read."""
+
+    id: str
+    path: Path
+    manifest: dict[str, Any]
+    weight_bytes: int
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: no limit
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None  # None: none; k: the chosen token's logprob plus the top k
+    stop_token_ids: frozenset[int] = frozenset()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def penalised(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    base: Artifact
+    adapter: Artifact | None
+    prompt_ids: list[int]
+    params: SamplingParams
+    context_length: int
+
+
+@dataclass(frozen=True)
+class TokenStep:
+    """One generated token; ``finish_reason`` is set on the last one ("stop" or "length")."""
+
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How a sentence-transformers model turns token states into one vector."""
+
+    mode: str  # "mean", "cls", "max" or "lasttoken"
+    normalize: bool
+    max_seq_length: int | None = None
+
+
+class Engine(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenStep, None]:
+        """Stream tokens; closing the iterator early cancels the sequence and frees its slot."""
+        ...
+
+    async def embed(self, model: Artifact, batch: list[list[int]], pooling: Pooling) -> list[list[float]]: ...
+
+    def stats(self) -> dict[str, Any]:
+        """Loaded models, adapters, queue depths: for logs, health and benchmarks."""
+        ...

@@ -1,0 +1,27 @@
+"""Engines by name: ``Settings.engine`` picks one. Adding a backend is a module and a line here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from modelport.serving.engine import Engine
+from modelport.settings import Settings
+
+
+def _torch(settings: Settings) -> Engine:
+    from modelport.serving.engines.torch.engine import TorchEngine  # torch imports cost seconds
+
+    return TorchEngine(settings)
+
+
+def _fake(settings: Settings) -> Engine:
+    from modelport.serving.engines.fake import FakeEngine
+
+    return FakeEngine(max_num_seqs=settings.max_num_seqs)
+
+
+ENGINES: dict[str, Callable[[Settings], Engine]] = {"transformers": _torch, "fake": _fake}
+
+
+def open_engine(settings: Settings) -> Engine:
+    return ENGINES[settings.engine](settings)

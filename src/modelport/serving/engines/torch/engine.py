@@ -1,0 +1,300 @@
+"""``TorchEngine``: transformers models on one device, driven by a single engine thread.
+
+Request coroutines never touch torch state: they load models and read adapters in worker threads
+(``asyncio.to_thread``), hand a ``Sequence`` to the engine thread through an inbox, and receive tokens
+back through ``loop.call_soon_threadsafe``. The engine thread owns every forward pass, so CPU cores
+are not fought over and model state needs no locks. Loaded models live in an LRU bounded by a memory
+budget; a model with sequences in flight is never evicted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelport.serving.engine import (
+    Artifact,
+    EngineFailed,
+    EngineOverloaded,
+    GenerationRequest,
+    Pooling,
+    TokenStep,
+)
+from modelport.serving.engines.torch.lora import AdapterWeights, read_adapter
+from modelport.serving.engines.torch.pooling import Embedder
+from modelport.serving.engines.torch.runner import BatchRunner, Sequence
+from modelport.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _budget(settings: Settings, device: torch.device) -> int:
+    if settings.engine_memory_bytes:
+        return settings.engine_memory_bytes
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.8)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
+
+
+class _Loaded:
+    def __init__(self, worker: BatchRunner | Embedder, nbytes: int) -> None:
+        self.worker, self.nbytes = worker, nbytes
+        self.pending = 0  # requests between "model chosen" and "sequence finished"
+
+
+class TorchEngine:
+    name = "transformers"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = _device(settings.engine_device)
+        self.budget = _budget(settings, self.device)
+        self._models: OrderedDict[str, _Loaded] = OrderedDict()
+        self._adapters: OrderedDict[str, AdapterWeights] = OrderedDict()  # read from disk, on the CPU
+        self._lock = threading.Lock()
+        self._load_locks: dict[str, threading.Lock] = {}
+        self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.adapter_load_s: list[float] = []
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            torch.set_num_threads(max(1, torch.get_num_threads()))
+            self._thread = threading.Thread(target=self._loop, name="modelport-engine", daemon=True)
+            self._thread.start()
+            log.info("engine %s on %s, memory budget %.1f GiB", self.name, self.device, self.budget / 2**30)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            models = {
+                key: {
+                    "bytes": m.nbytes,
+                    "running": len(m.worker.running) if isinstance(m.worker, BatchRunner) else 0,
+                    "waiting": len(m.worker.waiting) if isinstance(m.worker, BatchRunner) else 0,
+                    "adapters": list(m.worker.lora.resident) if isinstance(m.worker, BatchRunner) else [],
+                }
+                for key, m in self._models.items()
+            }
+        return {"engine": self.name, "device": str(self.device), "budget_bytes": self.budget, "models": models}
+
+    # --- requests ----------------------------------------------------------------------------------
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenStep, None]:
+        loaded = await asyncio.to_thread(self._acquire, request.base, request.context_length)
+        try:
+            adapter = None
+            if request.adapter is not None:
+                adapter = await asyncio.to_thread(self._adapter_weights, request.adapter)
+            runner = loaded.worker
+            assert isinstance(runner, BatchRunner)
+            if len(runner.waiting) >= self.settings.max_queued_requests:
+                raise EngineOverloaded("too many requests are waiting for this model; retry shortly")
+            out: asyncio.Queue[TokenStep | BaseException] = asyncio.Queue()
+            seq = Sequence(request, _emitter(out), adapter)
+            self._submit(lambda: runner.submit(seq))
+            try:
+                while True:
+                    item = await out.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+                    if item.finish_reason:
+                        return
+            finally:
+                seq.cancelled = True  # a no-op when finished; frees the row when the client left early
+                self._wake.set()
+        finally:
+            self._release(loaded)
+
+    async def embed(self, model: Artifact, batch: list[list[int]], pooling: Pooling) -> list[list[float]]:
+        loaded = await asyncio.to_thread(self._acquire, model, 0, pooling)
+        try:
+            embedder = loaded.worker
+            assert isinstance(embedder, Embedder)
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[list[list[float]]] = loop.create_future()
+
+            def run() -> None:
+                try:
+                    result = embedder.embed(batch)
+                except Exception as e:
+                    log.exception("embedding failed for %s", model.id)
+                    _settle(loop, done, EngineFailed(f"the model failed while embedding: {type(e).__name__}"))
+                else:
+                    _settle(loop, done, result)
+
+            self._submit(run)
+            return await done
+        finally:
+            self._release(loaded)
+
+    # --- loading -----------------------------------------------------------------------------------
+    def _acquire(self, artifact: Artifact, context_length: int, pooling: Pooling | None = None) -> _Loaded:
+        with self._lock:
+            lock = self._load_locks.setdefault(artifact.id, threading.Lock())
+        with lock:  # one load per model, however many first requests arrive together
+            with self._lock:
+                loaded = self._models.get(artifact.id)
+                if loaded is not None:
+                    self._models.move_to_end(artifact.id)
+                    loaded.pending += 1
+                    return loaded
+                self._make_room(artifact.weight_bytes)
+            started = time.perf_counter()
+            worker = self._load(artifact, context_length, pooling)
+            log.info("loaded %s on %s in %.2fs", artifact.id, self.device, time.perf_counter() - started)
+            loaded = _Loaded(worker, artifact.weight_bytes)
+            with self._lock:
+                self._models[artifact.id] = loaded
+                loaded.pending += 1
+            return loaded
+
+    def _release(self, loaded: _Loaded) -> None:
+        with self._lock:
+            loaded.pending -= 1
+
+    def _make_room(self, need: int) -> None:
+        if need > self.budget:
+            raise EngineOverloaded(
+                f"the model needs {need / 2**30:.1f} GiB but the engine's memory budget is "
+                f"{self.budget / 2**30:.1f} GiB (MODELPORT_ENGINE_MEMORY_BYTES)"
+            )
+        used = sum(m.nbytes for m in self._models.values())
+        for key in list(self._models):
+            if used + need <= self.budget:
+                break
+            victim = self._models[key]
+            if victim.pending == 0:
+                log.info("evicting %s to make room", key)
+                del self._models[key]
+                used -= victim.nbytes
+        if used + need > self.budget:
+            raise EngineOverloaded("every loaded model is busy and no memory is left for another; retry shortly")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _load(self, artifact: Artifact, context_length: int, pooling: Pooling | None) -> BatchRunner | Embedder:
+        dtype = self._dtype(artifact)
+        try:
+            if pooling is not None:
+                return Embedder.load(artifact.path, pooling, self.device, dtype)
+            model = _load_causal_lm(artifact, self.device, dtype)
+        except EngineFailed:
+            raise
+        except Exception as e:
+            log.exception("could not load %s", artifact.id)
+            raise EngineFailed(f"the model could not be loaded: {type(e).__name__}: {e}") from None
+        return BatchRunner(
+            model,
+            context_length=context_length,
+            max_num_seqs=self.settings.max_num_seqs,
+            max_adapters=self.settings.max_loras,
+            prefill_budget=self.settings.prefill_token_budget,
+        )
+
+    def _dtype(self, artifact: Artifact) -> torch.dtype:
+        if self.settings.engine_dtype != "auto":
+            return _DTYPES[self.settings.engine_dtype]
+        if self.device.type == "cpu":
+            return torch.float32  # half-precision matmuls are slow or missing on most CPUs
+        stored = str(artifact.manifest.get("dtype") or "")
+        return _DTYPES.get(stored.replace("torch.", ""), torch.bfloat16)
+
+    def _adapter_weights(self, artifact: Artifact) -> AdapterWeights:
+        with self._lock:
+            cached = self._adapters.get(artifact.id)
+            if cached is not None:
+                self._adapters.move_to_end(artifact.id)
+                return cached
+        started = time.perf_counter()
+        weights = read_adapter(artifact.id, artifact.path)
+        with self._lock:
+            self._adapters[artifact.id] = weights
+            while len(self._adapters) > 4 * self.settings.max_loras:
+                self._adapters.popitem(last=False)
+            self.adapter_load_s.append(time.perf_counter() - started)
+        return weights
+
+    # --- the engine thread -------------------------------------------------------------------------
+    def _submit(self, work: Callable[[], None]) -> None:
+        self._inbox.put(work)
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            while True:
+                try:
+                    self._inbox.get_nowait()()
+                except queue.Empty:
+                    break
+            with self._lock:
+                runners = [m.worker for m in self._models.values() if isinstance(m.worker, BatchRunner)]
+            did_work = False
+            for runner in runners:
+                did_work |= runner.step()
+            if not did_work:
+                self._wake.wait(timeout=1.0)
+
+
+def _load_causal_lm(artifact: Artifact, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model: nn.Module = AutoModelForCausalLM.from_pretrained(
+        artifact.path, dtype=dtype, attn_implementation="sdpa", local_files_only=True, trust_remote_code=False
+    )
+    model.to(device)
+    model.eval()
+    return model
+
+
+def _emitter(out: asyncio.Queue[TokenStep | BaseException]) -> Callable[[TokenStep | BaseException], None]:
+    loop = asyncio.get_running_loop()
+
+    def emit(item: TokenStep | BaseException) -> None:
+        # RuntimeError: the event loop is gone (server shutting down), so nobody is listening.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(out.put_nowait, item)
+
+    return emit
+
+
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: Any) -> None:
+    def settle() -> None:
+        if future.done():
+            return
+        if isinstance(value, BaseException):
+            future.set_exception(value)
+        else:
+            future.set_result(value)
+
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(settle)

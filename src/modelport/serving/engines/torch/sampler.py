@@ -1,0 +1,100 @@
+"""Turn a batch of next-token logits into tokens, each row with its own sampling parameters.
+
+Order follows vLLM/HF: logit bias and penalties on the raw logits, then greedy rows take the argmax;
+sampled rows are scaled by temperature, cut by top-k and top-p, and drawn with the row's own
+generator (seeded requests are reproducible whatever else shares the batch). Reported logprobs are
+those of the model's own distribution, before any of this processing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from modelport.serving.engine import SamplingParams
+
+
+@dataclass
+class RowState:
+    params: SamplingParams
+    prompt_ids: list[int]
+    output_ids: list[int]
+    generator: torch.Generator | None
+
+
+@dataclass(frozen=True)
+class Sampled:
+    token_id: int
+    logprob: float | None
+    top_logprobs: list[tuple[int, float]] | None
+
+
+def sample(logits: torch.Tensor, rows: list[RowState]) -> list[Sampled]:
+    logits = logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1) if any(r.params.logprobs is not None for r in rows) else None
+    logits = _adjust(logits, rows)
+    tokens = logits.argmax(dim=-1)
+    sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
+    if sampled:
+        probs = _filtered_probs(logits[sampled], [rows[i].params for i in sampled])
+        for j, i in enumerate(sampled):
+            tokens[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
+    chosen = tokens.tolist()
+    return [_result(chosen[i], logprobs[i] if logprobs is not None else None, rows[i]) for i in range(len(rows))]
+
+
+def _adjust(logits: torch.Tensor, rows: list[RowState]) -> torch.Tensor:
+    if not any(r.params.penalised or r.params.logit_bias for r in rows):
+        return logits
+    logits = logits.clone()
+    for i, r in enumerate(rows):
+        p = r.params
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), device=logits.device)
+            logits[i, ids] += torch.tensor(list(p.logit_bias.values()), device=logits.device)
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(r.prompt_ids) | set(r.output_ids)), device=logits.device, dtype=torch.long)
+            values = logits[i, seen]
+            logits[i, seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and r.output_ids:
+            out = torch.tensor(r.output_ids, device=logits.device)
+            counts = torch.bincount(out, minlength=logits.shape[-1]).to(logits.dtype)
+            logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+    return logits
+
+
+def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    device = logits.device
+    temps = torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
+    logits = logits / temps
+    vocab = logits.shape[-1]
+    top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=device)
+    top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)
+    if bool((top_k < vocab).any()) or bool((top_p < 1.0).any()):
+        ordered, order = logits.sort(dim=-1, descending=True)
+        ranks = torch.arange(vocab, device=device).expand_as(ordered)
+        drop = ranks >= top_k.unsqueeze(1)
+        cumulative = ordered.masked_fill(drop, float("-inf")).softmax(dim=-1).cumsum(dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always survives).
+        drop |= (cumulative - ordered.masked_fill(drop, float("-inf")).softmax(dim=-1)) >= top_p
+        ordered = ordered.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, ordered)
+    probs = logits.softmax(dim=-1)
+    min_p = torch.tensor([p.min_p for p in params], device=device).unsqueeze(1)
+    if bool((min_p > 0).any()):
+        # min-p: drop tokens less likely than min_p times the most likely one.
+        probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
+
+
+def _result(token: int, logprobs: torch.Tensor | None, row: RowState) -> Sampled:
+    k = row.params.logprobs
+    if logprobs is None or k is None:
+        return Sampled(token, None, None)
+    top: list[tuple[int, float]] = []
+    if k > 0:
+        values, ids = logprobs.topk(k)
+        top = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return Sampled(token, float(logprobs[token]), top)

@@ -1,0 +1,248 @@
+"""``InferenceService``: what the OpenAI-style routes call. Never imports the web framework.
+
+It resolves the ``model`` a caller names (a model or an adapter of theirs), checks the request against
+the model before any work (type, context length, parameters), renders chat templates, and turns the
+engine's token stream into per-choice text deltas with logprobs, finish reasons and usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from modelport.accounts.service import Principal
+from modelport.catalog.service import Catalog
+from modelport.errors import ContextLengthExceeded, InvalidRequest, WrongModelType
+from modelport.serving.artifacts import ArtifactCache
+from modelport.serving.engine import Artifact, Engine, GenerationRequest, Pooling, SamplingParams, TokenStep
+from modelport.serving.text import Detokenizer, TextModel, TextModels
+from modelport.storage.db.tables import Model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = 2048
+
+
+@dataclass(frozen=True)
+class TextRequest:
+    """A completion or chat request, already in domain terms (the router converts the wire form)."""
+
+    model: str
+    prompt: str | list[int] | None = None
+    messages: list[dict[str, Any]] | None = None
+    max_tokens: int | None = None
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    echo: bool = False
+    params: SamplingParams = field(default_factory=lambda: SamplingParams(max_tokens=16))
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    text: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class Delta:
+    index: int
+    text: str
+    tokens: list[TokenInfo]
+    finish_reason: str | None = None
+
+
+@dataclass
+class Generation:
+    """A checked request, ready to stream. Iterate ``deltas()`` exactly once."""
+
+    model_name: str
+    prompt_text: str
+    prompt_tokens: int
+    completion_tokens: int
+    _choices: list[tuple[GenerationRequest, Detokenizer]]
+    _engine: Engine
+    _text: TextModel
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
+        tasks = [asyncio.create_task(self._pump(i, req, detok, queue)) for i, (req, detok) in enumerate(self._choices)]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _pump(
+        self, index: int, req: GenerationRequest, detok: Detokenizer, queue: asyncio.Queue[Delta | BaseException | None]
+    ) -> None:
+        want_logprobs = req.params.logprobs is not None
+        try:
+            stream = self._engine.generate(req)
+            try:
+                async for step in stream:
+                    self.completion_tokens += 1
+                    last = step.finish_reason is not None
+                    text = detok.add(step.token_id, last=last)
+                    info = [self._token_info(step)] if want_logprobs else []
+                    if detok.stopped:  # a stop string: end now, and let the engine free the row
+                        await queue.put(Delta(index, text, info, "stop"))
+                        break
+                    await queue.put(Delta(index, text, info, step.finish_reason))
+            finally:
+                await stream.aclose()
+        except Exception as e:  # handed to the consumer, which re-raises it
+            await queue.put(e)
+        finally:
+            await queue.put(None)
+
+    def _token_info(self, step: TokenStep) -> TokenInfo:
+        decode = self._text.decode
+        top = [(decode([t]), lp) for t, lp in step.top_logprobs or []]
+        return TokenInfo(decode([step.token_id]), step.logprob if step.logprob is not None else 0.0, top)
+
+
+class InferenceService:
+    def __init__(self, catalog: Catalog, artifacts: ArtifactCache, engine: Engine, max_n: int = 16) -> None:
+        self.catalog, self.artifacts, self.engine, self.max_n = catalog, artifacts, engine, max_n
+        self.texts = TextModels()
+
+    # --- text generation ---------------------------------------------------------------------------
+    async def generate(self, who: Principal, req: TextRequest) -> Generation:
+        """Check everything that can be checked up front; raises before any tokens are generated."""
+        model, adapter = self.catalog.serving_target(who, req.model)
+        named = adapter or model
+        if model.type == "embedding":
+            raise WrongModelType(f"{named.name} is an embedding model; call /v1/embeddings", param="model")
+        base, lora = await asyncio.to_thread(self._artifacts, model, adapter)
+        text = await asyncio.to_thread(self.texts.get, base.id, base.path)
+        prompt_text, prompt_ids = self._prompt(named.name, text, req)
+        context = _context_length(model)
+        max_tokens = self._max_tokens(req, len(prompt_ids), context)
+        vocab = len(text.tokenizer)
+        if any(not 0 <= t < vocab for t in req.params.logit_bias):
+            raise InvalidRequest(
+                f"logit_bias names a token id outside the vocabulary (0..{vocab - 1})", param="logit_bias"
+            )
+        if not 1 <= req.n <= self.max_n:
+            raise InvalidRequest(f"n must be between 1 and {self.max_n}", param="n")
+        params = replace(req.params, max_tokens=max_tokens, stop_token_ids=req.params.stop_token_ids | text.eos_ids)
+        choices = []
+        for i in range(req.n):
+            seed = params.seed + i if params.seed is not None else None
+            request = GenerationRequest(
+                f"gen-{uuid.uuid4().hex[:12]}", base, lora, prompt_ids, replace(params, seed=seed), context
+            )
+            choices.append((request, Detokenizer(text, prompt_ids, req.stop)))
+        return Generation(named.name, prompt_text, len(prompt_ids), 0, choices, self.engine, text)
+
+    def _prompt(self, name: str, text: TextModel, req: TextRequest) -> tuple[str, list[int]]:
+        if req.messages is not None:
+            rendered = text.render_chat(name, req.messages)
+            ids = text.encode(rendered, special=False)  # templates carry their own BOS
+            return rendered, ids
+        if isinstance(req.prompt, list):
+            return text.decode(req.prompt), list(req.prompt)
+        if not req.prompt:
+            raise InvalidRequest("prompt must not be empty", param="prompt")
+        return req.prompt, text.encode(req.prompt, special=True)
+
+    def _max_tokens(self, req: TextRequest, prompt_tokens: int, context: int) -> int:
+        if prompt_tokens == 0:
+            raise InvalidRequest("the prompt encodes to no tokens", param="prompt")
+        if req.max_tokens is not None and req.max_tokens < 1:
+            raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
+        wanted = req.max_tokens if req.max_tokens is not None else context - prompt_tokens
+        if prompt_tokens + max(wanted, 1) > context:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {context} tokens. However, you requested "
+                f"{prompt_tokens + wanted} tokens ({prompt_tokens} in the prompt, {wanted} for the completion). "
+                "Please reduce the prompt or max_tokens.",
+                param="max_tokens" if req.max_tokens is not None else "messages",
+            )
+        return wanted
+
+    # --- embeddings --------------------------------------------------------------------------------
+    async def embed(self, who: Principal, model_ref: str, inputs: list[str] | list[list[int]]) -> Embeddings:
+        model, adapter = self.catalog.serving_target(who, model_ref)
+        if adapter is not None or model.type != "embedding":
+            raise WrongModelType(
+                f"{(adapter or model).name} is not an embedding model; call /v1/chat/completions or /v1/completions",
+                param="model",
+            )
+        if not inputs:
+            raise InvalidRequest("input must not be empty", param="input")
+        artifact, _ = await asyncio.to_thread(self._artifacts, model, None)
+        text = await asyncio.to_thread(self.texts.get, artifact.id, artifact.path)
+        pooling = read_pooling(artifact.path)
+        limit = pooling.max_seq_length or _context_length(model)
+        batch = [self._embedding_ids(text, item, limit) for item in inputs]
+        vectors = await self.engine.embed(artifact, batch, pooling)
+        return Embeddings(model.name, vectors, sum(len(ids) for ids in batch))
+
+    @staticmethod
+    def _embedding_ids(text: TextModel, item: str | list[int], limit: int) -> list[int]:
+        ids = list(item) if isinstance(item, list) else text.encode(item, special=True)
+        if not ids:
+            raise InvalidRequest("an input encodes to no tokens", param="input")
+        # Like sentence-transformers: longer inputs are truncated to the model's max_seq_length.
+        return ids[:limit]
+
+    # --- shared ------------------------------------------------------------------------------------
+    def _artifacts(self, model: Model, adapter: Model | None) -> tuple[Artifact, Artifact | None]:
+        base = self.artifacts.get(model, self.catalog.files(model))
+        lora = self.artifacts.get(adapter, self.catalog.files(adapter)) if adapter is not None else None
+        return base, lora
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    model_name: str
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+def _context_length(model: Model) -> int:
+    value = (model.manifest or {}).get("context_length")
+    return int(value) if value else DEFAULT_CONTEXT
+
+
+def read_pooling(path: Path) -> Pooling:
+    """Pooling and normalisation as sentence-transformers would apply them, from the model's own files."""
+    modules: list[dict[str, Any]] = []
+    if (path / "modules.json").is_file():
+        modules = json.loads((path / "modules.json").read_text())
+    pooling_dir = next((m.get("path", "") for m in modules if str(m.get("type", "")).endswith(".Pooling")), None)
+    mode = "mean"
+    if pooling_dir is not None and (path / pooling_dir / "config.json").is_file():
+        cfg = json.loads((path / pooling_dir / "config.json").read_text())
+        for flag, name in (
+            ("pooling_mode_cls_token", "cls"),
+            ("pooling_mode_max_tokens", "max"),
+            ("pooling_mode_lasttoken", "lasttoken"),
+            ("pooling_mode_mean_tokens", "mean"),
+        ):
+            if cfg.get(flag):
+                mode = name
+                break
+        mode = cfg.get("pooling_mode", mode) if isinstance(cfg.get("pooling_mode"), str) else mode
+    normalize = any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
+    max_len = None
+    if (path / "sentence_bert_config.json").is_file():
+        max_len = json.loads((path / "sentence_bert_config.json").read_text()).get("max_seq_length")
+    return Pooling(mode, normalize, int(max_len) if max_len else None)

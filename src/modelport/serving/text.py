@@ -1,0 +1,149 @@
+"""Tokenizers, chat templates and incremental detokenization with stop strings.
+
+Shared by every engine: engines see token ids, this module owns the text around them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelport import chat_template
+from modelport.errors import InvalidRequest
+
+# A few prompt tokens decoded in front of the output, so the first generated token keeps the leading
+# space SentencePiece-style tokenizers only render after another token.
+_PREFIX_TOKENS = 6
+
+
+class TemplateMissing(InvalidRequest):
+    code = "chat_template_missing"
+
+
+@dataclass
+class TextModel:
+    tokenizer: Any  # a transformers PreTrainedTokenizerBase
+    chat_template: str | None
+    eos_ids: frozenset[int]
+
+    def encode(self, text: str, *, special: bool) -> list[int]:
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=special)
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return text
+
+    def render_chat(self, name: str, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+        if not self.chat_template:
+            raise TemplateMissing(
+                f"{name} has no chat template in its tokenizer files, so it cannot answer chat requests; "
+                "use /v1/completions with a prompt instead",
+                param="messages",
+            )
+        specials = {f"{k}_token": getattr(self.tokenizer, f"{k}_token", None) for k in ("bos", "eos", "unk", "pad")}
+        try:
+            return chat_template.render(
+                self.chat_template, messages, add_generation_prompt=add_generation_prompt, **specials
+            )
+        except chat_template.ChatTemplateError as e:
+            raise InvalidRequest(f"the model's chat template rejected the messages: {e}", param="messages") from None
+
+
+def load_text_model(path: Path) -> TextModel:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # several named templates: the default one answers chat
+        template = template.get("default")
+    return TextModel(tokenizer, template, _eos_ids(path, tokenizer))
+
+
+def _eos_ids(path: Path, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = path / "generation_config.json"
+    if gen.is_file():
+        value = json.loads(gen.read_text()).get("eos_token_id")
+        ids.update(int(v) for v in (value if isinstance(value, list) else [value]) if v is not None)
+    return frozenset(ids)
+
+
+class TextModels:
+    """An LRU of loaded tokenizers, keyed by model id."""
+
+    def __init__(self, capacity: int = 32) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, TextModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, path: Path) -> TextModel:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        loaded = load_text_model(path)
+        with self._lock:
+            self._items[key] = loaded
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return loaded
+
+
+class Detokenizer:
+    """Turns a growing list of token ids into text deltas, cut at the first stop string.
+
+    Text is held back while it could still be the start of a stop string or ends in an incomplete
+    UTF-8 sequence, so a client never sees characters that later turn out to be part of a stop.
+    """
+
+    def __init__(self, text: TextModel, prompt_ids: list[int], stop: list[str]) -> None:
+        self.text, self.stop = text, [s for s in stop if s]
+        self.prefix = prompt_ids[-_PREFIX_TOKENS:]
+        self.prefix_text = text.decode(self.prefix)
+        self.ids: list[int] = []
+        self.full = ""
+        self.sent = 0
+        self.stopped = False
+
+    def add(self, token_id: int, *, last: bool) -> str:
+        """Add one token; return the text that is now safe to send."""
+        if self.stopped:
+            return ""
+        self.ids.append(token_id)
+        decoded = self.text.decode(self.prefix + self.ids)
+        self.full = (
+            decoded[len(self.prefix_text) :] if decoded.startswith(self.prefix_text) else self.text.decode(self.ids)
+        )
+        cut = self._find_stop()
+        if cut is not None:
+            self.full, self.stopped = self.full[:cut], True
+            last = True
+        safe = len(self.full)
+        if not last:
+            if self.full.endswith("\ufffd"):
+                safe -= 1
+            safe = min(safe, len(self.full) - self._held_for_stop())
+        delta = self.full[self.sent : max(safe, self.sent)]
+        self.sent += len(delta)
+        return delta
+
+    def _find_stop(self) -> int | None:
+        hits = [i for i in (self.full.find(s, max(0, self.sent - len(s))) for s in self.stop) if i >= 0]
+        return min(hits) if hits else None
+
+    def _held_for_stop(self) -> int:
+        """How many trailing characters could begin a stop string."""
+        held = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(self.full)), 0, -1):
+                if self.full.endswith(s[:n]):
+                    held = max(held, n)
+                    break
+        return held

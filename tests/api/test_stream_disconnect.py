@@ -1,0 +1,63 @@
+"""Over a real HTTP connection: a client that leaves mid-stream frees its slot at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from modelport.app import create_app
+from modelport.serving.engines.fake import FakeEngine
+from modelport.settings import Settings
+from tests.integration.helpers import upload
+from tests.support.fakehub import FakeHub
+from tests.support.procs import free_port
+from tests.support.tinymodels import files_of
+
+
+@pytest.fixture
+def server(settings: Settings, hub: FakeHub, tiny_llama: Path) -> Iterator[tuple[str, str, FakeEngine]]:
+    app = create_app(settings, run_workers=False)
+    # One slot and 50 ms per token: a 100-token stream would hold the slot for 5 s.
+    fake = FakeEngine(max_num_seqs=1, token_delay_s=0.05)
+    app.state.inference.engine = fake
+    key = app.state.accounts.create_key("acme")
+    hub.add("acme/tiny-stream", files_of(tiny_llama))
+    who = app.state.accounts.authenticate(key)
+    assert upload(app.state.services, who, "tiny", "acme/tiny-stream").job.status == "Complete"
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", key, fake
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_disconnect_frees_the_slot(server: tuple[str, str, FakeEngine]) -> None:
+    url, key, fake = server
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": "tiny", "prompt": "a b c", "max_tokens": 100, "stream": True}
+    with (
+        httpx.Client(timeout=10) as http,
+        http.stream("POST", f"{url}/v1/completions", json=body, headers=headers) as r,
+    ):
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        assert fake.running == 1
+    started = time.monotonic()
+    resp = httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 2}, headers=headers)
+    assert resp.status_code == 200 and resp.json()["choices"][0]["finish_reason"] == "length"
+    assert time.monotonic() - started < 2.0  # not the 5 s the abandoned stream would have taken
+    deadline = time.monotonic() + 2
+    while fake.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake.running == 0
