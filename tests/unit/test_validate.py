@@ -119,10 +119,11 @@ def test_adapter_problems(tmp_path: Path, tiny_llama: Path) -> None:
     other = make_llama(tmp_path / "other", hidden=32, heads=4, kv_heads=4)
     lora = make_lora(tmp_path / "lora", other, targets=("q_proj", "k_proj"))
     config = json.loads((lora / "adapter_config.json").read_text())
-    config["peft_type"] = "IA3"
+    config |= {"peft_type": "IA3", "use_dora": True, "modules_to_save": ["lm_head"]}
     (lora / "adapter_config.json").write_text(json.dumps(config))
     found = " | ".join(problems(staged(lora), "adapter", base_of(tiny_llama)))
     assert "only LORA" in found and "do not fit the base weight" in found
+    assert "DoRA (use_dora) is not supported" in found and "modules_to_save" in found
     (lora / "adapter_model.safetensors").unlink()
     assert any(
         "adapter_model.safetensors is missing" in p for p in problems(staged(lora), "adapter", base_of(tiny_llama))

@@ -39,7 +39,11 @@ def cli() -> None:
 @click.option("--workers", type=int, default=None, help="Ingest worker threads (default: MODELPORT_WORKERS).")
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
 def serve(host: str, port: int, workers: int | None, log_level: str) -> None:
-    """Start the API server, with ingest workers inside it."""
+    """Start the API server: uploads with ingest workers inside it, and inference on the embedded engine.
+
+    Models load on their first request (MODELPORT_ENGINE_DEVICE, MODELPORT_MAX_NUM_SEQS, MODELPORT_MAX_LORAS
+    and the other engine settings are in docs/configuration.md).
+    """
     import uvicorn
 
     from modelport.app import create_app

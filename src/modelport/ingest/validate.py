@@ -311,6 +311,15 @@ def _adapter_config(config: dict[str, Any], report: _Report) -> dict[str, Any]:
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
         report.add(f"adapter_config.json: peft_type {config.get('peft_type')!r} is not supported; only LORA is")
+    # The serving engine's slot kernels apply plain LoRA deltas to Linear layers; refuse at upload what
+    # it could not serve, rather than failing the first inference request.
+    for flag, what in (
+        ("use_dora", "DoRA (use_dora)"),
+        ("fan_in_fan_out", "fan_in_fan_out (Conv1D layers)"),
+        ("modules_to_save", "modules_to_save (fully trained extra modules)"),
+    ):
+        if config.get(flag):
+            report.add(f"adapter_config.json: {what} is not supported by modelport's serving engine")
     rank = config.get("r")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         report.add("adapter_config.json: 'r' (the LoRA rank) must be a positive integer")

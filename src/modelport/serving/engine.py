@@ -100,6 +100,10 @@ class Engine(Protocol):
 
     def stop(self) -> None: ...
 
+    async def prepare(self, request: GenerationRequest) -> None:
+        """Load what ``request`` needs, so load failures answer with a status before a stream starts."""
+        ...
+
     def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenStep, None]:
         """Stream tokens; closing the iterator early cancels the sequence and frees its slot."""
         ...

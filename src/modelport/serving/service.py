@@ -149,6 +149,7 @@ class InferenceService:
                 f"gen-{uuid.uuid4().hex[:12]}", base, lora, prompt_ids, replace(params, seed=seed), context
             )
             choices.append((request, Detokenizer(text, prompt_ids, req.stop)))
+        await self.engine.prepare(choices[0][0])
         return Generation(named.name, prompt_text, len(prompt_ids), 0, choices, self.engine, text)
 
     def _prompt(self, name: str, text: TextModel, req: TextRequest) -> tuple[str, list[int]]:

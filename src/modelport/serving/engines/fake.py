@@ -35,6 +35,9 @@ class FakeEngine:
     def stats(self) -> dict[str, Any]:
         return {"engine": self.name, "running": self.running}
 
+    async def prepare(self, request: GenerationRequest) -> None:
+        pass
+
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenStep, None]:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_num_seqs)
