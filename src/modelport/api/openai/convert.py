@@ -231,7 +231,9 @@ async def completion_chunks(
     offsets = [len(gen.prompt_text) if echo else 0] * n
 
     def chunk(index: int, text: str, finish: str | None, lp: Any = None) -> dict[str, Any]:
-        return base | {"choices": [{"index": index, "text": text, "logprobs": lp, "finish_reason": finish}]} | extra
+        # ``delta.content`` too: the together 1.x SDK reads streamed completion text from there.
+        choice = {"index": index, "text": text, "delta": {"content": text}, "logprobs": lp, "finish_reason": finish}
+        return base | {"choices": [choice]} | extra
 
     if echo:
         for i in range(n):
