@@ -13,9 +13,14 @@ from modelport import __version__
 from modelport.accounts.service import AccountService
 from modelport.api import errors
 from modelport.api.openai.router import router as openai_router
+from modelport.api.together.endpoints import router as endpoints_router
 from modelport.api.together.router import identity_router
 from modelport.api.together.router import router as together_router
 from modelport.catalog.service import Catalog
+from modelport.endpoints import hardware
+from modelport.endpoints.routing import EndpointRouting
+from modelport.endpoints.service import EndpointService
+from modelport.endpoints.supervisor import Supervisor
 from modelport.jobs.worker import WorkerPool
 from modelport.serving.artifacts import ArtifactCache
 from modelport.serving.engines import open_engine
@@ -48,23 +53,35 @@ def build_services(settings: Settings) -> Services:
     return Services(settings, db, open_blob_store(settings), accounts, Catalog(settings, db))
 
 
-def create_app(settings: Settings | None = None, *, run_workers: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, *, run_workers: bool = True, supervise: bool | None = None) -> FastAPI:
+    """``run_workers``: ingest jobs in this process; ``supervise``: run endpoint replicas (default: the same)."""
     settings = settings or Settings()
     services = build_services(settings)
     pool = WorkerPool(settings, services.db, services.blobs) if run_workers else None
     if pool:
         services.catalog.on_submit = pool.wake
     engine = open_engine(settings)
-    inference = InferenceService(services.catalog, ArtifactCache(settings.model_cache_dir, services.blobs), engine)
+    artifacts = ArtifactCache(settings.model_cache_dir, services.blobs)
+    inference = InferenceService(services.catalog, artifacts, engine)
+    inventory = hardware.detect(settings.endpoint_memory_bytes)
+    endpoints = EndpointService(settings, services.db, services.catalog, services.blobs, inventory)
+    supervisor = Supervisor(settings, services.db, services.catalog, artifacts, inventory)
+    endpoints.on_change = supervisor.wake
+    inference.routing = EndpointRouting(endpoints, supervisor)
+    supervise = run_workers if supervise is None else supervise
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         engine.start()
         if pool:
             pool.start()
+        if supervise:
+            supervisor.start()
         try:
             yield
         finally:
+            if supervise:
+                supervisor.stop()
             if pool:
                 pool.stop()
             engine.stop()
@@ -76,8 +93,11 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True) ->
     app.state.accounts = services.accounts
     app.state.catalog = services.catalog
     app.state.inference = inference
+    app.state.endpoints = endpoints
+    app.state.supervisor = supervisor
     errors.install(app)
     app.include_router(identity_router)
     app.include_router(together_router, prefix="/v1")
     app.include_router(openai_router, prefix="/v1")
+    app.include_router(endpoints_router, prefix="/v1")
     return app

@@ -12,7 +12,9 @@
     │   ├── UnsupportedParameter    400 unsupported_parameter (a known field we cannot honour)
     │   ├── ContextLengthExceeded   400 context_length_exceeded
     │   ├── WrongModelType          400 model_type_mismatch   (e.g. chat with an embedding model)
-    │   └── TemplateMissing         400 chat_template_missing (serving/text.py)
+    │   ├── TemplateMissing         400 chat_template_missing (serving/text.py)
+    │   ├── HardwareUnavailable     400 hardware_unavailable  (not on this host, too small, or reserved)
+    │   └── EndpointNotRunning      400 endpoint_not_running  (called while STOPPED or in ERROR)
     └── IngestError                 (job failures; recorded on the job, not returned by the API)
         ├── SourceUnavailable       the source could not be fetched (404/403/network)
         ├── ArchiveRejected         the archive is unreadable or unsafe
@@ -90,6 +92,14 @@ class ContextLengthExceeded(InvalidRequest):
 
 class WrongModelType(InvalidRequest):
     code = "model_type_mismatch"
+
+
+class HardwareUnavailable(InvalidRequest):
+    code = "hardware_unavailable"
+
+
+class EndpointNotRunning(InvalidRequest):
+    code = "endpoint_not_running"
 
 
 class IngestError(ModelportError):

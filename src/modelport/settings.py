@@ -115,6 +115,23 @@ class Settings(BaseSettings):
         description="Prompt tokens prefilled per engine step, so long prompts cannot stall decoding.",
     )
 
+    endpoint_memory_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="RAM that CPU endpoint replicas may reserve together; 0 means half the host's RAM.",
+    )
+    hardware_prices: dict[str, float] = Field(
+        default_factory=dict,
+        description='Cents per minute by hardware id, shown by GET /v1/hardware (JSON: {"2x_cpu_8gb": 1.5}); '
+        "0 when absent.",
+    )
+    replica_max_restarts: int = Field(
+        default=3, ge=0, description="Crashes an endpoint replica may have before the endpoint goes to ERROR."
+    )
+    replica_start_timeout_s: float = Field(
+        default=600.0, gt=0, description="A replica that has not loaded its model after this long counts as crashed."
+    )
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()

@@ -21,7 +21,7 @@ from modelport.jobs.states import JobStatus, ModelStatus
 from modelport.jobs.store import add_update
 from modelport.settings import Settings
 from modelport.storage.db.engine import Database
-from modelport.storage.db.tables import Job, JobSecret, JobStatusUpdate, Model, ModelFile
+from modelport.storage.db.tables import Endpoint, Job, JobSecret, JobStatusUpdate, Model, ModelFile
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,11 @@ class Catalog:
                 raise Conflict(
                     f"{model.name} is the base of {', '.join(dependants)}; delete those adapters first",
                     param="model",
+                )
+            endpoints = list(s.scalars(select(Endpoint.name).where(Endpoint.model_id == model.id)))
+            if endpoints:
+                raise Conflict(
+                    f"{model.name} is deployed on {', '.join(endpoints)}; delete those endpoints first", param="model"
                 )
             row = s.get(Model, model.id)
             if row is not None:

@@ -6,6 +6,7 @@ import logging
 import secrets
 import signal
 import threading
+from pathlib import Path
 
 import click
 
@@ -54,6 +55,17 @@ def serve(host: str, port: int, workers: int | None, log_level: str) -> None:
     _first_start_key(app.state.accounts, settings)
     click.echo(f"modelport {__version__} on http://{host}:{port} (data: {settings.data_dir})", err=True)
     uvicorn.run(app, host=host, port=port, log_config=None, log_level=log_level.lower())
+
+
+@cli.command(hidden=True)
+@click.option("--spec", "spec_path", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--port", required=True, type=int)
+def replica(spec_path: Path, port: int) -> None:
+    """Internal: one endpoint replica, started by the server's endpoint supervisor."""
+    from modelport.endpoints.replica import run
+
+    _setup_logging("warning")
+    run(spec_path, port)
 
 
 def _first_start_key(accounts: AccountService, settings: Settings) -> None:
@@ -129,3 +141,7 @@ def keys_revoke(key_id: str) -> None:
 
     build_services(Settings()).accounts.revoke_key(key_id)
     click.echo(f"Revoked {key_id}.", err=True)
+
+
+if __name__ == "__main__":  # `python -m modelport.cli.main`, how the supervisor starts replicas
+    cli()

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from modelport.accounts.service import Principal
 from modelport.catalog.service import Catalog
@@ -22,7 +22,7 @@ from modelport.errors import ContextLengthExceeded, InvalidRequest, WrongModelTy
 from modelport.serving.artifacts import ArtifactCache
 from modelport.serving.engine import Artifact, Engine, GenerationRequest, Pooling, SamplingParams, TokenStep
 from modelport.serving.text import Detokenizer, TextModel, TextModels
-from modelport.storage.db.tables import Model
+from modelport.storage.db.tables import Endpoint, Model
 
 log = logging.getLogger(__name__)
 
@@ -117,21 +117,50 @@ class Generation:
         return TokenInfo(decode([step.token_id]), step.logprob if step.logprob is not None else 0.0, top)
 
 
+class Routing(Protocol):
+    """Dedicated endpoints (``endpoints/routing.py``), seen from here without importing them."""
+
+    def by_name(self, who: Principal, name: str) -> tuple[Endpoint, Engine] | None: ...
+
+    def for_model(self, model_id: str) -> Engine | None: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    model: Model
+    adapter: Model | None
+    engine: Engine
+    name: str
+
+
 class InferenceService:
     def __init__(self, catalog: Catalog, artifacts: ArtifactCache, engine: Engine, max_n: int = 16) -> None:
         self.catalog, self.artifacts, self.engine, self.max_n = catalog, artifacts, engine, max_n
         self.texts = TextModels()
+        self.routing: Routing | None = None
+
+    def _target(self, who: Principal, name: str) -> Target:
+        """An endpoint's name routes to its replicas; a model or adapter to its base's started endpoint
+        if there is one, else to this server's own engine ("serverless")."""
+        if self.routing is not None:
+            hit = self.routing.by_name(who, name)
+            if hit is not None:
+                endpoint, remote = hit
+                return Target(self.catalog.get_model(who, endpoint.model_id), None, remote, endpoint.name)
+        model, adapter = self.catalog.serving_target(who, name)
+        dedicated = self.routing.for_model(model.id) if self.routing is not None else None
+        return Target(model, adapter, dedicated or self.engine, (adapter or model).name)
 
     # --- text generation ---------------------------------------------------------------------------
     async def generate(self, who: Principal, req: TextRequest) -> Generation:
         """Check everything that can be checked up front; raises before any tokens are generated."""
-        model, adapter = self.catalog.serving_target(who, req.model)
-        named = adapter or model
+        target = self._target(who, req.model)
+        model, adapter = target.model, target.adapter
         if model.type == "embedding":
-            raise WrongModelType(f"{named.name} is an embedding model; call /v1/embeddings", param="model")
+            raise WrongModelType(f"{target.name} is an embedding model; call /v1/embeddings", param="model")
         base, lora = await asyncio.to_thread(self._artifacts, model, adapter)
         text = await asyncio.to_thread(self.texts.get, base.id, base.path)
-        prompt_text, prompt_ids = self._prompt(named.name, text, req)
+        prompt_text, prompt_ids = self._prompt(target.name, text, req)
         context = _context_length(model)
         max_tokens = self._max_tokens(req, len(prompt_ids), context)
         vocab = len(text.tokenizer)
@@ -149,8 +178,8 @@ class InferenceService:
                 f"gen-{uuid.uuid4().hex[:12]}", base, lora, prompt_ids, replace(params, seed=seed), context
             )
             choices.append((request, Detokenizer(text, prompt_ids, req.stop)))
-        await self.engine.prepare(choices[0][0])
-        return Generation(named.name, prompt_text, len(prompt_ids), 0, choices, self.engine, text)
+        await target.engine.prepare(choices[0][0])
+        return Generation(target.name, prompt_text, len(prompt_ids), 0, choices, target.engine, text)
 
     def _prompt(self, name: str, text: TextModel, req: TextRequest) -> tuple[str, list[int]]:
         if req.messages is not None:
@@ -180,10 +209,11 @@ class InferenceService:
 
     # --- embeddings --------------------------------------------------------------------------------
     async def embed(self, who: Principal, model_ref: str, inputs: list[str] | list[list[int]]) -> Embeddings:
-        model, adapter = self.catalog.serving_target(who, model_ref)
-        if adapter is not None or model.type != "embedding":
+        target = self._target(who, model_ref)
+        model = target.model
+        if target.adapter is not None or model.type != "embedding":
             raise WrongModelType(
-                f"{(adapter or model).name} is not an embedding model; call /v1/chat/completions or /v1/completions",
+                f"{target.name} is not an embedding model; call /v1/chat/completions or /v1/completions",
                 param="model",
             )
         if not inputs:
@@ -193,8 +223,8 @@ class InferenceService:
         pooling = read_pooling(artifact.path)
         limit = pooling.max_seq_length or _context_length(model)
         batch = [self._embedding_ids(text, item, limit) for item in inputs]
-        vectors = await self.engine.embed(artifact, batch, pooling)
-        return Embeddings(model.name, vectors, sum(len(ids) for ids in batch))
+        vectors = await target.engine.embed(artifact, batch, pooling)
+        return Embeddings(target.name, vectors, sum(len(ids) for ids in batch))
 
     @staticmethod
     def _embedding_ids(text: TextModel, item: str | list[int], limit: int) -> list[int]:

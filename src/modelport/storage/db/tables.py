@@ -108,3 +108,33 @@ class JobSecret(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     source: Mapped[str] = mapped_column(Text)
     hf_token: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Endpoint(Base):
+    """A dedicated endpoint: replicas of one model on reserved hardware, supervised by ``modelport serve``.
+
+    ``state`` is the wire state; ``desired`` is what the user asked for (STARTED or STOPPED), which the
+    supervisor drives ``state`` towards. ``reservation`` records what the running replicas hold.
+    """
+
+    __tablename__ = "endpoints"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    hardware: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16))
+    desired: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    min_replicas: Mapped[int] = mapped_column(Integer, default=1)
+    max_replicas: Mapped[int] = mapped_column(Integer, default=1)
+    disable_speculative_decoding: Mapped[bool] = mapped_column(default=False)
+    disable_prompt_cache: Mapped[bool] = mapped_column(default=False)
+    inactive_timeout: Mapped[int | None] = mapped_column(Integer, default=None)  # minutes; None/0: never
+    reservation: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    last_request_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -108,6 +108,10 @@ class TorchEngine:
         return {"engine": self.name, "device": str(self.device), "budget_bytes": self.budget, "models": models}
 
     # --- requests ----------------------------------------------------------------------------------
+    def preload(self, artifact: Artifact, context_length: int) -> None:
+        """Load a model now (blocking), so the first request finds it ready."""
+        self._release(self._acquire(artifact, context_length))
+
     async def prepare(self, request: GenerationRequest) -> None:
         loaded = await asyncio.to_thread(self._acquire, request.base, request.context_length)
         self._release(loaded)

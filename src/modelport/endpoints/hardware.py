@@ -1,0 +1,149 @@
+"""What this host really has, as Together-style hardware configurations.
+
+GPU configurations follow Together's ids, ``{count}x_nvidia_{model}_{memory}gb_{link}`` (e.g.
+``2x_nvidia_h100_80gb_sxm``), one per power-of-two GPU count the host can hold. Without GPUs, CPU
+configurations follow the same spirit: ``{cores}x_cpu_{memory}gb`` is a replica that may use that many
+cores (shared, not pinned) and reserves that much RAM from the pool endpoints may use
+(``MODELPORT_ENDPOINT_MEMORY_BYTES``). Memory is what is reserved: GPUs are handed out whole, by index,
+and host RAM by the gigabyte, so endpoints can never oversubscribe either.
+
+Fit (``estimate_bytes``): weights at the serving dtype, plus the KV cache of one full-context sequence,
+plus 20% for activations and allocator slack::
+
+    need = parameters x dtype_bytes + 2 x layers x kv_heads x head_dim x context x dtype_bytes, x 1.2
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+GIB = 2**30
+OVERHEAD = 1.2
+_GPU_MODELS = ("b200", "h200", "h100", "a100", "a10g", "a10", "l40s", "l40", "l4", "t4", "v100", "rtx_6000_ada")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    model: str  # e.g. "h100"
+    memory_gb: int
+    link: str  # "sxm" (NVLink) or "pcie"
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    id: str
+    gpu_type: str
+    gpu_count: int
+    gpu_memory_gb: float  # per GPU; for CPU configurations, the RAM reserved
+    gpu_link: str
+    cents_per_minute: float
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.gpu_type == "cpu"
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.gpu_memory_gb * GIB * (1 if self.is_cpu else self.gpu_count))
+
+
+@dataclass(frozen=True)
+class Inventory:
+    gpus: tuple[Gpu, ...]
+    cpu_cores: int
+    cpu_pool_bytes: int  # RAM that endpoint replicas may reserve together
+    detected_at: datetime
+
+    def configs(self, prices: dict[str, float]) -> list[HardwareConfig]:
+        if self.gpus:
+            return self._gpu_configs(prices)
+        return self._cpu_configs(prices)
+
+    def _gpu_configs(self, prices: dict[str, float]) -> list[HardwareConfig]:
+        out = []
+        first = self.gpus[0]
+        n = 1
+        while n <= len(self.gpus):
+            link = "pcie" if first.model == "a100" and n == 1 else first.link
+            hw_id = f"{n}x_nvidia_{first.model}_{first.memory_gb}gb_{link}"
+            out.append(HardwareConfig(hw_id, f"{first.model}-{first.memory_gb}gb", n, first.memory_gb, link, 0.0))
+            n *= 2
+        return [_priced(c, prices) for c in out]
+
+    def _cpu_configs(self, prices: dict[str, float]) -> list[HardwareConfig]:
+        pool_gb = self.cpu_pool_bytes // GIB
+        tiers = [gb for gb in (2, 4, 8, 16, 32, 64, 128, 256, 512) if gb < pool_gb] + [pool_gb]
+        cores = sorted({1, self.cpu_cores})
+        configs = [
+            HardwareConfig(f"{c}x_cpu_{gb}gb", "cpu", c, float(gb), "host", 0.0) for c in cores for gb in tiers if gb
+        ]
+        return [_priced(c, prices) for c in configs]
+
+    def describe(self) -> str:
+        if self.gpus:
+            return f"{len(self.gpus)} x NVIDIA {self.gpus[0].model.upper()} {self.gpus[0].memory_gb} GB"
+        return f"no GPU; {self.cpu_cores} CPU cores, {self.cpu_pool_bytes / GIB:.0f} GiB of RAM for endpoints"
+
+
+def _priced(config: HardwareConfig, prices: dict[str, float]) -> HardwareConfig:
+    return HardwareConfig(**{**config.__dict__, "cents_per_minute": prices.get(config.id, 0.0)})
+
+
+def detect(pool_bytes: int = 0) -> Inventory:
+    """Read the host: NVIDIA GPUs from ``nvidia-smi`` (never initializing CUDA here), else the CPU."""
+    gpus = _nvidia_gpus()
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cores = len(os.sched_getaffinity(0))
+    return Inventory(tuple(gpus), cores, pool_bytes or int(ram * 0.5), datetime.now(UTC))
+
+
+def _nvidia_gpus() -> list[Gpu]:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        query = [exe, "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"]
+        rows = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True).stdout
+        topo = subprocess.run([exe, "topo", "-m"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return parse_nvidia_smi(rows, topo)
+
+
+def parse_nvidia_smi(rows: str, topo: str) -> list[Gpu]:
+    """``rows``: ``index, name, memory MiB`` lines; ``topo``: ``nvidia-smi topo -m`` (NV# means NVLink)."""
+    link = "sxm" if re.search(r"\bNV\d+\b", topo) else "pcie"
+    gpus = []
+    for row in rows.strip().splitlines():
+        index, name, mib = (part.strip() for part in row.split(","))
+        gb = round(float(mib) / 1024)
+        # Nominal sizes, as the ids use them: 81559 MiB is an "80gb" H100.
+        gpus.append(Gpu(int(index), _gpu_model(name), round(gb, -1) if gb >= 40 else gb, link))
+    return gpus
+
+
+def _gpu_model(name: str) -> str:
+    flat = name.lower().replace("-", "_").replace(" ", "_")
+    return next((m for m in _GPU_MODELS if m in flat), re.sub(r"[^a-z0-9]+", "_", flat).strip("_"))
+
+
+def estimate_bytes(manifest: dict[str, Any], config: dict[str, Any], dtype_bytes: int) -> int:
+    """The module docstring's formula; ``config`` is the model's config.json."""
+    nested = config.get("text_config")
+    text: dict[str, Any] = nested if isinstance(nested, dict) else config
+    params = int(manifest.get("parameters") or 0)
+    layers = int(text.get("num_hidden_layers") or text.get("n_layer") or 0)
+    heads = int(text.get("num_attention_heads") or text.get("n_head") or 1)
+    kv_heads = int(text.get("num_key_value_heads") or heads)
+    hidden = int(text.get("hidden_size") or text.get("n_embd") or 0)
+    head_dim = int(text.get("head_dim") or (hidden // heads if heads else 0))
+    context = int(manifest.get("context_length") or 2048)
+    kv = 2 * layers * kv_heads * head_dim * context * dtype_bytes
+    return int((params * dtype_bytes + kv) * OVERHEAD)

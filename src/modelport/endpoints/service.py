@@ -1,0 +1,272 @@
+"""Endpoints as the API sees them: create, list, get, update (start/stop/scale/rename), delete.
+
+Hardware is reserved here, when an endpoint is asked to run, inside one lock and one transaction, so
+two requests can never both take the last GPU or gigabyte. The supervisor (``supervisor.py``) then
+drives each endpoint's replicas towards its ``desired`` state and releases the reservation on stop.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from modelport.accounts.service import Principal
+from modelport.catalog.service import Catalog
+from modelport.endpoints.hardware import GIB, HardwareConfig, Inventory, estimate_bytes
+from modelport.endpoints.states import RUNNING_STATES, EndpointState
+from modelport.errors import HardwareUnavailable, InvalidRequest, NotFound
+from modelport.ids import new_id
+from modelport.settings import Settings
+from modelport.storage.blobs import BlobStore
+from modelport.storage.db.engine import Database
+from modelport.storage.db.tables import Endpoint, Model, utcnow
+
+_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1}
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    model: str
+    hardware: str
+    min_replicas: int = 1
+    max_replicas: int = 1
+    display_name: str | None = None
+    disable_speculative_decoding: bool = False
+    disable_prompt_cache: bool = False
+    state: str = EndpointState.STARTED
+    inactive_timeout: int | None = None
+
+
+@dataclass(frozen=True)
+class Availability:
+    config: HardwareConfig
+    status: str | None  # available | insufficient | unavailable; None when no model was named
+
+
+class EndpointService:
+    def __init__(
+        self, settings: Settings, db: Database, catalog: Catalog, blobs: BlobStore, inventory: Inventory
+    ) -> None:
+        self.settings, self.db, self.catalog, self.blobs, self.inventory = settings, db, catalog, blobs, inventory
+        self._lock = threading.Lock()  # reservations are decided one at a time
+        self.on_change: Callable[[], None] = lambda: None  # wakes the supervisor
+
+    # --- hardware -------------------------------------------------------------------------------
+    def configs(self) -> list[HardwareConfig]:
+        return self.inventory.configs(self.settings.hardware_prices)
+
+    def hardware(self, who: Principal, model_ref: str | None) -> list[Availability]:
+        if model_ref is None:
+            return [Availability(c, None) for c in self.configs()]
+        need = self._need(self.catalog.get_model(who, model_ref))
+        with self.db.session() as s:
+            free = self._free(s)
+        return [Availability(c, self._status(c, need, free)) for c in self.configs()]
+
+    def _status(self, config: HardwareConfig, need: int, free: dict[str, Any]) -> str:
+        if need > config.memory_bytes:
+            return "insufficient"
+        return "available" if self._take(config, 1, free) is not None else "unavailable"
+
+    def _need(self, model: Model) -> int:
+        config_file = next((f for f in self.catalog.files(model) if f.path == "config.json"), None)
+        config = json.loads(self.blobs.read_range(config_file.sha256, 0, config_file.size)) if config_file else {}
+        manifest = model.manifest or {}
+        gpu = bool(self.inventory.gpus)
+        dtype_bytes = _DTYPE_BYTES.get(str(manifest.get("dtype") or "F32"), 2) if gpu else 4
+        return estimate_bytes(manifest, config, dtype_bytes)
+
+    # --- reservations ---------------------------------------------------------------------------
+    def _free(self, s: Any) -> dict[str, Any]:
+        taken_gpus: set[int] = set()
+        taken_bytes = 0
+        for e in s.scalars(select(Endpoint).where(Endpoint.state.in_(list(RUNNING_STATES)))):
+            held = e.reservation or {}
+            taken_gpus.update(held.get("gpus", []))
+            taken_bytes += int(held.get("memory_bytes", 0))
+        gpus = [g.index for g in self.inventory.gpus if g.index not in taken_gpus]
+        return {"gpus": gpus, "memory_bytes": self.inventory.cpu_pool_bytes - taken_bytes}
+
+    @staticmethod
+    def _take(config: HardwareConfig, replicas: int, free: dict[str, Any]) -> dict[str, Any] | None:
+        if config.is_cpu:
+            need = config.memory_bytes * replicas
+            return {"memory_bytes": need, "replicas": replicas} if need <= free["memory_bytes"] else None
+        count = config.gpu_count * replicas
+        if count > len(free["gpus"]):
+            return None
+        return {"gpus": free["gpus"][:count], "gpus_per_replica": config.gpu_count, "replicas": replicas}
+
+    def _reserve(self, s: Any, endpoint: Endpoint) -> None:
+        """Take hardware for ``endpoint`` or raise, naming what holds it."""
+        config = self._config(endpoint.hardware)
+        replicas = replica_count(endpoint)
+        held = self._take(config, replicas, self._free(s))
+        if held is None:
+            users = [e.name for e in s.scalars(select(Endpoint).where(Endpoint.state.in_(list(RUNNING_STATES))))]
+            raise HardwareUnavailable(
+                f"the selected configuration {config.id} x {replicas} replica(s) is not available now: "
+                f"{self.inventory.describe()}, held by {', '.join(users) or 'nothing'}; stop an endpoint or "
+                "pick smaller hardware",
+                param="hardware",
+            )
+        endpoint.reservation = held
+
+    def _config(self, hardware: str) -> HardwareConfig:
+        if not hardware:
+            raise HardwareUnavailable(
+                "hardware is required; check the hardware API: GET /v1/hardware", param="hardware"
+            )
+        for config in self.configs():
+            if config.id == hardware:
+                return config
+        offered = ", ".join(c.id for c in self.configs())
+        raise HardwareUnavailable(
+            f"Invalid hardware provided: {hardware} is not available here ({self.inventory.describe()}). "
+            f"Check the hardware API (GET /v1/hardware); this host offers: {offered}",
+            param="hardware",
+        )
+
+    # --- CRUD -----------------------------------------------------------------------------------
+    def create(self, who: Principal, spec: EndpointSpec) -> Endpoint:
+        model = self.catalog.get_model(who, spec.model)
+        if model.kind == "adapter":
+            raise InvalidRequest(
+                f"{model.name} is an adapter: deploy its base model, and the adapter runs on that endpoint",
+                param="model",
+            )
+        config = self._config(spec.hardware)
+        need = self._need(model)
+        if need > config.memory_bytes:
+            raise HardwareUnavailable(
+                f"the selected configuration {config.id} is too small for {model.name}: it needs about "
+                f"{need / GIB:.1f} GiB (weights + KV cache for {(model.manifest or {}).get('context_length')} "
+                f"tokens + 20%), the configuration has {config.memory_bytes / GIB:.1f} GiB",
+                param="hardware",
+            )
+        _check_replicas(spec.min_replicas, spec.max_replicas)
+        short = model.name.partition("/")[2] or model.name
+        endpoint = Endpoint(
+            id=new_id("endpoint"),
+            account_id=who.account_id,
+            name=f"{who.account_name}/{short}-{secrets.token_hex(4)}",
+            display_name=spec.display_name or f"{short} on {config.id}",
+            model_id=model.id,
+            hardware=config.id,
+            state=EndpointState.STOPPED,
+            desired=EndpointState.STOPPED,
+            min_replicas=spec.min_replicas,
+            max_replicas=spec.max_replicas,
+            disable_speculative_decoding=spec.disable_speculative_decoding,
+            disable_prompt_cache=spec.disable_prompt_cache,
+            inactive_timeout=spec.inactive_timeout or None,
+        )
+        with self._lock, self.db.session() as s:
+            if spec.state == EndpointState.STARTED:
+                self._reserve(s, endpoint)
+                endpoint.state, endpoint.desired = EndpointState.PENDING, EndpointState.STARTED
+            s.add(endpoint)
+        self.on_change()
+        return self.get(who, endpoint.id)
+
+    def list(self, who: Principal) -> list[Endpoint]:
+        with self.db.session() as s:
+            query = select(Endpoint).where(Endpoint.account_id == who.account_id).order_by(Endpoint.created_at)
+            return list(s.scalars(query))
+
+    def get(self, who: Principal, ref: str) -> Endpoint:
+        with self.db.session() as s:
+            endpoint = s.scalars(
+                select(Endpoint).where(
+                    Endpoint.account_id == who.account_id, (Endpoint.id == ref) | (Endpoint.name == ref)
+                )
+            ).first()
+        if endpoint is None:
+            raise NotFound(f"endpoint {ref!r} not found", param="endpoint_id")
+        return endpoint
+
+    def update(self, who: Principal, ref: str, changes: dict[str, Any]) -> Endpoint:
+        endpoint_id = self.get(who, ref).id
+        with self._lock, self.db.session() as s:
+            endpoint = s.get(Endpoint, endpoint_id)
+            assert endpoint is not None
+            if changes.get("display_name"):
+                endpoint.display_name = str(changes["display_name"])
+            if "inactive_timeout" in changes:
+                endpoint.inactive_timeout = changes["inactive_timeout"] or None
+            autoscaling = changes.get("autoscaling") or {}
+            if autoscaling:
+                low = int(autoscaling.get("min_replicas", endpoint.min_replicas))
+                high = int(autoscaling.get("max_replicas", endpoint.max_replicas))
+                _check_replicas(low, high)
+                endpoint.min_replicas, endpoint.max_replicas = low, high
+                if endpoint.state in RUNNING_STATES:  # rescale: re-reserve for the new count
+                    endpoint.reservation = None
+                    s.flush()
+                    self._reserve(s, endpoint)
+            self._apply_state(s, endpoint, changes.get("state"))
+            endpoint.updated_at = utcnow()
+        self.on_change()
+        return self.get(who, endpoint_id)
+
+    def _apply_state(self, s: Any, endpoint: Endpoint, state: str | None) -> None:
+        if state is None:
+            return
+        if state == EndpointState.STARTED and endpoint.state not in RUNNING_STATES:
+            self._reserve(s, endpoint)
+            endpoint.state, endpoint.desired, endpoint.error = EndpointState.PENDING, EndpointState.STARTED, None
+            endpoint.restarts = 0
+        elif state == EndpointState.STOPPED and endpoint.desired != EndpointState.STOPPED:
+            endpoint.desired = EndpointState.STOPPED
+            if endpoint.state != EndpointState.ERROR:
+                endpoint.state = EndpointState.STOPPING
+        elif state not in (EndpointState.STARTED, EndpointState.STOPPED):
+            raise InvalidRequest("state must be STARTED or STOPPED", param="state")
+
+    def delete(self, who: Principal, ref: str) -> None:
+        endpoint_id = self.get(who, ref).id
+        with self.db.session() as s:
+            endpoint = s.get(Endpoint, endpoint_id)
+            if endpoint is not None:
+                s.delete(endpoint)  # the supervisor stops replicas whose endpoint is gone
+        self.on_change()
+
+    # --- routing --------------------------------------------------------------------------------
+    def find_for_request(self, who: Principal, name: str) -> Endpoint | None:
+        """The endpoint a request's ``model`` names: by endpoint name or id, in the caller's account."""
+        with self.db.session() as s:
+            return s.scalars(
+                select(Endpoint).where(
+                    Endpoint.account_id == who.account_id, (Endpoint.name == name) | (Endpoint.id == name)
+                )
+            ).first()
+
+    def started_for_model(self, model_id: str) -> Endpoint | None:
+        with self.db.session() as s:
+            return s.scalars(
+                select(Endpoint).where(Endpoint.model_id == model_id, Endpoint.state == EndpointState.STARTED)
+            ).first()
+
+    def touch(self, endpoint_id: str) -> None:
+        with self.db.session() as s:
+            endpoint = s.get(Endpoint, endpoint_id)
+            if endpoint is not None:
+                endpoint.last_request_at = utcnow()
+
+
+def replica_count(endpoint: Endpoint) -> int:
+    """Replicas to run while started: min_replicas, at least one (scale-to-zero is not implemented)."""
+    return max(1, min(endpoint.min_replicas, endpoint.max_replicas))
+
+
+def _check_replicas(low: int, high: int) -> None:
+    if low < 0 or high < 1 or low > high:
+        raise InvalidRequest(
+            "autoscaling needs 0 <= min_replicas <= max_replicas and max_replicas >= 1", param="autoscaling"
+        )
