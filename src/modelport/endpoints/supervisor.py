@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,8 +139,9 @@ class Supervisor:
         with self.db.session() as s:
             endpoints = {e.id: e for e in s.scalars(select(Endpoint))}
         for endpoint_id in list(self.replicas):
-            if endpoint_id not in endpoints:
-                self._stop_replicas(endpoint_id)  # deleted
+            if endpoint_id not in endpoints:  # deleted: stop its replicas, drop their specs and logs
+                self._stop_replicas(endpoint_id)
+                shutil.rmtree(self.settings.data_dir / "endpoints" / endpoint_id, ignore_errors=True)
         for endpoint in endpoints.values():
             if self._stopping.is_set():
                 return
@@ -170,6 +172,10 @@ class Supervisor:
             elif not r.ready:
                 self._check_ready(endpoint, r)
         want = replica_count(endpoint)
+        while len(replicas) > want:  # scaled down
+            with self._lock:
+                extra = replicas.pop()
+            _terminate(extra.proc)
         while len(replicas) < want:
             replicas.append(self._launch(endpoint, len(replicas)))
         all_ready = len(replicas) == want and all(r.ready for r in replicas)
