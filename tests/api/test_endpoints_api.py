@@ -135,3 +135,37 @@ def test_an_idle_endpoint_stops_after_its_inactive_timeout(api: tuple[TestClient
     called = client.post("/v1/completions", json={"model": endpoint["name"], "prompt": "a"}, headers=headers)
     assert called.status_code == 400 and called.json()["error"]["code"] == "endpoint_not_running"
     assert "together endpoints start" in called.json()["error"]["message"]
+
+
+def test_a_replica_that_keeps_crashing_puts_the_endpoint_in_error(
+    api: tuple[TestClient, dict[str, str]],
+) -> None:
+    import os
+    import signal
+    import time
+
+    client, headers = api
+    app: Any = client.app
+    supervisor = app.state.supervisor
+    supervisor.settings = supervisor.settings.model_copy(update={"replica_max_restarts": 0})
+    endpoint = client.post("/v1/endpoints", json={"model": "base", "hardware": "1x_cpu_2gb"}, headers=headers).json()
+    deadline = time.monotonic() + 120
+    state = ""
+    while state != "STARTED" and time.monotonic() < deadline:
+        supervisor.reconcile()  # launches the replica, then sees it load its model
+        state = client.get(f"/v1/endpoints/{endpoint['id']}", headers=headers).json()["state"]
+        time.sleep(0.2)
+    assert state == "STARTED"
+    (replica,) = supervisor.replicas[endpoint["id"]]
+    os.kill(replica.proc.pid, signal.SIGKILL)
+    replica.proc.wait()
+    supervisor.reconcile()
+    failed = client.get(f"/v1/endpoints/{endpoint['id']}", headers=headers).json()
+    assert failed["state"] == "ERROR" and "SIGKILL" in failed["error"], failed
+    assert endpoint["id"] not in supervisor.replicas
+    # Its hardware is free again, and starting it again is allowed.
+    rows = client.get("/v1/hardware", params={"model": "base"}, headers=headers).json()["data"]
+    assert {h["availability"]["status"] for h in rows} == {"available"}
+    restarted = client.patch(f"/v1/endpoints/{endpoint['id']}", json={"state": "STARTED"}, headers=headers).json()
+    assert restarted["state"] == "PENDING" and restarted["error"] is None
+    supervisor.stop()

@@ -41,6 +41,8 @@ from modelport.storage.db.tables import Endpoint, Model, utcnow
 
 log = logging.getLogger(__name__)
 
+STABLE_S = 600.0  # replicas up this long forgive earlier crashes
+
 
 @dataclass
 class Replica:
@@ -51,6 +53,7 @@ class Replica:
     log_path: Path
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
+    ready_at: float = 0.0
     engine: RemoteEngine | None = None
 
     @property
@@ -179,6 +182,8 @@ class Supervisor:
         while len(replicas) < want:
             replicas.append(self._launch(endpoint, len(replicas)))
         all_ready = len(replicas) == want and all(r.ready for r in replicas)
+        if all_ready and endpoint.restarts and all(time.monotonic() - r.ready_at > STABLE_S for r in replicas):
+            self._set(endpoint.id, restarts=0)  # the crash budget counts crashes close together only
         wanted_state = EndpointState.STARTED if all_ready else EndpointState.STARTING
         if endpoint.state != wanted_state:
             self._set(endpoint.id, state=wanted_state)
@@ -210,7 +215,7 @@ class Supervisor:
         except httpx.HTTPError:
             ok = False
         if ok:
-            replica.ready, replica.engine = True, RemoteEngine(replica.url)
+            replica.ready, replica.ready_at, replica.engine = True, time.monotonic(), RemoteEngine(replica.url)
             log.info("endpoint %s replica %d ready on %s", endpoint.name, replica.index, replica.url)
         elif time.monotonic() - replica.started > self.settings.replica_start_timeout_s:
             log.warning("endpoint %s replica %d did not start in time", endpoint.name, replica.index)
