@@ -12,6 +12,8 @@ from fastapi import FastAPI
 from modelport import __version__
 from modelport.accounts.service import AccountService
 from modelport.api import errors
+from modelport.api.native.uploads import router as uploads_router
+from modelport.api.nebius.router import router as nebius_router
 from modelport.api.openai.router import router as openai_router
 from modelport.api.together.endpoints import router as endpoints_router
 from modelport.api.together.router import identity_router
@@ -21,6 +23,7 @@ from modelport.endpoints import hardware
 from modelport.endpoints.routing import EndpointRouting
 from modelport.endpoints.service import EndpointService
 from modelport.endpoints.supervisor import Supervisor
+from modelport.ingest.uploads import Uploads
 from modelport.jobs.worker import WorkerPool
 from modelport.serving.artifacts import ArtifactCache
 from modelport.serving.engines import open_engine
@@ -94,10 +97,13 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True, su
     app.state.catalog = services.catalog
     app.state.inference = inference
     app.state.endpoints = endpoints
+    app.state.uploads = Uploads(settings, services.db)
     app.state.supervisor = supervisor
     errors.install(app)
     app.include_router(identity_router)
     app.include_router(together_router, prefix="/v1")
     app.include_router(openai_router, prefix="/v1")
     app.include_router(endpoints_router, prefix="/v1")
+    app.include_router(nebius_router, prefix="/v0")
+    app.include_router(uploads_router, prefix="/api/v1")
     return app

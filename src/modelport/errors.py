@@ -3,6 +3,7 @@
     ModelportError                  500 internal_error
     ├── AuthenticationError         401 invalid_api_key
     ├── NotFound                    404 not_found            (also for other accounts' resources)
+    ├── UploadTooLarge              413 upload_too_large       (cut off as soon as the body crosses the limit)
     ├── Conflict                    409 conflict
     │   └── ModelNameTaken          409 model_name_taken
     ├── InvalidRequest              400 invalid_request
@@ -52,6 +53,12 @@ class NotFound(ModelportError):
     status_code = 404
     code = "not_found"
     type = "not_found_error"
+
+
+class UploadTooLarge(ModelportError):
+    status_code = 413
+    code = "upload_too_large"
+    type = "invalid_request_error"
 
 
 class Conflict(ModelportError):

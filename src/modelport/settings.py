@@ -85,6 +85,18 @@ class Settings(BaseSettings):
         default=3600.0, ge=0, description="Unreferenced blobs younger than this are left alone by cleanup."
     )
 
+    max_upload_bytes: int = Field(
+        default=200 * 2**30, gt=0, description="Largest archive accepted by direct and resumable uploads."
+    )
+    upload_part_max_bytes: int = Field(
+        default=512 * 2**20, gt=0, description="Largest part of a resumable upload (parts default to 64 MiB)."
+    )
+    upload_stall_timeout_s: float = Field(
+        default=60.0, gt=0, description="An upload body that sends nothing for this long is dropped."
+    )
+    upload_ttl_s: float = Field(
+        default=7 * 86400.0, gt=0, description="Uploads older than this are removed by cleanup (unless in use)."
+    )
     engine: Literal["transformers", "fake"] = Field(
         default="transformers",
         description="Inference engine: transformers (embedded, CPU or CUDA) or fake (tests and demos, no weights).",
@@ -148,6 +160,11 @@ class Settings(BaseSettings):
     def model_cache_dir(self) -> Path:
         """Stored models materialized as folders for the engine to load; rebuilt from blobs when missing."""
         return self.data_dir / "cache" / "models"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Archives sent straight to the API, whole or in parts, until they are ingested or expire."""
+        return self.data_dir / "uploads"
 
     @property
     def staging_dir(self) -> Path:

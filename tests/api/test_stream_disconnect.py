@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from modelport.app import create_app
 from modelport.serving.engines.fake import FakeEngine
 from modelport.settings import Settings
 from tests.integration.helpers import upload
 from tests.support.fakehub import FakeHub
-from tests.support.procs import free_port
+from tests.support.inproc import serve_in_thread
 from tests.support.tinymodels import files_of
 
 
@@ -30,15 +28,8 @@ def server(settings: Settings, hub: FakeHub, tiny_llama: Path) -> Iterator[tuple
     hub.add("acme/tiny-stream", files_of(tiny_llama))
     who = app.state.accounts.authenticate(key)
     assert upload(app.state.services, who, "tiny", "acme/tiny-stream").job.status == "Complete"
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", key, fake
-    srv.should_exit = True
-    thread.join(10)
+    with serve_in_thread(app) as url:
+        yield url, key, fake
 
 
 def test_disconnect_frees_the_slot(server: tuple[str, str, FakeEngine]) -> None:

@@ -13,15 +13,15 @@ from sqlalchemy.exc import IntegrityError
 
 from modelport.accounts.service import Principal
 from modelport.catalog.names import qualify
-from modelport.errors import Conflict, InvalidRequest, ModelNameTaken, NotFound
+from modelport.errors import Conflict, InvalidRequest, InvalidSource, ModelNameTaken, NotFound
 from modelport.ids import new_id
 from modelport.ingest.pipeline import job_type
-from modelport.ingest.sources import SourceSpec, parse_source
+from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
 from modelport.jobs.states import JobStatus, ModelStatus
 from modelport.jobs.store import add_update
 from modelport.settings import Settings
 from modelport.storage.db.engine import Database
-from modelport.storage.db.tables import Endpoint, Job, JobSecret, JobStatusUpdate, Model, ModelFile
+from modelport.storage.db.tables import Endpoint, Job, JobSecret, JobStatusUpdate, Model, ModelFile, Upload
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class Catalog:
         source = parse_source(req.model_source, self.settings)
         if req.model_type == "model" and (req.base_model or req.lora_model):
             raise InvalidRequest("base_model and lora_model only apply to model_type 'adapter'", param="base_model")
+        if source.kind == SourceKind.UPLOAD:
+            self._check_upload(who, source.url)
         model_id, job_id = new_id("model"), new_id("job")
         args = {
             "modelName": name,
@@ -105,6 +107,14 @@ class Catalog:
             raise ModelNameTaken(f"Model name already exists: {name}", param="model_name") from None
         self.on_submit()
         return Submitted(job_id, model_id, name, source)
+
+    def _check_upload(self, who: Principal, upload_id: str) -> None:
+        with self.db.session() as s:
+            upload = s.get(Upload, upload_id)
+        if upload is None or upload.account_id != who.account_id:
+            raise InvalidSource(f"{upload_id} is not one of your uploads", param="model_source")
+        if upload.status != "complete":
+            raise InvalidSource(f"{upload_id} has not finished uploading", param="model_source")
 
     def get_job(self, who: Principal, job_id: str) -> JobView:
         with self.db.session() as s:

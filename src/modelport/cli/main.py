@@ -7,6 +7,7 @@ import secrets
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -105,6 +106,88 @@ def worker(threads: int, log_level: str) -> None:
     click.echo(f"modelport worker: {threads} threads on {settings.database_url.split('@')[-1]}", err=True)
     stop.wait()
     pool.stop()
+
+
+@cli.group()
+def models() -> None:
+    """Models through the HTTP API (MODELPORT_BASE_URL, MODELPORT_API_KEY)."""
+
+
+@models.command("upload")
+@click.option("--model-name", required=True, help="Name for the model, e.g. my-model (namespaced to your account).")
+@click.option(
+    "--model-source",
+    required=True,
+    help="A local model folder or archive (.tar, .tar.gz, .zip), a Hugging Face repo, or an https:// archive URL.",
+)
+@click.option("--model-type", type=click.Choice(["model", "adapter"]), default="model", show_default=True)
+@click.option("--base-model", default=None, help="For adapters: the base model (one of yours).")
+@click.option("--hf-token", default=None, envvar="HF_TOKEN", help="For private Hugging Face repos.")
+@click.option("--description", default=None)
+@click.option("--wait/--no-wait", default=False, help="Wait until the upload job is Complete or Failed.")
+@click.option("--base-url", envvar="MODELPORT_BASE_URL", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--api-key", envvar="MODELPORT_API_KEY", required=True, help="Or set MODELPORT_API_KEY.")
+def models_upload(
+    model_name: str,
+    model_source: str,
+    model_type: str,
+    base_model: str | None,
+    hf_token: str | None,
+    description: str | None,
+    wait: bool,
+    base_url: str,
+    api_key: str,
+) -> None:
+    """Upload a model or adapter. Local folders are packed and sent through the resumable upload API
+    (an interrupted upload resumes when the same command runs again); the job id is printed."""
+    from modelport.cli.client import ApiError, Client
+
+    client = Client(base_url, api_key)
+    try:
+        source = _local_source(client, Path(model_source)) if Path(model_source).exists() else model_source
+        created = client.create_model(
+            model_name=model_name,
+            model_source=source,
+            model_type=model_type,
+            base_model=base_model,
+            hf_token=hf_token,
+            description=description,
+        )
+        job_id = created["data"]["job_id"]
+        click.echo(f"{created['data']['model_name']}: job {job_id}", err=True)
+        click.echo(job_id)
+        if wait:
+            _wait_job(client, job_id)
+    except ApiError as e:
+        raise click.ClickException(f"{e.message} (HTTP {e.status})") from None
+
+
+def _local_source(client: Any, path: Path) -> str:
+    """Pack a folder (or take an archive as is), upload it with a progress bar; returns the file id."""
+    import tempfile
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from modelport.cli.pack import pack_directory
+
+    with tempfile.TemporaryDirectory(prefix="modelport-pack-") as tmp:
+        archive = pack_directory(path, Path(tmp) / f"{path.name}.tar") if path.is_dir() else path
+        columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
+        with Progress("[progress.description]{task.description}", *columns, transient=True) as bar:
+            task = bar.add_task(f"uploading {archive.name}", total=archive.stat().st_size)
+            file_id: str = client.upload_file(archive, lambda n: bar.advance(task, n))
+    click.echo(f"uploaded {path} as {file_id}", err=True)
+    return file_id
+
+
+def _wait_job(client: Any, job_id: str) -> None:
+    import time
+
+    while (job := client.job(job_id))["status"] not in ("Complete", "Failed"):
+        time.sleep(1)
+    if job["status"] == "Failed":
+        raise click.ClickException(f"job {job_id} failed: {job['status_updates'][-1]['message']}")
+    click.echo(f"job {job_id}: Complete", err=True)
 
 
 @cli.group()

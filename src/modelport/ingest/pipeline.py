@@ -131,7 +131,21 @@ class Pipeline:
     def _fetch(self, inp: JobInput, staging: Path, progress: JobProgress) -> tuple[list[StagedFile], list[str]]:
         if inp.source.kind == SourceKind.HUGGINGFACE:
             return hf_source.fetch(inp.source, inp.hf_token, self.settings.hf_endpoint, staging / "tree", progress)
+        if inp.source.kind == SourceKind.UPLOAD:
+            return self._fetch_upload(inp.source, staging, progress), []
         return self._fetch_archive(inp.source, staging, progress), []
+
+    def _fetch_upload(self, source: SourceSpec, staging: Path, progress: JobProgress) -> list[StagedFile]:
+        """An archive already on this machine: unpack it with the same checks as a downloaded one."""
+        path = self.settings.uploads_dir / source.url / "archive"
+        if not path.is_file():
+            raise SourceUnavailable(f"the uploaded file {source.url} is gone (deleted or expired)")
+        s = self.settings
+        limits = archive.Limits(s.max_archive_members, s.max_artifact_bytes, s.max_compression_ratio, s.extract_threads)
+        progress.stage("extracting", f"unpacking {source.url} ({path.stat().st_size} bytes)")
+        extracted = archive.extract_file(path, staging / "tree", limits)
+        progress.stage("extracting", _extraction_summary(extracted))
+        return extracted.files
 
     def _fetch_archive(self, source: SourceSpec, staging: Path, progress: JobProgress) -> list[StagedFile]:
         """Download, inflate, parse, hash and write in one pass; no copy of the archive is kept."""

@@ -9,20 +9,41 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from modelport.ingest.uploads import Uploads
 from modelport.jobs.states import JobStatus
 from modelport.serving.artifacts import ArtifactCache
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore
 from modelport.storage.db.engine import Database
-from modelport.storage.db.tables import Job, Model, ModelFile, utcnow
+from modelport.storage.db.tables import Job, JobSecret, Model, ModelFile, Upload, utcnow
 
 log = logging.getLogger(__name__)
 
 
 def collect_garbage(db: Database, blobs: BlobStore, settings: Settings) -> tuple[int, int]:
-    """Returns (staging trees removed, blobs removed). Also drops serving copies of deleted models."""
+    """Returns (staging trees removed, blobs removed). Also drops serving copies of deleted models and
+    uploads past their time to live."""
     _clean_model_cache(db, blobs, settings)
+    _clean_uploads(db, settings)
     return _clean_staging(db, settings), _clean_blobs(db, blobs, settings)
+
+
+def _clean_uploads(db: Database, settings: Settings) -> int:
+    """Uploads older than ``upload_ttl_s`` go, unless a queued or running job still needs theirs."""
+    cutoff = utcnow() - timedelta(seconds=settings.upload_ttl_s)
+    with db.session() as s:
+        active = {j.source for j in s.scalars(select(JobSecret))}  # secrets live exactly while a job does
+        expired = [u.id for u in s.scalars(select(Upload).where(Upload.created_at < cutoff)) if u.id not in active]
+    uploads = Uploads(settings, db)
+    for upload_id in expired:
+        uploads.discard(upload_id)
+    if settings.uploads_dir.is_dir():  # folders whose row never committed (a crash mid-upload)
+        with db.session() as s:
+            known = set(s.scalars(select(Upload.id)))
+        for folder in settings.uploads_dir.iterdir():
+            if folder.name not in known and folder.stat().st_mtime < cutoff.timestamp():
+                shutil.rmtree(folder, ignore_errors=True)
+    return len(expired)
 
 
 def _clean_model_cache(db: Database, blobs: BlobStore, settings: Settings) -> int:

@@ -20,6 +20,7 @@ from modelport.errors import InvalidSource, PresignedUrlExpiring
 from modelport.settings import MIN_PRESIGNED_VALIDITY_S, Settings
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+_UPLOAD_ID = re.compile(r"^file-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _REVISION = re.compile(r"^[\w./-]{1,200}$")
 
 
@@ -28,6 +29,7 @@ class SourceKind(StrEnum):
 
     HUGGINGFACE = "huggingface"
     REMOTE_ARCHIVE = "remote_archive"
+    UPLOAD = "upload"  # a file-… id from /v0/models/upload or the resumable upload API
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ def parse_source(raw: str, settings: Settings, *, check_expiry: bool = True) -> 
     raw = raw.strip()
     if not raw:
         raise InvalidSource("model_source is empty", param="model_source")
+    if _UPLOAD_ID.match(raw):
+        return SourceSpec(SourceKind.UPLOAD, raw, raw)
     if "://" not in raw:
         return _hf_repo(raw, raw)
     parts = urlparse(raw)

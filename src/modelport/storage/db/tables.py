@@ -138,3 +138,24 @@ class Endpoint(Base):
     last_request_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Upload(Base):
+    """An archive sent straight to the API (Nebius ``/v0/models/upload`` or the resumable API).
+
+    Its bytes live under ``<data_dir>/uploads/<id>/``; ``status`` is ``receiving`` until every byte is
+    there and verified, then ``complete``, when ``file-…`` can be named as a model source.
+    """
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32), default="model")
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    part_size: Mapped[int | None] = mapped_column(BigInteger, default=None)  # resumable uploads only
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)

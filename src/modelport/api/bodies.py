@@ -1,0 +1,136 @@
+"""Request bodies streamed to disk as they arrive: multipart file fields and raw upload parts.
+
+Nothing is buffered beyond one network chunk. A body that stalls (nothing for ``stall_s``) or drips
+(slower than ``MIN_RATE`` on average once ``stall_s`` has passed) is dropped, and what it wrote is
+removed; so is the partial file of a client that disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from python_multipart import MultipartParser
+from python_multipart.multipart import parse_options_header
+
+from modelport.errors import InvalidRequest, ModelportError, UploadTooLarge
+from modelport.ingest.uploads import FileSink
+from modelport.storage.db.tables import Upload
+
+MIN_RATE = 16 * 1024  # bytes/s; far below any real link, far above a deliberate drip
+
+
+class UploadStalled(ModelportError):
+    status_code = 408
+    code = "upload_stalled"
+    type = "invalid_request_error"
+
+
+async def chunks(request: Request, stall_s: float) -> AsyncIterator[bytes]:
+    stream = request.stream().__aiter__()
+    started, received = time.monotonic(), 0
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), timeout=stall_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadStalled(f"the upload sent nothing for {stall_s:.0f} s; it was dropped") from None
+        received += len(chunk)
+        elapsed = time.monotonic() - started
+        if elapsed > stall_s and received / elapsed < MIN_RATE:
+            raise UploadStalled(f"the upload is arriving slower than {MIN_RATE} bytes/s; it was dropped")
+        yield chunk
+
+
+def _missing_file() -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body", "file"), "msg": "Field required", "type": "missing"}])
+
+
+def check_declared_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:  # room for multipart framing
+        raise UploadTooLarge(f"the upload is larger than the limit of {limit} bytes (MODELPORT_MAX_UPLOAD_BYTES)")
+
+
+async def receive_multipart_file(
+    request: Request, begin: Callable[[str], FileSink], stall_s: float, field: str = "file"
+) -> Upload:
+    """Stream the ``field`` file of a multipart body into a sink from ``begin(filename)``."""
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in options:
+        raise _missing_file()
+    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "sink": None, "writing": False}
+
+    def on_part_begin() -> None:
+        state["headers"], state["writing"] = {}, False
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["field"].lower()] = state["value"]
+        state["field"], state["value"] = b"", b""
+
+    def on_headers_finished() -> None:
+        _, disposition = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        is_file = disposition.get(b"name") == field.encode() and b"filename" in disposition
+        if is_file and state["sink"] is None:
+            state["sink"] = begin(disposition[b"filename"].decode(errors="replace"))
+            state["writing"] = True
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state["writing"]:
+            state["sink"].write(data[start:end])
+
+    def on_part_end() -> None:
+        state["writing"] = False
+
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    }
+    parser = MultipartParser(options[b"boundary"], callbacks)  # type: ignore[arg-type]
+    try:
+        async for chunk in chunks(request, stall_s):
+            parser.write(chunk)
+        parser.finalize()
+    except BaseException:
+        if state["sink"] is not None:
+            state["sink"].abort()
+        raise
+    if state["sink"] is None:
+        raise _missing_file()
+    finished: Upload = state["sink"].finish()
+    return finished
+
+
+async def receive_raw(request: Request, partial: Path, length: int, stall_s: float) -> tuple[int, str]:
+    """Write the whole body to ``partial``; refuse it past ``length`` bytes. Returns (size, sha256)."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(partial, "wb") as out:
+            async for chunk in chunks(request, stall_s):
+                size += len(chunk)
+                if size > length:
+                    raise InvalidRequest(f"this part must be {length} bytes; more arrived", param="part")
+                digest.update(chunk)
+                out.write(chunk)
+    except BaseException:  # a failure, a disconnect or a cancellation: leave nothing behind
+        partial.unlink(missing_ok=True)
+        raise
+    return size, digest.hexdigest()

@@ -1,0 +1,1 @@
+"""modelport's own API under ``/api/v1``: what neither Together nor Nebius has (resumable uploads)."""

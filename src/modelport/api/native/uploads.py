@@ -1,0 +1,82 @@
+"""Resumable, verifiable uploads: ``/api/v1/uploads``. See docs/uploads.md for a curl walk-through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Header, Request
+from pydantic import BaseModel, Field
+
+from modelport.api.bodies import receive_raw
+from modelport.api.deps import PrincipalDep, SettingsDep
+from modelport.ingest.uploads import Uploads, UploadView
+
+router = APIRouter()
+
+
+class UploadCreate(BaseModel):
+    filename: str = Field(min_length=1)
+    bytes: int = Field(gt=0)
+    sha256: str
+    part_size: int | None = Field(default=None, gt=0)
+
+
+def _uploads(request: Request) -> Uploads:
+    uploads: Uploads = request.app.state.uploads
+    return uploads
+
+
+def view_json(view: UploadView) -> dict[str, Any]:
+    u = view.upload
+    parts = -(-u.size // u.part_size) if u.part_size else None
+    return {
+        "id": u.id,
+        "object": "upload",
+        "filename": u.filename,
+        "bytes": u.size,
+        "sha256": u.sha256,
+        "part_size": u.part_size,
+        "parts": parts,
+        "received": view.received,
+        "missing": view.missing,
+        "status": u.status,
+        "created_at": int(u.created_at.timestamp()),
+    }
+
+
+@router.post("/uploads")
+def create_upload(body: UploadCreate, request: Request, who: PrincipalDep) -> dict[str, Any]:
+    return view_json(_uploads(request).create(who, body.filename, body.bytes, body.sha256, body.part_size))
+
+
+@router.get("/uploads/{upload_id}")
+def get_upload(upload_id: str, request: Request, who: PrincipalDep) -> dict[str, Any]:
+    return view_json(_uploads(request).view(who, upload_id))
+
+
+@router.put("/uploads/{upload_id}/parts/{number}")
+async def put_part(
+    upload_id: str,
+    number: int,
+    request: Request,
+    who: PrincipalDep,
+    settings: SettingsDep,
+    x_part_sha256: str = Header(description="sha256 (hex) of this part's bytes"),
+) -> dict[str, Any]:
+    uploads = _uploads(request)
+    upload, length, partial = uploads.open_part(who, upload_id, number)
+    size, digest = await receive_raw(request, partial, length, settings.upload_stall_timeout_s)
+    uploads.accept_part(upload, number, partial, size, digest, x_part_sha256)
+    return {"part": number, "bytes": size, "sha256": digest}
+
+
+@router.post("/uploads/{upload_id}/complete")
+def complete_upload(upload_id: str, request: Request, who: PrincipalDep) -> dict[str, Any]:
+    uploads = _uploads(request)
+    uploads.complete(who, upload_id)
+    return view_json(uploads.view(who, upload_id))
+
+
+@router.delete("/uploads/{upload_id}", status_code=204)
+def delete_upload(upload_id: str, request: Request, who: PrincipalDep) -> None:
+    _uploads(request).delete(who, upload_id)

@@ -1,0 +1,1 @@
+"""Nebius Token Factory's dialect under ``/v0``: direct archive uploads and custom models."""

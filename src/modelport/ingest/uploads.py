@@ -1,0 +1,235 @@
+"""Archives sent straight to the API: whole (a streamed multipart body) or resumable (in parts).
+
+Bytes go to ``<uploads_dir>/<file id>/`` as they arrive, hashed on the way, never held in memory.
+A whole upload is written to ``archive.partial`` and renamed to ``archive`` only when complete, so an
+interrupted one leaves nothing usable (``abort`` removes it at once; cleanup catches the rest).
+A resumable upload declares its size and sha256 up front; each part arrives with its own sha256 and
+is renamed into ``parts/<n>`` only once it matches, in any order, as often as needed. ``complete``
+joins the parts, checks the whole sha256, and the ``file-…`` id becomes a model source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import select
+
+from modelport.accounts.service import Principal
+from modelport.errors import Conflict, InvalidRequest, NotFound, UploadTooLarge
+from modelport.ids import new_id
+from modelport.settings import Settings
+from modelport.storage.db.engine import Database
+from modelport.storage.db.tables import Upload, utcnow
+
+DEFAULT_PART_BYTES = 64 * 2**20
+RECEIVING, COMPLETE = "receiving", "complete"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class UploadView:
+    upload: Upload
+    received: list[int]
+    missing: list[int]
+
+
+class FileSink:
+    """One whole upload being written; ``write`` as bytes arrive, then ``finish`` or ``abort``."""
+
+    def __init__(self, uploads: Uploads, upload: Upload, limit: int) -> None:
+        self.uploads, self.upload, self.limit = uploads, upload, limit
+        self.folder = uploads.folder(upload.id)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.partial = self.folder / "archive.partial"
+        self._file: BinaryIO = open(self.partial, "wb")  # noqa: SIM115 - closed by finish/abort
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            self.abort()
+            raise UploadTooLarge(
+                f"the upload is larger than the limit of {self.limit} bytes (MODELPORT_MAX_UPLOAD_BYTES)"
+            )
+        self._file.write(data)
+        self._hash.update(data)
+
+    def finish(self) -> Upload:
+        self._file.close()
+        if self.size == 0:
+            self.abort()
+            raise InvalidRequest("the uploaded file is empty", param="file")
+        self.partial.rename(self.folder / "archive")
+        return self.uploads._completed(self.upload.id, self.size, self._hash.hexdigest())
+
+    def abort(self) -> None:
+        self._file.close()
+        self.uploads.discard(self.upload.id)
+
+
+class Uploads:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings, self.db = settings, db
+
+    def folder(self, upload_id: str) -> Path:
+        return self.settings.uploads_dir / upload_id
+
+    def archive_path(self, upload_id: str) -> Path:
+        return self.folder(upload_id) / "archive"
+
+    # --- whole uploads ---------------------------------------------------------------------------
+    def begin(self, who: Principal, filename: str, purpose: str = "model") -> FileSink:
+        upload = Upload(
+            id=new_id("file"),
+            account_id=who.account_id,
+            filename=_safe_name(filename),
+            purpose=purpose,
+            status=RECEIVING,
+        )
+        with self.db.session() as s:
+            s.add(upload)
+        return FileSink(self, upload, self.settings.max_upload_bytes)
+
+    # --- resumable uploads -----------------------------------------------------------------------
+    def create(self, who: Principal, filename: str, size: int, sha256: str, part_size: int | None) -> UploadView:
+        sha256 = sha256.lower()
+        if not _SHA256.match(sha256):
+            raise InvalidRequest("sha256 must be the archive's 64-character hex digest", param="sha256")
+        if not 0 < size <= self.settings.max_upload_bytes:
+            raise UploadTooLarge(f"size must be between 1 and {self.settings.max_upload_bytes} bytes")
+        part_size = part_size or DEFAULT_PART_BYTES
+        if not 0 < part_size <= self.settings.upload_part_max_bytes:
+            raise InvalidRequest(f"part_size must be at most {self.settings.upload_part_max_bytes}", param="part_size")
+        upload = Upload(
+            id=new_id("file"),
+            account_id=who.account_id,
+            filename=_safe_name(filename),
+            size=size,
+            sha256=sha256,
+            part_size=part_size,
+            status=RECEIVING,
+        )
+        with self.db.session() as s:
+            s.add(upload)
+        (self.folder(upload.id) / "parts").mkdir(parents=True, exist_ok=True)
+        return self.view(who, upload.id)
+
+    def part_length(self, upload: Upload, number: int) -> int:
+        count = _part_count(upload)
+        if not 1 <= number <= count:
+            raise InvalidRequest(f"part numbers run from 1 to {count}", param="part")
+        assert upload.part_size is not None
+        return upload.part_size if number < count else upload.size - upload.part_size * (count - 1)
+
+    def open_part(self, who: Principal, upload_id: str, number: int) -> tuple[Upload, int, Path]:
+        """Where part ``number`` is written before it is checked, and how long it must be."""
+        upload = self._receiving(who, upload_id)
+        return upload, self.part_length(upload, number), self.folder(upload_id) / "parts" / f"{number}.partial"
+
+    def accept_part(self, upload: Upload, number: int, partial: Path, size: int, digest: str, claimed: str) -> None:
+        expected = self.part_length(upload, number)
+        problem = None
+        if size != expected:
+            problem = f"part {number} has {size} bytes; it must have {expected}"
+        elif digest != claimed.lower():
+            problem = f"part {number} is corrupted: its sha256 is {digest}, not {claimed}; send it again"
+        if problem:
+            partial.unlink(missing_ok=True)
+            raise InvalidRequest(problem, param="part")
+        partial.rename(partial.with_suffix(""))
+
+    def view(self, who: Principal, upload_id: str) -> UploadView:
+        upload = self.get(who, upload_id)
+        if upload.part_size is None or upload.status == COMPLETE:
+            return UploadView(upload, [], [])
+        have = {int(p.name) for p in (self.folder(upload_id) / "parts").glob("[0-9]*") if p.name.isdigit()}
+        numbers = range(1, _part_count(upload) + 1)
+        return UploadView(upload, [n for n in numbers if n in have], [n for n in numbers if n not in have])
+
+    def complete(self, who: Principal, upload_id: str) -> Upload:
+        view = self.view(who, upload_id)
+        upload = view.upload
+        if upload.status == COMPLETE:
+            return upload
+        if upload.part_size is None:
+            raise Conflict("this upload is still being received", param="upload_id")
+        if view.missing:
+            raise Conflict(f"parts still missing: {_ranges(view.missing)}", param="upload_id")
+        folder = self.folder(upload_id)
+        digest = hashlib.sha256()
+        with open(folder / "archive.partial", "wb") as out:
+            for n in view.received:
+                with open(folder / "parts" / str(n), "rb") as part:
+                    while chunk := part.read(2**20):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if digest.hexdigest() != upload.sha256:
+            (folder / "archive.partial").unlink()
+            raise InvalidRequest(
+                f"the joined parts hash to {digest.hexdigest()}, not the declared {upload.sha256}", param="sha256"
+            )
+        (folder / "archive.partial").rename(folder / "archive")
+        shutil.rmtree(folder / "parts", ignore_errors=True)
+        return self._completed(upload_id, upload.size, digest.hexdigest())
+
+    # --- shared ----------------------------------------------------------------------------------
+    def get(self, who: Principal, upload_id: str) -> Upload:
+        with self.db.session() as s:
+            upload = s.get(Upload, upload_id)
+        if upload is None or upload.account_id != who.account_id:
+            raise NotFound(f"upload {upload_id!r} not found", param="upload_id")
+        return upload
+
+    def completed_for(self, account_id: str, upload_id: str) -> Upload | None:
+        with self.db.session() as s:
+            upload = s.scalars(select(Upload).where(Upload.id == upload_id, Upload.account_id == account_id)).first()
+        return upload if upload is not None and upload.status == COMPLETE else None
+
+    def delete(self, who: Principal, upload_id: str) -> None:
+        self.get(who, upload_id)
+        self.discard(upload_id)
+
+    def discard(self, upload_id: str) -> None:
+        shutil.rmtree(self.folder(upload_id), ignore_errors=True)
+        with self.db.session() as s:
+            upload = s.get(Upload, upload_id)
+            if upload is not None:
+                s.delete(upload)
+
+    def _receiving(self, who: Principal, upload_id: str) -> Upload:
+        upload = self.get(who, upload_id)
+        if upload.status == COMPLETE or upload.part_size is None:
+            raise Conflict("this upload takes no more parts", param="upload_id")
+        return upload
+
+    def _completed(self, upload_id: str, size: int, sha256: str) -> Upload:
+        with self.db.session() as s:
+            upload = s.get(Upload, upload_id)
+            assert upload is not None
+            upload.size, upload.sha256, upload.status, upload.completed_at = size, sha256, COMPLETE, utcnow()
+        return upload
+
+
+def _part_count(upload: Upload) -> int:
+    assert upload.part_size
+    return max(1, -(-upload.size // upload.part_size))
+
+
+def _safe_name(filename: str) -> str:
+    # Only shown back to the user; never used as a path.
+    return (filename.replace("\\", "/").rsplit("/", 1)[-1] or "upload")[:255]
+
+
+def _ranges(numbers: list[int]) -> str:
+    out, start = [], numbers[0]
+    for prev, cur in zip(numbers, [*numbers[1:], None], strict=True):
+        if cur != prev + 1 if cur is not None else True:
+            out.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = cur if cur is not None else start
+    return ", ".join(out)
