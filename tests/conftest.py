@@ -32,6 +32,20 @@ def pytest_report_header() -> str:
     return f"modelport database under test: {'PostgreSQL at ' + PG_ADMIN_URL if USE_PG else 'SQLite'}"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The PostgreSQL pass re-runs what can behave differently on another database.
+
+    Unit tests never touch one, and tests marked ``db_agnostic`` check wire conformance or process
+    supervision on top of the catalog: the SQLite pass covers them, which keeps ``make test`` short.
+    """
+    if not USE_PG:
+        return
+    skip = pytest.mark.skip(reason="database-independent: covered by the SQLite pass")
+    for item in items:
+        if item.get_closest_marker("db_agnostic") or "/tests/unit/" in str(item.path):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def db_url(tmp_path: Path) -> Iterator[str]:
     with database(tmp_path) as url:

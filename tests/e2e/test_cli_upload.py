@@ -14,7 +14,8 @@ from tests.e2e.conftest import Live
 from tests.support.procs import modelport_exe
 from tests.support.tinymodels import make_llama
 
-pytestmark = pytest.mark.e2e
+# Client conformance: what the clients see does not depend on the database.
+pytestmark = [pytest.mark.e2e, pytest.mark.db_agnostic]
 
 
 def test_cli_uploads_a_local_folder_and_resumes(live: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

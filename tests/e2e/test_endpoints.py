@@ -14,7 +14,6 @@ import openai
 import psutil
 import pytest
 
-from tests.conftest import USE_PG
 from tests.e2e.conftest import Live
 from tests.e2e.test_inference_clients import upload
 from tests.support.fakehub import FakeHub
@@ -22,10 +21,7 @@ from tests.support.procs import start_modelport
 
 # Replicas and the supervisor are the same on either database; the endpoint rows' database behaviour is
 # covered on both by tests/api/test_endpoints_api.py. Running these once keeps the suite short.
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(USE_PG, reason="process supervision does not depend on the database (SQLite pass)"),
-]
+pytestmark = [pytest.mark.e2e, pytest.mark.db_agnostic]
 
 MESSAGES = [{"role": "user", "content": "the capital of france is"}]
 

@@ -12,7 +12,8 @@ from tests.e2e.conftest import Live
 from tests.support.fakehub import FakeHub
 from tests.support.tinymodels import files_of
 
-pytestmark = pytest.mark.e2e
+# Client conformance: what the clients see does not depend on the database.
+pytestmark = [pytest.mark.e2e, pytest.mark.db_agnostic]
 
 MESSAGES = [{"role": "user", "content": "the capital of france is"}]
 

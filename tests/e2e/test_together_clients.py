@@ -13,7 +13,8 @@ from tests.e2e.conftest import Live
 from tests.support.fakehub import FakeHub
 from tests.support.tinymodels import archive_bytes, files_of
 
-pytestmark = pytest.mark.e2e
+# Client conformance: what the clients see does not depend on the database.
+pytestmark = [pytest.mark.e2e, pytest.mark.db_agnostic]
 
 
 def _job_id(output: str) -> str:

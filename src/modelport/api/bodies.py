@@ -1,8 +1,9 @@
 """Request bodies streamed to disk as they arrive: multipart file fields and raw upload parts.
 
 Nothing is buffered beyond one network chunk. A body that stalls (nothing for ``stall_s``) or drips
-(slower than ``MIN_RATE`` on average once ``stall_s`` has passed) is dropped, and what it wrote is
-removed; so is the partial file of a client that disconnects.
+(slower than ``MIN_RATE`` on average once ``stall_s`` has passed) is dropped. A dropped or disconnected
+multipart upload's file is removed at once; a dropped part is never marked received, so its bytes are
+overwritten when it is sent again.
 """
 
 from __future__ import annotations
@@ -119,18 +120,19 @@ async def receive_multipart_file(
     return finished
 
 
-async def receive_raw(request: Request, partial: Path, length: int, stall_s: float) -> tuple[int, str]:
-    """Write the whole body to ``partial``; refuse it past ``length`` bytes. Returns (size, sha256)."""
+async def receive_raw(request: Request, target: Path, offset: int, length: int, stall_s: float) -> tuple[int, str]:
+    """Write the body into ``target`` at ``offset``; refuse it past ``length`` bytes. Returns (size, sha256).
+
+    Nothing is marked received here: the caller does that once the sha256 matches, so bytes of a
+    failed or corrupted attempt are simply overwritten by the next one.
+    """
     digest, size = hashlib.sha256(), 0
-    try:
-        with open(partial, "wb") as out:
-            async for chunk in chunks(request, stall_s):
-                size += len(chunk)
-                if size > length:
-                    raise InvalidRequest(f"this part must be {length} bytes; more arrived", param="part")
-                digest.update(chunk)
-                out.write(chunk)
-    except BaseException:  # a failure, a disconnect or a cancellation: leave nothing behind
-        partial.unlink(missing_ok=True)
-        raise
+    with open(target, "r+b") as out:
+        out.seek(offset)
+        async for chunk in chunks(request, stall_s):
+            size += len(chunk)
+            if size > length:
+                raise InvalidRequest(f"this part must be {length} bytes; more arrived", param="part")
+            digest.update(chunk)
+            out.write(chunk)
     return size, digest.hexdigest()

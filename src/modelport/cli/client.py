@@ -46,7 +46,8 @@ class Client:
     # --- uploads ----------------------------------------------------------------------------------
     def upload_file(self, path: Path, on_progress: Callable[[int], None] = lambda n: None) -> str:
         """Send ``path`` through the resumable upload API; resumes an earlier attempt at the same bytes."""
-        size, digest = path.stat().st_size, _sha256(path)
+        size = path.stat().st_size
+        digest = _sha256(path)
         upload = self._resume_or_create(path.name, size, digest)
         part = int(upload["part_size"])
         on_progress(sum(_part_len(n, part, size) for n in upload["received"]))  # sent by an earlier attempt
@@ -56,6 +57,7 @@ class Client:
                 data = f.read(part)
                 self._put_part(upload["id"], number, data)
                 on_progress(len(data))
+                del data  # one part in memory at a time
         self._call("POST", f"/api/v1/uploads/{upload['id']}/complete")
         _remember(digest, None)
         return str(upload["id"])

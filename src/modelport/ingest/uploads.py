@@ -3,9 +3,10 @@
 Bytes go to ``<uploads_dir>/<file id>/`` as they arrive, hashed on the way, never held in memory.
 A whole upload is written to ``archive.partial`` and renamed to ``archive`` only when complete, so an
 interrupted one leaves nothing usable (``abort`` removes it at once; cleanup catches the rest).
-A resumable upload declares its size and sha256 up front; each part arrives with its own sha256 and
-is renamed into ``parts/<n>`` only once it matches, in any order, as often as needed. ``complete``
-joins the parts, checks the whole sha256, and the ``file-…`` id becomes a model source.
+A resumable upload declares its size and sha256 up front, and gets a sparse ``archive.partial`` of that
+size; each part is written straight to its offset in it, and marked received (``parts/<n>``) only once
+its bytes match the part's own sha256, in any order, as often as needed. ``complete`` hashes the whole
+file once (no copy) against the declared sha256, and the ``file-…`` id becomes a model source.
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ class Uploads:
         with self.db.session() as s:
             s.add(upload)
         (self.folder(upload.id) / "parts").mkdir(parents=True, exist_ok=True)
+        with open(self.folder(upload.id) / "archive.partial", "wb") as f:
+            f.truncate(size)  # sparse: disk fills as parts arrive
         return self.view(who, upload.id)
 
     def part_length(self, upload: Upload, number: int) -> int:
@@ -127,22 +130,23 @@ class Uploads:
         assert upload.part_size is not None
         return upload.part_size if number < count else upload.size - upload.part_size * (count - 1)
 
-    def open_part(self, who: Principal, upload_id: str, number: int) -> tuple[Upload, int, Path]:
-        """Where part ``number`` is written before it is checked, and how long it must be."""
+    def open_part(self, who: Principal, upload_id: str, number: int) -> tuple[Upload, Path, int, int]:
+        """The file part ``number`` is written into, at which offset, and how long it must be."""
         upload = self._receiving(who, upload_id)
-        return upload, self.part_length(upload, number), self.folder(upload_id) / "parts" / f"{number}.partial"
+        assert upload.part_size is not None
+        offset = (number - 1) * upload.part_size
+        return upload, self.folder(upload_id) / "archive.partial", offset, self.part_length(upload, number)
 
-    def accept_part(self, upload: Upload, number: int, partial: Path, size: int, digest: str, claimed: str) -> None:
+    def accept_part(self, upload: Upload, number: int, size: int, digest: str, claimed: str) -> None:
+        """Mark the part received if it is whole and intact; otherwise it must be sent again."""
         expected = self.part_length(upload, number)
-        problem = None
         if size != expected:
-            problem = f"part {number} has {size} bytes; it must have {expected}"
-        elif digest != claimed.lower():
-            problem = f"part {number} is corrupted: its sha256 is {digest}, not {claimed}; send it again"
-        if problem:
-            partial.unlink(missing_ok=True)
-            raise InvalidRequest(problem, param="part")
-        partial.rename(partial.with_suffix(""))
+            raise InvalidRequest(f"part {number} has {size} bytes; it must have {expected}", param="part")
+        if digest != claimed.lower():
+            raise InvalidRequest(
+                f"part {number} is corrupted: its sha256 is {digest}, not {claimed}; send it again", param="part"
+            )
+        (self.folder(upload.id) / "parts" / str(number)).touch()
 
     def view(self, who: Principal, upload_id: str) -> UploadView:
         upload = self.get(who, upload_id)
@@ -163,16 +167,12 @@ class Uploads:
             raise Conflict(f"parts still missing: {_ranges(view.missing)}", param="upload_id")
         folder = self.folder(upload_id)
         digest = hashlib.sha256()
-        with open(folder / "archive.partial", "wb") as out:
-            for n in view.received:
-                with open(folder / "parts" / str(n), "rb") as part:
-                    while chunk := part.read(2**20):
-                        digest.update(chunk)
-                        out.write(chunk)
+        with open(folder / "archive.partial", "rb") as f:
+            while chunk := f.read(4 * 2**20):
+                digest.update(chunk)
         if digest.hexdigest() != upload.sha256:
-            (folder / "archive.partial").unlink()
             raise InvalidRequest(
-                f"the joined parts hash to {digest.hexdigest()}, not the declared {upload.sha256}", param="sha256"
+                f"the parts hash to {digest.hexdigest()}, not the declared {upload.sha256}", param="sha256"
             )
         (folder / "archive.partial").rename(folder / "archive")
         shutil.rmtree(folder / "parts", ignore_errors=True)

@@ -64,9 +64,9 @@ async def put_part(
     x_part_sha256: str = Header(description="sha256 (hex) of this part's bytes"),
 ) -> dict[str, Any]:
     uploads = _uploads(request)
-    upload, length, partial = uploads.open_part(who, upload_id, number)
-    size, digest = await receive_raw(request, partial, length, settings.upload_stall_timeout_s)
-    uploads.accept_part(upload, number, partial, size, digest, x_part_sha256)
+    upload, target, offset, length = uploads.open_part(who, upload_id, number)
+    size, digest = await receive_raw(request, target, offset, length, settings.upload_stall_timeout_s)
+    uploads.accept_part(upload, number, size, digest, x_part_sha256)
     return {"part": number, "bytes": size, "sha256": digest}
 
 
