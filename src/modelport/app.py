@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from modelport import __version__
 from modelport.accounts.service import AccountService
 from modelport.api import errors
+from modelport.api.native.keys import router as keys_router
 from modelport.api.native.uploads import router as uploads_router
 from modelport.api.nebius.router import router as nebius_router
 from modelport.api.openai.router import router as openai_router
@@ -106,4 +107,5 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True, su
     app.include_router(endpoints_router, prefix="/v1")
     app.include_router(nebius_router, prefix="/v0")
     app.include_router(uploads_router, prefix="/api/v1")
+    app.include_router(keys_router, prefix="/api/v1")
     return app

@@ -2,6 +2,7 @@
 
     ModelportError                  500 internal_error
     ├── AuthenticationError         401 invalid_api_key
+    ├── PermissionDenied            403 permission_denied    (an account acting beyond its own resources)
     ├── NotFound                    404 not_found            (also for other accounts' resources)
     ├── UploadTooLarge              413 upload_too_large       (cut off as soon as the body crosses the limit)
     ├── Conflict                    409 conflict
@@ -47,6 +48,12 @@ class AuthenticationError(ModelportError):
     status_code = 401
     code = "invalid_api_key"
     type = "authentication_error"
+
+
+class PermissionDenied(ModelportError):
+    status_code = 403
+    code = "permission_denied"
+    type = "permission_error"
 
 
 class NotFound(ModelportError):

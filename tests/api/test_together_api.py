@@ -39,7 +39,9 @@ def assert_envelope(resp: Any, status: int, code: str | None = None) -> dict[str
     return dict(body["error"])
 
 
-@pytest.mark.parametrize("path", ["/v1/models", "/v1/jobs", "/v1/jobs/job-x", "/v3/whoami", "/v1/whoami"])
+@pytest.mark.parametrize(
+    "path", ["/v1/models", "/v1/jobs", "/v1/jobs/job-x", "/v3/whoami", "/v1/whoami", "/api/v1/keys"]
+)
 def test_every_route_refuses_missing_wrong_and_revoked_keys(client: TestClient, path: str) -> None:
     assert_envelope(client.get(path), 401, "invalid_api_key")
     assert_envelope(client.get(path, headers={"Authorization": "Bearer mp-nope"}), 401, "invalid_api_key")

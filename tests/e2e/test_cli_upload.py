@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from modelport.cli import upload
 from modelport.cli.client import ApiError, Client
 from modelport.cli.pack import pack_directory
 from tests.e2e.conftest import Live
@@ -24,20 +25,20 @@ def test_cli_uploads_a_local_folder_and_resumes(live: Live, tmp_path: Path, monk
     # The first attempt dies after two parts (as if the network dropped).
     archive = pack_directory(folder, tmp_path / "first.tar")
     client = Client(live.url, live.key)
-    monkeypatch.setattr("modelport.cli.client.PART_BYTES", 16 * 1024)
+    monkeypatch.setattr(upload, "PART_BYTES", 16 * 1024)
     sent: list[int] = []
-    real_put = Client._put_part
+    real_put = upload.put_part
 
-    def flaky_put(self: Client, upload_id: str, number: int, data: bytes) -> None:
+    def flaky_put(client: Client, upload_id: str, number: int, data: bytes) -> None:
         if len(sent) == 2:
             raise ApiError(503, "network dropped")
         sent.append(number)
-        real_put(self, upload_id, number, data)
+        real_put(client, upload_id, number, data)
 
-    monkeypatch.setattr(Client, "_put_part", flaky_put)
+    monkeypatch.setattr(upload, "put_part", flaky_put)
     with pytest.raises(ApiError):
-        client.upload_file(archive)
-    monkeypatch.setattr(Client, "_put_part", real_put)
+        upload.upload_file(client, archive)
+    monkeypatch.setattr(upload, "put_part", real_put)
     parts_before = live.proc.output().count("PUT /api/v1/uploads/")
 
     # The CLI packs the same folder to the same bytes, finds the earlier upload, sends only the rest.
@@ -65,3 +66,4 @@ def test_cli_uploads_a_local_folder_and_resumes(live: Live, tmp_path: Path, monk
         timeout=120,
     )
     assert bad.returncode == 1 and "Model name already exists" in bad.stderr and "Traceback" not in bad.stderr
+    assert "modelport models delete local" in bad.stderr  # the hint: what to run next

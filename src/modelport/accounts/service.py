@@ -11,10 +11,11 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import func, select
 
-from modelport.errors import AuthenticationError, Conflict, InvalidRequest, NotFound
+from modelport.errors import AuthenticationError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from modelport.ids import new_id
 from modelport.storage.db.engine import Database
 from modelport.storage.db.tables import Account, ApiKey, utcnow
@@ -34,6 +35,7 @@ class Principal:
     account_id: str
     account_name: str
     key_id: str
+    is_admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class KeyInfo:
     account_name: str
     hint: str
     revoked: bool
+    created_at: datetime
 
 
 class AccountService:
@@ -60,8 +63,16 @@ class AccountService:
             s.add(account)
         return account.id
 
-    def create_key(self, account_name: str, *, key: str | None = None, create_account: bool = True) -> str:
+    def create_key(
+        self, account_name: str, *, key: str | None = None, create_account: bool = True, admin: bool = False
+    ) -> str:
         """Make a key for the account (creating the account if asked) and return it in clear, once."""
+        return self.issue_key(account_name, key=key, create_account=create_account, admin=admin)[1]
+
+    def issue_key(
+        self, account_name: str, *, key: str | None = None, create_account: bool = True, admin: bool = False
+    ) -> tuple[KeyInfo, str]:
+        """``create_key``, also returning what ``list_keys`` will show of the new key."""
         key = key or KEY_PREFIX + secrets.token_urlsafe(32)
         with self.db.session() as s:
             account = s.scalar(select(Account).where(Account.name == account_name))
@@ -71,15 +82,20 @@ class AccountService:
             self.create_account(account_name)
         with self.db.session() as s:
             account = s.scalars(select(Account).where(Account.name == account_name)).one()
-            s.add(ApiKey(id=new_id("key"), account_id=account.id, key_hash=hash_key(key), hint=key[:7]))
-        return key
+            account.is_admin = account.is_admin or admin
+            row = ApiKey(
+                id=new_id("key"), account_id=account.id, key_hash=hash_key(key), hint=key[:7], created_at=utcnow()
+            )
+            s.add(row)
+            info = KeyInfo(row.id, account.name, row.hint + "…", False, row.created_at)
+        return info, key
 
     def bootstrap(self, account_name: str, key: str) -> bool:
         """Create the first account with a known key, but only into an empty database."""
         with self.db.session() as s:
             if s.scalar(select(func.count()).select_from(Account)):
                 return False
-        self.create_key(account_name, key=key)
+        self.create_key(account_name, key=key, admin=True)
         return True
 
     def authenticate(self, key: str | None) -> Principal:
@@ -92,7 +108,7 @@ class AccountService:
         if row is None or not hmac.compare_digest(row[0].key_hash, digest) or row[0].revoked_at:
             raise AuthenticationError("invalid API key")
         api_key, account = row
-        return Principal(account_id=account.id, account_name=account.name, key_id=api_key.id)
+        return Principal(account.id, account.name, api_key.id, is_admin=account.is_admin)
 
     def list_keys(self, account_name: str | None = None) -> list[KeyInfo]:
         query = select(ApiKey, Account).join(Account).order_by(ApiKey.created_at)
@@ -100,13 +116,33 @@ class AccountService:
             query = query.where(Account.name == account_name)
         with self.db.session() as s:
             return [
-                KeyInfo(id=k.id, account_name=a.name, hint=k.hint + "…", revoked=k.revoked_at is not None)
-                for k, a in s.execute(query)
+                KeyInfo(k.id, a.name, k.hint + "…", k.revoked_at is not None, k.created_at) for k, a in s.execute(query)
             ]
 
-    def revoke_key(self, key_id: str) -> None:
+    def revoke_key(self, key_id: str, *, account_id: str | None = None) -> None:
+        """Revoke a key; with ``account_id``, only one of that account's (others read as missing)."""
         with self.db.session() as s:
             key = s.get(ApiKey, key_id)
-            if key is None:
+            if key is None or (account_id is not None and key.account_id != account_id):
                 raise NotFound(f"no API key {key_id!r}")
             key.revoked_at = key.revoked_at or utcnow()
+
+    # --- the same, on behalf of a caller: an account manages its own keys, an administrator any ------
+    def create_key_as(self, who: Principal, account_name: str | None) -> tuple[KeyInfo, str]:
+        if account_name in (None, who.account_name):
+            return self.issue_key(who.account_name)
+        self._require_admin(who, "create keys for another account")
+        return self.issue_key(str(account_name))
+
+    def list_keys_as(self, who: Principal, account_name: str | None = None) -> list[KeyInfo]:
+        if who.is_admin:
+            return self.list_keys(account_name)
+        return self.list_keys(who.account_name) if account_name in (None, who.account_name) else []
+
+    def revoke_key_as(self, who: Principal, key_id: str) -> None:
+        self.revoke_key(key_id, account_id=None if who.is_admin else who.account_id)
+
+    @staticmethod
+    def _require_admin(who: Principal, action: str) -> None:
+        if not who.is_admin:
+            raise PermissionDenied(f"only an administrator can {action}")

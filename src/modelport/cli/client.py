@@ -1,122 +1,210 @@
-"""A small typed client of modelport's HTTP API, for the CLI (never the database)."""
+"""A small typed client of modelport's HTTP API: what the CLI calls (it never opens the database).
+
+Every failure becomes one of three exceptions, so the CLI can explain it from one table
+(``cli/errors.py``): ``Unreachable`` (no answer), ``ApiError`` (an error envelope, with the
+status, machine code and the resource it was about), ``NotFoundError`` (a 404, naming what was missing).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-PART_BYTES = 64 * 2**20
-PART_TRIES = 4
+from modelport import __version__
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+class ClientError(Exception):
+    """Anything the API client raises."""
+
+
+class Unreachable(ClientError):
+    def __init__(self, base_url: str, reason: str) -> None:
+        super().__init__(f"cannot reach modelport at {base_url}: {reason}")
+        self.base_url = base_url
+
+
+class ApiError(ClientError):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        resource: str | None = None,
+        ref: str | None = None,
+        retry_after: str | None = None,
+    ) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.code = status, message, code
+        self.resource, self.ref, self.retry_after = resource, ref, retry_after
 
 
-def _state_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "modelport" / "uploads"
+class NotFoundError(ApiError):
+    """A 404: the resource does not exist, or belongs to another account (the server does not say which)."""
+
+
+def _error_from(resp: httpx.Response, resource: str | None, ref: str | None) -> ApiError:
+    code = None
+    try:
+        body = resp.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            message, code = str(body["error"].get("message")), body["error"].get("code")
+        else:
+            message = str(body.get("detail") if isinstance(body, dict) else body)
+    except ValueError:
+        message = resp.text[:500] or resp.reason_phrase
+    kind = NotFoundError if resp.status_code == 404 else ApiError
+    retry = resp.headers.get("retry-after")
+    return kind(resp.status_code, message, code=code, resource=resource, ref=ref, retry_after=retry)
+
+
+def _segment(ref: str) -> str:
+    """Model and endpoint names hold a ``/`` (``account/name``): the routes accept it as is."""
+    if not ref.strip():
+        raise ApiError(400, "an empty id or name was given", code="invalid_request")
+    return quote(ref, safe="/")
 
 
 class Client:
-    def __init__(self, base_url: str, api_key: str, timeout: float = 60.0) -> None:
-        self.http = httpx.Client(
-            base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout
-        )
+    def __init__(self, base_url: str, api_key: str | None, timeout: float = 60.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"User-Agent": f"modelport-cli/{__version__}"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        resp = self.http.request(method, path, **kwargs)
+    def close(self) -> None:
+        self.http.close()
+
+    def call(self, method: str, path: str, *, resource: str | None = None, ref: str | None = None, **kw: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise Unreachable(self.base_url, type(e).__name__) from e
         if resp.status_code >= 400:
-            try:
-                body = resp.json()
-                message = body["error"]["message"] if "error" in body else str(body.get("detail"))
-            except (ValueError, KeyError, TypeError):
-                message = resp.text[:500]
-            raise ApiError(resp.status_code, message)
+            raise _error_from(resp, resource, ref)
         return resp.json() if resp.content else None
 
-    # --- uploads ----------------------------------------------------------------------------------
-    def upload_file(self, path: Path, on_progress: Callable[[int], None] = lambda n: None) -> str:
-        """Send ``path`` through the resumable upload API; resumes an earlier attempt at the same bytes."""
-        size = path.stat().st_size
-        digest = _sha256(path)
-        upload = self._resume_or_create(path.name, size, digest)
-        part = int(upload["part_size"])
-        on_progress(sum(_part_len(n, part, size) for n in upload["received"]))  # sent by an earlier attempt
-        with open(path, "rb") as f:
-            for number in upload["missing"]:
-                f.seek((number - 1) * part)
-                data = f.read(part)
-                self._put_part(upload["id"], number, data)
-                on_progress(len(data))
-                del data  # one part in memory at a time
-        self._call("POST", f"/api/v1/uploads/{upload['id']}/complete")
-        _remember(digest, None)
-        return str(upload["id"])
+    def stream_events(self, path: str, body: dict[str, Any], *, resource: str, ref: str) -> Iterator[dict[str, Any]]:
+        """POST with ``stream: true`` and yield each server-sent event's JSON until ``[DONE]``."""
+        try:
+            with self.http.stream("POST", path, json={**body, "stream": True}, timeout=None) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise _error_from(resp, resource, ref)
+                for line in resp.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    event = json.loads(data)
+                    if "error" in event:  # an error after the stream began
+                        raise ApiError(500, str(event["error"].get("message")), code=event["error"].get("code"))
+                    yield event
+        except httpx.TransportError as e:
+            raise Unreachable(self.base_url, type(e).__name__) from e
 
-    def _resume_or_create(self, filename: str, size: int, digest: str) -> dict[str, Any]:
-        known = _recall(digest)
-        if known:
-            try:
-                upload: dict[str, Any] = self._call("GET", f"/api/v1/uploads/{known}")
-                if upload["bytes"] == size and upload["status"] == "receiving":
-                    return upload
-            except ApiError:
-                pass  # expired or deleted: start again
-        body = {"filename": filename, "bytes": size, "sha256": digest, "part_size": min(PART_BYTES, size)}
-        upload = self._call("POST", "/api/v1/uploads", json=body)
-        _remember(digest, upload["id"])
-        return upload
-
-    def _put_part(self, upload_id: str, number: int, data: bytes) -> None:
-        headers = {"X-Part-SHA256": hashlib.sha256(data).hexdigest()}
-        for attempt in range(1, PART_TRIES + 1):
-            try:
-                self._call("PUT", f"/api/v1/uploads/{upload_id}/parts/{number}", content=data, headers=headers)
-                return
-            except (httpx.TransportError, ApiError) as e:
-                if attempt == PART_TRIES or (isinstance(e, ApiError) and e.status < 500):
-                    raise
+    # --- identity ---------------------------------------------------------------------------------
+    def whoami(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", "/v1/whoami")
+        return result
 
     # --- models and jobs --------------------------------------------------------------------------
     def create_model(self, **body: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/v1/models", json={k: v for k, v in body.items() if v})
+        fields = {k: v for k, v in body.items() if v is not None}
+        result: dict[str, Any] = self.call("POST", "/v1/models", json=fields, resource="model", ref=body["model_name"])
+        return result
+
+    def list_models(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.call("GET", "/v1/models")["data"]
+        return result
+
+    def get_model(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"/v1/models/{_segment(ref)}", resource="model", ref=ref)
+        return result
+
+    def delete_model(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("DELETE", f"/v1/models/{_segment(ref)}", resource="model", ref=ref)
+        return result
+
+    def list_jobs(self, status: str | None = None) -> list[dict[str, Any]]:
+        params = {"status": status} if status else {}
+        result: list[dict[str, Any]] = self.call("GET", "/v1/jobs", params=params)["data"]
         return result
 
     def job(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}")
+        result: dict[str, Any] = self.call("GET", f"/v1/jobs/{_segment(job_id)}", resource="job", ref=job_id)
         return result
 
+    # --- endpoints and hardware -------------------------------------------------------------------
+    def hardware(self, model: str | None = None) -> list[dict[str, Any]]:
+        params = {"model": model} if model else {}
+        result: list[dict[str, Any]] = self.call("GET", "/v1/hardware", params=params, resource="model", ref=model)[
+            "data"
+        ]
+        return result
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    def create_endpoint(self, **body: Any) -> dict[str, Any]:
+        fields = {k: v for k, v in body.items() if v is not None}
+        result: dict[str, Any] = self.call("POST", "/v1/endpoints", json=fields, resource="model", ref=body["model"])
+        return result
 
+    def list_endpoints(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.call("GET", "/v1/endpoints")["data"]
+        return result
 
-def _part_len(number: int, part: int, size: int) -> int:
-    return min(part, size - (number - 1) * part)
+    def get_endpoint(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"/v1/endpoints/{_segment(ref)}", resource="endpoint", ref=ref)
+        return result
 
+    def update_endpoint(self, ref: str, **changes: Any) -> dict[str, Any]:
+        path = f"/v1/endpoints/{_segment(ref)}"
+        result: dict[str, Any] = self.call("PATCH", path, json=changes, resource="endpoint", ref=ref)
+        return result
 
-def _recall(digest: str) -> str | None:
-    path = _state_dir() / f"{digest}.json"
-    return str(json.loads(path.read_text())["id"]) if path.is_file() else None
+    def delete_endpoint(self, ref: str) -> None:
+        self.call("DELETE", f"/v1/endpoints/{_segment(ref)}", resource="endpoint", ref=ref)
 
+    # --- API keys ---------------------------------------------------------------------------------
+    def list_keys(self, account: str | None = None) -> list[dict[str, Any]]:
+        params = {"account": account} if account else {}
+        result: list[dict[str, Any]] = self.call("GET", "/api/v1/keys", params=params)["data"]
+        return result
 
-def _remember(digest: str, upload_id: str | None) -> None:
-    path = _state_dir() / f"{digest}.json"
-    if upload_id is None:
-        path.unlink(missing_ok=True)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"id": upload_id}))
+    def create_key(self, account: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", "/api/v1/keys", json={"account": account})
+        return result
+
+    def revoke_key(self, key_id: str) -> None:
+        self.call("DELETE", f"/api/v1/keys/{_segment(key_id)}", resource="key", ref=key_id)
+
+    # --- inference --------------------------------------------------------------------------------
+    def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.call(
+            "POST", "/v1/chat/completions", json=body, resource="model", ref=body["model"]
+        )
+        return result
+
+    def chat_stream(self, body: dict[str, Any]) -> Iterator[str]:
+        """The reply's text as it is generated."""
+        for event in self.stream_events("/v1/chat/completions", body, resource="model", ref=body["model"]):
+            for choice in event.get("choices", []):
+                if text := (choice.get("delta") or {}).get("content"):
+                    yield text
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", "/v1/completions", json=body, resource="model", ref=body["model"])
+        return result
+
+    def complete_stream(self, body: dict[str, Any]) -> Iterator[str]:
+        for event in self.stream_events("/v1/completions", body, resource="model", ref=body["model"]):
+            for choice in event.get("choices", []):
+                if text := choice.get("text"):
+                    yield text

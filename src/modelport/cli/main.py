@@ -1,4 +1,4 @@
-"""The ``modelport`` command: run the server or a worker, manage API keys."""
+"""The ``modelport`` command: run the server or a worker, and every client command of the HTTP API."""
 
 from __future__ import annotations
 
@@ -7,17 +7,26 @@ import secrets
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from modelport import __version__
-from modelport.accounts.service import KEY_PREFIX, AccountService
-from modelport.redact import RedactingFilter
-from modelport.settings import Settings
+from modelport.cli.base import AppContext, ModelportGroup, connection_options, pass_app
+from modelport.cli.commands.chat import chat, complete
+from modelport.cli.commands.endpoints import endpoints
+from modelport.cli.commands.keys import keys
+from modelport.cli.commands.models import jobs, models
+from modelport.cli.errors import EXIT_CODES
+
+if TYPE_CHECKING:  # the server's modules load only for `serve` and `worker`: client commands start fast
+    from modelport.accounts.service import AccountService
+    from modelport.settings import Settings
 
 
 def _setup_logging(level: str) -> None:
+    from modelport.redact import RedactingFilter
+
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
@@ -26,12 +35,17 @@ def _setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-@click.group()
+EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<4} {what}" for code, what in EXIT_CODES.items())
+
+
+@click.group(cls=ModelportGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="modelport")
+@connection_options
 def cli() -> None:
     """modelport: upload your own models and adapters and serve them behind an OpenAI-compatible API.
 
-    Configuration comes from MODELPORT_* environment variables (see docs/configuration.md).
+    `serve` and `worker` run the server (configured by MODELPORT_* variables, see docs/configuration.md);
+    every other command is a client of its HTTP API (--base-url, --api-key).
     """
 
 
@@ -49,6 +63,7 @@ def serve(host: str, port: int, workers: int | None, log_level: str) -> None:
     import uvicorn
 
     from modelport.app import create_app
+    from modelport.settings import Settings
 
     _setup_logging(log_level)
     settings = Settings() if workers is None else Settings(workers=workers)
@@ -74,6 +89,8 @@ def _first_start_key(accounts: AccountService, settings: Settings) -> None:
 
     The key goes to a 0600 file, never to the log; the terminal is told where it is.
     """
+    from modelport.accounts.service import KEY_PREFIX
+
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     if not accounts.bootstrap(settings.bootstrap_account, key):
         return
@@ -82,7 +99,7 @@ def _first_start_key(accounts: AccountService, settings: Settings) -> None:
     path.write_text(key + "\n")
     click.echo(
         f"First start: created account {settings.bootstrap_account!r}; its API key is in {path}\n"
-        f"  export TOGETHER_API_KEY=$(cat {path}) TOGETHER_BASE_URL=http://127.0.0.1:8000/v1",
+        f"  export MODELPORT_API_KEY=$(cat {path})",
         err=True,
     )
 
@@ -94,6 +111,7 @@ def worker(threads: int, log_level: str) -> None:
     """Run ingest workers in their own process, sharing the server's database and blob store."""
     from modelport.app import build_services
     from modelport.jobs.worker import WorkerPool
+    from modelport.settings import Settings
 
     _setup_logging(log_level)
     settings = Settings(workers=threads)
@@ -108,122 +126,21 @@ def worker(threads: int, log_level: str) -> None:
     pool.stop()
 
 
-@cli.group()
-def models() -> None:
-    """Models through the HTTP API (MODELPORT_BASE_URL, MODELPORT_API_KEY)."""
+@cli.command()
+@connection_options
+@pass_app
+def whoami(app: AppContext) -> None:
+    """Show which account the API key belongs to."""
+    me = app.client().whoami()
+    app.output.json(me) if app.json else app.output.line(me["organization"]["name"])
 
 
-@models.command("upload")
-@click.option("--model-name", required=True, help="Name for the model, e.g. my-model (namespaced to your account).")
-@click.option(
-    "--model-source",
-    required=True,
-    help="A local model folder or archive (.tar, .tar.gz, .zip), a Hugging Face repo, or an https:// archive URL.",
-)
-@click.option("--model-type", type=click.Choice(["model", "adapter"]), default="model", show_default=True)
-@click.option("--base-model", default=None, help="For adapters: the base model (one of yours).")
-@click.option("--hf-token", default=None, envvar="HF_TOKEN", help="For private Hugging Face repos.")
-@click.option("--description", default=None)
-@click.option("--wait/--no-wait", default=False, help="Wait until the upload job is Complete or Failed.")
-@click.option("--base-url", envvar="MODELPORT_BASE_URL", default="http://127.0.0.1:8000", show_default=True)
-@click.option("--api-key", envvar="MODELPORT_API_KEY", required=True, help="Or set MODELPORT_API_KEY.")
-def models_upload(
-    model_name: str,
-    model_source: str,
-    model_type: str,
-    base_model: str | None,
-    hf_token: str | None,
-    description: str | None,
-    wait: bool,
-    base_url: str,
-    api_key: str,
-) -> None:
-    """Upload a model or adapter. Local folders are packed and sent through the resumable upload API
-    (an interrupted upload resumes when the same command runs again); the job id is printed."""
-    from modelport.cli.client import ApiError, Client
-
-    client = Client(base_url, api_key)
-    try:
-        source = _local_source(client, Path(model_source)) if Path(model_source).exists() else model_source
-        created = client.create_model(
-            model_name=model_name,
-            model_source=source,
-            model_type=model_type,
-            base_model=base_model,
-            hf_token=hf_token,
-            description=description,
-        )
-        job_id = created["data"]["job_id"]
-        click.echo(f"{created['data']['model_name']}: job {job_id}", err=True)
-        click.echo(job_id)
-        if wait:
-            _wait_job(client, job_id)
-    except ApiError as e:
-        raise click.ClickException(f"{e.message} (HTTP {e.status})") from None
-
-
-def _local_source(client: Any, path: Path) -> str:
-    """Pack a folder (or take an archive as is), upload it with a progress bar; returns the file id."""
-    import tempfile
-
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    from modelport.cli.pack import pack_directory
-
-    with tempfile.TemporaryDirectory(prefix="modelport-pack-") as tmp:
-        archive = pack_directory(path, Path(tmp) / f"{path.name}.tar") if path.is_dir() else path
-        columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn())
-        with Progress("[progress.description]{task.description}", *columns, transient=True) as bar:
-            task = bar.add_task(f"uploading {archive.name}", total=archive.stat().st_size)
-            file_id: str = client.upload_file(archive, lambda n: bar.advance(task, n))
-    click.echo(f"uploaded {path} as {file_id}", err=True)
-    return file_id
-
-
-def _wait_job(client: Any, job_id: str) -> None:
-    import time
-
-    while (job := client.job(job_id))["status"] not in ("Complete", "Failed"):
-        time.sleep(1)
-    if job["status"] == "Failed":
-        raise click.ClickException(f"job {job_id} failed: {job['status_updates'][-1]['message']}")
-    click.echo(f"job {job_id}: Complete", err=True)
-
-
-@cli.group()
-def keys() -> None:
-    """Manage API keys (talks to the database directly: run it where the server runs)."""
-
-
-@keys.command("create")
-@click.option("--account", required=True, help="Account name; created if it does not exist.")
-def keys_create(account: str) -> None:
-    """Create an API key and print it. It is shown only this once."""
-    from modelport.app import build_services
-
-    key = build_services(Settings()).accounts.create_key(account)
-    click.echo(key)
-    click.echo(f"Created a key for account {account!r}. Store it now: it cannot be shown again.", err=True)
-
-
-@keys.command("list")
-@click.option("--account", default=None, help="Only this account's keys.")
-def keys_list(account: str | None) -> None:
-    """List API keys (ids and hints only; keys themselves are never stored)."""
-    from modelport.app import build_services
-
-    for k in build_services(Settings()).accounts.list_keys(account):
-        click.echo(f"{k.id}\t{k.account_name}\t{k.hint}\t{'revoked' if k.revoked else 'active'}")
-
-
-@keys.command("revoke")
-@click.argument("key_id")
-def keys_revoke(key_id: str) -> None:
-    """Revoke an API key by its id (from `modelport keys list`)."""
-    from modelport.app import build_services
-
-    build_services(Settings()).accounts.revoke_key(key_id)
-    click.echo(f"Revoked {key_id}.", err=True)
+cli.add_command(models)
+cli.add_command(jobs)
+cli.add_command(endpoints)
+cli.add_command(keys)
+cli.add_command(chat)
+cli.add_command(complete)
 
 
 if __name__ == "__main__":  # `python -m modelport.cli.main`, how the supervisor starts replicas

@@ -100,6 +100,10 @@ class Supervisor:
                     _terminate(r.proc)
             self.replicas.clear()
 
+    def ready_replicas(self, endpoint_id: str) -> int:
+        with self._lock:
+            return sum(1 for r in self.replicas.get(endpoint_id, []) if r.ready)
+
     # --- routing -----------------------------------------------------------------------------------
     def engine_for(self, endpoint: Endpoint) -> RemoteEngine:
         """The least-loaded ready replica of a started endpoint."""

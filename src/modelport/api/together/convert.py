@@ -50,6 +50,7 @@ def model_item(m: Model, base_name: str | None) -> ModelItem:
         kind=m.kind,
         base_model=base_name,
         description=m.description,
+        bytes=m.total_bytes,
     )
 
 

@@ -55,7 +55,7 @@ def _iso(value: datetime) -> str:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
-def endpoint_json(e: Endpoint, model_name: str, owner: str) -> dict[str, Any]:
+def endpoint_json(e: Endpoint, model_name: str, owner: str, ready: int = 0) -> dict[str, Any]:
     return {
         "id": e.id,
         "object": "endpoint",
@@ -67,6 +67,7 @@ def endpoint_json(e: Endpoint, model_name: str, owner: str) -> dict[str, Any]:
         "owner": owner,
         "state": e.state,
         "autoscaling": {"min_replicas": e.min_replicas, "max_replicas": e.max_replicas},
+        "replicas": {"running": ready},  # modelport addition: replicas ready to answer now
         "created_at": _iso(e.created_at),
         "inactive_timeout": e.inactive_timeout,
         "disable_speculative_decoding": e.disable_speculative_decoding,
@@ -77,7 +78,7 @@ def endpoint_json(e: Endpoint, model_name: str, owner: str) -> dict[str, Any]:
 
 def _render(request: Request, who: Any, e: Endpoint) -> dict[str, Any]:
     model = request.app.state.catalog.get_model(who, e.model_id)
-    return endpoint_json(e, model.name, who.account_name)
+    return endpoint_json(e, model.name, who.account_name, request.app.state.supervisor.ready_replicas(e.id))
 
 
 def hardware_json(a: Availability, updated: datetime) -> dict[str, Any]:

@@ -86,6 +86,7 @@ class ModelItem(BaseModel):
     kind: str
     base_model: str | None = None
     description: str | None = None
+    bytes: int = 0  # stored size of its files
 
 
 class ModelDetail(ModelItem):
