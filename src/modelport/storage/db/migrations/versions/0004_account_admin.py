@@ -16,9 +16,7 @@ depends_on = None
 def upgrade() -> None:
     op.add_column("accounts", sa.Column("is_admin", sa.Boolean(), nullable=False, server_default=sa.false()))
     # Existing installs: the account made first (the bootstrap account) becomes the administrator.
-    op.execute(
-        "UPDATE accounts SET is_admin = true WHERE id = (SELECT id FROM accounts ORDER BY created_at LIMIT 1)"
-    )
+    op.execute("UPDATE accounts SET is_admin = true WHERE id = (SELECT id FROM accounts ORDER BY created_at LIMIT 1)")
 
 
 def downgrade() -> None:
