@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-sqlite test-postgres lint format clean
+.PHONY: serve test test-sqlite test-postgres lint format clean screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test-postgres: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/mypy
+
+## Retake docs/images/*.png: the web console test's tour, in Debian's chromium.
+screenshots: $(STAMP)
+	MODELPORT_TEST_DATABASE=sqlite MODELPORT_SCREENSHOTS=docs/images $(PY) -m pytest tests/e2e/test_web.py -q
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks scripts

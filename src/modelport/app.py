@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from modelport import __version__
 from modelport.accounts.service import AccountService
@@ -32,6 +33,8 @@ from modelport.serving.service import InferenceService
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore, open_blob_store
 from modelport.storage.db.engine import Database, migrate
+from modelport.web.router import STATIC_DIR
+from modelport.web.router import router as web_router
 
 log = logging.getLogger(__name__)
 
@@ -108,4 +111,6 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True, su
     app.include_router(nebius_router, prefix="/v0")
     app.include_router(uploads_router, prefix="/api/v1")
     app.include_router(keys_router, prefix="/api/v1")
+    app.include_router(web_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

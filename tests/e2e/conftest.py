@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.support.fakehub import FakeHub
-from tests.support.procs import Proc, start_modelport
+from tests.support.procs import Proc, modelport_exe, start_modelport
 
 REPO = Path(__file__).resolve().parents[2]
 VENVS = Path(os.environ.get("MODELPORT_TEST_VENVS", REPO / ".venvs"))
@@ -116,4 +116,28 @@ def live(tmp_path: Path, db_url: str, hub: FakeHub) -> Iterator[Live]:
     env = server_env(tmp_path, db_url, hub, key)
     proc, url = start_modelport(env, tmp_path / "server.log")
     yield Live(url, key, proc, env)
+    proc.stop()
+
+
+class Server:
+    def __init__(self, proc: Proc, url: str, home: Path, env: dict[str, str]) -> None:
+        self.proc, self.url, self.home, self.env = proc, url, home, env
+        self.admin_key = (home / "data" / "admin-api-key").read_text().strip()
+
+    def cli(self, *args: str, key: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "MODELPORT_BASE_URL": self.url, "MODELPORT_API_KEY": key or self.admin_key}
+        env.update(COLUMNS="200", NO_COLOR="1", XDG_CACHE_HOME=str(self.home / "cache"))
+        return subprocess.run(
+            [modelport_exe(), *args], env=env, capture_output=True, text=True, timeout=180, input=stdin, cwd=self.home
+        )
+
+
+@pytest.fixture
+def server(tmp_path: Path, db_url: str, hub: FakeHub) -> Iterator[Server]:
+    """A brand-new install: no bootstrap key, so the server writes ``data/admin-api-key`` as `make serve` does."""
+    env = server_env(tmp_path, db_url, hub, key="")
+    env.pop("MODELPORT_BOOTSTRAP_API_KEY")
+    env.pop("MODELPORT_BOOTSTRAP_ACCOUNT")
+    proc, url = start_modelport(env, tmp_path / "server.log")
+    yield Server(proc, url, tmp_path, env)
     proc.stop()

@@ -11,43 +11,17 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import REPO, server_env
-from tests.support.fakehub import FakeHub
-from tests.support.procs import Proc, modelport_exe, start_modelport
+from tests.e2e.conftest import REPO, Server
+from tests.support.procs import modelport_exe
 from tests.support.tinymodels import archive_bytes, files_of
 
 pytestmark = pytest.mark.e2e
-
-
-class Server:
-    def __init__(self, proc: Proc, url: str, home: Path, env: dict[str, str]) -> None:
-        self.proc, self.url, self.home, self.env = proc, url, home, env
-        self.admin_key = (home / "data" / "admin-api-key").read_text().strip()
-
-    def cli(self, *args: str, key: str | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "MODELPORT_BASE_URL": self.url, "MODELPORT_API_KEY": key or self.admin_key}
-        env.update(COLUMNS="200", NO_COLOR="1", XDG_CACHE_HOME=str(self.home / "cache"))
-        return subprocess.run(
-            [modelport_exe(), *args], env=env, capture_output=True, text=True, timeout=180, input=stdin, cwd=self.home
-        )
-
-
-@pytest.fixture
-def server(tmp_path: Path, db_url: str, hub: FakeHub) -> Iterator[Server]:
-    """A brand-new install: no bootstrap key, so the server writes ``data/admin-api-key`` as `make serve` does."""
-    env = server_env(tmp_path, db_url, hub, key="")
-    env.pop("MODELPORT_BOOTSTRAP_API_KEY")
-    env.pop("MODELPORT_BOOTSTRAP_ACCOUNT")
-    proc, url = start_modelport(env, tmp_path / "server.log")
-    yield Server(proc, url, tmp_path, env)
-    proc.stop()
 
 
 def readme_walkthrough() -> str:

@@ -10,6 +10,7 @@ from modelport.accounts.service import AccountService, Principal
 from modelport.catalog.service import Catalog
 from modelport.serving.service import InferenceService
 from modelport.settings import Settings
+from modelport.web.session import cookie_key
 
 
 def _bearer(request: Request) -> str | None:
@@ -19,8 +20,9 @@ def _bearer(request: Request) -> str | None:
 
 
 def get_principal(request: Request) -> Principal:
+    """The caller, from ``Authorization: Bearer`` or else the web console's session cookie."""
     accounts: AccountService = request.app.state.accounts
-    principal = accounts.authenticate(_bearer(request))
+    principal = accounts.authenticate(_bearer(request) or cookie_key(request))
     request.state.principal = principal
     return principal
 

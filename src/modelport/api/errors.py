@@ -4,26 +4,37 @@
   including for request validation, unknown routes and unexpected failures; the Together 1.x
   client raises on any other shape.
 - ``/v0`` (Nebius): FastAPI's ``{"detail": ...}``, with 422 ``{"detail": [{"loc", "msg", "type"}]}``.
+- The web console's pages (every other path): an HTML error page; a missing or expired session
+  redirects to the sign-in page.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelport.errors import ModelportError
 from modelport.redact import scrub
+from modelport.web.router import SignInRequired, error_page
 
 log = logging.getLogger(__name__)
 
 
+API_PREFIXES = ("/v0/", "/v1/", "/v3/", "/api/")
+
+
 def _is_nebius(request: Request) -> bool:
     return request.url.path.startswith("/v0/")
+
+
+def _is_page(request: Request) -> bool:
+    return not request.url.path.startswith(API_PREFIXES) and request.url.path != "/health"
 
 
 def openai_envelope(status: int, message: str, type_: str, code: str | None, param: str | None = None) -> JSONResponse:
@@ -32,18 +43,22 @@ def openai_envelope(status: int, message: str, type_: str, code: str | None, par
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _domain(request: Request, exc: Exception) -> JSONResponse:
+def _domain(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ModelportError)
+    if _is_page(request):
+        return error_page(request, exc.status_code, exc.message)
     if _is_nebius(request):
         return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
     return openai_envelope(exc.status_code, exc.message, exc.type, exc.code, exc.param)
 
 
-def _validation(request: Request, exc: Exception) -> JSONResponse:
+def _validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors: list[dict[str, Any]] = [
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
     ]
+    if _is_page(request):
+        return error_page(request, 400, "; ".join(_describe(e) for e in errors) or "invalid form")
     if _is_nebius(request):
         return JSONResponse({"detail": errors}, status_code=422)
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
@@ -59,8 +74,10 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{where}: {error['msg']}" if where else error["msg"]
 
 
-def _http(request: Request, exc: Exception) -> JSONResponse:
+def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if _is_page(request):
+        return error_page(request, exc.status_code, "page not found" if exc.status_code == 404 else str(exc.detail))
     if _is_nebius(request):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
     codes = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed")}
@@ -69,14 +86,22 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
     return openai_envelope(exc.status_code, f"{message}: {request.method} {request.url.path}", type_, code)
 
 
-def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s: %s", request.method, request.url.path, scrub(repr(exc)), exc_info=exc)
+    if _is_page(request):
+        return error_page(request, 500, "internal server error; see the server log")
     if _is_nebius(request):
         return JSONResponse({"detail": "internal server error"}, status_code=500)
     return openai_envelope(500, "internal server error; see the server log", "server_error", "internal_error")
 
 
+def _sign_in(request: Request, exc: Exception) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/signin?next={quote(target)}", status_code=303)
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(SignInRequired, _sign_in)
     app.add_exception_handler(ModelportError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)

@@ -18,6 +18,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from modelport.humanize import human_bytes, human_count
+
+__all__ = ["Output", "cell", "human_bytes", "human_count", "when"]
+
 
 def _width(fd: int) -> int | None:
     # Piped output is not a terminal: rich would wrap at 80 columns, which cuts ids and hints in half.
@@ -84,25 +88,6 @@ def cell(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ", ".join(cell(v) for v in value)
     return str(value)
-
-
-def human_bytes(n: int | float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def human_count(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.1f}{suffix}"
-    return str(n)
 
 
 def when(value: int | str | None) -> str:

@@ -98,9 +98,11 @@ class Uploads:
         return FileSink(self, upload, self.settings.max_upload_bytes)
 
     # --- resumable uploads -----------------------------------------------------------------------
-    def create(self, who: Principal, filename: str, size: int, sha256: str, part_size: int | None) -> UploadView:
-        sha256 = sha256.lower()
-        if not _SHA256.match(sha256):
+    def create(self, who: Principal, filename: str, size: int, sha256: str | None, part_size: int | None) -> UploadView:
+        """``sha256`` may be left out (a browser cannot hash a large file in one go); parts are still
+        checked one by one and ``complete`` records the whole file's digest."""
+        sha256 = sha256.lower() if sha256 else None
+        if sha256 is not None and not _SHA256.match(sha256):
             raise InvalidRequest("sha256 must be the archive's 64-character hex digest", param="sha256")
         if not 0 < size <= self.settings.max_upload_bytes:
             raise UploadTooLarge(f"size must be between 1 and {self.settings.max_upload_bytes} bytes")
@@ -137,12 +139,12 @@ class Uploads:
         offset = (number - 1) * upload.part_size
         return upload, self.folder(upload_id) / "archive.partial", offset, self.part_length(upload, number)
 
-    def accept_part(self, upload: Upload, number: int, size: int, digest: str, claimed: str) -> None:
+    def accept_part(self, upload: Upload, number: int, size: int, digest: str, claimed: str | None) -> None:
         """Mark the part received if it is whole and intact; otherwise it must be sent again."""
         expected = self.part_length(upload, number)
         if size != expected:
             raise InvalidRequest(f"part {number} has {size} bytes; it must have {expected}", param="part")
-        if digest != claimed.lower():
+        if claimed is not None and digest != claimed.lower():
             raise InvalidRequest(
                 f"part {number} is corrupted: its sha256 is {digest}, not {claimed}; send it again", param="part"
             )
@@ -170,7 +172,7 @@ class Uploads:
         with open(folder / "archive.partial", "rb") as f:
             while chunk := f.read(4 * 2**20):
                 digest.update(chunk)
-        if digest.hexdigest() != upload.sha256:
+        if upload.sha256 is not None and digest.hexdigest() != upload.sha256:
             raise InvalidRequest(
                 f"the parts hash to {digest.hexdigest()}, not the declared {upload.sha256}", param="sha256"
             )

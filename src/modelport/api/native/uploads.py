@@ -17,7 +17,7 @@ router = APIRouter()
 class UploadCreate(BaseModel):
     filename: str = Field(min_length=1)
     bytes: int = Field(gt=0)
-    sha256: str
+    sha256: str | None = Field(default=None, description="the whole file's sha256; checked at complete")
     part_size: int | None = Field(default=None, gt=0)
 
 
@@ -61,7 +61,7 @@ async def put_part(
     request: Request,
     who: PrincipalDep,
     settings: SettingsDep,
-    x_part_sha256: str = Header(description="sha256 (hex) of this part's bytes"),
+    x_part_sha256: str | None = Header(default=None, description="sha256 (hex) of this part's bytes; checked if sent"),
 ) -> dict[str, Any]:
     uploads = _uploads(request)
     upload, target, offset, length = uploads.open_part(who, upload_id, number)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from modelport.api.deps import CatalogDep, PrincipalDep
 from modelport.api.together import convert
@@ -52,6 +56,30 @@ def upload_model(body: ModelUploadRequest, who: PrincipalDep, catalog: CatalogDe
 @router.get("/jobs/{job_id}", response_model=JobResponse)
 def get_job(job_id: str, who: PrincipalDep, catalog: CatalogDep) -> JobResponse:
     return convert.job(catalog.get_job(who, job_id))
+
+
+JOB_EVENT_POLL_S = 0.5
+
+
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse)
+async def job_events(job_id: str, request: Request, who: PrincipalDep, catalog: CatalogDep) -> StreamingResponse:
+    """modelport addition: the job as server-sent events, one each time it changes, until it ends."""
+    first = await run_in_threadpool(catalog.get_job, who, job_id)  # a 404 before the stream starts
+
+    async def events() -> AsyncIterator[str]:
+        view, last = first, ""
+        while True:
+            body = convert.job(view).model_dump_json()
+            if body != last:
+                yield f"event: job\ndata: {body}\n\n"
+                last = body
+            if view.job.status in ("Complete", "Failed") or await request.is_disconnected():
+                return
+            await asyncio.sleep(JOB_EVENT_POLL_S)
+            view = await run_in_threadpool(catalog.get_job, who, job_id)
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 @router.get("/jobs")

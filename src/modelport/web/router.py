@@ -1,0 +1,253 @@
+"""The console's pages. Each one is a thin view over the same services the JSON API uses.
+
+Forms post back here with the session's CSRF token; the browser's scripts (uploads, live job progress,
+the playground) call the JSON API itself with the session cookie and the token in ``X-CSRF-Token``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from modelport.accounts.service import AccountService, Principal
+from modelport.api.deps import get_catalog
+from modelport.catalog.service import UploadRequest
+from modelport.endpoints.service import EndpointService, EndpointSpec
+from modelport.errors import AuthenticationError, ModelportError, PermissionDenied
+from modelport.web import views
+from modelport.web.session import SESSION_COOKIE, csrf_ok, csrf_token
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+TEMPLATES.env.filters.update(bytes=views.human_bytes, count=views.human_count, when=views.when)
+STATIC_DIR = Path(__file__).parent / "static"
+
+router = APIRouter(include_in_schema=False)
+
+
+class SignInRequired(Exception):
+    """No valid session: pages answer with a redirect to the sign-in page."""
+
+
+def session_key(request: Request) -> str:
+    key = request.cookies.get(SESSION_COOKIE)
+    if not key:
+        raise SignInRequired
+    return key
+
+
+def web_principal(request: Request, key: Annotated[str, Depends(session_key)]) -> Principal:
+    accounts: AccountService = request.app.state.accounts
+    try:
+        return accounts.authenticate(key)
+    except AuthenticationError:
+        raise SignInRequired from None
+
+
+Who = Annotated[Principal, Depends(web_principal)]
+Key = Annotated[str, Depends(session_key)]
+
+
+def check_csrf(key: str, token: str) -> None:
+    if not csrf_ok(key, token):
+        raise PermissionDenied("the form is stale or came from another site: reload the page and try again")
+
+
+def page(
+    request: Request, name: str, key: str | None, who: Principal | None, status: int = 200, **ctx: Any
+) -> Response:
+    context = {"who": who, "csrf": csrf_token(key) if key else "", "path": request.url.path, **ctx}
+    return TEMPLATES.TemplateResponse(request, name, context, status_code=status)
+
+
+def _endpoints(request: Request) -> EndpointService:
+    endpoints: EndpointService = request.app.state.endpoints
+    return endpoints
+
+
+def error_page(request: Request, status: int, message: str) -> Response:
+    """What ``api/errors.py`` shows for a failure on a page."""
+    key = request.cookies.get(SESSION_COOKIE)
+    return page(request, "error.html", key, None, status, code=status, message=message)
+
+
+def back(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)  # after a POST, the browser GETs the result
+
+
+# --- signing in ---------------------------------------------------------------------------------
+@router.get("/signin", response_class=HTMLResponse)
+def signin_page(request: Request, next: str = "/models") -> Response:
+    return page(request, "signin.html", None, None, next=views.local_path(next))
+
+
+@router.post("/signin", response_class=HTMLResponse)
+def signin(request: Request, api_key: Annotated[str, Form()], next: Annotated[str, Form()] = "/models") -> Response:
+    accounts: AccountService = request.app.state.accounts
+    try:
+        accounts.authenticate(api_key.strip())
+    except AuthenticationError:
+        return page(request, "signin.html", None, None, 401, next=next, error="That API key is not valid.")
+    response = back(views.local_path(next))
+    secure = request.url.scheme == "https"
+    response.set_cookie(SESSION_COOKIE, api_key.strip(), httponly=True, samesite="strict", secure=secure)
+    return response
+
+
+@router.post("/signout")
+def signout(key: Key, csrf_token: Annotated[str, Form()]) -> Response:
+    check_csrf(key, csrf_token)
+    response = back("/signin")
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+@router.get("/")
+def home() -> Response:
+    return back("/models")
+
+
+# --- models and jobs ----------------------------------------------------------------------------
+@router.get("/models", response_class=HTMLResponse)
+def models_page(request: Request, who: Who, key: Key) -> Response:
+    catalog = get_catalog(request)
+    models = catalog.list_models(who)
+    names = {m.id: m.name for m in models}
+    rows = [views.model_row(m, names.get(m.base_model_id or "")) for m in models]
+    jobs = [views.job_row(v) for v in catalog.list_jobs(who, limit=20)]
+    return page(request, "models.html", key, who, models=rows, jobs=jobs)
+
+
+@router.get("/models/new", response_class=HTMLResponse)
+def new_model_page(request: Request, who: Who, key: Key) -> Response:
+    bases = [m.name for m in get_catalog(request).list_models(who) if m.kind == "model"]
+    return page(request, "new_model.html", key, who, bases=bases, form={})
+
+
+@router.post("/models/new", response_class=HTMLResponse)
+def new_model(request: Request, who: Who, key: Key, form: Annotated[views.NewModelForm, Form()]) -> Response:
+    check_csrf(key, form.csrf_token)
+    catalog = get_catalog(request)
+    try:
+        submitted = catalog.submit_upload(
+            who,
+            UploadRequest(
+                model_name=form.model_name,
+                model_source=form.source(),
+                model_type=form.model_type,
+                hf_token=form.hf_token or None,
+                description=form.description or None,
+                base_model=form.base_model or None if form.model_type == "adapter" else None,
+            ),
+        )
+    except ModelportError as e:
+        bases = [m.name for m in catalog.list_models(who) if m.kind == "model"]
+        shown = form.model_dump(exclude={"hf_token", "csrf_token"})  # a secret is never sent back
+        return page(request, "new_model.html", key, who, 400, bases=bases, form=shown, error=e.message)
+    return back(f"/jobs/{submitted.job_id}")
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, job_id: str, who: Who, key: Key) -> Response:
+    view = get_catalog(request).get_job(who, job_id)
+    return page(request, "job.html", key, who, job=views.job_detail(view))
+
+
+@router.get("/models/{ref:path}", response_class=HTMLResponse)
+def model_page(request: Request, ref: str, who: Who, key: Key) -> Response:
+    catalog = get_catalog(request)
+    model = catalog.get_model(who, ref)
+    hardware = _endpoints(request).hardware(who, model.name)
+    deployed = [e for e in _endpoints(request).list(who) if e.model_id == model.id]
+    return page(
+        request, "model.html", key, who,
+        model=views.model_detail(model, catalog.base_name(model)),
+        hardware=[views.hardware_row(a) for a in hardware],
+        endpoints=deployed,
+    )  # fmt: skip
+
+
+@router.post("/models/{ref:path}/delete")
+def delete_model(request: Request, ref: str, who: Who, key: Key, csrf_token: Annotated[str, Form()]) -> Response:
+    check_csrf(key, csrf_token)
+    model = get_catalog(request).delete_model(who, ref)
+    return back(f"/models?deleted={quote(model.name)}")
+
+
+# --- endpoints ----------------------------------------------------------------------------------
+@router.get("/endpoints", response_class=HTMLResponse)
+def endpoints_page(request: Request, who: Who, key: Key) -> Response:
+    service, catalog = _endpoints(request), get_catalog(request)
+    supervisor = request.app.state.supervisor
+    rows = [
+        views.endpoint_row(e, catalog.get_model(who, e.model_id).name, supervisor.ready_replicas(e.id))
+        for e in service.list(who)
+    ]
+    return page(request, "endpoints.html", key, who, endpoints=rows)
+
+
+@router.post("/endpoints")
+def create_endpoint(request: Request, who: Who, key: Key, form: Annotated[views.EndpointForm, Form()]) -> Response:
+    check_csrf(key, form.csrf_token)
+    spec = EndpointSpec(
+        model=form.model,
+        hardware=form.hardware,
+        min_replicas=form.min_replicas,
+        max_replicas=form.max_replicas,
+        display_name=form.display_name or None,
+        inactive_timeout=form.inactive_timeout,
+    )
+    _endpoints(request).create(who, spec)
+    return back("/endpoints")
+
+
+@router.post("/endpoints/{ref:path}/{action}")
+def endpoint_action(
+    request: Request, ref: str, action: str, who: Who, key: Key, csrf_token: Annotated[str, Form()]
+) -> Response:
+    check_csrf(key, csrf_token)
+    service = _endpoints(request)
+    if action == "delete":
+        service.delete(who, ref)
+    elif action in ("start", "stop"):
+        service.update(who, ref, {"state": "STARTED" if action == "start" else "STOPPED"})
+    else:
+        raise views.not_found(f"no action {action!r}")
+    return back("/endpoints")
+
+
+# --- playground and keys ------------------------------------------------------------------------
+@router.get("/playground", response_class=HTMLResponse)
+def playground(request: Request, who: Who, key: Key, model: str = "") -> Response:
+    targets = [m.name for m in get_catalog(request).list_models(who) if (m.type or "") != "embedding"]
+    targets += [e.name for e in _endpoints(request).list(who)]
+    return page(request, "playground.html", key, who, targets=targets, selected=model)
+
+
+@router.get("/keys", response_class=HTMLResponse)
+def keys_page(request: Request, who: Who, key: Key, created: str | None = None) -> Response:
+    accounts: AccountService = request.app.state.accounts
+    return page(request, "keys.html", key, who, keys=accounts.list_keys_as(who), new_key=created)
+
+
+@router.post("/keys", response_class=HTMLResponse)
+def create_key(
+    request: Request, who: Who, key: Key, csrf_token: Annotated[str, Form()], account: Annotated[str, Form()] = ""
+) -> Response:
+    """Answers with the page itself (not a redirect), so the new key is shown once and never in a URL."""
+    check_csrf(key, csrf_token)
+    accounts: AccountService = request.app.state.accounts
+    info, new_key = accounts.create_key_as(who, account.strip() or None)
+    return page(request, "keys.html", key, who, keys=accounts.list_keys_as(who), new_key=new_key, new_info=info)
+
+
+@router.post("/keys/{key_id}/revoke")
+def revoke_key(request: Request, key_id: str, who: Who, key: Key, csrf_token: Annotated[str, Form()]) -> Response:
+    check_csrf(key, csrf_token)
+    accounts: AccountService = request.app.state.accounts
+    accounts.revoke_key_as(who, key_id)
+    return back("/keys")

@@ -1,0 +1,251 @@
+// modelport console: small progressive enhancements over server-rendered pages. No build step.
+"use strict";
+
+const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
+
+async function api(method, path, body, extra = {}) {
+  const headers = { "X-CSRF-Token": csrf(), ...extra };
+  if (body !== undefined && !(body instanceof Blob)) headers["Content-Type"] = "application/json";
+  const resp = await fetch(path, {
+    method, headers, credentials: "same-origin",
+    body: body === undefined ? undefined : body instanceof Blob ? body : JSON.stringify(body),
+  });
+  if (!resp.ok) throw new Error(await errorText(resp));
+  return resp.status === 204 ? null : resp.json();
+}
+
+async function errorText(resp) {
+  try {
+    const body = await resp.json();
+    return (body.error && body.error.message) || JSON.stringify(body.detail || body);
+  } catch (_) {
+    return `${resp.status} ${resp.statusText}`;
+  }
+}
+
+function human(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return i === 0 ? `${n} B` : `${n.toFixed(1)} ${units[i]}`;
+}
+
+// --- forms that ask first ---------------------------------------------------------------------
+document.addEventListener("submit", (event) => {
+  const message = event.target.dataset && event.target.dataset.confirm;
+  if (message && !window.confirm(message)) event.preventDefault();
+});
+
+// --- Add custom model: show the chosen source, upload a picked file in resumable parts ---------
+const PART_BYTES = 8 * 1024 * 1024;
+
+function setupUploadForm(form) {
+  const sections = form.querySelectorAll("[data-source]");
+  const show = () => {
+    const kind = form.querySelector('input[name="source_kind"]:checked').value;
+    sections.forEach((s) => { s.hidden = s.dataset.source !== kind; });
+  };
+  form.querySelectorAll('input[name="source_kind"]').forEach((r) => r.addEventListener("change", show));
+  show();
+  form.addEventListener("submit", async (event) => {
+    const kind = form.querySelector('input[name="source_kind"]:checked').value;
+    if (kind !== "file" || form.file_id.value) return;
+    event.preventDefault();
+    const file = form.querySelector("#file").files[0];
+    const status = form.querySelector("#upload-status");
+    if (!file) { status.textContent = "Choose a file first."; form.querySelector(".upload-progress").hidden = false; return; }
+    form.querySelector('button[type="submit"]').disabled = true;
+    try {
+      form.file_id.value = await uploadFile(file, form);
+      form.submit();
+    } catch (err) {
+      status.textContent = `Upload failed: ${err.message}. Submit again to resume.`;
+      form.querySelector('button[type="submit"]').disabled = false;
+    }
+  });
+}
+
+async function sha256Hex(buffer) {
+  if (!(window.crypto && crypto.subtle)) return null; // only on https or localhost
+  const digest = await crypto.subtle.digest("SHA-256", buffer);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function uploadFile(file, form) {
+  const bar = form.querySelector("#upload-bar");
+  const status = form.querySelector("#upload-status");
+  form.querySelector(".upload-progress").hidden = false;
+  const memo = `modelport-upload:${file.name}:${file.size}:${file.lastModified}`;
+  let upload = null;
+  const known = localStorage.getItem(memo);
+  if (known) {
+    try { upload = await api("GET", `/api/v1/uploads/${known}`); } catch (_) { upload = null; }
+    if (upload && upload.status !== "receiving") upload = null;
+  }
+  if (!upload) {
+    const partSize = Math.min(PART_BYTES, file.size);
+    upload = await api("POST", "/api/v1/uploads", { filename: file.name, bytes: file.size, part_size: partSize });
+    localStorage.setItem(memo, upload.id);
+  }
+  const part = upload.part_size;
+  let sent = upload.received.reduce((n, p) => n + Math.min(part, file.size - (p - 1) * part), 0);
+  const started = performance.now();
+  const startBytes = sent;
+  for (const number of upload.missing) {
+    const blob = file.slice((number - 1) * part, Math.min(number * part, file.size));
+    const digest = await sha256Hex(await blob.arrayBuffer());
+    const headers = digest ? { "X-Part-SHA256": digest, "Content-Type": "application/octet-stream" } : { "Content-Type": "application/octet-stream" };
+    for (let attempt = 1; ; attempt++) {
+      try { await api("PUT", `/api/v1/uploads/${upload.id}/parts/${number}`, blob, headers); break; }
+      catch (err) { if (attempt >= 3) throw err; }
+    }
+    sent += blob.size;
+    const rate = (sent - startBytes) / Math.max(0.001, (performance.now() - started) / 1000);
+    bar.value = (100 * sent) / file.size;
+    status.textContent = `${human(sent)} of ${human(file.size)} sent, ${human(Math.round(rate))}/s`;
+  }
+  status.textContent = "Checking the file…";
+  await api("POST", `/api/v1/uploads/${upload.id}/complete`);
+  localStorage.removeItem(memo);
+  status.textContent = `Uploaded ${human(file.size)}.`;
+  return upload.id;
+}
+
+// --- Job page: live progress over server-sent events ---------------------------------------------
+function setupJob(section) {
+  const id = section.dataset.jobId;
+  const source = new EventSource(`/v1/jobs/${encodeURIComponent(id)}/events`);
+  source.addEventListener("job", (event) => renderJob(section, JSON.parse(event.data)));
+  source.onerror = () => { if (section.dataset.done) source.close(); };
+  section.addEventListener("job-done", () => source.close());
+}
+
+function renderJob(section, job) {
+  const badge = section.querySelector("#job-status");
+  badge.textContent = job.status;
+  badge.className = `badge ${job.status.toLowerCase()}`;
+  const progress = job.progress || {};
+  const last = job.status_updates[job.status_updates.length - 1];
+  section.querySelector("#job-stage").textContent = progress.stage || (last ? last.status : job.status);
+  const bar = section.querySelector("#job-bar");
+  const bytes = section.querySelector("#job-bytes");
+  if (progress.bytes_total) {
+    bar.hidden = false;
+    bar.value = (100 * progress.bytes_done) / progress.bytes_total;
+    const rate = progress.bytes_per_second ? `, ${human(progress.bytes_per_second)}/s` : "";
+    const eta = progress.eta_seconds != null ? `, about ${Math.ceil(progress.eta_seconds)} s left` : "";
+    bytes.textContent = `${human(progress.bytes_done)} of ${human(progress.bytes_total)}${rate}${eta}`;
+  } else {
+    bar.hidden = true;
+    bytes.textContent = progress.bytes_done ? human(progress.bytes_done) : "";
+  }
+  const list = section.querySelector("#job-updates");
+  list.replaceChildren(...job.status_updates.map((u) => {
+    const li = document.createElement("li");
+    const time = document.createElement("time");
+    time.textContent = u.timestamp.replace("T", " ").slice(0, 19);
+    const strong = document.createElement("strong");
+    strong.textContent = u.status;
+    li.append(time, " ", strong, " ", u.message);
+    return li;
+  }));
+  if (job.status === "Complete" || job.status === "Failed") {
+    section.dataset.done = "1";
+    section.querySelector(job.status === "Complete" ? "#job-done" : "#job-failed").hidden = false;
+    if (job.status === "Failed") {
+      const problems = job.status_updates.filter((u) => u.status === "Failed").map((u) => u.message);
+      section.querySelector("#job-problems").replaceChildren(...problems.map((p) => {
+        const li = document.createElement("li"); li.textContent = p; return li;
+      }));
+    }
+    section.dispatchEvent(new Event("job-done"));
+  }
+}
+
+// --- Playground: streaming chat ------------------------------------------------------------------
+function setupPlayground(form) {
+  const log = form.querySelector("#pg-log");
+  const error = form.querySelector("#pg-error");
+  const stop = form.querySelector("#pg-stop");
+  const send = form.querySelector("#pg-send");
+  let history = [];
+  let controller = null;
+  const bubble = (role, text) => {
+    const div = document.createElement("div");
+    div.className = `msg ${role}`;
+    const who = document.createElement("span");
+    who.className = "who";
+    who.textContent = role === "user" ? "You" : form.model.value;
+    const body = document.createElement("p");
+    body.textContent = text;
+    div.append(who, body);
+    log.append(div);
+    log.scrollTop = log.scrollHeight;
+    return body;
+  };
+  form.querySelector("#pg-clear").addEventListener("click", () => { history = []; log.replaceChildren(); });
+  form.model.addEventListener("change", () => { history = []; log.replaceChildren(); });
+  stop.addEventListener("click", () => controller && controller.abort());
+  form.message.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = form.message.value.trim();
+    if (!text || controller) return;
+    error.hidden = true;
+    form.message.value = "";
+    bubble("user", text);
+    history.push({ role: "user", content: text });
+    const reply = bubble("assistant", "");
+    const messages = form.system.value.trim() ? [{ role: "system", content: form.system.value.trim() }, ...history] : history;
+    controller = new AbortController();
+    send.disabled = true; stop.disabled = false;
+    try {
+      await streamChat({
+        model: form.model.value, messages, stream: true,
+        temperature: Number(form.temperature.value), top_p: Number(form.top_p.value), max_tokens: Number(form.max_tokens.value),
+      }, controller.signal, (chunk) => { reply.textContent += chunk; log.scrollTop = log.scrollHeight; });
+      history.push({ role: "assistant", content: reply.textContent });
+    } catch (err) {
+      if (err.name !== "AbortError") { error.textContent = err.message; error.hidden = false; history.pop(); reply.parentElement.remove(); }
+      else history.push({ role: "assistant", content: reply.textContent });
+    } finally {
+      controller = null; send.disabled = false; stop.disabled = true; form.message.focus();
+    }
+  });
+}
+
+async function streamChat(body, signal, onText) {
+  const resp = await fetch("/v1/chat/completions", {
+    method: "POST", credentials: "same-origin", signal,
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() },
+    body: JSON.stringify(body),
+  });
+  if (!resp.ok) throw new Error(await errorText(resp));
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    const events = buffer.split("\n\n");
+    buffer = events.pop();
+    for (const event of events) {
+      const data = event.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("");
+      if (!data || data === "[DONE]") continue;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message);
+      for (const choice of chunk.choices || []) if (choice.delta && choice.delta.content) onText(choice.delta.content);
+    }
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const uploadForm = document.querySelector("[data-upload-form]");
+  if (uploadForm) setupUploadForm(uploadForm);
+  const job = document.querySelector("[data-job-id]");
+  if (job && !["Complete", "Failed"].includes(job.querySelector("#job-status").textContent)) setupJob(job);
+  const chat = document.querySelector("#chat-form");
+  if (chat) setupPlayground(chat);
+});

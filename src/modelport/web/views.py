@@ -1,0 +1,136 @@
+"""What the templates show: domain rows shaped for people, and the forms the pages post."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from modelport.catalog.service import JobView
+from modelport.endpoints.service import Availability
+from modelport.errors import InvalidRequest, NotFound
+from modelport.humanize import human_bytes, human_count
+from modelport.storage.db.tables import Endpoint, Model
+
+__all__ = ["human_bytes", "human_count"]
+
+
+def when(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def local_path(target: str) -> str:
+    """Only paths on this site after sign-in: ``next=https://evil.example`` must not redirect away."""
+    return target if target.startswith("/") and not target.startswith("//") else "/models"
+
+
+def not_found(message: str) -> NotFound:
+    return NotFound(message)
+
+
+class NewModelForm(BaseModel):
+    csrf_token: str
+    model_name: str
+    source_kind: Literal["huggingface", "url", "file"] = "huggingface"
+    hf_repo: str = ""
+    url: str = ""
+    file_id: str = ""
+    model_type: Literal["model", "adapter"] = "model"
+    base_model: str = ""
+    hf_token: str = ""
+    description: str = ""
+
+    def source(self) -> str:
+        value = {"huggingface": self.hf_repo, "url": self.url, "file": self.file_id}[self.source_kind].strip()
+        if not value:
+            what = {"huggingface": "a Hugging Face repo", "url": "an archive URL", "file": "a file"}[self.source_kind]
+            raise InvalidRequest(f"choose {what} to upload from", param="model_source")
+        return value
+
+
+class EndpointForm(BaseModel):
+    csrf_token: str
+    model: str
+    hardware: str
+    display_name: str = ""
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    inactive_timeout: int | None = Field(default=None, ge=0)
+
+
+def model_row(m: Model, base_name: str | None) -> dict[str, Any]:
+    manifest = m.manifest or {}
+    return {
+        "name": m.name,
+        "kind": m.kind,
+        "type": m.type or "-",
+        "base": base_name,
+        "size": m.total_bytes,
+        "parameters": manifest.get("parameters"),
+        "context": manifest.get("context_length"),
+        "status": m.status,
+        "created": m.created_at,
+    }
+
+
+def model_detail(m: Model, base_name: str | None) -> dict[str, Any]:
+    manifest = m.manifest or {}
+    return {
+        **model_row(m, base_name),
+        "id": m.id,
+        "description": m.description,
+        "architecture": manifest.get("architecture"),
+        "model_type": manifest.get("model_type"),
+        "dtype": manifest.get("dtype"),
+        "adapter": manifest.get("adapter"),
+        "files": manifest.get("files") or [],
+        "admission": manifest.get("admission"),
+    }
+
+
+def job_row(view: JobView) -> dict[str, Any]:
+    j = view.job
+    return {
+        "id": j.id,
+        "model": j.args.get("modelName"),
+        "status": j.status,
+        "stage": (j.progress or {}).get("stage") or (view.updates[-1].status if view.updates else j.status),
+        "updated": j.updated_at,
+    }
+
+
+def job_detail(view: JobView) -> dict[str, Any]:
+    j = view.job
+    failed = [u.message for u in view.updates if u.status == "Failed"]
+    return {
+        **job_row(view),
+        "progress": j.progress or {},
+        "error": {"code": j.error_code, "message": j.error_message} if j.error_code else None,
+        "problems": failed,
+        "updates": [{"status": u.status, "message": u.message, "at": u.timestamp} for u in view.updates],
+        "created": j.created_at,
+    }
+
+
+def hardware_row(a: Availability) -> dict[str, Any]:
+    c = a.config
+    memory = c.gpu_memory_gb if c.is_cpu else c.gpu_memory_gb * c.gpu_count
+    return {"id": c.id, "type": c.gpu_type, "count": c.gpu_count, "memory_gb": memory, "status": a.status or "-"}
+
+
+def endpoint_row(e: Endpoint, model_name: str, ready: int) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "name": e.name,
+        "display_name": e.display_name,
+        "model": model_name,
+        "hardware": e.hardware,
+        "state": e.state,
+        "replicas": f"{ready}/{e.min_replicas}" + (f"-{e.max_replicas}" if e.max_replicas != e.min_replicas else ""),
+        "error": e.error,
+        "created": e.created_at,
+    }

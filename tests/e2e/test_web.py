@@ -1,0 +1,215 @@
+"""The web console in headless Chromium (Debian's, driven by Playwright) against a live server.
+
+``make screenshots`` runs the tour with ``MODELPORT_SCREENSHOTS=docs/images``: the README's pictures are
+taken by this very test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.db_agnostic]
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = os.environ.get("MODELPORT_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1200, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def shot(page: Any, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+
+
+def sign_in(page: Any, server: Server) -> None:
+    page.goto(f"{server.url}/models")
+    assert "/signin" in page.url  # every page needs a session
+    page.get_by_label("API key").fill("mp-wrong")
+    page.get_by_role("button", name="Sign in").click()
+    assert "not valid" in page.get_by_role("alert").inner_text()
+    shot(page, "signin")
+    page.get_by_label("API key").fill(server.admin_key)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{server.url}/models")
+
+
+def pack(folder: Path, dest: Path) -> Path:
+    with tarfile.open(dest, "w:gz") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=path.name)
+    return dest
+
+
+def test_tour_upload_watch_deploy_and_chat(page: Any, server: Server, tiny_llama: Path, tmp_path: Path) -> None:
+    """What a person who never used a terminal does: every step through the pages, nothing else."""
+    sign_in(page, server)
+    assert "No models yet" in page.content()
+
+    # Add custom model: a file from disk, sent through the resumable upload with a progress bar.
+    page.get_by_role("link", name="Add custom model").first.click()
+    page.get_by_label("Name").fill("tiny-chat")
+    page.get_by_label("A file from this computer").check()
+    page.get_by_label("Archive (.tar, .tar.gz, .zip)").set_input_files(str(pack(tiny_llama, tmp_path / "tiny.tar.gz")))
+    page.get_by_label("Description").fill("a tiny Llama for the tour")
+    shot(page, "add-model")
+    page.get_by_role("button", name="Upload").click()
+
+    # The job page follows the job live (server-sent events) until it is Complete.
+    page.wait_for_url(re.compile(r".*/jobs/job-.*"))
+    page.locator("#job-done").wait_for(state="visible", timeout=90_000)
+    assert page.locator("#job-status").inner_text() == "Complete"
+    updates = page.locator("#job-updates").inner_text()
+    for stage in ("extracting", "validating", "admitting", "storing", "registering", "Complete"):
+        assert stage in updates, updates
+    shot(page, "job")
+
+    # My models lists it; its page shows the manifest and what hardware fits.
+    page.get_by_role("link", name="My models").click()
+    row = page.locator("tr", has_text="admin/tiny-chat").first
+    assert "model" in row.inner_text() and "ready" in row.inner_text()
+    shot(page, "models")
+    page.get_by_role("link", name="admin/tiny-chat").click()
+    assert page.get_by_role("heading", name="admin/tiny-chat").is_visible()
+    content = page.content()
+    assert "LlamaForCausalLM" in content and "model.safetensors" in content
+    sha = re.search(r"[0-9a-f]{64}", page.locator("code.hash").first.inner_text())
+    assert sha is not None
+    shot(page, "model")
+
+    # Create a dedicated endpoint from the model page; the endpoints page shows it start.
+    page.get_by_label("Display name").fill("tour endpoint")
+    page.get_by_role("button", name="Create dedicated endpoint").click()
+    page.wait_for_url(f"{server.url}/endpoints")
+    for _ in range(120):
+        if "STARTED" in page.locator("#endpoints").inner_text():
+            break
+        page.wait_for_timeout(500)
+        page.reload()
+    row_text = page.locator("#endpoints tbody tr").first.inner_text()
+    assert "STARTED" in row_text and "1/1" in row_text
+    shot(page, "endpoints")
+
+    # The playground streams a reply from the endpoint.
+    page.get_by_role("link", name="Chat", exact=True).first.click()
+    assert page.get_by_label("Model, adapter or endpoint").input_value().startswith("admin/tiny-chat-")
+    page.get_by_label("Max tokens").fill("12")
+    page.get_by_label("Temperature").fill("0")
+    page.get_by_label("Message").fill("Hello there")
+    page.get_by_role("button", name="Send").click()
+    reply = page.locator(".msg.assistant p").first
+    page.wait_for_function(
+        "document.querySelector('#pg-send').disabled === false && "
+        "document.querySelector('.msg.assistant p').textContent.length > 0"
+    )
+    assert reply.inner_text().strip() and page.locator("#pg-error").is_hidden()
+    shot(page, "playground")
+
+    # Stop the endpoint again from the endpoints page (keyboard only: Tab to the button, Enter).
+    page.goto(f"{server.url}/endpoints")
+    page.get_by_role("button", name=re.compile("^Stop ")).focus()
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{server.url}/endpoints")
+    assert re.search("STOPP(ING|ED)", page.locator("#endpoints").inner_text())
+
+
+def test_a_failed_upload_lists_every_problem(page: Any, server: Server, tiny_llama: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_llama, bad)
+    (bad / "pytorch_model.bin").write_bytes(b"pickle")
+    (bad / "modeling_evil.py").write_text("import os\n")
+    sign_in(page, server)
+    page.goto(f"{server.url}/models/new")
+    page.get_by_label("Name").fill("bad")
+    page.get_by_label("A file from this computer").check()
+    page.get_by_label("Archive (.tar, .tar.gz, .zip)").set_input_files(str(pack(bad, tmp_path / "bad.tar.gz")))
+    page.get_by_role("button", name="Upload").click()
+    page.locator("#job-failed").wait_for(state="visible", timeout=90_000)
+    problems = page.locator("#job-problems li").all_inner_texts()
+    assert any("pytorch_model.bin: pickle weight formats" in p for p in problems), problems
+    assert any("modeling_evil.py: custom Python code is refused" in p for p in problems), problems
+    shot(page, "job-failed")
+
+    # A form error keeps what was typed (but never the token) and says what is wrong.
+    page.goto(f"{server.url}/models/new")
+    page.get_by_label("Name").fill("no-source")
+    page.get_by_label("Hugging Face token (private repos)").fill("hf_secret_token_value")
+    page.get_by_role("button", name="Upload").click()
+    assert "choose a Hugging Face repo" in page.get_by_role("alert").inner_text()
+    assert page.get_by_label("Name").input_value() == "no-source"
+    assert "hf_secret_token_value" not in page.content()
+
+
+def test_keys_page_shows_a_new_key_once_and_revokes(page: Any, server: Server) -> None:
+    sign_in(page, server)
+    page.get_by_role("link", name="API keys").click()
+    page.get_by_label(re.compile("Account")).fill("carol")
+    page.get_by_role("button", name="Create API key").click()
+    new_key = page.locator("#new-key").inner_text()
+    assert new_key.startswith("mp-") and "carol" in page.locator(".notice").inner_text()
+    shot(page, "keys")
+    page.goto(f"{server.url}/keys")
+    assert new_key not in page.content()  # shown once
+    page.once("dialog", lambda d: d.accept())
+    page.locator("tr", has_text="carol").get_by_role("button", name=re.compile("^Revoke")).click()
+    page.wait_for_url(f"{server.url}/keys")
+    assert "revoked" in page.locator("tr", has_text="carol").inner_text()
+    assert server.cli("whoami", key=new_key).returncode == 3
+
+
+def test_pages_are_usable_on_a_narrow_screen_and_by_keyboard(browser: Any, server: Server) -> None:
+    context = browser.new_context(viewport={"width": 360, "height": 740})
+    page = context.new_page()
+    try:
+        sign_in(page, server)
+        for path in ("/models", "/models/new", "/endpoints", "/playground", "/keys"):
+            page.goto(server.url + path)
+            overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 1, (path, overflow)
+            # Every form control has a label a screen reader announces.
+            unlabeled = page.evaluate(
+                """[...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+                   .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+                   .map(e => e.id || e.name)"""
+            )
+            assert unlabeled == [], (path, unlabeled)
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+        page.keyboard.press("Enter")
+        assert page.evaluate("document.activeElement.id") == "main"
+    finally:
+        context.close()
