@@ -142,8 +142,8 @@ def test_tour_upload_watch_deploy_and_chat(page: Any, server: Server, tiny_llama
     # Stop the endpoint again from the endpoints page (keyboard only: Tab to the button, Enter).
     page.goto(f"{server.url}/endpoints")
     page.get_by_role("button", name=re.compile("^Stop ")).focus()
-    page.keyboard.press("Enter")
-    page.wait_for_url(f"{server.url}/endpoints")
+    with page.expect_navigation():  # the form posts, then lands on /endpoints again
+        page.keyboard.press("Enter")
     assert re.search("STOPP(ING|ED)", page.locator("#endpoints").inner_text())
 
 
@@ -185,8 +185,8 @@ def test_keys_page_shows_a_new_key_once_and_revokes(page: Any, server: Server) -
     page.goto(f"{server.url}/keys")
     assert new_key not in page.content()  # shown once
     page.once("dialog", lambda d: d.accept())
-    page.locator("tr", has_text="carol").get_by_role("button", name=re.compile("^Revoke")).click()
-    page.wait_for_url(f"{server.url}/keys")
+    with page.expect_navigation():
+        page.locator("tr", has_text="carol").get_by_role("button", name=re.compile("^Revoke")).click()
     assert "revoked" in page.locator("tr", has_text="carol").inner_text()
     assert server.cli("whoami", key=new_key).returncode == 3
 
