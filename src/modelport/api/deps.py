@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from modelport.accounts.service import AccountService, Principal
 from modelport.catalog.service import Catalog
+from modelport.endpoints.service import EndpointService
 from modelport.serving.service import InferenceService
 from modelport.settings import Settings
 from modelport.web.session import cookie_key
@@ -25,6 +26,16 @@ def get_principal(request: Request) -> Principal:
     principal = accounts.authenticate(_bearer(request) or cookie_key(request))
     request.state.principal = principal
     return principal
+
+
+def get_accounts(request: Request) -> AccountService:
+    accounts: AccountService = request.app.state.accounts
+    return accounts
+
+
+def get_endpoints(request: Request) -> EndpointService:
+    endpoints: EndpointService = request.app.state.endpoints
+    return endpoints
 
 
 def get_catalog(request: Request) -> Catalog:

@@ -14,16 +14,17 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from modelport.accounts.service import AccountService, Principal
-from modelport.api.deps import get_catalog
+from modelport.accounts.service import Principal
+from modelport.api.deps import get_accounts, get_catalog, get_endpoints
 from modelport.catalog.service import UploadRequest
-from modelport.endpoints.service import EndpointService, EndpointSpec
-from modelport.errors import AuthenticationError, ModelportError, PermissionDenied
+from modelport.endpoints.service import EndpointSpec
+from modelport.errors import AuthenticationError, ModelportError, NotFound, PermissionDenied
+from modelport.humanize import human_bytes, human_count
 from modelport.web import views
 from modelport.web.session import SESSION_COOKIE, csrf_ok, csrf_token
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-TEMPLATES.env.filters.update(bytes=views.human_bytes, count=views.human_count, when=views.when)
+TEMPLATES.env.filters.update(bytes=human_bytes, count=human_count, when=views.when)
 STATIC_DIR = Path(__file__).parent / "static"
 
 router = APIRouter(include_in_schema=False)
@@ -41,7 +42,7 @@ def session_key(request: Request) -> str:
 
 
 def web_principal(request: Request, key: Annotated[str, Depends(session_key)]) -> Principal:
-    accounts: AccountService = request.app.state.accounts
+    accounts = get_accounts(request)
     try:
         return accounts.authenticate(key)
     except AuthenticationError:
@@ -64,11 +65,6 @@ def page(
     return TEMPLATES.TemplateResponse(request, name, context, status_code=status)
 
 
-def _endpoints(request: Request) -> EndpointService:
-    endpoints: EndpointService = request.app.state.endpoints
-    return endpoints
-
-
 def error_page(request: Request, status: int, message: str) -> Response:
     """What ``api/errors.py`` shows for a failure on a page."""
     key = request.cookies.get(SESSION_COOKIE)
@@ -87,7 +83,7 @@ def signin_page(request: Request, next: str = "/models") -> Response:
 
 @router.post("/signin", response_class=HTMLResponse)
 def signin(request: Request, api_key: Annotated[str, Form()], next: Annotated[str, Form()] = "/models") -> Response:
-    accounts: AccountService = request.app.state.accounts
+    accounts = get_accounts(request)
     try:
         accounts.authenticate(api_key.strip())
     except AuthenticationError:
@@ -141,7 +137,7 @@ def new_model(request: Request, who: Who, key: Key, form: Annotated[views.NewMod
                 model_type=form.model_type,
                 hf_token=form.hf_token or None,
                 description=form.description or None,
-                base_model=form.base_model or None if form.model_type == "adapter" else None,
+                base_model=(form.base_model or None) if form.model_type == "adapter" else None,
             ),
         )
     except ModelportError as e:
@@ -161,8 +157,8 @@ def job_page(request: Request, job_id: str, who: Who, key: Key) -> Response:
 def model_page(request: Request, ref: str, who: Who, key: Key) -> Response:
     catalog = get_catalog(request)
     model = catalog.get_model(who, ref)
-    hardware = _endpoints(request).hardware(who, model.name)
-    deployed = [e for e in _endpoints(request).list(who) if e.model_id == model.id]
+    hardware = get_endpoints(request).hardware(who, model.name)
+    deployed = [e for e in get_endpoints(request).list(who) if e.model_id == model.id]
     return page(
         request, "model.html", key, who,
         model=views.model_detail(model, catalog.base_name(model)),
@@ -181,7 +177,7 @@ def delete_model(request: Request, ref: str, who: Who, key: Key, csrf_token: Ann
 # --- endpoints ----------------------------------------------------------------------------------
 @router.get("/endpoints", response_class=HTMLResponse)
 def endpoints_page(request: Request, who: Who, key: Key) -> Response:
-    service, catalog = _endpoints(request), get_catalog(request)
+    service, catalog = get_endpoints(request), get_catalog(request)
     supervisor = request.app.state.supervisor
     rows = [
         views.endpoint_row(e, catalog.get_model(who, e.model_id).name, supervisor.ready_replicas(e.id))
@@ -201,7 +197,7 @@ def create_endpoint(request: Request, who: Who, key: Key, form: Annotated[views.
         display_name=form.display_name or None,
         inactive_timeout=form.inactive_timeout,
     )
-    _endpoints(request).create(who, spec)
+    get_endpoints(request).create(who, spec)
     return back("/endpoints")
 
 
@@ -210,13 +206,13 @@ def endpoint_action(
     request: Request, ref: str, action: str, who: Who, key: Key, csrf_token: Annotated[str, Form()]
 ) -> Response:
     check_csrf(key, csrf_token)
-    service = _endpoints(request)
+    service = get_endpoints(request)
     if action == "delete":
         service.delete(who, ref)
     elif action in ("start", "stop"):
         service.update(who, ref, {"state": "STARTED" if action == "start" else "STOPPED"})
     else:
-        raise views.not_found(f"no action {action!r}")
+        raise NotFound(f"no action {action!r}")
     return back("/endpoints")
 
 
@@ -224,14 +220,14 @@ def endpoint_action(
 @router.get("/playground", response_class=HTMLResponse)
 def playground(request: Request, who: Who, key: Key, model: str = "") -> Response:
     targets = [m.name for m in get_catalog(request).list_models(who) if (m.type or "") != "embedding"]
-    targets += [e.name for e in _endpoints(request).list(who)]
+    targets += [e.name for e in get_endpoints(request).list(who)]
     return page(request, "playground.html", key, who, targets=targets, selected=model)
 
 
 @router.get("/keys", response_class=HTMLResponse)
-def keys_page(request: Request, who: Who, key: Key, created: str | None = None) -> Response:
-    accounts: AccountService = request.app.state.accounts
-    return page(request, "keys.html", key, who, keys=accounts.list_keys_as(who), new_key=created)
+def keys_page(request: Request, who: Who, key: Key) -> Response:
+    accounts = get_accounts(request)
+    return page(request, "keys.html", key, who, keys=accounts.list_keys_as(who))
 
 
 @router.post("/keys", response_class=HTMLResponse)
@@ -240,7 +236,7 @@ def create_key(
 ) -> Response:
     """Answers with the page itself (not a redirect), so the new key is shown once and never in a URL."""
     check_csrf(key, csrf_token)
-    accounts: AccountService = request.app.state.accounts
+    accounts = get_accounts(request)
     info, new_key = accounts.create_key_as(who, account.strip() or None)
     return page(request, "keys.html", key, who, keys=accounts.list_keys_as(who), new_key=new_key, new_info=info)
 
@@ -248,6 +244,6 @@ def create_key(
 @router.post("/keys/{key_id}/revoke")
 def revoke_key(request: Request, key_id: str, who: Who, key: Key, csrf_token: Annotated[str, Form()]) -> Response:
     check_csrf(key, csrf_token)
-    accounts: AccountService = request.app.state.accounts
+    accounts = get_accounts(request)
     accounts.revoke_key_as(who, key_id)
     return back("/keys")

@@ -9,11 +9,8 @@ from pydantic import BaseModel, Field
 
 from modelport.catalog.service import JobView
 from modelport.endpoints.service import Availability
-from modelport.errors import InvalidRequest, NotFound
-from modelport.humanize import human_bytes, human_count
+from modelport.errors import InvalidRequest
 from modelport.storage.db.tables import Endpoint, Model
-
-__all__ = ["human_bytes", "human_count"]
 
 
 def when(value: datetime | None) -> str:
@@ -26,10 +23,6 @@ def when(value: datetime | None) -> str:
 def local_path(target: str) -> str:
     """Only paths on this site after sign-in: ``next=https://evil.example`` must not redirect away."""
     return target if target.startswith("/") and not target.startswith("//") else "/models"
-
-
-def not_found(message: str) -> NotFound:
-    return NotFound(message)
 
 
 class NewModelForm(BaseModel):

@@ -10,19 +10,14 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from modelport.accounts.service import AccountService, KeyInfo
-from modelport.api.deps import PrincipalDep
+from modelport.accounts.service import KeyInfo
+from modelport.api.deps import PrincipalDep, get_accounts
 
 router = APIRouter()
 
 
 class KeyCreate(BaseModel):
     account: str | None = Field(default=None, description="Account to create the key for (default: the caller's)")
-
-
-def _accounts(request: Request) -> AccountService:
-    accounts: AccountService = request.app.state.accounts
-    return accounts
 
 
 def key_json(k: KeyInfo) -> dict[str, Any]:
@@ -38,17 +33,17 @@ def key_json(k: KeyInfo) -> dict[str, Any]:
 
 @router.get("/keys")
 def list_keys(request: Request, who: PrincipalDep, account: str | None = None) -> dict[str, Any]:
-    return {"object": "list", "data": [key_json(k) for k in _accounts(request).list_keys_as(who, account)]}
+    return {"object": "list", "data": [key_json(k) for k in get_accounts(request).list_keys_as(who, account)]}
 
 
 @router.post("/keys", status_code=201)
 def create_key(body: KeyCreate, request: Request, who: PrincipalDep) -> dict[str, Any]:
     """The key itself is in this answer and nowhere else: it is stored only as a hash."""
-    info, key = _accounts(request).create_key_as(who, body.account)
+    info, key = get_accounts(request).create_key_as(who, body.account)
     return {**key_json(info), "key": key}
 
 
 @router.delete("/keys/{key_id}", status_code=204)
 def revoke_key(key_id: str, request: Request, who: PrincipalDep) -> Response:
-    _accounts(request).revoke_key_as(who, key_id)
+    get_accounts(request).revoke_key_as(who, key_id)
     return Response(status_code=204)

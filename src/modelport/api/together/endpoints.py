@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelport.api.deps import PrincipalDep
-from modelport.endpoints.service import Availability, EndpointService, EndpointSpec
+from modelport.api.deps import PrincipalDep, get_endpoints
+from modelport.endpoints.service import Availability, EndpointSpec
 from modelport.endpoints.states import EndpointState
 from modelport.storage.db.tables import Endpoint
 
@@ -44,11 +44,6 @@ class EndpointPatch(BaseModel):
     display_name: str | None = None
     autoscaling: AutoscalingBody | None = None
     inactive_timeout: int | None = Field(default=None, ge=0)
-
-
-def _service(request: Request) -> EndpointService:
-    service: EndpointService = request.app.state.endpoints
-    return service
 
 
 def _iso(value: datetime) -> str:
@@ -102,7 +97,7 @@ def hardware_json(a: Availability, updated: datetime) -> dict[str, Any]:
 
 @router.get("/hardware")
 def list_hardware(request: Request, who: PrincipalDep, model: str | None = None) -> dict[str, Any]:
-    service = _service(request)
+    service = get_endpoints(request)
     rows = service.hardware(who, model)
     return {"object": "list", "data": [hardware_json(a, service.inventory.detected_at) for a in rows]}
 
@@ -120,27 +115,27 @@ def create_endpoint(body: EndpointCreate, request: Request, who: PrincipalDep) -
         state=body.state,
         inactive_timeout=body.inactive_timeout,
     )
-    return _render(request, who, _service(request).create(who, spec))
+    return _render(request, who, get_endpoints(request).create(who, spec))
 
 
 @router.get("/endpoints")
 def list_endpoints(request: Request, who: PrincipalDep, type: str | None = None) -> dict[str, Any]:
-    rows = [] if type == "serverless" else _service(request).list(who)
+    rows = [] if type == "serverless" else get_endpoints(request).list(who)
     return {"object": "list", "data": [_render(request, who, e) for e in rows]}
 
 
 @router.get("/endpoints/{endpoint_id:path}")
 def get_endpoint(endpoint_id: str, request: Request, who: PrincipalDep) -> dict[str, Any]:
-    return _render(request, who, _service(request).get(who, endpoint_id))
+    return _render(request, who, get_endpoints(request).get(who, endpoint_id))
 
 
 @router.patch("/endpoints/{endpoint_id:path}")
 def update_endpoint(endpoint_id: str, body: EndpointPatch, request: Request, who: PrincipalDep) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
-    return _render(request, who, _service(request).update(who, endpoint_id, changes))
+    return _render(request, who, get_endpoints(request).update(who, endpoint_id, changes))
 
 
 @router.delete("/endpoints/{endpoint_id:path}", status_code=204)
 def delete_endpoint(endpoint_id: str, request: Request, who: PrincipalDep) -> Response:
-    _service(request).delete(who, endpoint_id)
+    get_endpoints(request).delete(who, endpoint_id)
     return Response(status_code=204)

@@ -202,13 +202,10 @@ def endpoints_update(app: AppContext, /, endpoint: str, **opts: Any) -> None:
     """Change an endpoint's display name, replica range or idle timeout."""
     client = app.client()
     changes: dict[str, Any] = {k: opts[k] for k in ("display_name", "inactive_timeout") if opts[k] is not None}
-    if opts["min_replicas"] is not None or opts["max_replicas"] is not None:
-        scaling = client.get_endpoint(endpoint)["autoscaling"]
-        low, high = opts["min_replicas"], opts["max_replicas"]
-        changes["autoscaling"] = {
-            "min_replicas": scaling["min_replicas"] if low is None else low,
-            "max_replicas": scaling["max_replicas"] if high is None else high,
-        }
+    # The server keeps whichever bound is not sent.
+    scaling = {k: opts[k] for k in ("min_replicas", "max_replicas") if opts[k] is not None}
+    if scaling:
+        changes["autoscaling"] = scaling
     if not changes:
         raise click.UsageError("nothing to change: pass --display-name, --min/--max-replicas or --inactive-timeout")
     e = client.update_endpoint(endpoint, **changes)
