@@ -211,6 +211,7 @@ def start_server(work: Path, s3_url: str, admission_bytes: int) -> tuple[Proc, s
         "MODELPORT_DATA_DIR": str(work / f"data-{admission_bytes}"),
         "MODELPORT_BOOTSTRAP_API_KEY": KEY,
         "MODELPORT_FETCH_ALLOW_HTTP": "true",
+        "MODELPORT_FETCH_ALLOW": "localhost,127.0.0.1",
         "MODELPORT_WORKERS": "1",
         "MODELPORT_ADMISSION_MAX_BYTES": str(admission_bytes),
         "MODELPORT_BLOB_GC_GRACE_S": "0",

@@ -134,6 +134,8 @@ def run_modelport(work: Path, hub: FakeHub, model: Path, adapters: list[Path], m
         "MODELPORT_BOOTSTRAP_API_KEY": KEY,
         "MODELPORT_BOOTSTRAP_ACCOUNT": "bench",
         "MODELPORT_HF_ENDPOINT": hub.url,
+        "MODELPORT_FETCH_ALLOW_HTTP": "true",
+        "MODELPORT_FETCH_ALLOW": "localhost,127.0.0.1",
         "MODELPORT_MAX_LORAS": str(ADAPTERS),
     }
     proc, url = start_modelport(env, work / "modelport.log", port=free_port())

@@ -120,10 +120,12 @@ def make_settings(tmp_path: Path, db_url: str, hub_url: str, **overrides: Any) -
         "database_url": db_url,
         "hf_endpoint": hub_url,
         "fetch_allow_http": True,
+        "fetch_allow": "localhost,127.0.0.1",  # the fake hub and the S3 server listen on loopback
         "workers": 0,
         "job_lease_s": 5.0,
         "job_poll_interval_s": 0.1,
         "blob_gc_grace_s": 0.0,
+        "quota_active_jobs": 0,  # queue tests submit dozens of jobs at once; quota tests set their own
     }
     return Settings(**(values | overrides))
 

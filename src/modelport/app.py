@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from modelport import __version__
+from modelport.accounts.quotas import RateLimiter
 from modelport.accounts.service import AccountService
 from modelport.api import errors
 from modelport.api.native.keys import router as keys_router
@@ -69,7 +70,9 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True, su
         services.catalog.on_submit = pool.wake
     engine = open_engine(settings)
     artifacts = ArtifactCache(settings.model_cache_dir, services.blobs)
-    inference = InferenceService(services.catalog, artifacts, engine)
+    inference = InferenceService(
+        services.catalog, artifacts, engine, limiter=RateLimiter(settings.quota_requests_per_minute)
+    )
     inventory = hardware.detect(settings.endpoint_memory_bytes)
     endpoints = EndpointService(settings, services.db, services.catalog, services.blobs, inventory)
     supervisor = Supervisor(settings, services.db, services.catalog, artifacts, inventory)

@@ -5,6 +5,8 @@
     ├── PermissionDenied            403 permission_denied    (an account acting beyond its own resources)
     ├── NotFound                    404 not_found            (also for other accounts' resources)
     ├── UploadTooLarge              413 upload_too_large       (cut off as soon as the body crosses the limit)
+    ├── QuotaExceeded               429 quota_exceeded       (an account's models, storage or active jobs)
+    │   └── RateLimited             429 rate_limit_exceeded  (inference requests per minute; Retry-After)
     ├── Conflict                    409 conflict
     │   └── ModelNameTaken          409 model_name_taken
     ├── InvalidRequest              400 invalid_request
@@ -19,8 +21,11 @@
     │   └── EndpointNotRunning      400 endpoint_not_running  (called while STOPPED or in ERROR)
     └── IngestError                 (job failures; recorded on the job, not returned by the API)
         ├── SourceUnavailable       the source could not be fetched (404/403/network)
+        │   └── FetchRefused        the SSRF guard refused an address or scheme (400 invalid_source
+        │                           when found at submission)
         ├── ArchiveRejected         the archive is unreadable or unsafe
         ├── StagingFull             the disk filled up while unpacking
+        ├── StorageQuotaFull        storing the model would pass the account's storage quota
         └── ValidationFailed        the artifact is not a servable model; carries every problem
 
 Engines add two server-side errors (``serving/engine.py``): ``EngineOverloaded`` (503) and ``EngineFailed`` (500).
@@ -66,6 +71,23 @@ class UploadTooLarge(ModelportError):
     status_code = 413
     code = "upload_too_large"
     type = "invalid_request_error"
+
+
+class QuotaExceeded(ModelportError):
+    """An account is at one of its limits. ``retry_after``: seconds after which trying again can work,
+    when waiting helps at all (it does not for a full model count or storage)."""
+
+    status_code = 429
+    code = "quota_exceeded"
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: int | None = None, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+
+
+class RateLimited(QuotaExceeded):
+    code = "rate_limit_exceeded"
 
 
 class Conflict(ModelportError):
@@ -132,12 +154,20 @@ class SourceUnavailable(IngestError):
     code = "source_unavailable"
 
 
+class FetchRefused(SourceUnavailable):
+    code = "fetch_refused"
+
+
 class ArchiveRejected(IngestError):
     code = "archive_rejected"
 
 
 class StagingFull(IngestError):
     code = "staging_full"
+
+
+class StorageQuotaFull(IngestError):
+    code = "quota_exceeded"
 
 
 class ValidationFailed(IngestError):

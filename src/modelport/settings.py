@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         default=False,
         description="Allow plain http:// archive URLs (tests, on-prem stores); https is always allowed.",
     )
+    fetch_allow: str = Field(
+        default="",
+        description="Comma-separated hosts (.example.com for a domain), addresses and CIDRs that fetches may "
+        "reach although they are loopback or private: an on-prem S3 store or hub, tests. Everything else must "
+        "resolve to public addresses only.",
+    )
     fetch_timeout_s: float = Field(
         default=60.0,
         gt=0,
@@ -96,6 +102,23 @@ class Settings(BaseSettings):
     )
     upload_ttl_s: float = Field(
         default=7 * 86400.0, gt=0, description="Uploads older than this are removed by cleanup (unless in use)."
+    )
+    quota_models: int = Field(
+        default=0, ge=0, description="Models and adapters one account may have (any status); 0 means no limit."
+    )
+    quota_stored_bytes: int = Field(
+        default=0, ge=0, description="Bytes of stored models one account may have; 0 means no limit."
+    )
+    quota_active_jobs: int = Field(
+        default=16,
+        ge=0,
+        description="Upload jobs one account may have queued or running at once (more get 429); 0 means no limit.",
+    )
+    quota_requests_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Inference requests one account may send per minute, with bursts up to that many (more get "
+        "429 with Retry-After); 0 means no limit.",
     )
     engine: Literal["transformers", "fake"] = Field(
         default="transformers",

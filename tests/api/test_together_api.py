@@ -39,18 +39,6 @@ def assert_envelope(resp: Any, status: int, code: str | None = None) -> dict[str
     return dict(body["error"])
 
 
-@pytest.mark.parametrize(
-    "path", ["/v1/models", "/v1/jobs", "/v1/jobs/job-x", "/v3/whoami", "/v1/whoami", "/api/v1/keys"]
-)
-def test_every_route_refuses_missing_wrong_and_revoked_keys(client: TestClient, path: str) -> None:
-    assert_envelope(client.get(path), 401, "invalid_api_key")
-    assert_envelope(client.get(path, headers={"Authorization": "Bearer mp-nope"}), 401, "invalid_api_key")
-    accounts = client.app.state.accounts  # type: ignore[attr-defined]
-    key = accounts.create_key("revoked")
-    accounts.revoke_key(accounts.list_keys("revoked")[0].id)
-    assert_envelope(client.get(path, headers={"Authorization": f"Bearer {key}"}), 401, "invalid_api_key")
-
-
 def test_keys_are_stored_hashed(client: TestClient, settings: Settings) -> None:
     key = client.app.state.accounts.create_key("hashed")  # type: ignore[attr-defined]
     from sqlalchemy import text

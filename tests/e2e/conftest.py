@@ -101,6 +101,7 @@ def server_env(tmp_path: Path, db_url: str, hub: FakeHub, key: str, **extra: str
         "MODELPORT_DATABASE_URL": db_url,
         "MODELPORT_HF_ENDPOINT": hub.url,
         "MODELPORT_FETCH_ALLOW_HTTP": "true",
+        "MODELPORT_FETCH_ALLOW": "localhost,127.0.0.1",
         "MODELPORT_BOOTSTRAP_API_KEY": key,
         "MODELPORT_BOOTSTRAP_ACCOUNT": "devuser",
         "MODELPORT_WORKERS": "2",

@@ -11,6 +11,7 @@ import pytest
 
 from modelport.accounts.service import Principal
 from modelport.app import Services, build_services
+from modelport.errors import InvalidSource
 from tests.conftest import make_settings, principal_for
 from tests.integration.helpers import stored_blobs, upload
 from tests.support.fakehub import FakeHub
@@ -148,3 +149,47 @@ def test_a_full_disk_during_extraction_fails_cleanly(
         ).job.status
         == "Complete"
     )
+
+
+def test_a_private_address_is_refused_at_submission(services: Services, alice: Principal) -> None:
+    # 2130706434 is 127.0.0.2: the tests allow 127.0.0.1 only.
+    for url in ("https://169.254.169.254/latest/meta-data/m.tar.gz", "https://2130706434/m.tar.gz"):
+        with pytest.raises(InvalidSource, match="refused to fetch") as caught:
+            upload(services, alice, "meta", url + "?X-Amz-Signature=secretsig")
+        assert "secretsig" not in caught.value.message
+    assert services.catalog.list_jobs(alice) == []
+    _assert_nothing_left(services, alice)
+
+
+def test_a_redirect_to_cloud_metadata_fails_the_job(services: Services, alice: Principal, hub: FakeHub) -> None:
+    url = hub.redirect("meta", "http://169.254.169.254/latest/meta-data/iam/security-credentials/")
+    view = upload(services, alice, "meta", url + "?X-Amz-Signature=secretsig")
+    assert view.job.status == "Failed"
+    assert view.job.error_code == "fetch_refused", view.job.error_message
+    assert "169.254.169.254" in (view.job.error_message or "") and "link-local" in (view.job.error_message or "")
+    assert "secretsig" not in str(view.job.error_message) + "".join(u.message for u in view.updates)
+    _assert_nothing_left(services, alice)
+
+
+def test_a_hub_redirect_to_a_private_address_fails_the_job(
+    services: Services, alice: Principal, hub: FakeHub, tiny_llama: Path
+) -> None:
+    hub.add("evil/cdn", files_of(tiny_llama), cdn="http://10.0.0.7/lfs")
+    view = upload(services, alice, "cdn", "evil/cdn")
+    assert view.job.status == "Failed"
+    assert view.job.error_code == "fetch_refused" and "10.0.0.7" in (view.job.error_message or "")
+    _assert_nothing_left(services, alice)
+
+
+def test_a_hub_on_a_private_address_needs_the_operator_allowlist(
+    tmp_path: Path, db_url: str, hub: FakeHub, tiny_llama: Path
+) -> None:
+    svc = build_services(make_settings(tmp_path, db_url, hub.url, fetch_allow=""))
+    try:
+        who = principal_for(svc, "alice")
+        hub.add("org/private-hub", files_of(tiny_llama))
+        view = upload(svc, who, "m", "org/private-hub")
+        assert view.job.status == "Failed" and view.job.error_code == "fetch_refused"
+        assert "MODELPORT_FETCH_ALLOW" in (view.job.error_message or "")
+    finally:
+        svc.db.dispose()

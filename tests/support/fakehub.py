@@ -27,6 +27,7 @@ class Repo:
     files: dict[str, bytes]
     token: str | None = None  # private when set
     sha: str = field(default="")
+    cdn: str | None = None  # when set, GETs of files redirect there, as the real hub does to its CDN
 
     def __post_init__(self) -> None:
         digest = hashlib.sha1()
@@ -57,15 +58,26 @@ class FakeHub:
                 Route("/api/models/{org}/{name}", self._info),
                 Route("/{org}/{name}/resolve/{revision}/{path:path}", self._resolve, methods=["GET", "HEAD"]),
                 Route("/files/{name}", self._file),
+                Route("/redirect/{name}", self._redirect),
             ]
         )
         self.files: dict[str, _Served] = {}
+        self.redirects: dict[str, str] = {}
         self.url = ""
         self._server: uvicorn.Server | None = None
 
-    def add(self, repo_id: str, files: dict[str, bytes], token: str | None = None) -> Repo:
-        self.repos[repo_id] = Repo(files, token)
+    def add(self, repo_id: str, files: dict[str, bytes], token: str | None = None, cdn: str | None = None) -> Repo:
+        self.repos[repo_id] = Repo(files, token, cdn=cdn)
         return self.repos[repo_id]
+
+    def redirect(self, name: str, target: str) -> str:
+        """A URL on this server that answers 302 to ``target``."""
+        self.redirects[name] = target
+        return f"{self.url.replace('127.0.0.1', 'localhost')}/redirect/{name}"
+
+    async def _redirect(self, request: Request) -> Response:
+        target = self.redirects.get(request.path_params["name"])
+        return Response(status_code=302, headers={"Location": target}) if target else Response(status_code=404)
 
     def serve_file(
         self,
@@ -187,6 +199,8 @@ class FakeHub:
         }
         if request.method == "HEAD":
             return Response(status_code=200, headers=headers)
+        if repo.cdn:
+            return Response(status_code=302, headers={"Location": f"{repo.cdn}/{request.path_params['path']}"})
         return Response(data, headers=headers, media_type="application/octet-stream")
 
     def start(self, port: int) -> None:

@@ -46,8 +46,10 @@ def test_refused_sources(raw: str) -> None:
 
 
 def test_http_only_when_the_operator_allows_it() -> None:
-    allowed = Settings(fetch_allow_http=True)
+    allowed = Settings(fetch_allow_http=True, fetch_allow="10.0.0.0/24")
     assert parse_source("http://10.0.0.5:9000/b/m.tar", allowed).kind == SourceKind.REMOTE_ARCHIVE
+    with pytest.raises(InvalidSource, match="private address"):
+        parse_source("http://10.0.1.5:9000/b/m.tar", allowed)
 
 
 def _sigv4(signed: datetime, expires_s: int) -> str:

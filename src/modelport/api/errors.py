@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modelport.errors import ModelportError
+from modelport.errors import ModelportError, QuotaExceeded
 from modelport.redact import scrub
 from modelport.web.router import SignInRequired, error_page
 
@@ -46,10 +46,14 @@ def openai_envelope(status: int, message: str, type_: str, code: str | None, par
 def _domain(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ModelportError)
     if _is_page(request):
-        return error_page(request, exc.status_code, exc.message)
-    if _is_nebius(request):
-        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
-    return openai_envelope(exc.status_code, exc.message, exc.type, exc.code, exc.param)
+        response = error_page(request, exc.status_code, exc.message)
+    elif _is_nebius(request):
+        response = JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+    else:
+        response = openai_envelope(exc.status_code, exc.message, exc.type, exc.code, exc.param)
+    if isinstance(exc, QuotaExceeded) and exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _validation(request: Request, exc: Exception) -> Response:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from modelport.accounts import quotas
 from modelport.accounts.service import Principal
 from modelport.catalog.names import qualify
 from modelport.errors import Conflict, InvalidRequest, InvalidSource, ModelNameTaken, NotFound
@@ -74,6 +75,8 @@ class Catalog:
         }
         try:
             with self.db.session() as s:
+                quotas.lock_account(s, who.account_id)
+                quotas.check_submission(s, self.settings, who.account_id)
                 if s.scalar(select(Model.id).where(Model.name == name)):
                     raise ModelNameTaken(f"Model name already exists: {name}", param="model_name")
                 s.add(

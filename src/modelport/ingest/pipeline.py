@@ -20,11 +20,13 @@ from typing import Any
 
 from sqlalchemy import select
 
+from modelport.accounts import quotas
 from modelport.errors import ArchiveRejected, IngestError, SourceUnavailable
 from modelport.ingest import archive, checker
 from modelport.ingest.safetensors_header import SafetensorsError, TensorInfo, parse_header
 from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
 from modelport.ingest.sources import http as http_source
+from modelport.ingest.sources.guard import FetchPolicy
 from modelport.ingest.sources import huggingface as hf_source
 from modelport.ingest.staging import StagedFile
 from modelport.ingest.validate import MAX_CONFIG_BYTES
@@ -98,6 +100,7 @@ class JobProgress:
 class Pipeline:
     def __init__(self, settings: Settings, db: Database, blobs: BlobStore, store: JobStore) -> None:
         self.settings, self.db, self.blobs, self.store = settings, db, blobs, store
+        self.policy = FetchPolicy.from_settings(settings)
 
     def run(self, job_id: str, worker_id: str) -> None:
         staging = self.settings.staging_dir / job_id
@@ -108,6 +111,8 @@ class Pipeline:
             progress = JobProgress(self.store, job_id, worker_id, stage_delay_s=self.settings.stage_delay_s)
             files, not_fetched = self._fetch(inp, staging, progress)
             manifest, base = self._check(inp, files, not_fetched, staging, progress)
+            with self.db.session() as s:  # before the upload to the blob store; again at registration
+                quotas.check_storage(s, self.settings, inp.model.account_id, manifest["total_bytes"])
             self._store(files, progress)
             progress.stage("registering", f"registering {inp.model.name}")
             self._register(inp, worker_id, manifest, base)
@@ -126,11 +131,13 @@ class Pipeline:
             model = s.get(Model, job.model_id) if job and job.model_id else None
         if job is None or secret is None or model is None:
             raise IngestError("the job's inputs are gone (was the model deleted?)")
-        return JobInput(job, model, parse_source(secret.source, self.settings, check_expiry=False), secret.hf_token)
+        return JobInput(job, model, parse_source(secret.source, self.settings, submission=False), secret.hf_token)
 
     def _fetch(self, inp: JobInput, staging: Path, progress: JobProgress) -> tuple[list[StagedFile], list[str]]:
         if inp.source.kind == SourceKind.HUGGINGFACE:
-            return hf_source.fetch(inp.source, inp.hf_token, self.settings.hf_endpoint, staging / "tree", progress)
+            return hf_source.fetch(
+                inp.source, inp.hf_token, self.settings.hf_endpoint, staging / "tree", progress, self.policy
+            )
         if inp.source.kind == SourceKind.UPLOAD:
             return self._fetch_upload(inp.source, staging, progress), []
         return self._fetch_archive(inp.source, staging, progress), []
@@ -151,7 +158,7 @@ class Pipeline:
         """Download, inflate, parse, hash and write in one pass; no copy of the archive is kept."""
         s = self.settings
         counter = _Downloaded(progress, s.max_archive_bytes)
-        opts: dict[str, Any] = {"timeout_s": s.fetch_timeout_s, "retries": s.fetch_retries, "on_bytes": counter.add}
+        opts: dict[str, Any] = {"policy": self.policy, "timeout_s": s.fetch_timeout_s, "retries": s.fetch_retries, "on_bytes": counter.add}
         limits = archive.Limits(s.max_archive_members, s.max_artifact_bytes, s.max_compression_ratio, s.extract_threads)
         tree = staging / "tree"
         stream = http_source.ResumableStream(source, **opts)
@@ -254,6 +261,8 @@ class Pipeline:
             model = s.get(Model, inp.model.id)
             if model is None:
                 raise IngestError("the model was deleted while it was uploading")
+            quotas.lock_account(s, model.account_id)
+            quotas.check_storage(s, self.settings, model.account_id, manifest["total_bytes"])
             for entry in manifest["files"]:
                 s.add(ModelFile(model_id=model.id, path=entry["path"], size=entry["size"], sha256=entry["sha256"]))
             model.status, model.manifest = ModelStatus.READY, manifest

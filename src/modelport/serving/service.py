@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from modelport.accounts.quotas import RateLimiter
 from modelport.accounts.service import Principal
 from modelport.catalog.service import Catalog
 from modelport.errors import ContextLengthExceeded, InvalidRequest, WrongModelType
@@ -134,8 +135,16 @@ class Target:
 
 
 class InferenceService:
-    def __init__(self, catalog: Catalog, artifacts: ArtifactCache, engine: Engine, max_n: int = 16) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        artifacts: ArtifactCache,
+        engine: Engine,
+        max_n: int = 16,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.catalog, self.artifacts, self.engine, self.max_n = catalog, artifacts, engine, max_n
+        self.limiter = limiter or RateLimiter(0)
         self.texts = TextModels()
         self.routing: Routing | None = None
 
@@ -154,6 +163,7 @@ class InferenceService:
     # --- text generation ---------------------------------------------------------------------------
     async def generate(self, who: Principal, req: TextRequest) -> Generation:
         """Check everything that can be checked up front; raises before any tokens are generated."""
+        self.limiter.take(who.account_id)  # before the name is looked up: refused calls count too
         target = self._target(who, req.model)
         model, adapter = target.model, target.adapter
         if model.type == "embedding":
@@ -209,6 +219,7 @@ class InferenceService:
 
     # --- embeddings --------------------------------------------------------------------------------
     async def embed(self, who: Principal, model_ref: str, inputs: list[str] | list[list[int]]) -> Embeddings:
+        self.limiter.take(who.account_id)
         target = self._target(who, model_ref)
         model = target.model
         if target.adapter is not None or model.type != "embedding":

@@ -9,7 +9,8 @@ Two readers over the same URL:
 - ``RangeFile``: a seekable file object that reads windows with ranged GETs, for zip archives whose
   directory sits at the end. Only used when the server honours ``Range``.
 
-Errors never include the URL's query string (where presigned signatures live).
+Errors never include the URL's query string (where presigned signatures live). Every connection,
+redirects included, goes through the SSRF guard (``guard.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import httpx
 
 from modelport.errors import SourceUnavailable
+from modelport.ingest.sources.guard import FetchPolicy, guarded_client
 from modelport.ingest.sources.spec import SourceSpec
 from modelport.ingest.staging import ChunkReader
 
@@ -49,10 +51,12 @@ class SourceInfo:
 
 
 class _Client:
-    def __init__(self, spec: SourceSpec, timeout_s: float, retries: int) -> None:
+    def __init__(self, spec: SourceSpec, policy: FetchPolicy, timeout_s: float, retries: int) -> None:
         self.spec, self.retries = spec, retries
         # The read timeout is the stall timeout: no byte for that long and the attempt is retried.
-        self.http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)), follow_redirects=True)
+        self.http: httpx.Client = guarded_client(
+            policy, timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)), follow_redirects=True
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -79,8 +83,16 @@ def _info_from(resp: httpx.Response) -> SourceInfo:
 class ResumableStream:
     """Forward-only reads over one GET that survives transient failures by resuming with Range."""
 
-    def __init__(self, spec: SourceSpec, *, timeout_s: float, retries: int, on_bytes: Callable[[int], None]) -> None:
-        self.client = _Client(spec, timeout_s, retries)
+    def __init__(
+        self,
+        spec: SourceSpec,
+        *,
+        policy: FetchPolicy,
+        timeout_s: float,
+        retries: int,
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        self.client = _Client(spec, policy, timeout_s, retries)
         self.on_bytes = on_bytes
         self._info: SourceInfo | None = None
         self.position = 0
@@ -235,12 +247,13 @@ class RangeFile:
         spec: SourceSpec,
         info: SourceInfo,
         *,
+        policy: FetchPolicy,
         timeout_s: float,
         retries: int,
         on_bytes: Callable[[int], None],
     ) -> None:
         assert info.ranges and info.size is not None
-        self.client = _Client(spec, timeout_s, retries)
+        self.client = _Client(spec, policy, timeout_s, retries)
         self.size, self.etag, self.on_bytes = info.size, info.etag, on_bytes
         self._pos = 0
         self._window_start, self._window = 0, b""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
-from huggingface_hub import HfApi, hf_hub_download
+import httpx2
+from huggingface_hub import HfApi, hf_hub_download, set_client_factory
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -18,8 +20,10 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils._http import hf_request_event_hook
 
 from modelport.errors import SourceUnavailable
+from modelport.ingest.sources.guard import FetchPolicy, guarded_client
 from modelport.ingest.sources.spec import SourceSpec
 from modelport.ingest.staging import Progress, StagedFile, stage_existing
 
@@ -58,14 +62,42 @@ def plan(files: list[RepoFile]) -> FetchPlan:
     return result
 
 
-def fetch(
-    spec: SourceSpec, token: str | None, endpoint: str, dest: Path, progress: Progress
-) -> tuple[list[StagedFile], list[str]]:
-    """Download the planned files into ``dest``; returns them and the names left on the hub."""
-    assert spec.repo_id is not None
+_policy_lock = threading.Lock()
+_installed_policy: FetchPolicy | None = None
+
+
+def _guard_hub_client(policy: FetchPolicy) -> None:
+    """Route every request of ``huggingface_hub`` (the hub and the CDN it redirects to) through the
+    SSRF guard. Its HTTP client is one per process, so it is replaced only when the policy changes
+    (in practice once: settings are per process, except in tests)."""
+    global _installed_policy
     # The client's telemetry (agent detection for its User-Agent) calls the public hub whatever the
     # endpoint; a self-hosted fetcher pointed at a private hub must not reach out anywhere else.
     hf_constants.HF_HUB_DISABLE_TELEMETRY = True
+    # Xet transfers run in a native library with its own HTTP stack, out of the guard's reach; plain
+    # HTTP downloads of the same files are served by every hub.
+    hf_constants.HF_HUB_DISABLE_XET = True
+    with _policy_lock:
+        if _installed_policy == policy:
+            return
+        set_client_factory(
+            lambda: guarded_client(
+                policy,
+                flavor=httpx2,
+                event_hooks={"request": [hf_request_event_hook]},
+                follow_redirects=True,
+                timeout=None,
+            )
+        )
+        _installed_policy = policy
+
+
+def fetch(
+    spec: SourceSpec, token: str | None, endpoint: str, dest: Path, progress: Progress, policy: FetchPolicy
+) -> tuple[list[StagedFile], list[str]]:
+    """Download the planned files into ``dest``; returns them and the names left on the hub."""
+    assert spec.repo_id is not None
+    _guard_hub_client(policy)
     api = HfApi(endpoint=endpoint, token=token or False)
     with _hub_errors(spec):
         revision = api.model_info(spec.repo_id, revision=spec.revision).sha or spec.revision
@@ -125,7 +157,7 @@ class _hub_errors:
         if isinstance(exc, HfHubHTTPError):
             status = exc.response.status_code if exc.response is not None else "?"
             raise SourceUnavailable(f"the Hugging Face hub answered HTTP {status} for {name}") from None
-        if isinstance(exc, OSError | httpx.HTTPError):
+        if isinstance(exc, OSError | httpx.HTTPError | httpx2.HTTPError):
             raise SourceUnavailable(f"could not reach the Hugging Face hub for {name}: {type(exc).__name__}") from None
 
 

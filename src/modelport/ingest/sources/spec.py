@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from urllib.parse import parse_qs, urlparse, urlunparse
 
-from modelport.errors import InvalidSource, PresignedUrlExpiring
+from modelport.errors import FetchRefused, InvalidSource, PresignedUrlExpiring
 from modelport.settings import MIN_PRESIGNED_VALIDITY_S, Settings
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -51,7 +51,9 @@ def redact_url(url: str) -> str:
     return urlunparse((parts.scheme, netloc, parts.path, "", query, ""))
 
 
-def parse_source(raw: str, settings: Settings, *, check_expiry: bool = True) -> SourceSpec:
+def parse_source(raw: str, settings: Settings, *, submission: bool = True) -> SourceSpec:
+    """``submission``: also refuse what would fail later (expiring signatures, refused addresses);
+    a job re-reading its own source leaves that to the fetch, which checks again."""
     raw = raw.strip()
     if not raw:
         raise InvalidSource("model_source is empty", param="model_source")
@@ -64,7 +66,8 @@ def parse_source(raw: str, settings: Settings, *, check_expiry: bool = True) -> 
     if parts.scheme in ("http", "https") and parts.netloc in hub_hosts:
         return _hf_url(raw, parts.path)
     if parts.scheme == "https" or (parts.scheme == "http" and settings.fetch_allow_http):
-        if check_expiry:
+        if submission:
+            _check_reachable(raw, settings)
             check_presigned_validity(raw, datetime.now(UTC))
         return SourceSpec(SourceKind.REMOTE_ARCHIVE, raw, redact_url(raw))
     if parts.scheme == "http":
@@ -74,6 +77,17 @@ def parse_source(raw: str, settings: Settings, *, check_expiry: bool = True) -> 
         "or an https:// URL to a .zip/.tar/.tar.gz archive (for S3, a presigned URL)",
         param="model_source",
     )
+
+
+def _check_reachable(url: str, settings: Settings) -> None:
+    """Refuse at once what the SSRF guard would refuse at fetch time without DNS (literal addresses in
+    any spelling, localhost); names are resolved and checked again on every connection."""
+    from modelport.ingest.sources.guard import FetchPolicy
+
+    try:
+        FetchPolicy.from_settings(settings).check_url(url)
+    except FetchRefused as e:
+        raise InvalidSource(e.message, param="model_source") from None
 
 
 def _hf_repo(text: str, display: str) -> SourceSpec:
