@@ -18,6 +18,7 @@ from modelport.api.native.keys import router as keys_router
 from modelport.api.native.uploads import router as uploads_router
 from modelport.api.nebius.router import router as nebius_router
 from modelport.api.openai.router import router as openai_router
+from modelport.api.slowclients import BodyDeadline
 from modelport.api.together.endpoints import router as endpoints_router
 from modelport.api.together.router import identity_router
 from modelport.api.together.router import router as together_router
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True, su
     app.state.uploads = Uploads(settings, services.db)
     app.state.supervisor = supervisor
     errors.install(app)
+    app.add_middleware(BodyDeadline, stall_s=settings.upload_stall_timeout_s)
     app.include_router(identity_router)
     app.include_router(together_router, prefix="/v1")
     app.include_router(openai_router, prefix="/v1")

@@ -98,7 +98,21 @@ class Settings(BaseSettings):
         default=512 * 2**20, gt=0, description="Largest part of a resumable upload (parts default to 64 MiB)."
     )
     upload_stall_timeout_s: float = Field(
-        default=60.0, gt=0, description="An upload body that sends nothing for this long is dropped."
+        default=60.0,
+        gt=0,
+        description="A request body (an upload, or any other) that sends nothing for this long, or arrives slower "
+        "than 16 KiB/s on average after this long, is dropped with 408.",
+    )
+    http_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection whose request headers are not complete this long after it opened (or after its "
+        "previous response) is closed, so slow-drip clients cannot pile up.",
+    )
+    http_max_connections: int = Field(
+        default=2048,
+        ge=1,
+        description="Open connections plus running requests beyond which `modelport serve` answers 503.",
     )
     upload_ttl_s: float = Field(
         default=7 * 86400.0, gt=0, description="Uploads older than this are removed by cleanup (unless in use)."

@@ -109,7 +109,9 @@ def test_inference_rate_limit_is_per_account_with_retry_after(settings: Settings
         body = {"model": "alice/none", "prompt": "a", "max_tokens": 1}
         # Refused calls count too: probing for names is not free.
         assert [c.post("/v1/completions", json=body, headers=alice).status_code for _ in range(3)] == [404] * 3
-        resp = c.post("/v1/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "hi"}]}, headers=alice)
+        resp = c.post(
+            "/v1/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "hi"}]}, headers=alice
+        )
         err = assert_envelope(resp, 429, "rate_limit_exceeded")
         assert 1 <= int(resp.headers["retry-after"]) <= 20 and "3 inference requests per minute" in err["message"]
         assert c.post("/v1/embeddings", json={"model": "x", "input": "a"}, headers=alice).status_code == 429

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from modelport.app import create_app
 from modelport.settings import Settings
+from modelport.storage.db.engine import Database
 from tests.integration.helpers import run_all_jobs
 from tests.support.tinymodels import archive_bytes, files_of
 
@@ -192,3 +193,24 @@ def test_unknown_routes_and_methods_use_the_envelope(client: TestClient) -> None
     assert_envelope(client.get("/v1/nothing-here", headers=auth), 404)
     assert_envelope(client.put("/v1/jobs", headers=auth), 405)
     assert_envelope(client.get("/v1/jobs/job-unknown", headers=auth), 404, "not_found")
+
+
+def test_an_unreachable_database_is_a_clear_503_with_retry_after(client: TestClient) -> None:
+    auth = key_for(client, "alice")
+    db = client.app.state.services.db  # type: ignore[attr-defined]
+    working = db.engine, db._sessions, db._reads
+    # A real refused connection: nothing listens on port 1.
+    down = Database("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    db.engine, db._sessions, db._reads = down.engine, down._sessions, down._reads
+    # As a real server answers: the handler's response, not the exception re-raised into the test.
+    served = TestClient(client.app, raise_server_exceptions=False)
+    try:
+        resp = served.get("/v1/models", headers=auth)
+        err = assert_envelope(resp, 503, "database_unavailable")
+        assert "try again" in err["message"] and resp.headers["retry-after"] == "2"
+        nebius = served.get("/v0/models", headers=auth)
+        assert nebius.status_code == 503 and "database" in nebius.json()["detail"]
+    finally:
+        db.engine, db._sessions, db._reads = working
+        down.dispose()
+    assert client.get("/v1/models", headers=auth).status_code == 200

@@ -84,6 +84,12 @@ def test_nebius_errors_use_fastapis_shape(client: tuple[TestClient, dict[str, st
     too_big = http.post("/v0/models/upload", files={"file": ("big.tar", b"\0" * (5 * 2**20))}, headers=auth)
     assert too_big.status_code == 413 and "limit" in too_big.json()["detail"]
     assert http.get("/v0/models/nope", headers=auth).json() == {"detail": "model 'nope' not found"}
+    garbled = http.post(
+        "/v0/models/upload",
+        content=b"--b\r\nnot a header line\r\n\r\nxx\r\n--b--\r\n",
+        headers=auth | {"Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert garbled.status_code == 400 and "malformed" in garbled.json()["detail"]
     assert uploads_left(app) == []
     with app.state.services.db.session() as s:
         from modelport.storage.db.tables import Upload

@@ -61,7 +61,13 @@ def test_no_secret_reaches_logs_jobs_errors_or_tables(
         refused = [
             c.post("/v1/models", json={"model_name": "x", "model_source": "ftp://h/x?X-Amz-Signature=metasig123456"}),
             c.post("/v1/models", json={"model_name": "../x", "model_source": good_url}),
-            c.post("/v1/models", json={"model_name": "y", "model_source": "gopher" + good_url.partition(":")[1] + good_url.partition(":")[2]}),
+            c.post(
+                "/v1/models",
+                json={
+                    "model_name": "y",
+                    "model_source": "gopher" + good_url.partition(":")[1] + good_url.partition(":")[2],
+                },
+            ),
         ]
         created = c.post("/api/v1/keys", json={}).json()
         secrets["created key"] = created["key"]

@@ -8,7 +8,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from modelport.errors import FetchRefused
@@ -62,7 +61,8 @@ def test_refused_before_any_connection(url: str, reason: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["https://8.8.8.8/x", "https://[2606:4700:4700::1111]/x", "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=s"]
+    "url",
+    ["https://8.8.8.8/x", "https://[2606:4700:4700::1111]/x", "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=s"],
 )
 def test_public_addresses_and_names_pass_the_static_check(url: str) -> None:
     STRICT.check_url(url)  # names are checked again after resolution, on every connection

@@ -36,7 +36,8 @@ def lock_account(s: Session, account_id: str) -> None:
 
 
 def stored_bytes(s: Session, account_id: str) -> int:
-    return int(s.scalar(select(func.coalesce(func.sum(Model.total_bytes), 0)).where(Model.account_id == account_id)))
+    total = s.scalar(select(func.coalesce(func.sum(Model.total_bytes), 0)).where(Model.account_id == account_id))
+    return int(total or 0)
 
 
 def check_submission(s: Session, settings: Settings, account_id: str) -> None:
@@ -76,8 +77,9 @@ def check_storage(s: Session, settings: Settings, account_id: str, adding: int) 
     used = stored_bytes(s, account_id)
     if used + adding > settings.quota_stored_bytes:
         raise StorageQuotaFull(
-            f"storing this model ({human_bytes(adding)}) would take the account to {human_bytes(used + adding)}, past its "
-            f"storage quota of {human_bytes(settings.quota_stored_bytes)}; delete models or ask the operator for more"
+            f"storing this model ({human_bytes(adding)}) would take the account to {human_bytes(used + adding)}, "
+            f"past its storage quota of {human_bytes(settings.quota_stored_bytes)}; delete models or ask the "
+            "operator for more"
         )
 
 
@@ -102,8 +104,7 @@ class RateLimiter:
                 self._buckets[key] = (tokens, now)
                 wait = math.ceil((1.0 - tokens) / self.rate)
                 raise RateLimited(
-                    f"this account may send {int(self.capacity)} inference requests per minute; "
-                    f"try again in {wait} s",
+                    f"this account may send {int(self.capacity)} inference requests per minute; try again in {wait} s",
                     retry_after=wait,
                 )
             self._buckets[key] = (tokens - 1.0, now)

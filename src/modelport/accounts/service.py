@@ -102,7 +102,7 @@ class AccountService:
         if not key:
             raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
         digest = hash_key(key)
-        with self.db.session() as s:
+        with self.db.read() as s:
             row = s.execute(select(ApiKey, Account).join(Account).where(ApiKey.key_hash == digest)).one_or_none()
         # compare_digest keeps the final check constant-time even though the lookup is by index.
         if row is None or not hmac.compare_digest(row[0].key_hash, digest) or row[0].revoked_at:
@@ -114,7 +114,7 @@ class AccountService:
         query = select(ApiKey, Account).join(Account).order_by(ApiKey.created_at)
         if account_name:
             query = query.where(Account.name == account_name)
-        with self.db.session() as s:
+        with self.db.read() as s:
             return [
                 KeyInfo(k.id, a.name, k.hint + "…", k.revoked_at is not None, k.created_at) for k, a in s.execute(query)
             ]

@@ -1,16 +1,14 @@
 """Request bodies streamed to disk as they arrive: multipart file fields and raw upload parts.
 
-Nothing is buffered beyond one network chunk. A body that stalls (nothing for ``stall_s``) or drips
-(slower than ``MIN_RATE`` on average once ``stall_s`` has passed) is dropped. A dropped or disconnected
+Nothing is buffered beyond one network chunk. A body that stalls or drips is dropped by the
+``slowclients.BodyDeadline`` middleware (408), as on every route. A dropped or disconnected
 multipart upload's file is removed at once; a dropped part is never marked received, so its bytes are
 overwritten when it is sent again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,35 +16,17 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from python_multipart import MultipartParser
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
 
-from modelport.errors import InvalidRequest, ModelportError, UploadTooLarge
+from modelport.errors import InvalidRequest, UploadTooLarge
 from modelport.ingest.uploads import FileSink
 from modelport.storage.db.tables import Upload
 
-MIN_RATE = 16 * 1024  # bytes/s; far below any real link, far above a deliberate drip
 
-
-class UploadStalled(ModelportError):
-    status_code = 408
-    code = "upload_stalled"
-    type = "invalid_request_error"
-
-
-async def chunks(request: Request, stall_s: float) -> AsyncIterator[bytes]:
-    stream = request.stream().__aiter__()
-    started, received = time.monotonic(), 0
-    while True:
-        try:
-            chunk = await asyncio.wait_for(anext(stream), timeout=stall_s)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise UploadStalled(f"the upload sent nothing for {stall_s:.0f} s; it was dropped") from None
-        received += len(chunk)
-        elapsed = time.monotonic() - started
-        if elapsed > stall_s and received / elapsed < MIN_RATE:
-            raise UploadStalled(f"the upload is arriving slower than {MIN_RATE} bytes/s; it was dropped")
+async def chunks(request: Request) -> AsyncIterator[bytes]:
+    """The body as it arrives; stalls and drips are cut off by ``slowclients.BodyDeadline``."""
+    async for chunk in request.stream():
         yield chunk
 
 
@@ -60,9 +40,7 @@ def check_declared_length(request: Request, limit: int) -> None:
         raise UploadTooLarge(f"the upload is larger than the limit of {limit} bytes (MODELPORT_MAX_UPLOAD_BYTES)")
 
 
-async def receive_multipart_file(
-    request: Request, begin: Callable[[str], FileSink], stall_s: float, field: str = "file"
-) -> Upload:
+async def receive_multipart_file(request: Request, begin: Callable[[str], FileSink], field: str = "file") -> Upload:
     """Stream the ``field`` file of a multipart body into a sink from ``begin(filename)``."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
@@ -107,12 +85,14 @@ async def receive_multipart_file(
     }
     parser = MultipartParser(options[b"boundary"], callbacks)  # type: ignore[arg-type]
     try:
-        async for chunk in chunks(request, stall_s):
+        async for chunk in chunks(request):
             parser.write(chunk)
         parser.finalize()
-    except BaseException:
+    except BaseException as e:
         if state["sink"] is not None:
             state["sink"].abort()
+        if isinstance(e, MultipartParseError):
+            raise InvalidRequest(f"the multipart body is malformed: {e}", param="file") from None
         raise
     if state["sink"] is None:
         raise _missing_file()
@@ -120,7 +100,7 @@ async def receive_multipart_file(
     return finished
 
 
-async def receive_raw(request: Request, target: Path, offset: int, length: int, stall_s: float) -> tuple[int, str]:
+async def receive_raw(request: Request, target: Path, offset: int, length: int) -> tuple[int, str]:
     """Write the body into ``target`` at ``offset``; refuse it past ``length`` bytes. Returns (size, sha256).
 
     Nothing is marked received here: the caller does that once the sha256 matches, so bytes of a
@@ -129,7 +109,7 @@ async def receive_raw(request: Request, target: Path, offset: int, length: int, 
     digest, size = hashlib.sha256(), 0
     with open(target, "r+b") as out:
         out.seek(offset)
-        async for chunk in chunks(request, stall_s):
+        async for chunk in chunks(request):
             size += len(chunk)
             if size > length:
                 raise InvalidRequest(f"this part must be {length} bytes; more arrived", param="part")

@@ -6,6 +6,8 @@
 - ``/v0`` (Nebius): FastAPI's ``{"detail": ...}``, with 422 ``{"detail": [{"loc", "msg", "type"}]}``.
 - The web console's pages (every other path): an HTML error page; a missing or expired session
   redirects to the sign-in page.
+- A lost database connection is 503 ``database_unavailable`` with ``Retry-After``, in every dialect:
+  the pool reconnects on the next request (``pool_pre_ping``), so retrying is the right move.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelport.errors import ModelportError, QuotaExceeded
 from modelport.redact import scrub
+from modelport.storage.db.engine import is_database_down
 from modelport.web.router import SignInRequired, error_page
 
 log = logging.getLogger(__name__)
+DATABASE_RETRY_AFTER_S = 2
 
 
 API_PREFIXES = ("/v0/", "/v1/", "/v3/", "/api/")
@@ -84,13 +89,33 @@ def _http(request: Request, exc: Exception) -> Response:
         return error_page(request, exc.status_code, "page not found" if exc.status_code == 404 else str(exc.detail))
     if _is_nebius(request):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-    codes = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed")}
+    codes = {
+        404: ("not_found_error", "not_found"),
+        405: ("invalid_request_error", "method_not_allowed"),
+        408: ("invalid_request_error", "request_timeout"),  # slowclients.RequestBodyStalled
+    }
     type_, code = codes.get(exc.status_code, ("invalid_request_error", "http_error"))
     message = "route not found" if exc.status_code == 404 else str(exc.detail)
     return openai_envelope(exc.status_code, f"{message}: {request.method} {request.url.path}", type_, code)
 
 
 def _unexpected(request: Request, exc: Exception) -> Response:
+    if is_database_down(exc):
+        log.warning(
+            "database unavailable on %s %s: %s",
+            request.method,
+            request.url.path,
+            type(exc.orig).__name__ if isinstance(exc, DBAPIError) else type(exc).__name__,
+        )
+        message = "the database is unavailable; try again shortly"
+        if _is_page(request):
+            response: Response = error_page(request, 503, message)
+        elif _is_nebius(request):
+            response = JSONResponse({"detail": message}, status_code=503)
+        else:
+            response = openai_envelope(503, message, "server_error", "database_unavailable")
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+        return response
     log.error("unhandled error on %s %s: %s", request.method, request.url.path, scrub(repr(exc)), exc_info=exc)
     if _is_page(request):
         return error_page(request, 500, "internal server error; see the server log")

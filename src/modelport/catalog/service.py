@@ -112,7 +112,7 @@ class Catalog:
         return Submitted(job_id, model_id, name, source)
 
     def _check_upload(self, who: Principal, upload_id: str) -> None:
-        with self.db.session() as s:
+        with self.db.read() as s:
             upload = s.get(Upload, upload_id)
         if upload is None or upload.account_id != who.account_id:
             raise InvalidSource(f"{upload_id} is not one of your uploads", param="model_source")
@@ -120,7 +120,7 @@ class Catalog:
             raise InvalidSource(f"{upload_id} has not finished uploading", param="model_source")
 
     def get_job(self, who: Principal, job_id: str) -> JobView:
-        with self.db.session() as s:
+        with self.db.read() as s:
             job = s.get(Job, job_id)
             if job is None or job.account_id != who.account_id:
                 raise NotFound(f"job {job_id!r} not found", param="job_id")
@@ -133,7 +133,7 @@ class Catalog:
         query = select(Job).where(Job.account_id == who.account_id).order_by(Job.created_at.desc()).limit(limit)
         if status:
             query = query.where(Job.status == status)
-        with self.db.session() as s:
+        with self.db.read() as s:
             jobs = list(s.scalars(query))
             updates: dict[str, list[JobStatusUpdate]] = {j.id: [] for j in jobs}
             for u in s.scalars(
@@ -143,7 +143,7 @@ class Catalog:
         return [JobView(j, updates[j.id]) for j in jobs]
 
     def list_models(self, who: Principal) -> list[Model]:
-        with self.db.session() as s:
+        with self.db.read() as s:
             return list(
                 s.scalars(
                     select(Model)
@@ -155,7 +155,7 @@ class Catalog:
     def get_model(self, who: Principal, ref: str) -> Model:
         """``ref`` is a model id, a full name, or a name within the caller's namespace."""
         names = [ref] if "/" in ref else [ref, f"{who.account_name}/{ref}"]
-        with self.db.session() as s:
+        with self.db.read() as s:
             model = s.scalars(
                 select(Model).where(
                     Model.account_id == who.account_id,
@@ -192,18 +192,18 @@ class Catalog:
         model = self.get_model(who, ref)
         if model.kind != "adapter":
             return model, None
-        with self.db.session() as s:
+        with self.db.read() as s:
             base = s.get(Model, model.base_model_id) if model.base_model_id else None
         if base is None or base.status != ModelStatus.READY:
             raise NotFound(f"the base model of adapter {model.name} is no longer available", param="model")
         return base, model
 
     def files(self, model: Model) -> list[ModelFile]:
-        with self.db.session() as s:
+        with self.db.read() as s:
             return list(s.scalars(select(ModelFile).where(ModelFile.model_id == model.id).order_by(ModelFile.path)))
 
     def base_name(self, model: Model) -> str | None:
         if not model.base_model_id:
             return None
-        with self.db.session() as s:
+        with self.db.read() as s:
             return s.scalar(select(Model.name).where(Model.id == model.base_model_id))

@@ -62,6 +62,7 @@ def serve(host: str, port: int, workers: int | None, log_level: str) -> None:
     """
     import uvicorn
 
+    from modelport.api.slowclients import protocol_with_header_deadline
     from modelport.app import create_app
     from modelport.settings import Settings
 
@@ -70,7 +71,15 @@ def serve(host: str, port: int, workers: int | None, log_level: str) -> None:
     app = create_app(settings)
     _first_start_key(app.state.accounts, settings)
     click.echo(f"modelport {__version__} on http://{host}:{port} (data: {settings.data_dir})", err=True)
-    uvicorn.run(app, host=host, port=port, log_config=None, log_level=log_level.lower())
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        log_level=log_level.lower(),
+        http=protocol_with_header_deadline(settings.http_header_timeout_s),
+        limit_concurrency=settings.http_max_connections,
+    )
 
 
 @cli.command(hidden=True)

@@ -65,7 +65,7 @@ class EndpointService:
         if model_ref is None:
             return [Availability(c, None) for c in self.configs()]
         need = self._need(self.catalog.get_model(who, model_ref))
-        with self.db.session() as s:
+        with self.db.read() as s:
             free = self._free(s)
         return [Availability(c, self._status(c, need, free)) for c in self.configs()]
 
@@ -176,12 +176,12 @@ class EndpointService:
         return self.get(who, endpoint.id)
 
     def list(self, who: Principal) -> list[Endpoint]:
-        with self.db.session() as s:
+        with self.db.read() as s:
             query = select(Endpoint).where(Endpoint.account_id == who.account_id).order_by(Endpoint.created_at)
             return list(s.scalars(query))
 
     def get(self, who: Principal, ref: str) -> Endpoint:
-        with self.db.session() as s:
+        with self.db.read() as s:
             endpoint = s.scalars(
                 select(Endpoint).where(
                     Endpoint.account_id == who.account_id, (Endpoint.id == ref) | (Endpoint.name == ref)
@@ -240,7 +240,7 @@ class EndpointService:
     # --- routing --------------------------------------------------------------------------------
     def find_for_request(self, who: Principal, name: str) -> Endpoint | None:
         """The endpoint a request's ``model`` names: by endpoint name or id, in the caller's account."""
-        with self.db.session() as s:
+        with self.db.read() as s:
             return s.scalars(
                 select(Endpoint).where(
                     Endpoint.account_id == who.account_id, (Endpoint.name == name) | (Endpoint.id == name)
@@ -248,7 +248,7 @@ class EndpointService:
             ).first()
 
     def started_for_model(self, model_id: str) -> Endpoint | None:
-        with self.db.session() as s:
+        with self.db.read() as s:
             return s.scalars(
                 select(Endpoint).where(Endpoint.model_id == model_id, Endpoint.state == EndpointState.STARTED)
             ).first()

@@ -26,8 +26,8 @@ from modelport.ingest import archive, checker
 from modelport.ingest.safetensors_header import SafetensorsError, TensorInfo, parse_header
 from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
 from modelport.ingest.sources import http as http_source
-from modelport.ingest.sources.guard import FetchPolicy
 from modelport.ingest.sources import huggingface as hf_source
+from modelport.ingest.sources.guard import FetchPolicy
 from modelport.ingest.staging import StagedFile
 from modelport.ingest.validate import MAX_CONFIG_BYTES
 from modelport.ingest.zipstream import NeedsRandomAccess
@@ -158,7 +158,12 @@ class Pipeline:
         """Download, inflate, parse, hash and write in one pass; no copy of the archive is kept."""
         s = self.settings
         counter = _Downloaded(progress, s.max_archive_bytes)
-        opts: dict[str, Any] = {"policy": self.policy, "timeout_s": s.fetch_timeout_s, "retries": s.fetch_retries, "on_bytes": counter.add}
+        opts: dict[str, Any] = {
+            "policy": self.policy,
+            "timeout_s": s.fetch_timeout_s,
+            "retries": s.fetch_retries,
+            "on_bytes": counter.add,
+        }
         limits = archive.Limits(s.max_archive_members, s.max_artifact_bytes, s.max_compression_ratio, s.extract_threads)
         tree = staging / "tree"
         stream = http_source.ResumableStream(source, **opts)

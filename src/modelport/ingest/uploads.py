@@ -182,14 +182,14 @@ class Uploads:
 
     # --- shared ----------------------------------------------------------------------------------
     def get(self, who: Principal, upload_id: str) -> Upload:
-        with self.db.session() as s:
+        with self.db.read() as s:
             upload = s.get(Upload, upload_id)
         if upload is None or upload.account_id != who.account_id:
             raise NotFound(f"upload {upload_id!r} not found", param="upload_id")
         return upload
 
     def completed_for(self, account_id: str, upload_id: str) -> Upload | None:
-        with self.db.session() as s:
+        with self.db.read() as s:
             upload = s.scalars(select(Upload).where(Upload.id == upload_id, Upload.account_id == account_id)).first()
         return upload if upload is not None and upload.status == COMPLETE else None
 

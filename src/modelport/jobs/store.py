@@ -121,6 +121,19 @@ class JobStore:
             s.flush()
             s.execute(delete(Model).where(Model.id == model_id, Model.status == "uploading"))
 
+    def requeue(self, job_id: str, worker_id: str, reason: str, max_attempts: int) -> None:
+        """Give a job back to the queue after a transient failure (its worker keeps running), or fail
+        it once it has used up its attempts."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None or job.status != JobStatus.RUNNING or job.worker_id != worker_id:
+                return
+            if job.attempts >= max_attempts:
+                self._fail(s, job, "database_unavailable", f"{reason}; giving up after {job.attempts} attempts", [])
+                return
+            job.status, job.worker_id, job.progress, job.updated_at = JobStatus.QUEUED, None, None, utcnow()
+            add_update(s, job.id, JobStatus.QUEUED, f"{reason}; it will be resumed")
+
     def reap_stale(self, lease: timedelta, max_attempts: int) -> list[str]:
         """Take back Running jobs whose worker went silent. Returns the ids it touched."""
         cutoff = utcnow() - lease

@@ -22,7 +22,7 @@ from modelport.jobs.store import JobLost, JobStore
 from modelport.redact import scrub
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore
-from modelport.storage.db.engine import Database
+from modelport.storage.db.engine import Database, is_database_down
 
 log = logging.getLogger(__name__)
 GC_INTERVAL_S = 3600.0
@@ -50,6 +50,13 @@ class Worker:
         return True
 
     def _fail_unexpected(self, job_id: str, error: Exception) -> None:
+        if is_database_down(error):
+            # Transient: put the job back now if the database answers again, else its lease runs out
+            # and the reaper does (the heartbeat stopped with this attempt).
+            log.warning("job %s: the database connection was lost (%s); re-queueing", job_id, type(error).__name__)
+            with contextlib.suppress(Exception):
+                self.store.requeue(job_id, self.id, "the database connection was lost", self.settings.job_max_attempts)
+            return
         log.exception("job %s: unexpected error", job_id)
         if isinstance(error, ModelportError):
             code, message = error.code, scrub(error.message)

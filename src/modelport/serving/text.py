@@ -54,8 +54,14 @@ class TextModel:
             raise InvalidRequest(f"the model's chat template rejected the messages: {e}", param="messages") from None
 
 
+# transformers resolves its names lazily, and two threads doing that for the first time at once can see
+# a half-initialised module (ImportError under a burst of first requests).
+_IMPORT_LOCK = threading.Lock()
+
+
 def load_text_model(path: Path) -> TextModel:
-    from transformers import AutoTokenizer
+    with _IMPORT_LOCK:
+        from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     template = tokenizer.chat_template
@@ -76,23 +82,36 @@ def _eos_ids(path: Path, tokenizer: Any) -> frozenset[int]:
 
 
 class TextModels:
-    """An LRU of loaded tokenizers, keyed by model id."""
+    """An LRU of loaded tokenizers, keyed by model id. A burst of first requests for one model loads
+    its tokenizer once: the others wait for that load instead of each doing their own."""
 
     def __init__(self, capacity: int = 32) -> None:
         self.capacity = capacity
         self._items: OrderedDict[str, TextModel] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: str, path: Path) -> TextModel:
+    def _cached(self, key: str) -> TextModel | None:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        loaded = load_text_model(path)
+        return None
+
+    def get(self, key: str, path: Path) -> TextModel:
+        if (hit := self._cached(key)) is not None:
+            return hit
         with self._lock:
-            self._items[key] = loaded
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            if (hit := self._cached(key)) is not None:
+                return hit
+            loaded = load_text_model(path)
+            with self._lock:
+                self._items[key] = loaded
+                self._loading.pop(key, None)
+                while len(self._items) > self.capacity:
+                    self._items.popitem(last=False)
         return loaded
 
 

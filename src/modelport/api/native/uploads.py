@@ -65,7 +65,7 @@ async def put_part(
 ) -> dict[str, Any]:
     uploads = _uploads(request)
     upload, target, offset, length = uploads.open_part(who, upload_id, number)
-    size, digest = await receive_raw(request, target, offset, length, settings.upload_stall_timeout_s)
+    size, digest = await receive_raw(request, target, offset, length)
     uploads.accept_part(upload, number, size, digest, x_part_sha256)
     return {"part": number, "bytes": size, "sha256": digest}
 

@@ -90,9 +90,7 @@ async def upload_model_file(
 ) -> dict[str, Any]:
     uploads: Uploads = request.app.state.uploads
     check_declared_length(request, settings.max_upload_bytes)
-    upload = await receive_multipart_file(
-        request, lambda filename: uploads.begin(who, filename), settings.upload_stall_timeout_s
-    )
+    upload = await receive_multipart_file(request, lambda filename: uploads.begin(who, filename))
     return file_json(upload)
 
 

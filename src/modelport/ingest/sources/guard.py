@@ -223,4 +223,3 @@ def guarded_client(policy: FetchPolicy, *, flavor: ModuleType | None = None, **k
     hooks["request"] = [check_hop, *hooks.get("request", [])]
     client: Any = http.Client(transport=transport, trust_env=False, event_hooks=hooks, **kwargs)
     return client
-

@@ -297,7 +297,9 @@ SMALL_BATCH = 4
 
 def _load_causal_lm(artifact: Artifact, device: torch.device, dtype: torch.dtype) -> nn.Module:
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a bar per load fills the log
     model: nn.Module = AutoModelForCausalLM.from_pretrained(
         artifact.path, dtype=dtype, attn_implementation="sdpa", local_files_only=True, trust_remote_code=False
     )
