@@ -7,6 +7,7 @@
     ├── UploadTooLarge              413 upload_too_large       (cut off as soon as the body crosses the limit)
     ├── QuotaExceeded               429 quota_exceeded       (an account's models, storage or active jobs)
     │   └── RateLimited             429 rate_limit_exceeded  (inference requests per minute; Retry-After)
+    ├── DatabaseUnavailable         503 database_unavailable (a lost connection, raised for it by api/errors.py)
     ├── Conflict                    409 conflict
     │   └── ModelNameTaken          409 model_name_taken
     ├── InvalidRequest              400 invalid_request
@@ -42,6 +43,7 @@ class ModelportError(Exception):
     status_code = 500
     code = "internal_error"
     type = "server_error"
+    retry_after: int | None = None  # seconds, sent as Retry-After where waiting helps
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -84,6 +86,14 @@ class QuotaExceeded(ModelportError):
     def __init__(self, message: str, *, retry_after: int | None = None, param: str | None = None) -> None:
         super().__init__(message, param=param)
         self.retry_after = retry_after
+
+
+class DatabaseUnavailable(ModelportError):
+    """The database refused or lost the connection; the pool reconnects on the next request."""
+
+    status_code = 503
+    code = "database_unavailable"
+    retry_after = 2
 
 
 class RateLimited(QuotaExceeded):

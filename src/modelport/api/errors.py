@@ -22,13 +22,12 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modelport.errors import ModelportError, QuotaExceeded
+from modelport.errors import DatabaseUnavailable, ModelportError
 from modelport.redact import scrub
 from modelport.storage.db.engine import is_database_down
 from modelport.web.router import SignInRequired, error_page
 
 log = logging.getLogger(__name__)
-DATABASE_RETRY_AFTER_S = 2
 
 
 API_PREFIXES = ("/v0/", "/v1/", "/v3/", "/api/")
@@ -56,7 +55,7 @@ def _domain(request: Request, exc: Exception) -> Response:
         response = JSONResponse({"detail": exc.message}, status_code=exc.status_code)
     else:
         response = openai_envelope(exc.status_code, exc.message, exc.type, exc.code, exc.param)
-    if isinstance(exc, QuotaExceeded) and exc.retry_after is not None:
+    if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
@@ -101,21 +100,9 @@ def _http(request: Request, exc: Exception) -> Response:
 
 def _unexpected(request: Request, exc: Exception) -> Response:
     if is_database_down(exc):
-        log.warning(
-            "database unavailable on %s %s: %s",
-            request.method,
-            request.url.path,
-            type(exc.orig).__name__ if isinstance(exc, DBAPIError) else type(exc).__name__,
-        )
-        message = "the database is unavailable; try again shortly"
-        if _is_page(request):
-            response: Response = error_page(request, 503, message)
-        elif _is_nebius(request):
-            response = JSONResponse({"detail": message}, status_code=503)
-        else:
-            response = openai_envelope(503, message, "server_error", "database_unavailable")
-        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
-        return response
+        cause = type(exc.orig).__name__ if isinstance(exc, DBAPIError) else type(exc).__name__
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, cause)
+        return _domain(request, DatabaseUnavailable("the database is unavailable; try again shortly"))
     log.error("unhandled error on %s %s: %s", request.method, request.url.path, scrub(repr(exc)), exc_info=exc)
     if _is_page(request):
         return error_page(request, 500, "internal server error; see the server log")

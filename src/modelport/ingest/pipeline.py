@@ -111,7 +111,7 @@ class Pipeline:
             progress = JobProgress(self.store, job_id, worker_id, stage_delay_s=self.settings.stage_delay_s)
             files, not_fetched = self._fetch(inp, staging, progress)
             manifest, base = self._check(inp, files, not_fetched, staging, progress)
-            with self.db.session() as s:  # before the upload to the blob store; again at registration
+            with self.db.read() as s:  # before the upload to the blob store; again at registration
                 quotas.check_storage(s, self.settings, inp.model.account_id, manifest["total_bytes"])
             self._store(files, progress)
             progress.stage("registering", f"registering {inp.model.name}")
@@ -125,7 +125,7 @@ class Pipeline:
             shutil.rmtree(staging, ignore_errors=True)
 
     def _load(self, job_id: str) -> JobInput:
-        with self.db.session() as s:
+        with self.db.read() as s:
             job = s.get(Job, job_id)
             secret = s.get(JobSecret, job_id)
             model = s.get(Model, job.model_id) if job and job.model_id else None
