@@ -17,6 +17,7 @@ import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
+from modelport.api.errors import API_PREFIXES
 from modelport.app import create_app
 from modelport.endpoints.hardware import GIB
 from modelport.settings import Settings
@@ -38,7 +39,6 @@ PUBLIC = {
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"),
 }
-API_PREFIXES = ("/v0/", "/v1/", "/v3/", "/api/")
 
 
 def app_routes(app: Any) -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ overwritten when it is sent again.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,6 @@ from python_multipart.multipart import parse_options_header
 from modelport.errors import InvalidRequest, UploadTooLarge
 from modelport.ingest.uploads import FileSink
 from modelport.storage.db.tables import Upload
-
-
-async def chunks(request: Request) -> AsyncIterator[bytes]:
-    """The body as it arrives; stalls and drips are cut off by ``slowclients.BodyDeadline``."""
-    async for chunk in request.stream():
-        yield chunk
 
 
 def _missing_file() -> RequestValidationError:
@@ -85,7 +79,7 @@ async def receive_multipart_file(request: Request, begin: Callable[[str], FileSi
     }
     parser = MultipartParser(options[b"boundary"], callbacks)  # type: ignore[arg-type]
     try:
-        async for chunk in chunks(request):
+        async for chunk in request.stream():  # stalls and drips: slowclients.BodyDeadline
             parser.write(chunk)
         parser.finalize()
     except BaseException as e:
@@ -109,7 +103,7 @@ async def receive_raw(request: Request, target: Path, offset: int, length: int) 
     digest, size = hashlib.sha256(), 0
     with open(target, "r+b") as out:
         out.seek(offset)
-        async for chunk in chunks(request):
+        async for chunk in request.stream():  # stalls and drips: slowclients.BodyDeadline
             size += len(chunk)
             if size > length:
                 raise InvalidRequest(f"this part must be {length} bytes; more arrived", param="part")

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from modelport.accounts.service import AccountService, Principal
 from modelport.catalog.service import Catalog
 from modelport.endpoints.service import EndpointService
+from modelport.ingest.uploads import Uploads
 from modelport.serving.service import InferenceService
 from modelport.settings import Settings
 from modelport.web.session import cookie_key
@@ -48,6 +49,11 @@ def get_inference(request: Request) -> InferenceService:
     return inference
 
 
+def get_uploads(request: Request) -> Uploads:
+    uploads: Uploads = request.app.state.uploads
+    return uploads
+
+
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
@@ -57,3 +63,4 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 InferenceDep = Annotated[InferenceService, Depends(get_inference)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+UploadsDep = Annotated[Uploads, Depends(get_uploads)]

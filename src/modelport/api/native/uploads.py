@@ -8,8 +8,8 @@ from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field
 
 from modelport.api.bodies import receive_raw
-from modelport.api.deps import PrincipalDep, SettingsDep
-from modelport.ingest.uploads import Uploads, UploadView
+from modelport.api.deps import PrincipalDep, UploadsDep
+from modelport.ingest.uploads import UploadView
 
 router = APIRouter()
 
@@ -19,11 +19,6 @@ class UploadCreate(BaseModel):
     bytes: int = Field(gt=0)
     sha256: str | None = Field(default=None, description="the whole file's sha256; checked at complete")
     part_size: int | None = Field(default=None, gt=0)
-
-
-def _uploads(request: Request) -> Uploads:
-    uploads: Uploads = request.app.state.uploads
-    return uploads
 
 
 def view_json(view: UploadView) -> dict[str, Any]:
@@ -45,13 +40,13 @@ def view_json(view: UploadView) -> dict[str, Any]:
 
 
 @router.post("/uploads")
-def create_upload(body: UploadCreate, request: Request, who: PrincipalDep) -> dict[str, Any]:
-    return view_json(_uploads(request).create(who, body.filename, body.bytes, body.sha256, body.part_size))
+def create_upload(body: UploadCreate, who: PrincipalDep, uploads: UploadsDep) -> dict[str, Any]:
+    return view_json(uploads.create(who, body.filename, body.bytes, body.sha256, body.part_size))
 
 
 @router.get("/uploads/{upload_id}")
-def get_upload(upload_id: str, request: Request, who: PrincipalDep) -> dict[str, Any]:
-    return view_json(_uploads(request).view(who, upload_id))
+def get_upload(upload_id: str, who: PrincipalDep, uploads: UploadsDep) -> dict[str, Any]:
+    return view_json(uploads.view(who, upload_id))
 
 
 @router.put("/uploads/{upload_id}/parts/{number}")
@@ -60,10 +55,9 @@ async def put_part(
     number: int,
     request: Request,
     who: PrincipalDep,
-    settings: SettingsDep,
+    uploads: UploadsDep,
     x_part_sha256: str | None = Header(default=None, description="sha256 (hex) of this part's bytes; checked if sent"),
 ) -> dict[str, Any]:
-    uploads = _uploads(request)
     upload, target, offset, length = uploads.open_part(who, upload_id, number)
     size, digest = await receive_raw(request, target, offset, length)
     uploads.accept_part(upload, number, size, digest, x_part_sha256)
@@ -71,12 +65,11 @@ async def put_part(
 
 
 @router.post("/uploads/{upload_id}/complete")
-def complete_upload(upload_id: str, request: Request, who: PrincipalDep) -> dict[str, Any]:
-    uploads = _uploads(request)
+def complete_upload(upload_id: str, who: PrincipalDep, uploads: UploadsDep) -> dict[str, Any]:
     uploads.complete(who, upload_id)
     return view_json(uploads.view(who, upload_id))
 
 
 @router.delete("/uploads/{upload_id}", status_code=204)
-def delete_upload(upload_id: str, request: Request, who: PrincipalDep) -> None:
-    _uploads(request).delete(who, upload_id)
+def delete_upload(upload_id: str, who: PrincipalDep, uploads: UploadsDep) -> None:
+    uploads.delete(who, upload_id)

@@ -14,10 +14,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
 from modelport.api.bodies import check_declared_length, receive_multipart_file
-from modelport.api.deps import CatalogDep, PrincipalDep, SettingsDep
+from modelport.api.deps import CatalogDep, PrincipalDep, SettingsDep, UploadsDep
 from modelport.catalog.service import JobView, UploadRequest
 from modelport.errors import NotFound
-from modelport.ingest.uploads import Uploads
 from modelport.storage.db.tables import Upload
 
 router = APIRouter()
@@ -86,9 +85,8 @@ def _find(who: Any, catalog: Any, name: str) -> dict[str, Any]:
 
 @router.post("/models/upload")
 async def upload_model_file(
-    request: Request, who: PrincipalDep, settings: SettingsDep, ai_project_id: str | None = None
+    request: Request, who: PrincipalDep, settings: SettingsDep, uploads: UploadsDep, ai_project_id: str | None = None
 ) -> dict[str, Any]:
-    uploads: Uploads = request.app.state.uploads
     check_declared_length(request, settings.max_upload_bytes)
     upload = await receive_multipart_file(request, lambda filename: uploads.begin(who, filename))
     return file_json(upload)
