@@ -3,15 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# Exact versions of everything installed (requirements/together-*.txt: the test clients' venvs).
+LOCK ?= requirements/lock.txt
+NEXT := .venv-next
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-sqlite test-postgres lint format clean screenshots
+.PHONY: serve test test-sqlite test-postgres lint format clean screenshots lock-refresh
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -c $(LOCK) --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -c $(LOCK) -e '.[test]'
 	touch $(STAMP)
 
 ## Start the server on 127.0.0.1:8000 with SQLite and ./data (MODELPORT_* variables override).
@@ -47,5 +50,24 @@ screenshots: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks scripts
 
+## Move the lock on deliberately: install the newest releases pyproject.toml allows into $(NEXT), say
+## what moved, run the whole suite (and the together clients) on them, and write the locks only if it passes.
+lock-refresh:
+	rm -rf $(NEXT) .venvs-next
+	$(PYTHON) -m venv $(NEXT)
+	$(NEXT)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(NEXT)/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(NEXT)/bin/python scripts/lock.py freeze $(NEXT) > $(NEXT)/lock.txt
+	$(NEXT)/bin/python scripts/lock.py diff $(LOCK) $(NEXT)/lock.txt
+	touch $(NEXT)/.installed-stamp
+	MODELPORT_TEST_UNLOCKED=1 MODELPORT_TEST_VENVS=$(CURDIR)/.venvs-next $(MAKE) --no-print-directory test VENV=$(NEXT)
+	cp $(NEXT)/lock.txt $(LOCK)
+	@for v in .venvs-next/together-*; do \
+		$(NEXT)/bin/python scripts/lock.py freeze $$v > requirements/$$(basename $$v).next; \
+		$(NEXT)/bin/python scripts/lock.py diff requirements/$$(basename $$v).txt requirements/$$(basename $$v).next; \
+		mv requirements/$$(basename $$v).next requirements/$$(basename $$v).txt; \
+	done
+	@echo "The suite passed on the newest releases; $(LOCK) and requirements/together-*.txt now pin them."
+
 clean:
-	rm -rf $(VENV) .venvs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NEXT) .venvs .venvs-next .pytest_cache .mypy_cache .ruff_cache

@@ -21,6 +21,15 @@ from tests.support.procs import Proc, modelport_exe, start_modelport
 REPO = Path(__file__).resolve().parents[2]
 VENVS = Path(os.environ.get("MODELPORT_TEST_VENVS", REPO / ".venvs"))
 TOGETHER_VERSIONS = ("1.5.35", "2.42.0")
+LOCKS = REPO / "requirements"
+
+
+def together_lock(version: str) -> list[str]:
+    """pip arguments that hold the client's dependencies to their locked versions (none when refreshing)."""
+    lock = LOCKS / f"together-{version}.txt"
+    if os.environ.get("MODELPORT_TEST_UNLOCKED") or not lock.exists():
+        return []
+    return ["-c", str(lock)]
 
 
 def together_venv(version: str) -> Path:
@@ -36,6 +45,7 @@ def together_venv(version: str) -> Path:
                 "-q",
                 "--disable-pip-version-check",
                 f"together=={version}",
+                *together_lock(version),
             ],
             capture_output=True,
             text=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,19 +23,12 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils._http import hf_request_event_hook
 
 from modelport.errors import SourceUnavailable
+from modelport.ingest.layout import FileRole, file_role
 from modelport.ingest.sources.guard import FetchPolicy, guarded_client
 from modelport.ingest.sources.spec import SourceSpec
 from modelport.ingest.staging import Progress, StagedFile, stage_existing
 
 log = logging.getLogger(__name__)
-
-# What serving needs: configs, weights, tokenizers, chat templates. Everything else (README, images,
-# ONNX exports, pickled duplicates of the weights) stays on the hub.
-_WANTED_SUFFIXES = (".json", ".safetensors", ".model", ".txt", ".jinja", ".tiktoken")
-_SKIP_NAMES = {"README.md", ".gitattributes", "LICENSE", "LICENSE.txt", "requirements.txt"}
-# Listed (not fetched) so validation can explain why the repo is refused.
-_REPORTED_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".py")
-
 
 @dataclass
 class FetchPlan:
@@ -48,16 +41,13 @@ class FetchPlan:
 
 
 def plan(files: list[RepoFile]) -> FetchPlan:
+    """Fetch what serving needs (``ingest/layout.py``); list refused formats so validation names them."""
     result = FetchPlan()
     for f in files:
-        p = PurePosixPath(f.path)
-        if p.name in _SKIP_NAMES or len(p.parts) > 3:
-            continue
-        # Sub-folders of sentence-transformers repos hold pooling/normalisation configs only.
-        in_root_or_module = len(p.parts) == 1 or p.parts[0][:1].isdigit()
-        if p.suffix in _WANTED_SUFFIXES and in_root_or_module:
+        role = file_role(f.path)
+        if role == FileRole.KEEP:
             result.fetch.append(f)
-        elif p.suffix in _REPORTED_SUFFIXES:
+        elif role == FileRole.REPORT:
             result.not_fetched.append(f.path)
     return result
 

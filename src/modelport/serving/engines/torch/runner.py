@@ -168,7 +168,7 @@ class BatchRunner:
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device),
-            past_key_values=self.cache,
+            cache=self.cache,  # transformers 5.24 renamed past_key_values; the old name goes in 5.40
             use_cache=True,
             logits_to_keep=1,
         )

@@ -1,0 +1,53 @@
+"""Which files of a model folder or repo modelport keeps, and what kind of artifact their names say it is.
+
+One set of rules for every place that chooses files before any byte moves: the Hugging Face fetch plan,
+the CLI's packer (it sends only these files) and the preflight check (it reads the kind from the names).
+Imports nothing heavy: the CLI uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+from pathlib import PurePosixPath
+
+# What serving needs: configs, weights, tokenizers, chat templates. Everything else (README, images,
+# ONNX exports, pickled duplicates of the weights) is left behind.
+WANTED_SUFFIXES = (".json", ".safetensors", ".model", ".txt", ".jinja", ".tiktoken")
+SKIP_NAMES = {"README.md", ".gitattributes", "LICENSE", "LICENSE.txt", "requirements.txt"}
+# Not kept, but named so validation can explain why the artifact is refused.
+REPORTED_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".py")
+MAX_DEPTH = 3
+
+
+class FileRole(StrEnum):
+    KEEP = "keep"
+    REPORT = "report"  # refused content (pickles, code): listed so the refusal can name it
+    SKIP = "skip"
+
+
+def file_role(path: str) -> FileRole:
+    p = PurePosixPath(path)
+    if p.name in SKIP_NAMES or len(p.parts) > MAX_DEPTH:
+        return FileRole.SKIP
+    # Sub-folders of sentence-transformers repos (1_Pooling/, 2_Normalize/) hold small configs only.
+    in_root_or_module = len(p.parts) == 1 or p.parts[0][:1].isdigit()
+    if p.suffix in WANTED_SUFFIXES and in_root_or_module:
+        return FileRole.KEEP
+    if p.suffix in REPORTED_SUFFIXES:
+        return FileRole.REPORT
+    return FileRole.SKIP
+
+
+def detect_kind(paths: Iterable[str]) -> str | None:
+    """``"adapter"`` when ``adapter_config.json`` is at the root, ``"model"`` for ``config.json``, else None.
+
+    PEFT saves an adapter with ``adapter_config.json`` and no ``config.json``; a folder holding both is
+    a full model that happens to ship its adapter config, as merged checkpoints sometimes do.
+    """
+    names = {p for p in paths if "/" not in p}
+    if "config.json" in names:
+        return "model"
+    if "adapter_config.json" in names:
+        return "adapter"
+    return None
