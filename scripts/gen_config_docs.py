@@ -15,6 +15,8 @@ def _shown(default: object) -> str:
         return "unset"
     if default == "":
         return "derived, see meaning"
+    if default == {}:
+        return "empty"
     return f"`{default}`"
 
 
@@ -29,7 +31,9 @@ def render() -> str:
         "|---|---|---|",
     ]
     for name, field in Settings.model_fields.items():
-        lines.append(f"| `MODELPORT_{name.upper()}` | {_shown(field.default)} | {field.description or ''} |")
+        # A default_factory leaves ``default`` as PydanticUndefined: show what the factory makes.
+        default = field.get_default(call_default_factory=True)
+        lines.append(f"| `MODELPORT_{name.upper()}` | {_shown(default)} | {field.description or ''} |")
     return "\n".join(lines) + "\n"
 
 

@@ -111,8 +111,9 @@ class Supervisor:
             raise EndpointNotRunning(
                 f"endpoint {endpoint.name} is {endpoint.state}"
                 + (f" ({endpoint.error})" if endpoint.error else "")
-                + f"; start it with `together endpoints start {endpoint.id}` or PATCH /v1/endpoints/{endpoint.id} "
-                '{"state": "STARTED"}',
+                # Said the same to every interface: the CLI's hint, the console's page and the API docs
+                # each name their own way to start it (code endpoint_not_running).
+                + "; it serves requests once it is started",
                 param="model",
             )
         with self._lock:

@@ -149,7 +149,10 @@ class FetchPolicy:
         if scheme == "https" or (scheme == "http" and self.allow_http):
             return
         if scheme == "http":
-            raise FetchRefused(f"refused to fetch {where} over plain http://; use https://")
+            raise FetchRefused(
+                f"refused to fetch {where} over plain http://; use https://, or allow http for an on-prem store "
+                "with MODELPORT_FETCH_ALLOW_HTTP=true"
+            )
         raise FetchRefused(f"refused to fetch {where}: unsupported scheme {scheme!r}")
 
     def check_url(self, url: str) -> None:

@@ -71,7 +71,11 @@ def parse_source(raw: str, settings: Settings, *, submission: bool = True) -> So
             check_presigned_validity(raw, datetime.now(UTC))
         return SourceSpec(SourceKind.REMOTE_ARCHIVE, raw, redact_url(raw))
     if parts.scheme == "http":
-        raise InvalidSource("plain http:// sources are refused; use an https:// URL", param="model_source")
+        raise InvalidSource(
+            "plain http:// sources are refused; use an https:// URL, or for an on-prem store the server's "
+            "administrator sets MODELPORT_FETCH_ALLOW_HTTP=true (and MODELPORT_FETCH_ALLOW for a private address)",
+            param="model_source",
+        )
     raise InvalidSource(
         f"unsupported source scheme {parts.scheme!r}: give a Hugging Face repo (org/name) "
         "or an https:// URL to a .zip/.tar/.tar.gz archive (for S3, a presigned URL)",
