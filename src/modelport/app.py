@@ -15,6 +15,7 @@ from modelport.accounts.quotas import RateLimiter
 from modelport.accounts.service import AccountService
 from modelport.api import errors
 from modelport.api.native.keys import router as keys_router
+from modelport.api.native.models import router as native_models_router
 from modelport.api.native.uploads import router as uploads_router
 from modelport.api.nebius.router import router as nebius_router
 from modelport.api.openai.router import router as openai_router
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True, su
     app.include_router(nebius_router, prefix="/v0")
     app.include_router(uploads_router, prefix="/api/v1")
     app.include_router(keys_router, prefix="/api/v1")
+    app.include_router(native_models_router, prefix="/api/v1")
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -14,9 +14,11 @@
     │   ├── InvalidSource           400 invalid_source
     │   │   └── PresignedUrlExpiring 400 presigned_url_expiring
     │   ├── InvalidModelName        400 invalid_model_name
+    │   ├── BaseModelNotFound       400 base_model_not_found  (an adapter's base is not one of the caller's models)
     │   ├── UnsupportedParameter    400 unsupported_parameter (a known field we cannot honour)
     │   ├── ContextLengthExceeded   400 context_length_exceeded
-    │   ├── WrongModelType          400 model_type_mismatch   (e.g. chat with an embedding model)
+    │   ├── WrongModelType          400 model_type_mismatch   (chat with an embedding model; adapter files
+    │   │                                                      sent as model_type 'model' and the reverse)
     │   ├── TemplateMissing         400 chat_template_missing (serving/text.py)
     │   ├── HardwareUnavailable     400 hardware_unavailable  (not on this host, too small, or reserved)
     │   └── EndpointNotRunning      400 endpoint_not_running  (called while STOPPED or in ERROR)
@@ -126,6 +128,14 @@ class PresignedUrlExpiring(InvalidSource):
 
 class InvalidModelName(InvalidRequest):
     code = "invalid_model_name"
+
+
+class BaseModelNotFound(InvalidRequest):
+    """400, not 404: the route exists and the body names something that does not. A 404 on ``POST
+    /v1/models`` reads to clients as a wrong base URL, and another account's model must answer exactly
+    like a missing one, which a 400 about one field does."""
+
+    code = "base_model_not_found"
 
 
 class UnsupportedParameter(InvalidRequest):

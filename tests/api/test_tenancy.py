@@ -177,9 +177,16 @@ def test_another_accounts_things_are_404_by_every_id(tenants: Tenants) -> None:
     assert c.get("/v1/endpoints", headers=m).json()["data"] == []
     assert [x["name"] for x in c.get("/v0/models", headers=m).json()["data"]] == ["mallory/own"]
     assert all(k["id"] != ids["key"] for k in c.get("/api/v1/keys", headers=m).json()["data"])
+    assert c.get("/api/v1/uploads", headers=m).json()["data"] == []
+    # A name is taken per account: hers does not block mallory's, and preflight says so.
+    assert c.post("/api/v1/models/preflight", json={"model_name": "base"}, headers=m).status_code == 200
     # And everything of alice's is still there.
     assert c.get(f"/v1/endpoints/{ids['endpoint']}", headers=tenants.alice).status_code == 200
     assert c.get(f"/api/v1/uploads/{ids['upload']}", headers=tenants.alice).status_code == 200
+    assert {u["id"] for u in c.get("/api/v1/uploads", headers=tenants.alice).json()["data"]} == {
+        ids["upload"],
+        ids["file"],
+    }
 
 
 def test_another_accounts_models_cannot_be_used_in_any_way(tenants: Tenants) -> None:
@@ -192,14 +199,15 @@ def test_another_accounts_models_cannot_be_used_in_any_way(tenants: Tenants) -> 
         assert resp.status_code == 404, (model, resp.text)
     assert c.post("/v1/embeddings", json={"model": "alice/base", "input": "a"}, headers=m).status_code == 404
     # Nor can her models be a base, an endpoint, a source or a hardware query for someone else.
-    adapter = {"model_name": "steal", "model_source": "t/lora", "model_type": "adapter", "base_model": "alice/base"}
-    resp = c.post("/v1/models", json=adapter, headers=m)
-    if resp.status_code == 200:  # the base is resolved by the job: it must fail there
-        run_all_jobs(c.app.state.services)  # type: ignore[attr-defined]
-        job = c.get(f"/v1/jobs/{resp.json()['data']['job_id']}", headers=m).json()
-        assert job["status"] == "Failed", job
-    else:
-        assert resp.status_code in (400, 404), resp.text
+    # A base is resolved at submission, in the caller's own models only: refused before any job exists,
+    # by name or id, and the did-you-mean never offers hers.
+    for base in ("alice/base", ids["base"], "alice/bas"):
+        adapter = {"model_name": "steal", "model_source": "t/lora", "model_type": "adapter", "base_model": base}
+        for route in ("/v1/models", "/api/v1/models/preflight"):
+            resp = c.post(route, json=adapter, headers=m)
+            assert resp.status_code == 400 and resp.json()["error"]["code"] == "base_model_not_found", resp.text
+            assert "did you mean" not in resp.text and ids["base"] not in resp.text.replace(repr(base), "")
+    assert {j["job_id"] for j in c.get("/v1/jobs", headers=m).json()["data"]} == {ids["job-own"]}
     resp = c.post("/v1/endpoints", json={"model": "alice/base", "hardware": "1x_cpu_2gb"}, headers=m)
     assert resp.status_code == 404, resp.text
     assert c.get("/v1/hardware", params={"model": "alice/base"}, headers=m).status_code == 404

@@ -133,7 +133,17 @@ def test_duplicate_name_is_409(client: TestClient) -> None:
     body = {"model_name": "dup", "model_source": "org/repo"}
     assert client.post("/v1/models", headers=auth, json=body).status_code == 200
     err = assert_envelope(client.post("/v1/models", headers=auth, json=body), 409, "model_name_taken")
-    assert "Model name already exists" in err["message"]
+    assert "Model name already exists" in err["message"] and err["param"] == "model_name"
+    assert len(client.get("/v1/jobs", headers=auth).json()["data"]) == 1  # the refusal made no job
+
+
+def test_an_unknown_base_is_refused_before_a_job_exists(client: TestClient) -> None:
+    auth = key_for(client, "alice")
+    body = {"model_name": "lora", "model_source": "org/lora", "model_type": "adapter", "base_model": "org/base"}
+    err = assert_envelope(client.post("/v1/models", headers=auth, json=body), 400, "base_model_not_found")
+    assert err["param"] == "base_model" and "upload the base model first" in err["message"]
+    assert client.get("/v1/jobs", headers=auth).json()["data"] == []
+    assert client.get("/v1/models", headers=auth).json()["data"] == []
 
 
 def test_concurrent_duplicates_exactly_one_wins(client: TestClient) -> None:

@@ -200,3 +200,38 @@ def test_resumable_upload_survives_interruption_and_refuses_corruption(
     assert resp.status_code == 200 and resp.json()["data"]["model_source"] == "upload"
     run_all_jobs(app.state.services)
     assert http.get(f"/v1/jobs/{resp.json()['data']['job_id']}", headers=auth).json()["status"] == "Complete"
+
+
+def test_uploads_are_listed_newest_first_and_deleted_with_their_files(
+    client: tuple[TestClient, dict[str, str]], app: Any, tiny_llama: Path
+) -> None:
+    http, auth = client
+    other = {"Authorization": f"Bearer {app.state.accounts.create_key('mallory')}"}
+    half = http.post(
+        "/api/v1/uploads", json={"filename": "half.tar", "bytes": 8192, "part_size": 4096}, headers=auth
+    ).json()
+    assert http.put(f"/api/v1/uploads/{half['id']}/parts/1", content=b"x" * 4096, headers=auth).status_code == 200
+    tar = archive_bytes(files_of(tiny_llama), "tar")
+    whole = http.post("/v0/models/upload", files={"file": ("m.tar", tar)}, headers=auth).json()
+    theirs = http.post("/api/v1/uploads", json={"filename": "t.tar", "bytes": 10}, headers=other).json()
+
+    listed = http.get("/api/v1/uploads", headers=auth).json()
+    assert listed["object"] == "list" and [u["id"] for u in listed["data"]] == [whole["id"], half["id"]]
+    newest, oldest = listed["data"]
+    assert newest["status"] == "complete" and newest["bytes"] == len(tar) and newest["filename"] == "m.tar"
+    assert (oldest["status"], oldest["received"], oldest["missing"]) == ("receiving", [1], [2])
+    assert oldest == http.get(f"/api/v1/uploads/{half['id']}", headers=auth).json()  # one shape
+
+    # While a job reads an upload, it stays; once the job is done, it can go.
+    resp = http.post("/v1/models", json={"model_name": "m", "model_source": whole["id"]}, headers=auth)
+    assert resp.status_code == 200, resp.text
+    held = http.delete(f"/api/v1/uploads/{whole['id']}", headers=auth)
+    assert held.status_code == 409 and resp.json()["data"]["job_id"] in held.json()["error"]["message"]
+    run_all_jobs(app.state.services)
+    for upload in (whole, half):
+        assert http.delete(f"/api/v1/uploads/{upload['id']}", headers=auth).status_code == 204
+        assert not (app.state.settings.uploads_dir / upload["id"]).exists()  # the bytes are gone
+        assert http.get(f"/api/v1/uploads/{upload['id']}", headers=auth).status_code == 404
+    assert http.get("/api/v1/uploads", headers=auth).json()["data"] == []
+    assert [u["id"] for u in http.get("/api/v1/uploads", headers=other).json()["data"]] == [theirs["id"]]
+    assert {p.parent.name for p in uploads_left(app)} == {theirs["id"]}

@@ -13,10 +13,14 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import Server
+from tests.support.fakehub import FakeHub
+from tests.support.tinymodels import files_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db_agnostic]
 
@@ -69,7 +73,7 @@ def sign_in(page: Any, server: Server) -> None:
 
 
 def pack(folder: Path, dest: Path) -> Path:
-    with tarfile.open(dest, "w:gz") as tar:
+    with tarfile.open(dest, "w:gz" if dest.name.endswith(".gz") else "w") as tar:
         for path in sorted(folder.iterdir()):
             tar.add(path, arcname=path.name)
     return dest
@@ -174,6 +178,50 @@ def test_a_failed_upload_lists_every_problem(page: Any, server: Server, tiny_lla
     assert "hf_secret_token_value" not in page.content()
 
 
+def test_refusals_come_before_any_part_is_sent_and_the_file_stays_chosen(
+    page: Any, server: Server, hub: FakeHub, tiny_llama: Path, tiny_lora: Path, tmp_path: Path
+) -> None:
+    hub.add("web/dup", files_of(tiny_llama))
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    taken = httpx.post(f"{server.url}/v1/models", json={"model_name": "dup", "model_source": "web/dup"}, headers=auth)
+    assert taken.status_code == 200, taken.text
+    sign_in(page, server)
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(f"{r.method} {urlparse(r.url).path}"))
+    page.goto(f"{server.url}/models/new")
+    page.get_by_label("Name").fill("dup")
+    page.get_by_label("A file from this computer").check()
+    page.get_by_label("Archive (.tar, .tar.gz, .zip)").set_input_files(str(pack(tiny_lora, tmp_path / "lora.tar")))
+    chosen = "e => e.files.length === 1 ? e.files[0].name : null"
+
+    # A taken name: said next to Name, in the page's words, before the upload even starts.
+    page.get_by_role("button", name="Upload").click()
+    error = page.locator("#model_name-error")
+    error.wait_for(state="visible")
+    assert error.inner_text().startswith("You already have a model named “dup”"), error.inner_text()
+    assert page.evaluate("document.activeElement.id") == "model_name"
+    assert page.get_by_label("Name").get_attribute("aria-invalid") == "true"
+    assert page.locator("#file").evaluate(chosen) == "lora.tar"
+    assert "POST /api/v1/models/preflight" in sent and not [r for r in sent if "/api/v1/uploads" in r], sent
+
+    # The archive holds an adapter but Model is chosen: its tar headers say so when the model is created,
+    # after the upload; the file stays chosen and is not sent again once the type is fixed.
+    page.get_by_label("Name").fill("my-lora")
+    page.get_by_role("button", name="Upload").click()
+    page.locator("#model_type-error").wait_for(state="visible")
+    assert "holds a LoRA adapter" in page.locator("#model_type-error").inner_text()
+    assert error.is_hidden() and page.locator("#file").evaluate(chosen) == "lora.tar"
+    page.get_by_label("LoRA adapter").check()
+    page.get_by_role("button", name="Upload").click()
+    page.wait_for_url(re.compile(r".*/jobs/job-.*"))
+    assert sent.count("POST /api/v1/uploads") == 1, sent
+    assert [u["filename"] for u in server_get(server, "/api/v1/uploads")["data"]] == ["lora.tar"]
+
+
+def server_get(server: Server, path: str) -> Any:
+    return httpx.get(server.url + path, headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=10).json()
+
+
 def test_keys_page_shows_a_new_key_once_and_revokes(page: Any, server: Server) -> None:
     sign_in(page, server)
     page.get_by_role("link", name="API keys").click()
@@ -196,7 +244,7 @@ def test_pages_are_usable_on_a_narrow_screen_and_by_keyboard(browser: Any, serve
     page = context.new_page()
     try:
         sign_in(page, server)
-        for path in ("/models", "/models/new", "/endpoints", "/playground", "/keys"):
+        for path in ("/models", "/models/new", "/endpoints", "/playground", "/uploads", "/keys"):
             page.goto(server.url + path)
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, (path, overflow)

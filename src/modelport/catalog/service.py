@@ -5,17 +5,21 @@ Another account's resources answer exactly like missing ones (``NotFound``), so 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from modelport.accounts import quotas
 from modelport.accounts.service import Principal
+from modelport.catalog import preflight as checks
 from modelport.catalog.names import qualify
-from modelport.errors import Conflict, InvalidRequest, InvalidSource, ModelNameTaken, NotFound
+from modelport.catalog.preflight import Preflight
+from modelport.errors import BaseModelNotFound, Conflict, InvalidSource, NotFound
 from modelport.ids import new_id
+from modelport.ingest import peek
 from modelport.ingest.pipeline import job_type
 from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
 from modelport.jobs.states import JobStatus, ModelStatus
@@ -55,30 +59,56 @@ class Catalog:
         self.settings, self.db = settings, db
         self.on_submit = on_submit  # wakes in-process workers; others find the job at their next poll
 
-    def submit_upload(self, who: Principal, req: UploadRequest) -> Submitted:
-        if req.model_type not in ("model", "adapter"):
-            raise InvalidRequest("model_type must be 'model' or 'adapter'", param="model_type")
-        name = qualify(who.account_name, req.model_name)
-        source = parse_source(req.model_source, self.settings)
-        if req.model_type == "model" and (req.base_model or req.lora_model):
-            raise InvalidRequest("base_model and lora_model only apply to model_type 'adapter'", param="base_model")
-        if source.kind == SourceKind.UPLOAD:
+    def preflight(
+        self,
+        who: Principal,
+        model_name: str,
+        model_type: str = "model",
+        base_model: str | None = None,
+        model_source: str | None = None,
+        files: Sequence[str] | None = None,
+        lora_model: str | None = None,
+    ) -> Preflight:
+        """Everything about an upload that can be known before its bytes move and before a job exists.
+
+        Checks run in a fixed order (type, source, name, base, files) and the first problem raises.
+        ``files``: the names in the folder or archive about to be sent, relative to its top.
+        """
+        checks.check_type(model_type, base_model, lora_model)
+        source = parse_source(model_source, self.settings) if model_source is not None else None
+        if source is not None and source.kind == SourceKind.UPLOAD:
             self._check_upload(who, source.url)
+        name = qualify(who.account_name, model_name)
+        with self.db.read() as s:
+            self._check_name_free(s, name)
+            base = self._resolve_base(s, who, base_model) if base_model else None
+        detected = checks.check_files(files, model_type) if files is not None else None
+        return Preflight(name, model_type, detected, base, source)
+
+    def submit_upload(self, who: Principal, req: UploadRequest) -> Submitted:
+        checked = self.preflight(
+            who, req.model_name, req.model_type, req.base_model, req.model_source, lora_model=req.lora_model
+        )
+        name, source = checked.model_name, checked.source
+        assert source is not None
+        if source.kind == SourceKind.UPLOAD:
+            self._check_archive_kind(source.url, req.model_type)
         model_id, job_id = new_id("model"), new_id("job")
         args = {
             "modelName": name,
             "modelSource": source.display,
             "modelType": req.model_type,
             "description": req.description or "",
-            "baseModel": req.base_model,
+            # The resolved full name: the job looks its base up by name in the caller's namespace
+            # (``pipeline._find_base``), so an id or short name accepted here must reach it as the name.
+            "baseModel": checked.base_model,
             "loraModel": req.lora_model,
         }
         try:
             with self.db.session() as s:
                 quotas.lock_account(s, who.account_id)
                 quotas.check_submission(s, self.settings, who.account_id)
-                if s.scalar(select(Model.id).where(Model.name == name)):
-                    raise ModelNameTaken(f"Model name already exists: {name}", param="model_name")
+                self._check_name_free(s, name)
                 s.add(
                     Model(
                         id=model_id,
@@ -107,7 +137,7 @@ class Catalog:
                 add_update(s, job_id, JobStatus.QUEUED, f"job created for {name} from {source.display}")
         except IntegrityError:
             # Two uploads raced for one name: the unique index let exactly one commit.
-            raise ModelNameTaken(f"Model name already exists: {name}", param="model_name") from None
+            raise checks.name_taken(name, still_uploading=True) from None
         self.on_submit()
         return Submitted(job_id, model_id, name, source)
 
@@ -118,6 +148,44 @@ class Catalog:
             raise InvalidSource(f"{upload_id} is not one of your uploads", param="model_source")
         if upload.status != "complete":
             raise InvalidSource(f"{upload_id} has not finished uploading", param="model_source")
+
+    def _check_archive_kind(self, upload_id: str, model_type: str) -> None:
+        """An uploaded tar or zip says what it holds in its headers: adapter files sent as a model (or the
+        reverse) are refused here rather than after a job has unpacked them. Other archives: the job."""
+        archive = self.settings.uploads_dir / upload_id / "archive"
+        names = peek.member_names(archive, self.settings.max_archive_members)
+        if names is not None:
+            checks.check_files(names, model_type, param="model_source")
+
+    @staticmethod
+    def _check_name_free(s: Session, name: str) -> None:
+        """A name is held from submission on: a model still uploading holds it as a ready one does."""
+        status = s.scalar(select(Model.status).where(Model.name == name))
+        if status is not None:
+            raise checks.name_taken(name, still_uploading=status != ModelStatus.READY)
+
+    @staticmethod
+    def _resolve_base(s: Session, who: Principal, ref: str) -> str:
+        """The base's full name, found by ``get_model``'s rule; it must be a ready full model."""
+        model = _find_ready(s, who, ref)
+        if model is None:
+            pending = s.scalar(
+                select(Model.name).where(Model.account_id == who.account_id, Model.name.in_(_ref_names(who, ref)))
+            )
+            bases = s.scalars(
+                select(Model.name).where(
+                    Model.account_id == who.account_id, Model.status == ModelStatus.READY, Model.kind == "model"
+                )
+            )
+            raise checks.base_not_found(ref, who.account_name, list(bases), pending)
+        if model.kind != "model":
+            base = s.scalar(select(Model.name).where(Model.id == model.base_model_id))
+            raise BaseModelNotFound(
+                f"{model.name} is an adapter, and an adapter's base_model must be a full model"
+                + (f"; its own base is {base}" if base else ""),
+                param="base_model",
+            )
+        return model.name
 
     def get_job(self, who: Principal, job_id: str) -> JobView:
         with self.db.read() as s:
@@ -154,15 +222,8 @@ class Catalog:
 
     def get_model(self, who: Principal, ref: str) -> Model:
         """``ref`` is a model id, a full name, or a name within the caller's namespace."""
-        names = [ref] if "/" in ref else [ref, f"{who.account_name}/{ref}"]
         with self.db.read() as s:
-            model = s.scalars(
-                select(Model).where(
-                    Model.account_id == who.account_id,
-                    Model.status == ModelStatus.READY,
-                    (Model.id == ref) | Model.name.in_(names),
-                )
-            ).first()
+            model = _find_ready(s, who, ref)
         if model is None:
             raise NotFound(f"model {ref!r} not found", param="model")
         return model
@@ -207,3 +268,18 @@ class Catalog:
             return None
         with self.db.read() as s:
             return s.scalar(select(Model.name).where(Model.id == model.base_model_id))
+
+
+def _ref_names(who: Principal, ref: str) -> list[str]:
+    return [ref] if "/" in ref else [ref, f"{who.account_name}/{ref}"]
+
+
+def _find_ready(s: Session, who: Principal, ref: str) -> Model | None:
+    """The one rule for naming a model: its id, its full name, or its name in the caller's namespace."""
+    return s.scalars(
+        select(Model).where(
+            Model.account_id == who.account_id,
+            Model.status == ModelStatus.READY,
+            (Model.id == ref) | Model.name.in_(_ref_names(who, ref)),
+        )
+    ).first()

@@ -25,7 +25,7 @@ from modelport.errors import Conflict, InvalidRequest, NotFound, UploadTooLarge
 from modelport.ids import new_id
 from modelport.settings import Settings
 from modelport.storage.db.engine import Database
-from modelport.storage.db.tables import Upload, utcnow
+from modelport.storage.db.tables import JobSecret, Upload, utcnow
 
 DEFAULT_PART_BYTES = 64 * 2**20
 RECEIVING, COMPLETE = "receiving", "complete"
@@ -151,10 +151,13 @@ class Uploads:
         (self.folder(upload.id) / "parts" / str(number)).touch()
 
     def view(self, who: Principal, upload_id: str) -> UploadView:
-        upload = self.get(who, upload_id)
+        return self._view(self.get(who, upload_id))
+
+    def _view(self, upload: Upload) -> UploadView:
         if upload.part_size is None or upload.status == COMPLETE:
             return UploadView(upload, [], [])
-        have = {int(p.name) for p in (self.folder(upload_id) / "parts").glob("[0-9]*") if p.name.isdigit()}
+        parts = self.folder(upload.id) / "parts"
+        have = {int(p.name) for p in parts.glob("[0-9]*") if p.name.isdigit()}
         numbers = range(1, _part_count(upload) + 1)
         return UploadView(upload, [n for n in numbers if n in have], [n for n in numbers if n not in have])
 
@@ -188,13 +191,29 @@ class Uploads:
             raise NotFound(f"upload {upload_id!r} not found", param="upload_id")
         return upload
 
+    def list(self, who: Principal) -> list[UploadView]:
+        """The caller's uploads, newest first; an unfinished one says which parts it still needs."""
+        query = select(Upload).where(Upload.account_id == who.account_id)
+        with self.db.read() as s:
+            rows = list(s.scalars(query.order_by(Upload.created_at.desc(), Upload.id.desc())))
+        return [self._view(u) for u in rows]
+
     def completed_for(self, account_id: str, upload_id: str) -> Upload | None:
         with self.db.read() as s:
             upload = s.scalars(select(Upload).where(Upload.id == upload_id, Upload.account_id == account_id)).first()
         return upload if upload is not None and upload.status == COMPLETE else None
 
     def delete(self, who: Principal, upload_id: str) -> None:
+        """Remove the upload and its bytes, finished or not, unless a job is still reading it."""
         self.get(who, upload_id)
+        with self.db.read() as s:
+            # A job's secret row lives exactly while the job does, and holds its source.
+            job_id = s.scalar(select(JobSecret.job_id).where(JobSecret.source == upload_id))
+        if job_id is not None:
+            raise Conflict(
+                f"{upload_id} is the source of {job_id}, which has not finished; delete it once the job is done",
+                param="upload_id",
+            )
         self.discard(upload_id)
 
     def discard(self, upload_id: str) -> None:

@@ -15,10 +15,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from modelport.accounts.service import Principal
-from modelport.api.deps import get_accounts, get_catalog, get_endpoints
+from modelport.api.deps import get_accounts, get_catalog, get_endpoints, get_settings, get_uploads
 from modelport.catalog.service import UploadRequest
 from modelport.endpoints.service import EndpointSpec
-from modelport.errors import AuthenticationError, ModelportError, NotFound, PermissionDenied
+from modelport.errors import AuthenticationError, Conflict, ModelportError, NotFound, PermissionDenied
 from modelport.humanize import human_bytes, human_count
 from modelport.web import views
 from modelport.web.session import SESSION_COOKIE, csrf_ok, csrf_token
@@ -120,16 +120,17 @@ def models_page(request: Request, who: Who, key: Key) -> Response:
 
 @router.get("/models/new", response_class=HTMLResponse)
 def new_model_page(request: Request, who: Who, key: Key) -> Response:
-    bases = [m.name for m in get_catalog(request).list_models(who) if m.kind == "model"]
-    return page(request, "new_model.html", key, who, bases=bases, form={})
+    return _new_model_form(request, who, key, 200, {}, None)
 
 
 @router.post("/models/new", response_class=HTMLResponse)
 def new_model(request: Request, who: Who, key: Key, form: Annotated[views.NewModelForm, Form()]) -> Response:
+    """Without scripts, or for a repo or URL source: the form posts here. A picked file is checked and
+    sent by the page's script through the JSON API instead, so a refusal never loses the file."""
     check_csrf(key, form.csrf_token)
-    catalog = get_catalog(request)
+    base = (form.base_model or None) if form.model_type == "adapter" else None
     try:
-        submitted = catalog.submit_upload(
+        submitted = get_catalog(request).submit_upload(
             who,
             UploadRequest(
                 model_name=form.model_name,
@@ -137,14 +138,23 @@ def new_model(request: Request, who: Who, key: Key, form: Annotated[views.NewMod
                 model_type=form.model_type,
                 hf_token=form.hf_token or None,
                 description=form.description or None,
-                base_model=(form.base_model or None) if form.model_type == "adapter" else None,
+                base_model=base,
             ),
         )
     except ModelportError as e:
-        bases = [m.name for m in catalog.list_models(who) if m.kind == "model"]
+        error = views.form_error(e, form.model_name, form.model_type, form.base_model)
         shown = form.model_dump(exclude={"hf_token", "csrf_token"})  # a secret is never sent back
-        return page(request, "new_model.html", key, who, 400, bases=bases, form=shown, error=e.message)
+        return _new_model_form(request, who, key, e.status_code, shown, error)
     return back(f"/jobs/{submitted.job_id}")
+
+
+def _new_model_form(
+    request: Request, who: Principal, key: str, status: int, form: dict[str, Any], error: views.FormError | None
+) -> Response:
+    bases = [m.name for m in get_catalog(request).list_models(who) if m.kind == "model"]
+    return page(
+        request, "new_model.html", key, who, status, bases=bases, form=form, error=error, words=views.form_words()
+    )
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
@@ -239,6 +249,28 @@ def create_key(
     accounts = get_accounts(request)
     info, new_key = accounts.create_key_as(who, account.strip() or None)
     return page(request, "keys.html", key, who, keys=accounts.list_keys_as(who), new_key=new_key, new_info=info)
+
+
+# --- uploads ------------------------------------------------------------------------------------
+@router.get("/uploads", response_class=HTMLResponse)
+def uploads_page(request: Request, who: Who, key: Key) -> Response:
+    return _uploads(request, who, key)
+
+
+@router.post("/uploads/{upload_id}/delete", response_class=HTMLResponse)
+def delete_upload(request: Request, upload_id: str, who: Who, key: Key, csrf_token: Annotated[str, Form()]) -> Response:
+    check_csrf(key, csrf_token)
+    try:
+        get_uploads(request).delete(who, upload_id)
+    except Conflict as e:  # a job still reads it: say so on the list itself
+        return _uploads(request, who, key, e.status_code, error=e.message)
+    return back("/uploads")
+
+
+def _uploads(request: Request, who: Principal, key: str, status: int = 200, error: str | None = None) -> Response:
+    rows = [views.upload_row(v) for v in get_uploads(request).list(who)]
+    ttl = views.duration(get_settings(request).upload_ttl_s)
+    return page(request, "uploads.html", key, who, status, uploads=rows, ttl=ttl, error=error)
 
 
 @router.post("/keys/{key_id}/revoke")

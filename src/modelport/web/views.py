@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -9,7 +10,8 @@ from pydantic import BaseModel, Field
 
 from modelport.catalog.service import JobView
 from modelport.endpoints.service import Availability
-from modelport.errors import InvalidRequest
+from modelport.errors import InvalidRequest, ModelportError
+from modelport.ingest.uploads import UploadView
 from modelport.storage.db.tables import Endpoint, Model
 
 
@@ -18,6 +20,13 @@ def when(value: datetime | None) -> str:
         return "-"
     aware = value if value.tzinfo else value.replace(tzinfo=UTC)
     return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def duration(seconds: float) -> str:
+    """``7 days``, ``1 day``, ``12 hours``: how long something is kept, in words."""
+    value, unit = (seconds / 86400, "day") if seconds >= 86400 else (seconds / 3600, "hour")
+    value = round(value, 1)
+    return f"{value:g} {unit}" + ("" if value == 1 else "s")
 
 
 def local_path(target: str) -> str:
@@ -43,6 +52,47 @@ class NewModelForm(BaseModel):
             what = {"huggingface": "a Hugging Face repo", "url": "an archive URL", "file": "a file"}[self.source_kind]
             raise InvalidRequest(f"choose {what} to upload from", param="model_source")
         return value
+
+
+# The Add custom model page's own words for a refusal, naming its fields as they are labelled there
+# (API messages name API fields). The page's script gets this same table (``form_words``), so an error
+# found by the preflight in the browser and one found when the form posts read alike.
+FIELD_OF_PARAM = {
+    "model_name": "model_name",
+    "model_type": "model_type",
+    "base_model": "base_model",
+    "model_source": "source",
+    "files": "source",
+    "file": "source",
+}
+FORM_WORDS = {
+    "model_name_taken": "You already have a model named “{name}”, or one is still uploading under that name. "
+    "Choose another Name.",
+    "invalid_model_name": "A Name is 1 to 100 letters, digits, “.”, “_” or “-”, and starts with a letter or digit.",
+    "base_model_not_found": "“{base}” is not one of your ready models. Choose another Base model, or leave it on "
+    "“(from adapter_config.json)”.",
+    # Keyed by the Type that was chosen: the archive holds the other kind.
+    "model_type_mismatch:model": "This archive holds a LoRA adapter (adapter_config.json, no config.json). "
+    "Choose the type “LoRA adapter” and its Base model.",
+    "model_type_mismatch:adapter": "This archive holds a full model (config.json). Choose the type “Model”.",
+}
+
+
+@dataclass(frozen=True)
+class FormError:
+    field: str | None  # the form field it is shown next to; None: at the top of the form
+    text: str
+
+
+def form_words() -> dict[str, Any]:
+    return {"fields": FIELD_OF_PARAM, "messages": FORM_WORDS}
+
+
+def form_error(exc: ModelportError, model_name: str, model_type: str, base_model: str) -> FormError:
+    key = f"{exc.code}:{model_type}" if exc.code == "model_type_mismatch" else exc.code
+    words = FORM_WORDS.get(key)
+    text = words.format(name=model_name.strip(), base=base_model) if words else exc.message
+    return FormError(FIELD_OF_PARAM.get(exc.param or ""), text)
 
 
 class EndpointForm(BaseModel):
@@ -126,4 +176,18 @@ def endpoint_row(e: Endpoint, model_name: str, ready: int) -> dict[str, Any]:
         "replicas": f"{ready}/{e.min_replicas}" + (f"-{e.max_replicas}" if e.max_replicas != e.min_replicas else ""),
         "error": e.error,
         "created": e.created_at,
+    }
+
+
+def upload_row(view: UploadView) -> dict[str, Any]:
+    u = view.upload
+    done = u.status == "complete"
+    parts = len(view.received) + len(view.missing)
+    return {
+        "id": u.id,
+        "filename": u.filename,
+        "size": u.size,
+        "status": "complete" if done else "unfinished",
+        "parts": None if done or not parts else f"{len(view.received)} of {parts} parts",
+        "created": u.created_at,
     }

@@ -44,6 +44,12 @@ def create_upload(body: UploadCreate, who: PrincipalDep, uploads: UploadsDep) ->
     return view_json(uploads.create(who, body.filename, body.bytes, body.sha256, body.part_size))
 
 
+@router.get("/uploads")
+def list_uploads(who: PrincipalDep, uploads: UploadsDep) -> dict[str, Any]:
+    """The caller's uploads, newest first, finished or not: what to resume, use or delete."""
+    return {"object": "list", "data": [view_json(v) for v in uploads.list(who)]}
+
+
 @router.get("/uploads/{upload_id}")
 def get_upload(upload_id: str, who: PrincipalDep, uploads: UploadsDep) -> dict[str, Any]:
     return view_json(uploads.view(who, upload_id))

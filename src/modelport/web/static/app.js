@@ -3,6 +3,11 @@
 
 const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
 
+// An API refusal, with the envelope's machine code and the field it is about.
+class ApiError extends Error {
+  constructor(message, code = null, param = null) { super(message); this.code = code; this.param = param; }
+}
+
 async function api(method, path, body, extra = {}) {
   const headers = { "X-CSRF-Token": csrf(), ...extra };
   if (body !== undefined && !(body instanceof Blob)) headers["Content-Type"] = "application/json";
@@ -10,16 +15,17 @@ async function api(method, path, body, extra = {}) {
     method, headers, credentials: "same-origin",
     body: body === undefined ? undefined : body instanceof Blob ? body : JSON.stringify(body),
   });
-  if (!resp.ok) throw new Error(await errorText(resp));
+  if (!resp.ok) throw await apiError(resp);
   return resp.status === 204 ? null : resp.json();
 }
 
-async function errorText(resp) {
+async function apiError(resp) {
   try {
     const body = await resp.json();
-    return (body.error && body.error.message) || JSON.stringify(body.detail || body);
+    if (body.error) return new ApiError(body.error.message, body.error.code, body.error.param);
+    return new ApiError(JSON.stringify(body.detail || body));
   } catch (_) {
-    return `${resp.status} ${resp.statusText}`;
+    return new ApiError(`${resp.status} ${resp.statusText}`);
   }
 }
 
@@ -36,33 +42,94 @@ document.addEventListener("submit", (event) => {
   if (message && !window.confirm(message)) event.preventDefault();
 });
 
-// --- Add custom model: show the chosen source, upload a picked file in resumable parts ---------
+// --- Add custom model: check first, then upload a picked file in resumable parts -----------------
+// A picked file never goes through the form post: the page asks the preflight, sends the parts, then
+// creates the model through the JSON API, so a refusal at any step leaves the page (and the chosen
+// file) as it was. Repo and URL sources post the form; the server shows its errors the same way.
 const PART_BYTES = 8 * 1024 * 1024;
 
 function setupUploadForm(form) {
   const sections = form.querySelectorAll("[data-source]");
+  const fileInput = form.querySelector("#file");
   const show = () => {
     const kind = form.querySelector('input[name="source_kind"]:checked').value;
     sections.forEach((s) => { s.hidden = s.dataset.source !== kind; });
   };
   form.querySelectorAll('input[name="source_kind"]').forEach((r) => r.addEventListener("change", show));
   show();
+  fileInput.addEventListener("change", () => { form.file_id.value = ""; }); // another file: send it
   form.addEventListener("submit", async (event) => {
     const kind = form.querySelector('input[name="source_kind"]:checked').value;
-    if (kind !== "file" || form.file_id.value) return;
+    if (kind !== "file") return;
     event.preventDefault();
-    const file = form.querySelector("#file").files[0];
-    const status = form.querySelector("#upload-status");
-    if (!file) { status.textContent = "Choose a file first."; form.querySelector(".upload-progress").hidden = false; return; }
-    form.querySelector('button[type="submit"]').disabled = true;
+    clearFormErrors(form);
+    const file = fileInput.files[0];
+    if (!file) { showFormError(form, "source", "Choose a file to upload."); return; }
+    const button = form.querySelector('button[type="submit"]');
+    button.disabled = true;
+    const fields = modelFields(form);
+    let step = "check";
     try {
-      form.file_id.value = await uploadFile(file, form);
-      form.submit();
+      await api("POST", "/api/v1/models/preflight", fields); // before the first part is sent
+      step = "upload";
+      if (!form.file_id.value) form.file_id.value = await uploadFile(file, form);
+      step = "create";
+      const description = form.description.value.trim() || null;
+      const made = await api("POST", "/v1/models", { ...fields, model_source: form.file_id.value, description });
+      window.location.assign(`/jobs/${encodeURIComponent(made.data.job_id)}`);
     } catch (err) {
-      status.textContent = `Upload failed: ${err.message}. Submit again to resume.`;
-      form.querySelector('button[type="submit"]').disabled = false;
+      if (step === "upload") {
+        const text = err.code ? err.message : `The upload stopped (${err.message}). Select Upload again to resume it.`;
+        showFormError(form, "source", text);
+      } else {
+        const { field, text } = explain(form, err);
+        showFormError(form, field, text);
+      }
+      if (step === "create") form.querySelector("#upload-status").textContent = `Uploaded ${human(file.size)}; it is not sent again.`;
+      button.disabled = false;
     }
   });
+}
+
+function modelFields(form) {
+  const type = form.querySelector('input[name="model_type"]:checked').value;
+  const base = type === "adapter" ? form.base_model.value || null : null;
+  return { model_name: form.model_name.value.trim(), model_type: type, base_model: base };
+}
+
+// The page's words for an API refusal (the same table the server uses when the form posts).
+function explain(form, err) {
+  const words = JSON.parse(document.getElementById("form-words").textContent);
+  const type = form.querySelector('input[name="model_type"]:checked').value;
+  const key = err.code === "model_type_mismatch" ? `${err.code}:${type}` : err.code;
+  const template = key ? words.messages[key] : undefined;
+  const text = template
+    ? template.replaceAll("{name}", form.model_name.value.trim()).replaceAll("{base}", form.base_model.value)
+    : err.message;
+  return { field: words.fields[err.param] || null, text };
+}
+
+const FIELD_FOCUS = {
+  model_name: "#model_name", base_model: "#base_model", source: "#file",
+  model_type: 'input[name="model_type"]:checked',
+};
+const FIELD_BOX = { model_name: "#model_name", base_model: "#base_model", source: "#source-group", model_type: "#type-group" };
+
+function showFormError(form, field, text) {
+  const slot = field ? document.getElementById(`${field}-error`) : null;
+  const target = slot || document.getElementById("form-error");
+  target.textContent = text;
+  target.hidden = false;
+  if (slot) {
+    form.querySelector(FIELD_BOX[field]).setAttribute("aria-invalid", "true");
+    const focus = form.querySelector(FIELD_FOCUS[field]);
+    if (focus && !focus.closest("[hidden]")) focus.focus();
+  }
+}
+
+function clearFormErrors(form) {
+  document.querySelectorAll(".field-error, #form-error").forEach((p) => { p.hidden = true; p.textContent = ""; });
+  form.querySelectorAll('[aria-invalid="true"]').forEach((e) => e.removeAttribute("aria-invalid"));
 }
 
 async function sha256Hex(buffer) {
@@ -222,7 +289,12 @@ async function streamChat(body, signal, onText) {
     headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() },
     body: JSON.stringify(body),
   });
-  if (!resp.ok) throw new Error(await errorText(resp));
+  if (!resp.ok) {
+    const err = await apiError(resp);
+    // The API's words are the same for every client; this page names its own way to start one.
+    if (err.code === "endpoint_not_running") err.message += ". Start it on the Endpoints page.";
+    throw err;
+  }
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {
