@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+_BYTE_COUNT = re.compile(r"\b(\d+) bytes\b")
+
 
 def human_bytes(n: int | float | None) -> str:
     if n is None:
@@ -20,3 +24,8 @@ def human_count(n: int | None) -> str:
         if n >= div:
             return f"{n / div:.1f}{suffix}"
     return str(n)
+
+
+def human_sizes(text: str) -> str:
+    """``text`` with each ``N bytes`` written as ``human_bytes(N)``: one unit system for people."""
+    return _BYTE_COUNT.sub(lambda m: human_bytes(int(m[1])), text)

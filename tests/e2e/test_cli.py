@@ -12,14 +12,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e.conftest import REPO, Server
+from tests.support.fakehub import FakeHub
 from tests.support.procs import modelport_exe
-from tests.support.tinymodels import archive_bytes, files_of
+from tests.support.tinymodels import files_of
 
 pytestmark = pytest.mark.e2e
 
@@ -31,32 +31,32 @@ def readme_walkthrough() -> str:
 
 
 @pytest.mark.db_agnostic
-def test_the_readme_walkthrough_runs_as_written(
-    server: Server, presign: Any, tiny_llama: Path, tiny_lora: Path
-) -> None:
-    """The README's block, verbatim, in a fresh bash: only the presigned URL and the server's port differ."""
+def test_the_readme_walkthrough_runs_as_written(server: Server, hub: FakeHub) -> None:
+    """The README's block, verbatim, in a fresh bash, as a new user pastes it: nothing set but the server's
+    port, no files but the server's data folder, no cloud account, and nothing fetched from a hub."""
     (server.home / ".venv").symlink_to(Path(sys.prefix))
-    shutil.copytree(tiny_lora, server.home / "my-lora")
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(server.home),
         "XDG_CACHE_HOME": str(server.home / "cache"),
-        "PRESIGNED_URL": presign(archive_bytes(files_of(tiny_llama), "tar.gz"), key="my-model.tar.gz"),
         "MODELPORT_BASE_URL": server.url,
         "COLUMNS": "200",
     }
+    hub_requests = len(hub.requests)
     script = "set -e\n" + readme_walkthrough()
     run = subprocess.run(["bash", "-c", script], cwd=server.home, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n{server.proc.output()[-3000:]}"
     out, err = run.stdout, run.stderr
-    assert out.splitlines()[0] == "admin"  # whoami
+    assert out.splitlines()[:3] == ["admin", "./modelport-demo/tiny-chat", "./modelport-demo/tiny-lora"]  # whoami, demo
+    assert len(hub.requests) == hub_requests
     assert re.search(r"^admin/my-model\s+model\s+chat\s+-\s+\d", out, re.M), out  # models list, a table row
     assert re.search(r"^admin/my-lora\s+adapter\s+chat\s+admin/my-model", out, re.M)
     assert re.search(r"^job-\S+\s+admin/my-lora\s+Complete", out, re.M)  # jobs list
     assert re.search(r"^1x_cpu_\w+\s+cpu\s+1\s+.*available", out, re.M)  # hardware, with fit for the model
-    assert re.search(r"^endpoint-\S+\s+admin/my-model-\w+\s+admin/my-model\s+\S+\s+STARTED\s+1/1", out, re.M)
+    endpoint_row = r"^(endpoint-\S+\s+)?admin/my-model-\w+\s+.*\badmin/my-model\s+\S+\s+STARTED\s+1/1"
+    assert re.search(endpoint_row, out, re.M), out  # endpoints list: its name, model, hardware, state
     # Progress went to stderr: each stage of both jobs, as it happened, and the endpoint's states.
-    for stage in ("downloading", "extracting", "validating", "admitting", "storing", "registering"):
+    for stage in ("extracting", "validating", "admitting", "storing", "registering"):
         assert re.search(rf"\d\d:\d\d\s+{stage}\s", err), (stage, err)
     assert err.count("Complete") >= 2 and "STARTED" in err and "STOPPED" in err
     assert "Traceback" not in err
@@ -66,7 +66,7 @@ def test_the_readme_walkthrough_runs_as_written(
 
 
 @pytest.mark.db_agnostic
-def test_failures_exit_with_their_code_and_a_hint(server: Server, tiny_llama: Path, tmp_path: Path) -> None:
+def test_failures_exit_with_their_code_and_a_hint(server: Server, tiny_llama: Path, hub: FakeHub) -> None:
     missing = server.cli("models", "get", "nope")
     assert missing.returncode == 4 and "model 'nope' not found" in missing.stderr
     assert "modelport models list" in missing.stderr and missing.stdout == ""
@@ -81,16 +81,17 @@ def test_failures_exit_with_their_code_and_a_hint(server: Server, tiny_llama: Pa
     debug = server.cli("models", "get", "nope", "--debug")
     assert debug.returncode == 4 and "Traceback" in debug.stderr
 
-    # A job that fails while --wait watches it: exit 5, every problem listed.
-    bad = tmp_path / "bad-model"
-    shutil.copytree(tiny_llama, bad)
-    (bad / "pytorch_model.bin").write_bytes(b"pickle")
-    (bad / "modeling_evil.py").write_text("import os\n")
-    failed = server.cli("models", "upload", "--model-name", "bad", "--model-source", str(bad), "--wait")
+    # A job that fails while --wait watches it: exit 5, every problem listed, and what to do. (From a hub
+    # repo: a local folder like this one is refused before anything is sent.)
+    hub.add(
+        "acme/bad-model", {**files_of(tiny_llama), "pytorch_model.bin": b"pickle", "modeling_evil.py": b"import os\n"}
+    )
+    failed = server.cli("models", "upload", "--model-name", "bad", "--model-source", "acme/bad-model", "--wait")
     assert failed.returncode == 5, failed.stderr
     assert "pytorch_model.bin: pickle weight formats" in failed.stderr
     assert "modeling_evil.py: custom Python code is refused" in failed.stderr
     assert "failed (validation_failed)" in failed.stderr and "modelport jobs get job-" in failed.stderr
+    assert "fix every problem listed" in failed.stderr
     job_id = failed.stdout.strip()
     watched = server.cli("jobs", "watch", job_id)
     assert watched.returncode == 5

@@ -39,29 +39,37 @@ class ApiError(ClientError):
         resource: str | None = None,
         ref: str | None = None,
         retry_after: str | None = None,
+        param: str | None = None,
+        sent: Any = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
         self.resource, self.ref, self.retry_after = resource, ref, retry_after
+        self.param = param  # the request field the error is about (``base_model``), when the server says
+        self.sent = sent  # what this request sent in that field
 
 
 class NotFoundError(ApiError):
     """A 404: the resource does not exist, or belongs to another account (the server does not say which)."""
 
 
-def _error_from(resp: httpx.Response, resource: str | None, ref: str | None) -> ApiError:
-    code = None
+def _error_from(resp: httpx.Response, resource: str | None, ref: str | None, sent: Any = None) -> ApiError:
+    code = param = None
     try:
         body = resp.json()
         if isinstance(body, dict) and isinstance(body.get("error"), dict):
             message, code = str(body["error"].get("message")), body["error"].get("code")
+            param = body["error"].get("param")
         else:
             message = str(body.get("detail") if isinstance(body, dict) else body)
     except ValueError:
         message = resp.text[:500] or resp.reason_phrase
     kind = NotFoundError if resp.status_code == 404 else ApiError
     retry = resp.headers.get("retry-after")
-    return kind(resp.status_code, message, code=code, resource=resource, ref=ref, retry_after=retry)
+    value = sent.get(param) if isinstance(sent, dict) and isinstance(param, str) else None
+    return kind(
+        resp.status_code, message, code=code, resource=resource, ref=ref, retry_after=retry, param=param, sent=value
+    )
 
 
 def _segment(ref: str) -> str:
@@ -88,7 +96,7 @@ class Client:
         except httpx.TransportError as e:
             raise Unreachable(self.base_url, type(e).__name__) from e
         if resp.status_code >= 400:
-            raise _error_from(resp, resource, ref)
+            raise _error_from(resp, resource, ref, kw.get("json"))
         return resp.json() if resp.content else None
 
     def stream_events(self, path: str, body: dict[str, Any], *, resource: str, ref: str) -> Iterator[dict[str, Any]]:
@@ -97,7 +105,7 @@ class Client:
             with self.http.stream("POST", path, json={**body, "stream": True}, timeout=None) as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    raise _error_from(resp, resource, ref)
+                    raise _error_from(resp, resource, ref, body)
                 for line in resp.iter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -106,7 +114,9 @@ class Client:
                         return
                     event = json.loads(data)
                     if "error" in event:  # an error after the stream began
-                        raise ApiError(500, str(event["error"].get("message")), code=event["error"].get("code"))
+                        error = event["error"]
+                        message, code, param = str(error.get("message")), error.get("code"), error.get("param")
+                        raise ApiError(500, message, code=code, resource=resource, ref=ref, param=param)
                     yield event
         except httpx.TransportError as e:
             raise Unreachable(self.base_url, type(e).__name__) from e
@@ -142,6 +152,39 @@ class Client:
     def job(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self.call("GET", f"/v1/jobs/{_segment(job_id)}", resource="job", ref=job_id)
         return result
+
+    def preflight(
+        self,
+        *,
+        model_name: str,
+        model_type: str,
+        base_model: str | None,
+        model_source: str | None,
+        files: list[str] | None,
+    ) -> dict[str, Any]:
+        """The server's checks before any byte moves (name free, base exists, files of the right kind).
+
+        ``model_source`` is the remote source (None for local ones); ``files`` the names about to be
+        packed (None for archives and remote sources)."""
+        body = {
+            "model_name": model_name,
+            "model_type": model_type,
+            "base_model": base_model,
+            "model_source": model_source,
+            "files": files,
+        }
+        result: dict[str, Any] = self.call(
+            "POST", "/api/v1/models/preflight", json=body, resource="model", ref=model_name
+        )
+        return result
+
+    # --- uploads ----------------------------------------------------------------------------------
+    def list_uploads(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.call("GET", "/api/v1/uploads")["data"]
+        return result
+
+    def delete_upload(self, upload_id: str) -> None:
+        self.call("DELETE", f"/api/v1/uploads/{_segment(upload_id)}", resource="upload", ref=upload_id)
 
     # --- endpoints and hardware -------------------------------------------------------------------
     def hardware(self, model: str | None = None) -> list[dict[str, Any]]:
@@ -201,6 +244,10 @@ class Client:
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.call("POST", "/v1/completions", json=body, resource="model", ref=body["model"])
+        return result
+
+    def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", "/v1/embeddings", json=body, resource="model", ref=body["model"])
         return result
 
     def complete_stream(self, body: dict[str, Any]) -> Iterator[str]:

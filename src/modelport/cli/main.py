@@ -14,9 +14,12 @@ import click
 from modelport import __version__
 from modelport.cli.base import AppContext, ModelportGroup, connection_options, pass_app
 from modelport.cli.commands.chat import chat, complete
+from modelport.cli.commands.demo import demo
+from modelport.cli.commands.embed import embed
 from modelport.cli.commands.endpoints import endpoints
 from modelport.cli.commands.keys import keys
 from modelport.cli.commands.models import jobs, models
+from modelport.cli.commands.uploads import uploads
 from modelport.cli.errors import EXIT_CODES
 
 if TYPE_CHECKING:  # the server's modules load only for `serve` and `worker`: client commands start fast
@@ -146,10 +149,13 @@ def whoami(app: AppContext) -> None:
 
 cli.add_command(models)
 cli.add_command(jobs)
+cli.add_command(uploads)
 cli.add_command(endpoints)
 cli.add_command(keys)
 cli.add_command(chat)
 cli.add_command(complete)
+cli.add_command(embed)
+cli.add_command(demo)
 
 
 if __name__ == "__main__":  # `python -m modelport.cli.main`, how the supervisor starts replicas

@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from modelport.humanize import human_bytes, human_count
+from modelport.humanize import human_bytes, human_count, human_sizes
 
-__all__ = ["Output", "cell", "human_bytes", "human_count", "when"]
+__all__ = ["Output", "cell", "human_bytes", "human_count", "human_sizes", "when"]
 
 
 def _width(fd: int) -> int | None:
@@ -54,7 +54,8 @@ class Output:
         if not rows:
             self.message(empty)
             return
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        # Two spaces between columns, not three: a wide table (``endpoints list``) fits 100 columns.
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
         for name in columns:
             table.add_column(name, no_wrap=name in ("ID", "NAME", "MODEL", "JOB"), overflow="fold")
         for row in rows:
@@ -91,11 +92,11 @@ def cell(value: Any) -> str:
 
 
 def when(value: int | str | None) -> str:
-    """A Unix time or ISO-8601 string as local ``YYYY-MM-DD HH:MM``."""
+    """A Unix time or ISO-8601 string as local ``YYYY-MM-DD HH:MM:SS``."""
     if value in (None, ""):
         return "-"
     if isinstance(value, int | float):
         moment = datetime.fromtimestamp(value, UTC)
     else:
         moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M")
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")

@@ -18,6 +18,12 @@ SKIP_NAMES = {"README.md", ".gitattributes", "LICENSE", "LICENSE.txt", "requirem
 # Not kept, but named so validation can explain why the artifact is refused.
 REPORTED_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".py")
 MAX_DEPTH = 3
+# What the server says of refused files (``validate.py``); the CLI says the same before an upload.
+PICKLE_REFUSED = (
+    "{}: pickle weight formats (.bin/.pt/.pth/.pkl/.ckpt) can run code when loaded and are refused; convert "
+    "to safetensors (e.g. `model.save_pretrained(dir, safe_serialization=True)`) and remove the pickle files"
+)
+CODE_REFUSED = "{}: custom Python code is refused; modelport only serves architectures built into transformers"
 
 
 class FileRole(StrEnum):

@@ -13,6 +13,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from modelport.errors import ValidationFailed
+from modelport.ingest.layout import CODE_REFUSED, PICKLE_REFUSED
 from modelport.ingest.safetensors_header import Header, SafetensorsError, TensorInfo, read_file_header
 from modelport.ingest.staging import StagedFile
 from modelport.ingest.transformers_catalog import architectures, known_model_types
@@ -90,15 +91,9 @@ def _check_forbidden(paths: list[str], report: _Report) -> None:
     for path in sorted(paths):
         name = PurePosixPath(path).name
         if name.endswith(PICKLE_SUFFIXES):
-            report.add(
-                f"{path}: pickle weight formats (.bin/.pt/.pth/.pkl/.ckpt) can run code when loaded and "
-                "are refused; convert to safetensors (e.g. `model.save_pretrained(dir, "
-                "safe_serialization=True)`) and remove the pickle files"
-            )
+            report.add(PICKLE_REFUSED.format(path))
         elif name.endswith(".py"):
-            report.add(
-                f"{path}: custom Python code is refused; modelport only serves architectures built into transformers"
-            )
+            report.add(CODE_REFUSED.format(path))
 
 
 def _read_headers(by_path: dict[str, StagedFile], report: _Report) -> dict[str, Header]:

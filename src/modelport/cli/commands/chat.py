@@ -106,7 +106,7 @@ def _turn(client: Client, out: Output, body: dict[str, Any]) -> str | None:
         return _reply(client, out, body)
     except ApiError as e:
         why = explain(e)
-        out.error(e.message, why.hint if why else None)
+        out.error(why.message if why else e.message, why.hint if why else None)
         return None
     except KeyboardInterrupt:  # stop this reply; closing the stream frees its slot on the server
         out.text("\n")

@@ -9,10 +9,12 @@ import click
 from modelport.cli.base import AppContext, connection_options, pass_app
 from modelport.cli.client import Client
 from modelport.cli.errors import CliFailure
-from modelport.cli.output import Output, when
+from modelport.cli.nextstep import next_step
+from modelport.cli.output import Output, human_bytes, when
 from modelport.cli.progress import watch_endpoint
 
 GPUS = ("b200", "h200", "h100", "a100", "l40", "l40s", "rtx-6000")
+GIB = 2**30  # a configuration's memory is in GiB (endpoints/hardware.py), whatever its wire name says
 
 
 @click.group()
@@ -37,7 +39,7 @@ def endpoints_hardware(app: AppContext, model: str | None, available: bool) -> N
             h["id"],
             h["specs"]["gpu_type"],
             h["specs"]["gpu_count"],
-            f"{h['specs']['gpu_memory']:g} GB",
+            human_bytes(h["specs"]["gpu_memory"] * GIB),
             f"{h['pricing']['cents_per_minute']:g}",
             _status(h) or "-",
         )
@@ -55,7 +57,7 @@ def _status(h: dict[str, Any]) -> str | None:
 @endpoints.command("create")
 @click.option("--model", required=True, help="The model or adapter to serve (one of yours).")
 @click.option("--hardware", "hardware_id", default=None, help="A configuration id from `endpoints hardware`.")
-@click.option("--gpu", type=click.Choice(GPUS), default=None, help="GPU type (with --gpu-count), as in the seeds.")
+@click.option("--gpu", type=click.Choice(GPUS), default=None, help="GPU type, with --gpu-count.")
 @click.option("--gpu-count", type=int, default=1, show_default=True, help="GPUs per replica, with --gpu.")
 @click.option("--min-replicas", type=int, default=1, show_default=True)
 @click.option("--max-replicas", type=int, default=1, show_default=True)
@@ -93,7 +95,8 @@ def _show_created(app: AppContext, endpoint: dict[str, Any], out: Output) -> Non
         return out.json(endpoint)
     out.line(endpoint["id"])
     if endpoint["state"] == "STARTED":
-        out.success(f"call it as model {endpoint['name']!r}: `modelport chat {endpoint['name']}`")
+        model = app.client().get_model(endpoint["model"])
+        out.success(f"call it as model {endpoint['name']!r}: {next_step({**model, 'id': endpoint['name']})}")
 
 
 def _pick_hardware(client: Client, model: str, gpu: str | None, count: int) -> str:
@@ -129,11 +132,15 @@ def endpoints_list(app: AppContext) -> None:
     items = app.client().list_endpoints()
     if app.json:
         return app.output.json(items)
-    rows = [
-        (e["id"], e["name"], e["model"], e["hardware"], e["state"], _replicas(e), when(e["created_at"])) for e in items
-    ]
-    cols = ("ID", "NAME", "MODEL", "HARDWARE", "STATE", "REPLICAS", "CREATED")
-    app.output.table(cols, rows, empty="No endpoints: `modelport endpoints create --model NAME` makes one.")
+    show_endpoints(app.output, items)
+
+
+def show_endpoints(out: Output, items: list[dict[str, Any]]) -> None:
+    """The list fits 100 columns: the name is the handle every command takes (ids and creation times are
+    in `endpoints get` and --json)."""
+    rows = [(e["name"], e.get("display_name"), e["model"], e["hardware"], e["state"], _replicas(e)) for e in items]
+    cols = ("NAME", "DISPLAY NAME", "MODEL", "HARDWARE", "STATE", "REPLICAS")
+    out.table(cols, rows, empty="No endpoints: `modelport endpoints create --model NAME` makes one.")
 
 
 def _replicas(e: dict[str, Any]) -> str:

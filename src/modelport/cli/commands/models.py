@@ -11,11 +11,23 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from modelport.cli.base import AppContext, connection_options, pass_app
-from modelport.cli.client import Client
+from modelport.cli.client import ApiError, Client, ClientError, NotFoundError
+from modelport.cli.errors import CliFailure, Explained, explain, in_flags
+from modelport.cli.flags import API_FLAGS
+from modelport.cli.localsource import LocalSource, inspect_local, local_path
+from modelport.cli.nextstep import next_step
 from modelport.cli.output import Output, human_bytes, human_count, when
-from modelport.cli.pack import pack_directory
-from modelport.cli.progress import describe_progress, watch_job
+from modelport.cli.pack import pack
+from modelport.cli.progress import describe_progress, job_detail, watch_job
 from modelport.cli.upload import upload_file
+
+# Above this, `models upload` asks before sending (on a terminal, without --yes).
+CONFIRM_ABOVE_BYTES = 2 * 2**30
+# Where an upload's next step differs from the table's (cli/errors.py), keyed by the error's code.
+UPLOAD_HINTS = {
+    "model_type_mismatch": "--model-type adapter is for a LoRA adapter's folder, with --base-model naming "
+    "the model it was trained on; a full model's folder is --model-type model",
+}
 
 
 @click.group()
@@ -37,44 +49,135 @@ def models() -> None:
 @click.option("--hf-token", default=None, envvar="HF_TOKEN", help="For private Hugging Face repos (env HF_TOKEN).")
 @click.option("--description", default=None, help="Free text shown with the model.")
 @click.option("--wait/--no-wait", default=False, help="Show progress until the job is Complete or Failed.")
+@click.option(
+    "--yes", "-y", is_flag=True, help=f"Do not ask before sending more than {human_bytes(CONFIRM_ABOVE_BYTES)}."
+)
 @connection_options
 @pass_app
-def models_upload(app: AppContext, /, wait: bool, model_source: str, **fields: Any) -> None:
+def models_upload(app: AppContext, /, wait: bool, yes: bool, model_source: str, **fields: Any) -> None:
     """Upload a model or adapter and print its job id.
 
-    Local folders are packed as a tar and sent through the resumable upload API: run the same command
-    again after an interruption and only the missing parts are sent.
+    A local folder must be the model's own: only the files the server keeps (configs, safetensors
+    weights, tokenizer) are packed as a tar and sent through the resumable upload API; run the same
+    command again after an interruption and only the missing parts are sent. Before any byte moves, the
+    server checks the name, the type and the base model. With --wait, the uploaded archive is removed
+    from the server once the job has ended.
     """
+    path = local_path(model_source)  # every local refusal comes before the server is asked anything
+    local = inspect_local(path, model_source, fields["model_type"]) if path else None
     out, client = app.output, app.client()
-    source = _local_source(client, Path(model_source), out) if Path(model_source).exists() else model_source
-    created = client.create_model(model_source=source, **fields)["data"]
+    _preflight(client, fields, None if local else model_source, local)
+    upload_id = _local_source(client, local, out, yes) if local else None
+    created = _submit(client, upload_id or model_source, fields, upload_id)
     job_id = created["job_id"]
     out.message(f"{created['model_name']}: job {job_id} created")
     if not app.json:
         out.line(job_id)  # first, so a script has the id even when the job then fails
-    job = watch_job(client, job_id, out) if wait else None
+    job = _watch(client, job_id, out, upload_id) if wait else None
+    if upload_id and not wait:
+        out.message(f"once the job has ended, `modelport uploads delete {upload_id}` removes the uploaded archive")
     if app.json:
         out.json({**created, "job": job} if job else created)
     if job:
-        out.success(f"{created['model_name']} is ready: try `modelport chat {created['model_name']}`")
+        # The next command depends on what the model turned out to be (chat, language, embedding).
+        out.success(f"{created['model_name']} is ready: try {next_step(client.get_model(created['model_name']))}")
 
 
-def _local_source(client: Client, path: Path, out: Output) -> str:
-    """Pack a folder (or take an archive as is), upload it with a progress bar; returns the file id."""
+def _local_source(client: Client, local: LocalSource, out: Output, yes: bool) -> str:
+    """Say what will be sent, ask first when it is big, pack a folder (an archive goes as it is), upload it
+    with a progress bar; returns the file id."""
+    for line in local.summary():
+        out.message(line)
+    # Scripts (no terminal) are not asked: they named the source on purpose, and the refusals above
+    # already stop the folders that are never a model.
+    if local.size > CONFIRM_ABOVE_BYTES and not yes and _on_terminal():
+        click.confirm(f"Send {human_bytes(local.size)} to {client.base_url}?", abort=True, err=True)
     with tempfile.TemporaryDirectory(prefix="modelport-pack-") as tmp:
-        if path.is_dir():
-            out.message(f"packing {path}")
-            archive = pack_directory(path, Path(tmp) / f"{path.name}.tar")
-        else:
-            archive = path
+        archive = local.path
+        if local.selection is not None:
+            archive = pack(local.selection.files, Path(tmp) / f"{local.path.resolve().name}.tar")
         size = archive.stat().st_size
         columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
         bar = Progress("{task.description}", *columns, console=out.err, transient=True)
         with bar:
             task = bar.add_task(f"uploading {archive.name}", total=size)
             file_id = upload_file(client, archive, lambda n: bar.advance(task, n))
-    out.message(f"uploaded {path} ({human_bytes(size)}) as {file_id}")
+    out.message(f"uploaded {local.shown} ({human_bytes(size)}) as {file_id}")
     return file_id
+
+
+def _on_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def _preflight(client: Client, fields: dict[str, Any], remote: str | None, local: LocalSource | None) -> None:
+    files = local.selection.names if local and local.selection else None
+    try:
+        client.preflight(
+            model_name=fields["model_name"],
+            model_type=fields["model_type"],
+            base_model=fields["base_model"],
+            model_source=remote,
+            files=files,
+        )
+    except ApiError as e:
+        if e.status in (404, 405) and e.code in (None, "not_found", "method_not_allowed") and e.param is None:
+            return  # a server from before preflight: its job makes the same checks, after the upload
+        raise _in_cli_terms(e) from e
+
+
+def _submit(client: Client, source: str, fields: dict[str, Any], upload_id: str | None) -> dict[str, Any]:
+    try:
+        created: dict[str, Any] = client.create_model(model_source=source, **fields)["data"]
+        return created
+    except ClientError as e:
+        raise _naming_upload(_in_cli_terms(e), _forget_upload(client, upload_id)) from e
+
+
+def _watch(client: Client, job_id: str, out: Output, upload_id: str | None) -> dict[str, Any]:
+    """Watch the job; once it has ended (not on Ctrl-C: it goes on), remove the upload it read."""
+    try:
+        job = watch_job(client, job_id, out)
+    except CliFailure as failure:
+        if failure.exit_code == 5:  # the job Failed
+            raise _naming_upload(failure, _forget_upload(client, upload_id)) from None
+        raise
+    if left := _forget_upload(client, upload_id):
+        out.message(left)
+    return job
+
+
+def _forget_upload(client: Client, upload_id: str | None) -> str | None:
+    """Delete the upload this command made; what to tell the user when it stays on the server."""
+    if upload_id is None:
+        return None
+    try:
+        client.delete_upload(upload_id)
+    except NotFoundError:
+        pass
+    except ClientError:
+        return f"the upload {upload_id} is still on the server: `modelport uploads delete {upload_id}` removes it"
+    return None
+
+
+def _naming_upload(failure: CliFailure, left: str | None) -> CliFailure:
+    if left is None:
+        return failure
+    return CliFailure(
+        failure.message, hint=f"{failure.hint}; {left}" if failure.hint else left, exit_code=failure.exit_code
+    )
+
+
+def _in_cli_terms(exc: ClientError) -> CliFailure:
+    """The table's explanation (message in flag terms, exit code), naming the flag at fault, with the
+    next step for an upload where it differs from the table's."""
+    why = explain(exc) or Explained(str(exc), None, 1)
+    message, hint = why.message, why.hint
+    if isinstance(exc, ApiError):
+        flag = API_FLAGS.get(exc.param or "")
+        message = f"{flag}: {message}" if flag and flag not in message else message
+        hint = UPLOAD_HINTS.get(exc.code or "", hint)
+    return CliFailure(message, hint=hint, exit_code=why.exit_code)
 
 
 @models.command("list")
@@ -131,6 +234,7 @@ def models_get(app: AppContext, model: str) -> None:
             ("target modules", adapter.get("target_modules")),
             ("description", m.get("description")),
             ("created", when(m.get("created"))),
+            ("try", next_step(m).strip("`")),
         ]
     )
     files = manifest.get("files") or []
@@ -143,8 +247,14 @@ def models_get(app: AppContext, model: str) -> None:
 @connection_options
 @pass_app
 def models_delete(app: AppContext, model: str, yes: bool) -> None:
-    """Delete a model or adapter (refused while endpoints serve it)."""
-    if not yes and sys.stdin.isatty():
+    """Delete a model or adapter (refused while endpoints serve it). Asks first, unless --yes."""
+    if not yes and not sys.stdin.isatty():
+        raise CliFailure(
+            f"not deleting {model}: there is no terminal to ask for confirmation",
+            hint=f"pass --yes to delete without asking: `modelport models delete {model} --yes`",
+            exit_code=2,
+        )
+    if not yes:
         click.confirm(f"Delete {model}? Its files are removed", abort=True, err=True)
     result = app.client().delete_model(model)
     app.output.json(result) if app.json else app.output.success(f"deleted {result['id']}")
@@ -169,12 +279,12 @@ def jobs_list(app: AppContext, status: str | None) -> None:
             j["job_id"],
             j["args"].get("modelName"),
             j["status"],
-            describe_progress(j.get("progress")) or "-",
+            job_detail(j),
             when(j["updated_at"]),
         )
         for j in items
     ]
-    app.output.table(("JOB", "MODEL", "STATUS", "PROGRESS", "UPDATED"), rows, empty="No jobs.")
+    app.output.table(("JOB", "MODEL", "STATUS", "PROGRESS / ERROR", "UPDATED"), rows, empty="No jobs.")
 
 
 @jobs.command("get")
@@ -194,12 +304,12 @@ def jobs_get(app: AppContext, job_id: str) -> None:
             ("model", job["args"].get("modelName")),
             ("status", job["status"]),
             ("progress", describe_progress(job.get("progress"))),
-            ("error", error.get("code")),
+            ("error", f"{error['code']}: {in_flags(str(error.get('message')))}" if error else None),
             ("created", when(job["created_at"])),
             ("updated", when(job["updated_at"])),
         ]
     )
-    rows = [(when(u["timestamp"]), u["status"], u["message"]) for u in job["status_updates"]]
+    rows = [(when(u["timestamp"]), u["status"], in_flags(u["message"])) for u in job["status_updates"]]
     out.table(("TIME", "STATUS", "MESSAGE"), rows, empty="")
 
 
@@ -209,5 +319,12 @@ def jobs_get(app: AppContext, job_id: str) -> None:
 @pass_app
 def jobs_watch(app: AppContext, job_id: str) -> None:
     """Follow a job's progress until it is Complete (exit 0) or Failed (exit 5)."""
-    job = watch_job(app.client(), job_id, app.output)
-    app.output.json(job) if app.json else app.output.success(f"job {job_id}: Complete")
+    client = app.client()
+    job = watch_job(client, job_id, app.output)
+    if app.json:
+        return app.output.json(job)
+    try:
+        model = client.get_model(job["args"]["modelName"])
+    except NotFoundError:  # deleted since
+        return app.output.success(f"job {job_id}: Complete")
+    app.output.success(f"job {job_id}: Complete; try {next_step(model)}")
