@@ -30,6 +30,7 @@ from modelport.ingest.staging import Progress, StagedFile, stage_existing
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class FetchPlan:
     fetch: list[RepoFile] = field(default_factory=list)
