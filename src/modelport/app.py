@@ -13,7 +13,9 @@ from fastapi.staticfiles import StaticFiles
 from modelport import __version__
 from modelport.accounts.quotas import RateLimiter
 from modelport.accounts.service import AccountService
+from modelport.accounts.sessions import SessionSigner
 from modelport.api import errors
+from modelport.api.gate import RequestGate
 from modelport.api.native.keys import router as keys_router
 from modelport.api.native.models import router as native_models_router
 from modelport.api.native.uploads import router as uploads_router
@@ -57,7 +59,7 @@ def build_services(settings: Settings) -> Services:
     settings.staging_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url)
     migrate(db.engine)
-    accounts = AccountService(db)
+    accounts = AccountService(db, SessionSigner.in_dir(settings.data_dir, settings.web_session_ttl_s))
     if settings.bootstrap_api_key and accounts.bootstrap(settings.bootstrap_account, settings.bootstrap_api_key):
         log.info("created account %r with the bootstrap API key", settings.bootstrap_account)
     return Services(settings, db, open_blob_store(settings), accounts, Catalog(settings, db))
@@ -97,6 +99,7 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True, su
             if pool:
                 pool.stop()
             engine.stop()
+            inference.renderer.close()  # the chat-template worker processes
             services.db.dispose()
 
     app = FastAPI(title="modelport", version=__version__, lifespan=lifespan)
@@ -109,6 +112,7 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True, su
     app.state.uploads = Uploads(settings, services.db)
     app.state.supervisor = supervisor
     errors.install(app)
+    app.add_middleware(RequestGate, settings=settings)  # the key and the body's cap, before any body byte
     app.add_middleware(BodyDeadline, stall_s=settings.upload_stall_timeout_s)
     app.include_router(identity_router)
     app.include_router(together_router, prefix="/v1")

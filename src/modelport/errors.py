@@ -4,8 +4,11 @@
     ├── AuthenticationError         401 invalid_api_key
     ├── PermissionDenied            403 permission_denied    (an account acting beyond its own resources)
     ├── NotFound                    404 not_found            (also for other accounts' resources)
-    ├── UploadTooLarge              413 upload_too_large       (cut off as soon as the body crosses the limit)
-    ├── QuotaExceeded               429 quota_exceeded       (an account's models, storage or active jobs)
+    ├── RequestTooLarge             413 request_too_large    (a body over its route's cap: api/gate.py, before
+    │   │                                                      parsing; unauthenticated bodies have the smallest)
+    │   └── UploadTooLarge          413 upload_too_large     (cut off as soon as the body crosses the limit)
+    ├── QuotaExceeded               429 quota_exceeded       (an account's models, storage, active jobs, open
+    │   │                                                      uploads or share of the endpoint hardware)
     │   └── RateLimited             429 rate_limit_exceeded  (inference requests per minute; Retry-After)
     ├── DatabaseUnavailable         503 database_unavailable (a lost connection, raised for it by api/errors.py)
     ├── Conflict                    409 conflict
@@ -20,12 +23,16 @@
     │   ├── WrongModelType          400 model_type_mismatch   (chat with an embedding model; adapter files
     │   │                                                      sent as model_type 'model' and the reverse)
     │   ├── TemplateMissing         400 chat_template_missing (serving/text.py)
+    │   ├── ChatTemplateBudgetExceeded 400 chat_template_budget_exceeded (a model's chat template went over
+    │   │                                                      its time, memory or output budget)
     │   ├── HardwareUnavailable     400 hardware_unavailable  (not on this host, too small, or reserved)
     │   └── EndpointNotRunning      400 endpoint_not_running  (called while STOPPED or in ERROR)
     └── IngestError                 (job failures; recorded on the job, not returned by the API)
         ├── SourceUnavailable       the source could not be fetched (404/403/network)
-        │   └── FetchRefused        the SSRF guard refused an address or scheme (400 invalid_source
-        │                           when found at submission)
+        │   ├── FetchRefused        the SSRF guard refused an address or scheme (400 invalid_source
+        │   │                       when found at submission)
+        │   └── SourceTooSlow       the download fell below MODELPORT_FETCH_MIN_BYTES_PER_S or passed
+        │                           MODELPORT_FETCH_DEADLINE_S (source_too_slow)
         ├── ArchiveRejected         the archive is unreadable or unsafe
         ├── StagingFull             the disk filled up while unpacking
         ├── StorageQuotaFull        storing the model would pass the account's storage quota
@@ -71,10 +78,14 @@ class NotFound(ModelportError):
     type = "not_found_error"
 
 
-class UploadTooLarge(ModelportError):
+class RequestTooLarge(ModelportError):
     status_code = 413
-    code = "upload_too_large"
+    code = "request_too_large"
     type = "invalid_request_error"
+
+
+class UploadTooLarge(RequestTooLarge):
+    code = "upload_too_large"
 
 
 class QuotaExceeded(ModelportError):
@@ -150,6 +161,12 @@ class WrongModelType(InvalidRequest):
     code = "model_type_mismatch"
 
 
+class ChatTemplateBudgetExceeded(InvalidRequest):
+    """The model's chat template (tenant code) took too long or too much memory, or rendered too much."""
+
+    code = "chat_template_budget_exceeded"
+
+
 class HardwareUnavailable(InvalidRequest):
     code = "hardware_unavailable"
 
@@ -178,8 +195,15 @@ class FetchRefused(SourceUnavailable):
     code = "fetch_refused"
 
 
+class SourceTooSlow(SourceUnavailable):
+    """A download too slow to finish in fair time: it would hold an ingest worker that other jobs need."""
+
+    code = "source_too_slow"
+
+
 class ArchiveRejected(IngestError):
     code = "archive_rejected"
+    staged_bytes = 0  # set by the extractor: bytes it had written to staging before refusing (then removed)
 
 
 class StagingFull(IngestError):

@@ -68,6 +68,25 @@ class Settings(BaseSettings):
         ge=0,
         description="How often a broken download is resumed (HTTP Range) before the job fails.",
     )
+    fetch_min_bytes_per_s: int = Field(
+        default=16 * 2**10,
+        ge=0,
+        description="A download (archive URL or Hugging Face repo) that receives less than this on average over "
+        "MODELPORT_FETCH_MIN_RATE_WINDOW_S of waiting on the network fails with source_too_slow, so a source that "
+        "drips cannot hold an ingest worker; 0 turns the floor off.",
+    )
+    fetch_min_rate_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="The window over which MODELPORT_FETCH_MIN_BYTES_PER_S is averaged (time spent waiting on the "
+        "network; time the download waits for our own unpacking does not count).",
+    )
+    fetch_deadline_s: float = Field(
+        default=4 * 3600.0,
+        gt=0,
+        description="A job's whole download (every file of a repo, every retry) must finish within this long, or "
+        "it fails with source_too_slow. The default moves a 200 GiB archive at about 15 MiB/s.",
+    )
     max_archive_bytes: int = Field(default=200 * 2**30, gt=0, description="Largest archive accepted.")
     max_artifact_bytes: int = Field(default=200 * 2**30, gt=0, description="Largest unpacked model accepted.")
     max_archive_members: int = Field(default=10_000, gt=0, description="Most files an archive may hold.")
@@ -114,6 +133,34 @@ class Settings(BaseSettings):
         ge=1,
         description="Open connections plus running requests beyond which `modelport serve` answers 503.",
     )
+    max_body_bytes: int = Field(
+        default=2**20,
+        gt=0,
+        description="Largest request body of an authenticated JSON or form route (uploads and inference have their "
+        "own caps); a larger one is refused with 413 before it is parsed.",
+    )
+    max_inference_body_bytes: int = Field(
+        default=16 * 2**20,
+        gt=0,
+        description="Largest body of a chat, completion or embedding request (room for long prompts); 413 past it.",
+    )
+    max_anonymous_body_bytes: int = Field(
+        default=64 * 2**10,
+        gt=0,
+        description="Largest body of a request that carries no API key or session yet (the sign-in form); 413 "
+        "past it. Routes that need a key check it before reading any body byte.",
+    )
+    web_session_ttl_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="How long a web console sign-in lasts. The cookie holds a signed session token naming the key "
+        "(never the key); revoking the key ends its sessions at once.",
+    )
+    web_origins: str = Field(
+        default="",
+        description="Comma-separated origins (https://console.example.com) besides the request's own host from "
+        "which the sign-in form may be posted: set it when a proxy in front rewrites the Host header.",
+    )
     upload_ttl_s: float = Field(
         default=7 * 86400.0, gt=0, description="Uploads older than this are removed by cleanup (unless in use)."
     )
@@ -121,12 +168,39 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Models and adapters one account may have (any status); 0 means no limit."
     )
     quota_stored_bytes: int = Field(
-        default=0, ge=0, description="Bytes of stored models one account may have; 0 means no limit."
+        default=0,
+        ge=0,
+        description="Bytes one account may keep: its stored models plus its uploads, finished or still receiving "
+        "(a resumable upload counts its declared size from creation; an upload a ready model was made from counts "
+        "once, through the model); 0 means no limit.",
+    )
+    quota_open_uploads: int = Field(
+        default=8,
+        ge=0,
+        description="Uploads one account may have still receiving (resumable or whole) at once; more get 429 until "
+        "one is completed or deleted. 0 means no limit.",
+    )
+    quota_endpoint_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Fraction of this host's endpoint hardware (its GPUs, or without GPUs the RAM pool of "
+        "MODELPORT_ENDPOINT_MEMORY_BYTES) one account's running endpoints may reserve together, but never less than "
+        "the smallest configuration; past it endpoints get 429 quota_exceeded. 1 lets one account take everything "
+        "(a single-tenant server).",
     )
     quota_active_jobs: int = Field(
         default=16,
         ge=0,
         description="Upload jobs one account may have queued or running at once (more get 429); 0 means no limit.",
+    )
+    quota_running_jobs_per_account: int | None = Field(
+        default=None,
+        ge=0,
+        description="Upload jobs of one account that workers run at once; its other jobs wait Queued while other "
+        "accounts' jobs are claimed first. Unset means MODELPORT_WORKERS - 1 (at least 1), so one worker is always "
+        "left for other accounts; with workers in several processes set it to their total less one, or lower. "
+        "0 means no limit.",
     )
     quota_requests_per_minute: int = Field(
         default=0,
@@ -163,6 +237,52 @@ class Settings(BaseSettings):
         ge=1,
         description="Prompt tokens prefilled per engine step, so long prompts cannot stall decoding.",
     )
+    max_model_len: int = Field(
+        default=32768,
+        ge=16,
+        description="The longest context (prompt plus completion) served for any model, whatever its config "
+        "declares: a model's context is the smaller of the two. Longer requests get 400 context_length_exceeded.",
+    )
+    engine_sequence_memory_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Memory the engine gives running sequences (KV caches and forward-pass scratch), all loaded "
+        "models together, beside MODELPORT_ENGINE_MEMORY_BYTES for weights. A prompt that could not fit even "
+        "alone gets 400 context_length_exceeded before anything is allocated; others wait for room. 0 means a "
+        "quarter of the RAM on CPU, 10% of the GPU's memory on CUDA.",
+    )
+    max_prompt_bytes: int = Field(
+        default=4 * 2**20,
+        gt=0,
+        description="Most UTF-8 bytes of prompt one request may send (a completion's prompt, a chat's messages, "
+        "all inputs of an embeddings call), whatever the model; checked before tokenizing (400 "
+        "context_length_exceeded). Each model's own cap is lower when its context length times "
+        "MODELPORT_PROMPT_BYTES_PER_TOKEN is.",
+    )
+    prompt_bytes_per_token: int = Field(
+        default=32,
+        ge=1,
+        description="Bytes of prompt allowed per token of a model's context before tokenizing: text averages 3-5 "
+        "bytes a token, so a longer prompt cannot fit and is refused without the work of tokenizing it. "
+        "Embedding inputs are cut at this many bytes per token of max_seq_length (they are truncated anyway).",
+    )
+    chat_template_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="CPU time one rendering of a model's chat template may take (templates are tenants' code, "
+        "rendered in worker processes); past it the request fails with 400 chat_template_budget_exceeded.",
+    )
+    chat_template_memory_bytes: int = Field(
+        default=256 * 2**20,
+        ge=16 * 2**20,
+        description="Memory a chat-template worker process may use beyond its own start (RLIMIT_AS); a render "
+        "that needs more fails with 400 chat_template_budget_exceeded.",
+    )
+    chat_template_workers: int = Field(
+        default=2,
+        ge=1,
+        description="Worker processes rendering chat templates; one account may use all but one of them at once.",
+    )
 
     endpoint_memory_bytes: int = Field(
         default=0,
@@ -192,6 +312,13 @@ class Settings(BaseSettings):
             raise ValueError("MODELPORT_BLOB_URL must start with file:// or s3://")
         self.hf_endpoint = self.hf_endpoint.rstrip("/")
         return self
+
+    @property
+    def running_jobs_per_account(self) -> int:
+        """``quota_running_jobs_per_account`` with its default applied; 0 means no limit."""
+        if self.quota_running_jobs_per_account is not None:
+            return self.quota_running_jobs_per_account
+        return max(1, self.workers - 1)
 
     @property
     def model_cache_dir(self) -> Path:

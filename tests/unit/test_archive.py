@@ -201,3 +201,30 @@ def test_truncated_archives_are_refused(tmp_path: Path) -> None:
     blob = archive_bytes({"a.bin.txt": b"y" * 5000}, "tar.gz")
     with pytest.raises(ArchiveRejected, match="corrupt or truncated"):
         _run(tmp_path, blob[: len(blob) // 2])
+
+
+def test_every_entry_counts_toward_a_cap(tmp_path: Path) -> None:
+    """Folders and litter are never written, but each header still costs memory and time to read."""
+    folders = [tarfile.TarInfo(f"d{i}") for i in range(80)]
+    for folder in folders:
+        folder.type = tarfile.DIRTYPE
+    with pytest.raises(ArchiveRejected, match="more than 72 entries"):
+        _run(tmp_path, _tar(folders), Limits(2, 10_000))
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
+def test_skipped_litter_still_counts_toward_the_ratio(tmp_path: Path, fmt: str) -> None:
+    blob = archive_bytes({"config.json": b"{}", "__MACOSX/._config.json": bytes(64 * 2**20)}, fmt)
+    with pytest.raises(ArchiveRejected, match="inflates more than 100x"):
+        _run(tmp_path, blob, Limits(100, 10**12))
+    assert not (tmp_path / "out").exists()
+
+
+def test_parallel_extraction_reports_the_real_reason(tmp_path: Path) -> None:
+    """One thread refuses the archive; the others stop, and their "stopped" never hides the reason."""
+    blob = bytearray(_unseekable_zip({f"f{i}.json": b"{}" * 1000 for i in range(6)}, zipfile.ZIP_STORED))
+    at = blob.find(b"f3.json")  # the local header's copy of the name; the directory keeps f3.json
+    blob[at : at + 2] = b"g3"
+    with pytest.raises(ArchiveRejected, match=r"'f3\.json': its local header disagrees"):
+        _run(tmp_path, bytes(blob), Limits(100, 10**9, zip_threads=2))
+    assert not (tmp_path / "out").exists()

@@ -5,10 +5,13 @@
   each member while the first keeps inflating.
 - zip is streamed the same way from its local headers, and its central directory (at the end) must
   agree with what was extracted (``zipstream``). The one layout that cannot be streamed falls back to
-  reading the directory first from a seekable source (HTTP ranges or a file), checking every entry
-  before anything is written, then extracting members in parallel.
+  reading the directory first from a seekable source (HTTP ranges or a file), checking the directory
+  before anything is written and each member's local header just before its data, then extracting
+  members in parallel. Both readers hold the zip to the same layout, so they cannot disagree.
 
-Any unsafe member rejects the whole archive, naming the member; the caller deletes the staging tree.
+Names, sizes and ratios are held to the same rules for every format (``members``). Any unsafe member
+rejects the whole archive, naming the member, and the extractor removes what it had written (the error's
+``staged_bytes`` says how much that was); the caller deletes the rest of its staging tree.
 """
 
 from __future__ import annotations
@@ -17,30 +20,31 @@ import contextlib
 import errno
 import hashlib
 import io
-import itertools
+import logging
+import os
 import queue
 import shutil
 import stat
 import tarfile
 import threading
-import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
 from isal import igzip_lib, igzip_threaded
 
 from modelport.errors import ArchiveRejected, StagingFull
-from modelport.ingest import zipstream
+from modelport.ingest import zipseek, zipstream
+from modelport.ingest.members import FEED, Budget, Limits, Stopped, check_member_ratio, safe_member_path, shown
 from modelport.ingest.staging import CHUNK, StagedFile
 
-# Finder and resource-fork litter that macOS puts in zips: harmless, and never part of a model.
-_LITTER_DIRS = {"__MACOSX"}
-_LITTER_NAMES = {".DS_Store"}
-_NESTED_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".gz", ".tar.gz", ".7z", ".rar", ".xz", ".bz2", ".zst")
+__all__ = ["Extracted", "Limits", "detect_format", "extract_file", "extract_tar", "extract_zip", "safe_member_path"]
+
+log = logging.getLogger(__name__)
+
 _CORRUPT_TAR: tuple[type[BaseException], ...] = (
     tarfile.TarError,
     EOFError,
@@ -48,16 +52,16 @@ _CORRUPT_TAR: tuple[type[BaseException], ...] = (
     zlib.error,
     cast(type[BaseException], igzip_lib.IsalError),  # untyped in isal's stubs
 )
-# Below this many inflated bytes the ratio check stays quiet: small, very compressible JSON is normal.
-_RATIO_GRACE_BYTES = 16 * 2**20
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_members: int
-    max_total_bytes: int
-    max_ratio: float = 100.0
-    zip_threads: int = 2
+# tarfile reads PAX headers and GNU long names whole into memory: a name past MAX_PATH_BYTES is refused
+# anyway, and no honest archive needs more than this for a member's metadata.
+MAX_TAR_EXTENDED_HEADER_BYTES = 2**20
+_TAR_EXTENDED = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
 
 
 @dataclass
@@ -86,7 +90,7 @@ def extract_file(archive: Path, dest: Path, limits: Limits) -> Extracted:
             try:
                 return extract_zip_stream(f, dest, limits)
             except zipstream.NeedsRandomAccess:
-                shutil.rmtree(dest, ignore_errors=True)
+                pass
         return extract_zip(file_opener(archive), dest, limits)
     with open(archive, "rb") as f:
         return extract_tar(f, fmt == "tar.gz", dest, limits)
@@ -101,117 +105,38 @@ def file_opener(path: Path) -> Callable[[], IO[bytes]]:
     return opener
 
 
-def safe_member_path(name: str) -> str | None:
-    """The normalised relative path of a member, ``None`` for litter; raises for unsafe names."""
+@contextlib.contextmanager
+def _nothing_left_on_failure(dest: Path) -> Iterator[None]:
+    """A refused archive leaves nothing in staging; the error records how much had been written."""
     try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ArchiveRejected(f"archive member {name!r} has a name that is not valid UTF-8") from None
-    if "\\" in name or "\x00" in name:
-        raise ArchiveRejected(f"archive member {name!r} has a backslash or NUL in its name")
-    if name.startswith("/"):
-        raise ArchiveRejected(f"archive member {name!r} has an absolute path")
-    parts = [p for p in PurePosixPath(name).parts if p != "."]
-    if ".." in parts:
-        raise ArchiveRejected(f"archive member {name!r} points outside the archive ('..')")
-    if not parts or parts[0] in _LITTER_DIRS or parts[-1] in _LITTER_NAMES or parts[-1].startswith("._"):
-        return None
-    rel = "/".join(parts)
-    if rel.lower().endswith(_NESTED_ARCHIVE_SUFFIXES):
-        raise ArchiveRejected(f"archive member {name!r} is itself an archive; nested archives are refused")
-    return rel
+        yield
+    except BaseException as e:
+        staged = _tree_bytes(dest)
+        shutil.rmtree(dest, ignore_errors=True)
+        if isinstance(e, ArchiveRejected) and not isinstance(e, zipstream.NeedsRandomAccess):
+            e.staged_bytes = staged
+            log.info("archive refused after %d bytes were staged (removed): %s", staged, e)
+        raise
 
 
-class _Budget:
-    """Counts members and bytes across the whole archive; thread-safe for parallel zip extraction."""
-
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-        self.members = 0
-        self.total = 0
-        self.seen: set[str] = set()
-        self.folders: set[str] = set()
-        self._lock = threading.Lock()
-
-    def admit(self, rel: str, declared_size: int) -> None:
-        parents = ["/".join(rel.split("/")[:i]) for i in range(1, rel.count("/") + 1)]
-        if rel in self.seen or rel in self.folders or any(p in self.seen for p in parents):
-            raise ArchiveRejected(f"archive member {rel!r} appears more than once (or as a file and a folder)")
-        self.seen.add(rel)
-        self.folders.update(parents)
-        self.members += 1
-        if self.members > self.limits.max_members:
-            raise ArchiveRejected(f"the archive holds more than {self.limits.max_members} files")
-        if self.total + declared_size > self.limits.max_total_bytes:
-            raise ArchiveRejected(
-                f"archive member {rel!r} takes the unpacked size past {self.limits.max_total_bytes} bytes"
-            )
-
-    def add(self, n: int, rel: str) -> None:
-        with self._lock:
-            self.total += n
-            if self.total > self.limits.max_total_bytes:
-                raise ArchiveRejected(
-                    f"archive member {rel!r} takes the unpacked size past {self.limits.max_total_bytes} bytes"
-                )
+def _tree_bytes(root: Path) -> int:
+    return sum(os.lstat(os.path.join(top, name)).st_size for top, _, names in os.walk(root) for name in names)
 
 
 @contextlib.contextmanager
-def _disk_full_is_clear(rel: str) -> Iterator[None]:
+def _os_errors_explained(rel: str) -> Iterator[None]:
     """ENOSPC must not read as a corrupt archive: say what filled up and where."""
     try:
         yield
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StagingFull(
-                f"no space left in the staging area while writing archive member {rel!r}; "
+                f"no space left in the staging area while writing archive member {shown(rel)}; "
                 "free disk space or lower the upload size"
             ) from None
+        if e.errno == errno.ENAMETOOLONG:  # names are checked first (members.py); this is the backstop
+            raise ArchiveRejected(f"archive member {shown(rel)} has a name too long for the staging area") from None
         raise
-
-
-def _copy_member(src: IO[bytes], rel: str, dest: Path, budget: _Budget) -> StagedFile:
-    with _disk_full_is_clear(rel):
-        return _copy(src, rel, dest, budget)
-
-
-def _copy(src: IO[bytes], rel: str, dest: Path, budget: _Budget) -> StagedFile:
-    local = dest / rel
-    local.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    size = 0
-    with open(local, "wb") as out:
-        while chunk := src.read(CHUNK):
-            budget.add(len(chunk), rel)
-            size += len(chunk)
-            digest.update(chunk)
-            out.write(chunk)
-    return StagedFile(rel, size, digest.hexdigest(), local)
-
-
-# ---- tar ------------------------------------------------------------------------------------------------
-
-
-class Reader(Protocol):
-    def read(self, n: int = -1, /) -> bytes: ...
-
-
-class _Counting(io.RawIOBase):
-    """Counts the compressed bytes consumed, for the compression-ratio guard."""
-
-    def __init__(self, raw: Reader) -> None:
-        super().__init__()
-        self.raw, self.count = raw, 0
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.raw.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self.count += n
-        return n
-
-    def readable(self) -> bool:
-        return True
 
 
 class _Sink:
@@ -236,11 +161,13 @@ class _Sink:
         while True:
             op, value = self._queue.get()
             if op == "stop":
+                with contextlib.suppress(OSError):
+                    self._out.close()  # a member cut off by a refusal
                 return
             if self._error is not None:
                 continue  # keep draining so the reading thread never blocks on a full queue
             try:
-                with _disk_full_is_clear(self._rel):
+                with _os_errors_explained(self._rel):
                     self._apply(op, value)
             except BaseException as e:  # re-raised in the reading thread by put()/finish()
                 self._error = e
@@ -268,39 +195,123 @@ class _Sink:
         return self.files
 
 
+# ---- tar ------------------------------------------------------------------------------------------------
+
+
+class Reader(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class _Counting(io.RawIOBase):
+    """Counts the archive bytes read, for the ratio check, ``most`` at a time (``FEED`` for an inflater,
+    which would otherwise read megabytes ahead and let a bomb borrow allowance from them)."""
+
+    def __init__(self, raw: Reader, most: int) -> None:
+        super().__init__()
+        self.raw, self.most, self.count = raw, most, 0
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.raw.read(min(len(buffer), self.most))
+        n = len(data)
+        buffer[:n] = data
+        self.count += n
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+
+class _Metered:
+    """The unpacked tar stream as tarfile reads it: every byte (headers, padding, skipped members too)
+    counts toward the archive's ratio before tarfile sees it."""
+
+    def __init__(self, stream: IO[bytes], budget: Budget) -> None:
+        self.stream, self.budget = stream, budget
+        self.member: str | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        self.budget.unpack(len(data), self.member)
+        return data
+
+
+class _GuardedTarInfo(tarfile.TarInfo):
+    """Refuses, at the header, what tarfile would otherwise read whole into memory before we ever see the
+    member: sparse maps (GNU and PAX; a model has no business with sparse files, and a tiny one unpacks
+    to any size) and oversized PAX headers and long names.
+
+    ``_proc_member`` is tarfile's hook for subclasses (see the comment above it in tarfile.py). The PAX
+    sparse readers are private; if a Python release renames them, ``_tar_member`` still refuses the
+    member by ``issparse()`` before any data, and the ratio check bounds what a map can cost.
+    """
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _sparse(self.name)
+        if self.type in _TAR_EXTENDED:
+            held = sum(len(k) + len(v) for k, v in tar.pax_headers.items()) if self.type == tarfile.XGLTYPE else 0
+            if self.size + held > MAX_TAR_EXTENDED_HEADER_BYTES:
+                raise ArchiveRejected(
+                    f"the tar archive has an extended header or long name of {self.size} bytes; "
+                    f"at most {MAX_TAR_EXTENDED_HEADER_BYTES} are allowed"
+                )
+        return cast(tarfile.TarInfo, super()._proc_member(tar))  # type: ignore[misc]
+
+    def _proc_gnusparse_00(self, member: tarfile.TarInfo, *_: object) -> None:
+        raise _sparse(member.name)
+
+    def _proc_gnusparse_01(self, member: tarfile.TarInfo, *_: object) -> None:
+        raise _sparse(member.name)
+
+    def _proc_gnusparse_10(self, member: tarfile.TarInfo, *_: object) -> None:
+        raise _sparse(member.name)
+
+
+def _sparse(name: str) -> ArchiveRejected:
+    return ArchiveRejected(f"archive member {shown(name)} is a sparse file; sparse files are refused in archives")
+
+
 def extract_tar(raw: Reader, gzipped: bool, dest: Path, limits: Limits) -> Extracted:
-    budget = _Budget(limits)
-    counted = _Counting(raw)
-    stream: IO[bytes]
-    if gzipped:
-        # Inflate on isal's own thread, overlapping tar parsing here and hashing in the sink.
-        stream = cast(IO[bytes], igzip_threaded.open(counted, "rb", threads=1))  # type: ignore[no-untyped-call]
-    else:
-        stream = io.BufferedReader(counted, CHUNK)
+    with _nothing_left_on_failure(dest):
+        packed = _Counting(raw, FEED if gzipped else CHUNK)
+        budget = Budget(limits, lambda: packed.count)
+        unpacked: IO[bytes]
+        if gzipped:
+            # Inflate on isal's own thread, overlapping tar parsing here and hashing in the sink.
+            unpacked = cast(IO[bytes], igzip_threaded.open(packed, "rb", threads=1))  # type: ignore[no-untyped-call]
+        else:
+            unpacked = io.BufferedReader(packed, CHUNK)
+        with unpacked:  # closing stops isal's thread, also when the archive is refused half-way
+            return _tar_members(_Metered(unpacked, budget), dest, budget)
+
+
+def _tar_members(stream: _Metered, dest: Path, budget: Budget) -> Extracted:
     sink = _Sink(dest)
     try:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as tar:
+        source = cast(IO[bytes], stream)
+        with tarfile.open(fileobj=source, mode="r|", bufsize=CHUNK, tarinfo=_GuardedTarInfo) as tar:
             for member in tar:
-                _tar_member(tar, member, sink, budget, counted if gzipped else None)
+                _tar_member(tar, member, sink, budget, stream)
     except _CORRUPT_TAR as e:
         sink.finish()
         raise ArchiveRejected(f"the tar archive is corrupt or truncated: {type(e).__name__}") from None
     except BaseException:
         sink.finish()
         raise
-    files = sink.finish()
-    return _finish(files)
+    return _finish(sink.finish())
 
 
-def _tar_member(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, sink: _Sink, budget: _Budget, compressed: _Counting | None
-) -> None:
+def _tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, sink: _Sink, budget: Budget, stream: _Metered) -> None:
+    budget.entry()
+    stream.member = member.name
     rel = safe_member_path(member.name)
     if member.isdir() or rel is None:
         return
+    if member.issparse():
+        raise _sparse(member.name)
     if not member.isreg():
         raise ArchiveRejected(
-            f"archive member {member.name!r} is a {_tar_kind(member)}; only regular files are allowed"
+            f"archive member {shown(member.name)} is a {_tar_kind(member)}; only regular files are allowed"
         )
     budget.admit(rel, member.size)
     src = tar.extractfile(member)
@@ -308,17 +319,8 @@ def _tar_member(
     sink.put("open", rel)
     while chunk := src.read(CHUNK):
         budget.add(len(chunk), rel)
-        if compressed is not None:
-            _check_ratio(budget.total, compressed.count, budget.limits.max_ratio, rel)
         sink.put("data", chunk)
     sink.put("close", None)
-
-
-def _check_ratio(inflated: int, compressed: int, max_ratio: float, rel: str) -> None:
-    if inflated > _RATIO_GRACE_BYTES and inflated > max_ratio * max(compressed, 1):
-        raise ArchiveRejected(
-            f"archive member {rel!r}: the archive inflates more than {max_ratio:g}x (a decompression bomb?)"
-        )
 
 
 def _tar_kind(member: tarfile.TarInfo) -> str:
@@ -339,135 +341,143 @@ def _tar_kind(member: tarfile.TarInfo) -> str:
 def extract_zip_stream(raw: Reader, dest: Path, limits: Limits) -> Extracted:
     """One forward pass over a zip (see ``zipstream``); raises ``NeedsRandomAccess`` for the rare layout
     that cannot be streamed."""
-    budget = _Budget(limits)
-    inp = zipstream.Input(raw)
-    sink = _Sink(dest)
-    seen: dict[str, tuple[int, int]] = {}
-    try:
-        while True:
-            signature = inp.exact(4, "a header")
-            if signature == zipstream.LOCAL:
-                _zip_stream_member(inp, sink, budget, seen)
-            elif signature == zipstream.CENTRAL or signature in zipstream.ENDS:
-                inp.push(signature)
-                directory = zipstream.read_directory(inp)
-                zipstream.check_directory(directory, seen)
-                for name, entry in directory.items():
-                    _check_zip_mode(name, entry.mode)
-                break
-            else:
-                raise ArchiveRejected("the zip archive is corrupt (unexpected bytes between members)")
-    except BaseException:
-        sink.finish()
-        raise
-    return _finish(sink.finish())
+    with _nothing_left_on_failure(dest):
+        inp = zipstream.Input(raw)
+        budget = Budget(limits, lambda: inp.position)
+        sink = _Sink(dest)
+        try:
+            _zip_stream(inp, sink, budget)
+        except BaseException:
+            sink.finish()
+            raise
+        return _finish(sink.finish())
 
 
-def _zip_stream_member(inp: zipstream.Input, sink: _Sink, budget: _Budget, seen: dict[str, tuple[int, int]]) -> None:
+def _zip_stream(inp: zipstream.Input, sink: _Sink, budget: Budget) -> None:
+    seen: dict[str, zipstream.Seen] = {}
+    while (signature := inp.exact(4, "a header")) == zipstream.LOCAL:
+        _zip_stream_member(inp, inp.position - 4, sink, budget, seen)
+    if signature != zipstream.CENTRAL and signature not in zipstream.ENDS:
+        raise ArchiveRejected(
+            f"the zip archive has unexpected bytes at byte {inp.position - 4} (data before, between or after "
+            "its members: a prepended or concatenated archive, or corruption)"
+        )
+    inp.push(signature)
+    directory = zipstream.read_central(inp, budget.limits.max_entries)
+    zipstream.check_directory(directory, seen)
+    for name, entry in directory.entries.items():
+        _check_zip_mode(name, entry.mode)
+
+
+def _zip_stream_member(
+    inp: zipstream.Input, offset: int, sink: _Sink, budget: Budget, seen: dict[str, zipstream.Seen]
+) -> None:
     entry, zip64 = zipstream.read_local_header(inp)
+    budget.entry()
     if entry.name in seen:
-        raise ArchiveRejected(f"archive member {entry.name!r} appears more than once")
+        raise ArchiveRejected(f"archive member {shown(entry.name)} appears more than once")
     reader = zipstream.MemberReader(inp, entry, zip64)
-    rel = None if entry.name.endswith("/") else safe_member_path(entry.name)
+    rel = _zip_rel(entry.name)
     if rel is not None:
         budget.admit(rel, 0 if reader.descriptor else entry.usize)
         sink.put("open", rel)
     for chunk in reader.chunks():
+        check_member_ratio(entry.name, reader.size, reader.consumed, budget.limits.max_ratio)
+        budget.unpack(len(chunk), entry.name)
         if rel is not None:
             budget.add(len(chunk), rel)
-            _check_ratio(reader.size, reader.consumed, budget.limits.max_ratio, rel)
             sink.put("data", chunk)
     if rel is not None:
         sink.put("close", None)
-    seen[entry.name] = (reader.size, reader.crc & 0xFFFFFFFF)
+    seen[entry.name] = zipstream.Seen(offset, entry.method, reader.consumed, reader.size, reader.crc & 0xFFFFFFFF)
 
 
-# ---- zip, directory first -------------------------------------------------------------------------------
-
-
-def extract_zip(open_source: Callable[[], IO[bytes]], dest: Path, limits: Limits) -> Extracted:
-    """``open_source`` returns a new seekable reader each call: one per extraction thread."""
-    budget = _Budget(limits)
-    try:
-        with open_source() as src, zipfile.ZipFile(src) as zf:
-            plan = _plan_zip(zf.infolist(), budget)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
-        raise ArchiveRejected(f"the zip archive is corrupt or unsupported: {type(e).__name__}") from None
-    if not plan:
-        return _finish([])
-    threads = max(1, min(limits.zip_threads, len(plan)))
-    batches = [plan[i::threads] for i in range(threads)]
-    with ThreadPoolExecutor(threads, thread_name_prefix="unzip") as pool:
-        results = list(pool.map(lambda batch: _unzip_batch(open_source, batch, dest, budget), batches))
-    return _finish([f for batch in results for f in batch])
-
-
-def _zip_name(info: zipfile.ZipInfo) -> str:
-    """Zip names without the UTF-8 flag are cp437 by the spec, but Unix tools write UTF-8 there."""
-    if info.flag_bits & 0x800 or info.filename.isascii():
-        return info.filename
-    try:
-        return info.filename.encode("cp437").decode("utf-8")
-    except UnicodeDecodeError:
-        raise ArchiveRejected(f"archive member {info.filename!r} has a name that is not valid UTF-8") from None
+def _zip_rel(name: str) -> str | None:
+    """Folder entries are checked like files but never written (folders come from file paths)."""
+    rel = safe_member_path(name)
+    return None if name.endswith("/") else rel
 
 
 def _check_zip_mode(name: str, mode: int) -> None:
     """Unix-made zips keep st_mode in the directory; file type bits of 0 mean "plain file"."""
     file_type = stat.S_IFMT(mode)
     if file_type and file_type not in (stat.S_IFREG, stat.S_IFDIR):
-        raise ArchiveRejected(f"archive member {name!r} is not a regular file")
+        raise ArchiveRejected(f"archive member {shown(name)} is not a regular file")
 
 
-def _plan_zip(infos: list[zipfile.ZipInfo], budget: _Budget) -> list[tuple[zipfile.ZipInfo, str]]:
-    plan = []
-    for info in infos:
-        name = _zip_name(info)
-        rel = safe_member_path(name)
-        if info.is_dir() or rel is None:
-            continue
-        _check_zip_mode(name, info.external_attr >> 16)
-        if info.file_size > _RATIO_GRACE_BYTES and info.file_size > budget.limits.max_ratio * max(
-            info.compress_size, 1
-        ):
-            raise ArchiveRejected(
-                f"archive member {name!r} inflates more than {budget.limits.max_ratio:g}x (a decompression bomb?)"
-            )
-        budget.admit(rel, info.file_size)
-        plan.append((info, rel))
-    _check_no_overlap([info for info, _ in plan])
+# ---- zip, directory first -------------------------------------------------------------------------------
+
+_Planned = tuple[str, zipstream.DirectoryEntry, int, str | None]  # name, entry, where its record ends, rel
+
+
+def extract_zip(open_source: Callable[[], IO[bytes]], dest: Path, limits: Limits) -> Extracted:
+    """``open_source`` returns a new seekable reader each call: one per extraction thread."""
+    with _nothing_left_on_failure(dest):
+        with open_source() as src:
+            size = src.seek(0, 2)
+            entries, directory_at = zipseek.read_directory(src, limits.max_entries)
+        budget = Budget(limits, lambda: size)
+        plan = _plan_zip(entries, directory_at, budget)
+        threads = max(1, min(limits.zip_threads, len(plan)))
+        with ThreadPoolExecutor(threads, thread_name_prefix="unzip") as pool:
+            futures = [pool.submit(_unzip_batch, open_source, plan[i::threads], dest, budget) for i in range(threads)]
+            errors = [e for e in (f.exception() for f in futures) if e is not None]
+        if errors:  # the first real reason, not another thread's "stopped"
+            raise next((e for e in errors if not isinstance(e, Stopped)), errors[0])
+        return _finish([f for future in futures for f in future.result()])
+
+
+def _plan_zip(entries: dict[str, zipstream.DirectoryEntry], directory_at: int, budget: Budget) -> list[_Planned]:
+    """Every check the directory allows, before anything is written: names, modes, per-member and
+    whole-archive ratios and sizes (the readers never yield more than an entry declares)."""
+    plan: list[_Planned] = []
+    for name, entry, stop in zipseek.extents(entries, directory_at):
+        budget.entry()
+        _check_zip_mode(name, entry.mode)
+        rel = _zip_rel(name)
+        check_member_ratio(name, entry.usize, entry.csize, budget.limits.max_ratio)
+        if rel is not None:
+            budget.admit(rel, entry.usize)
+        plan.append((name, entry, stop, rel))
+    budget.unpack(sum(entry.usize for entry in entries.values()), None)
     return plan
 
 
-def _check_no_overlap(infos: list[zipfile.ZipInfo]) -> None:
-    """Overlapping entries (one compressed stream shared by many names) are a classic zip bomb."""
-    spans = sorted(
-        ((i.header_offset, i.header_offset + 30 + len(i.orig_filename.encode()) + i.compress_size, i) for i in infos),
-        key=lambda span: span[:2],
-    )
-    for (start_a, end_a, a), (start_b, _, b) in itertools.pairwise(spans):
-        if start_b < end_a or start_a == start_b:
-            raise ArchiveRejected(
-                f"archive members {a.filename!r} and {b.filename!r} overlap in the file "
-                "(an overlapping-entry zip bomb?)"
-            )
-
-
 def _unzip_batch(
-    open_source: Callable[[], IO[bytes]],
-    batch: list[tuple[zipfile.ZipInfo, str]],
-    dest: Path,
-    budget: _Budget,
+    open_source: Callable[[], IO[bytes]], batch: list[_Planned], dest: Path, budget: Budget
 ) -> list[StagedFile]:
     files = []
     try:
-        with open_source() as src, zipfile.ZipFile(src) as zf:
-            for info, rel in batch:
-                with zf.open(info) as member:
-                    files.append(_copy_member(member, rel, dest, budget))
-    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as e:
+        with open_source() as src:
+            for name, entry, stop, rel in batch:
+                reader, data = zipseek.open_member(src, name, entry, stop)
+                staged = _unzip_member(reader, rel, dest, budget)
+                zipseek.check_descriptor(reader, data, entry, name)
+                files += staged
+    except (EOFError, OSError) as e:
+        budget.stop()
         raise ArchiveRejected(f"the zip archive is corrupt or unsupported: {type(e).__name__}") from None
+    except BaseException:
+        budget.stop()
+        raise
     return files
+
+
+def _unzip_member(reader: zipstream.MemberReader, rel: str | None, dest: Path, budget: Budget) -> list[StagedFile]:
+    if rel is None:
+        for _ in reader.chunks():  # litter: checked (CRC-32, sizes) like the stream does, not written
+            pass
+        return []
+    local = dest / rel
+    digest = hashlib.sha256()
+    with _os_errors_explained(rel):
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with open(local, "wb") as out:
+            for chunk in reader.chunks():
+                budget.add(len(chunk), rel)
+                digest.update(chunk)
+                out.write(chunk)
+    return [StagedFile(rel, reader.size, digest.hexdigest(), local)]
 
 
 # ---- both -----------------------------------------------------------------------------------------------

@@ -31,6 +31,12 @@ class ChunkReader:
         self._chunk = b""
         self._offset = 0
         self._eof = False
+        self._pulled = 0  # bytes taken from the source so far
+
+    @property
+    def position(self) -> int:
+        """Bytes consumed so far: what was pulled from the source, less what is still buffered."""
+        return self._pulled - (len(self._chunk) - self._offset)
 
     def read(self, n: int = -1) -> bytes:
         parts = []
@@ -44,11 +50,12 @@ class ChunkReader:
             self._offset = end
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def read_some(self) -> bytes:
-        """Whatever is buffered, or the next chunk: no copying beyond one slice."""
+    def read_some(self, limit: int = -1) -> bytes:
+        """Whatever is buffered (at most ``limit`` bytes), or the next chunk: no copying beyond one slice."""
         if self._offset >= len(self._chunk) and (self._eof or not self._refill()):
             return b""
-        out, self._offset = self._chunk[self._offset :], len(self._chunk)
+        end = len(self._chunk) if limit < 0 else min(len(self._chunk), self._offset + limit)
+        out, self._offset = self._chunk[self._offset : end], end
         return out
 
     def unread(self, data: bytes) -> None:
@@ -61,12 +68,14 @@ class ChunkReader:
         while len(self._chunk) - self._offset < n and not self._eof:
             more = self._next_chunk()
             self._eof = not more
+            self._pulled += len(more)
             self._chunk, self._offset = self._chunk[self._offset :] + more, 0
         return self._chunk[self._offset : self._offset + n]
 
     def _refill(self) -> bool:
         self._chunk, self._offset = self._next_chunk(), 0
         self._eof = not self._chunk
+        self._pulled += len(self._chunk)
         return not self._eof
 
     def readable(self) -> bool:
