@@ -27,6 +27,7 @@ from modelport.ingest.safetensors_header import SafetensorsError, TensorInfo, pa
 from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
 from modelport.ingest.sources import http as http_source
 from modelport.ingest.sources import huggingface as hf_source
+from modelport.ingest.sources.budget import DownloadBudget
 from modelport.ingest.sources.guard import FetchPolicy
 from modelport.ingest.staging import StagedFile
 from modelport.ingest.validate import MAX_CONFIG_BYTES
@@ -35,7 +36,7 @@ from modelport.jobs.states import JobStatus, JobType, ModelStatus
 from modelport.jobs.store import JobLost, JobStore, add_update
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore
-from modelport.storage.db.engine import Database
+from modelport.storage.db.engine import Database, scrub_after_commit
 from modelport.storage.db.tables import Account, Job, JobSecret, Model, ModelFile, utcnow
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,9 @@ class Pipeline:
             files, not_fetched = self._fetch(inp, staging, progress)
             manifest, base = self._check(inp, files, not_fetched, staging, progress)
             with self.db.read() as s:  # before the upload to the blob store; again at registration
-                quotas.check_storage(s, self.settings, inp.model.account_id, manifest["total_bytes"])
+                quotas.check_storage(
+                    s, self.settings, inp.model.account_id, manifest["total_bytes"], model_id=inp.model.id
+                )
             self._store(files, progress)
             progress.stage("registering", f"registering {inp.model.name}")
             self._register(inp, worker_id, manifest, base)
@@ -134,13 +137,15 @@ class Pipeline:
         return JobInput(job, model, parse_source(secret.source, self.settings, submission=False), secret.hf_token)
 
     def _fetch(self, inp: JobInput, staging: Path, progress: JobProgress) -> tuple[list[StagedFile], list[str]]:
-        if inp.source.kind == SourceKind.HUGGINGFACE:
-            return hf_source.fetch(
-                inp.source, inp.hf_token, self.settings.hf_endpoint, staging / "tree", progress, self.policy
-            )
         if inp.source.kind == SourceKind.UPLOAD:
             return self._fetch_upload(inp.source, staging, progress), []
-        return self._fetch_archive(inp.source, staging, progress), []
+        # One budget for the job's whole download: a rate floor and a deadline (``sources/budget.py``).
+        budget = DownloadBudget.from_settings(self.settings, inp.source.display)
+        if inp.source.kind == SourceKind.HUGGINGFACE:
+            return hf_source.fetch(
+                inp.source, inp.hf_token, self.settings.hf_endpoint, staging / "tree", progress, self.policy, budget
+            )
+        return self._fetch_archive(inp.source, staging, progress, budget), []
 
     def _fetch_upload(self, source: SourceSpec, staging: Path, progress: JobProgress) -> list[StagedFile]:
         """An archive already on this machine: unpack it with the same checks as a downloaded one."""
@@ -154,7 +159,9 @@ class Pipeline:
         progress.stage("extracting", _extraction_summary(extracted))
         return extracted.files
 
-    def _fetch_archive(self, source: SourceSpec, staging: Path, progress: JobProgress) -> list[StagedFile]:
+    def _fetch_archive(
+        self, source: SourceSpec, staging: Path, progress: JobProgress, budget: DownloadBudget
+    ) -> list[StagedFile]:
         """Download, inflate, parse, hash and write in one pass; no copy of the archive is kept."""
         s = self.settings
         counter = _Downloaded(progress, s.max_archive_bytes)
@@ -162,6 +169,7 @@ class Pipeline:
             "policy": self.policy,
             "timeout_s": s.fetch_timeout_s,
             "retries": s.fetch_retries,
+            "budget": budget,
             "on_bytes": counter.add,
         }
         limits = archive.Limits(s.max_archive_members, s.max_artifact_bytes, s.max_compression_ratio, s.extract_threads)
@@ -267,7 +275,7 @@ class Pipeline:
             if model is None:
                 raise IngestError("the model was deleted while it was uploading")
             quotas.lock_account(s, model.account_id)
-            quotas.check_storage(s, self.settings, model.account_id, manifest["total_bytes"])
+            quotas.check_storage(s, self.settings, model.account_id, manifest["total_bytes"], model_id=model.id)
             for entry in manifest["files"]:
                 s.add(ModelFile(model_id=model.id, path=entry["path"], size=entry["size"], sha256=entry["sha256"]))
             model.status, model.manifest = ModelStatus.READY, manifest
@@ -277,6 +285,7 @@ class Pipeline:
             job.status, job.progress, job.updated_at = JobStatus.COMPLETE, None, utcnow()
             add_update(s, job.id, JobStatus.COMPLETE, f"{model.name} is ready ({manifest['total_bytes']} bytes)")
             s.delete(s.get(JobSecret, job.id))
+            scrub_after_commit(s)  # the token and signature leave the database files too
 
 
 def _admission_summary(report: dict[str, Any]) -> str:

@@ -3,6 +3,11 @@
 A worker claims a Queued job (row lock on PostgreSQL, an atomic conditional UPDATE everywhere),
 keeps a heartbeat while it runs, and ends it Complete or Failed. A Running job whose heartbeat is
 older than the lease is taken back by any worker: re-queued while it has attempts left, else failed.
+
+Workers are shared by every account, so a claim is fair between accounts: with a cap on running
+jobs per account (``Settings.running_jobs_per_account``), a job whose account already runs that many
+stays Queued, and among the rest the accounts running the fewest jobs go first, oldest job first.
+One account's slow or numerous jobs cannot take every worker while another account waits.
 """
 
 from __future__ import annotations
@@ -12,12 +17,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy.orm import Session, aliased
 
 from modelport.jobs.states import JobStatus
-from modelport.storage.db.engine import Database
-from modelport.storage.db.tables import Job, JobSecret, JobStatusUpdate, Model, utcnow
+from modelport.storage.db.engine import Database, scrub_after_commit
+from modelport.storage.db.tables import Account, Job, JobSecret, JobStatusUpdate, Model, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -36,38 +41,73 @@ def add_update(s: Session, job_id: str, status: str, message: str) -> None:
     s.add(JobStatusUpdate(job_id=job_id, status=status, message=message))
 
 
+def _next_candidate(running_cap: int, full: set[str]) -> Select[str, str]:
+    """The oldest Queued job (of the accounts running the fewest, under ``running_cap``), row-locked."""
+    query = select(Job.id, Job.account_id).where(Job.status == JobStatus.QUEUED)
+    if running_cap:
+        other = aliased(Job)
+        running = (
+            select(func.count())
+            .where(other.account_id == Job.account_id, other.status == JobStatus.RUNNING)
+            .correlate(Job)
+            .scalar_subquery()
+        )
+        query = query.where(running < running_cap).order_by(running)
+        if full:
+            query = query.where(Job.account_id.not_in(full))
+    return query.order_by(Job.created_at).limit(1).with_for_update(skip_locked=True, of=Job)
+
+
+def _running_once_locked(s: Session, account_id: str) -> int:
+    """The account's Running jobs, counted after taking its row lock (which serialises its claims)."""
+    s.execute(select(Account.id).where(Account.id == account_id).with_for_update())
+    running = select(func.count()).where(Job.account_id == account_id, Job.status == JobStatus.RUNNING)
+    return int(s.scalar(running) or 0)
+
+
 class JobStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def claim(self, worker_id: str) -> Claimed | None:
+    def claim(self, worker_id: str, running_cap: int = 0) -> Claimed | None:
+        """Start the next Queued job, or return None. ``running_cap`` (0: none): skip accounts that
+        already run that many jobs, and prefer the accounts running the fewest.
+
+        Correct with any number of workers in any processes: the candidate row is locked (``FOR UPDATE
+        SKIP LOCKED`` on PostgreSQL, so workers pass each other's candidates by), then its account's
+        row, and only then are the account's Running jobs counted again. Two workers claiming for one
+        account take turns on that row, and the second one's count (a new statement, so a new snapshot
+        under READ COMMITTED) sees the first one's committed claim. SQLite runs one writer at a time.
+        """
         with self.db.session() as s:
-            candidate = s.scalars(
-                select(Job.id)
-                .where(Job.status == JobStatus.QUEUED)
-                .order_by(Job.created_at)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
-            if candidate is None:
-                return None
-            now = utcnow()
-            claimed = s.execute(
-                update(Job)
-                .where(Job.id == candidate, Job.status == JobStatus.QUEUED)
-                .values(
-                    status=JobStatus.RUNNING,
-                    worker_id=worker_id,
-                    heartbeat_at=now,
-                    updated_at=now,
-                    attempts=Job.attempts + 1,
-                )
+            full: set[str] = set()  # accounts found at the cap once their row was locked
+            while (row := s.execute(_next_candidate(running_cap, full)).first()) is not None:
+                candidate, account_id = row
+                if running_cap and _running_once_locked(s, account_id) >= running_cap:
+                    full.add(account_id)
+                    continue
+                return self._start(s, candidate, worker_id)
+            return None
+
+    @staticmethod
+    def _start(s: Session, candidate: str, worker_id: str) -> Claimed | None:
+        now = utcnow()
+        claimed = s.execute(
+            update(Job)
+            .where(Job.id == candidate, Job.status == JobStatus.QUEUED)
+            .values(
+                status=JobStatus.RUNNING,
+                worker_id=worker_id,
+                heartbeat_at=now,
+                updated_at=now,
+                attempts=Job.attempts + 1,
             )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                return None
-            attempts = s.scalars(select(Job.attempts).where(Job.id == candidate)).one()
-            add_update(s, candidate, JobStatus.RUNNING, f"started (attempt {attempts})")
-            return Claimed(candidate, attempts)
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        attempts = s.scalars(select(Job.attempts).where(Job.id == candidate)).one()
+        add_update(s, candidate, JobStatus.RUNNING, f"started (attempt {attempts})")
+        return Claimed(candidate, attempts)
 
     def _owned(self, s: Session, job_id: str, worker_id: str) -> Job:
         job = s.get(Job, job_id, with_for_update=True)
@@ -116,6 +156,7 @@ class JobStore:
         if not problems:
             add_update(s, job.id, JobStatus.FAILED, message)
         s.execute(delete(JobSecret).where(JobSecret.job_id == job.id))
+        scrub_after_commit(s)  # the token and signature leave the database files too
         if job.model_id:
             model_id, job.model_id = job.model_id, None
             s.flush()

@@ -38,7 +38,7 @@ class Worker:
     def run_once(self) -> bool:
         """Reap stale jobs, then claim and run one. Returns whether a job ran."""
         self.store.reap_stale(timedelta(seconds=self.settings.job_lease_s), self.settings.job_max_attempts)
-        claimed = self.store.claim(self.id)
+        claimed = self.store.claim(self.id, self.settings.running_jobs_per_account)
         if claimed is None:
             return False
         log.info("worker %s: running job %s (attempt %d)", self.id, claimed.job_id, claimed.attempt)

@@ -9,6 +9,12 @@ Two readers over the same URL:
 - ``RangeFile``: a seekable file object that reads windows with ranged GETs, for zip archives whose
   directory sits at the end. Only used when the server honours ``Range``.
 
+Both ask for ``identity`` and decode nothing: the stream reads the body's raw bytes (what S3 stored,
+even under a ``Content-Encoding`` label; the archive reader recognises a gzip layer by its content and
+inflates it under its own ratio limit), and a ranged read refuses an encoded answer outright, since
+its offsets come from the zip's directory, and reads at most the bytes it asked for. Every chunk is
+reported to the job's ``DownloadBudget`` (rate floor and deadline, ``budget.py``) as it arrives.
+
 Errors never include the URL's query string (where presigned signatures live). Every connection,
 redirects included, goes through the SSRF guard (``guard.py``).
 """
@@ -26,7 +32,8 @@ from dataclasses import dataclass
 import httpx
 
 from modelport.errors import SourceUnavailable
-from modelport.ingest.sources.guard import FetchPolicy, guarded_client
+from modelport.ingest.sources.budget import DownloadBudget
+from modelport.ingest.sources.guard import FetchPolicy, content_encoding, guarded_client, refuse_encoded
 from modelport.ingest.sources.spec import SourceSpec
 from modelport.ingest.staging import ChunkReader
 
@@ -48,14 +55,20 @@ class SourceInfo:
     size: int | None
     ranges: bool  # the server announced "Accept-Ranges: bytes"
     etag: str | None
+    encoding: str | None = None  # a Content-Encoding label; the bytes are read as stored, never decoded
 
 
 class _Client:
-    def __init__(self, spec: SourceSpec, policy: FetchPolicy, timeout_s: float, retries: int) -> None:
-        self.spec, self.retries = spec, retries
+    def __init__(
+        self, spec: SourceSpec, policy: FetchPolicy, timeout_s: float, retries: int, budget: DownloadBudget
+    ) -> None:
+        self.spec, self.retries, self.budget = spec, retries, budget
         # The read timeout is the stall timeout: no byte for that long and the attempt is retried.
         self.http: httpx.Client = guarded_client(
-            policy, timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)), follow_redirects=True
+            policy,
+            read_raw=True,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)),
+            follow_redirects=True,
         )
 
     def close(self) -> None:
@@ -71,13 +84,15 @@ class _Client:
         )
 
     def backoff(self, attempt: int) -> None:
+        self.budget.check_deadline()
         time.sleep(min(0.2 * 2**attempt, 5.0))
 
 
 def _info_from(resp: httpx.Response) -> SourceInfo:
     length = resp.headers.get("content-length")
     ranges = resp.headers.get("accept-ranges", "").lower() == "bytes"
-    return SourceInfo(int(length) if length and length.isdigit() else None, ranges, resp.headers.get("etag"))
+    size = int(length) if length and length.isdigit() else None
+    return SourceInfo(size, ranges, resp.headers.get("etag"), content_encoding(resp))
 
 
 class ResumableStream:
@@ -90,9 +105,10 @@ class ResumableStream:
         policy: FetchPolicy,
         timeout_s: float,
         retries: int,
+        budget: DownloadBudget,
         on_bytes: Callable[[int], None],
     ) -> None:
-        self.client = _Client(spec, policy, timeout_s, retries)
+        self.client = _Client(spec, policy, timeout_s, retries, budget)
         self.on_bytes = on_bytes
         self._info: SourceInfo | None = None
         self.position = 0
@@ -131,9 +147,15 @@ class ResumableStream:
             raise self.client.fail(self._resp)
         if self._info is None:
             self._info = _info_from(self._resp)
-        elif self.position and self._resp.status_code != 206:
+            if self._info.encoding:
+                log.info(
+                    "%s labels its body Content-Encoding: %s; reading the bytes as stored",
+                    self.client.spec.display,
+                    self._info.encoding,
+                )
+        elif self.position and (self._resp.status_code != 206 or content_encoding(self._resp) != self._info.encoding):
             raise SourceUnavailable(f"{self.client.spec.display} changed while it was being downloaded")
-        self._chunks = self._resp.iter_raw()
+        self._chunks = self._resp.iter_raw()  # raw: never decoded here (see the module doc)
 
     def _next_chunk(self) -> bytes:
         while True:
@@ -167,7 +189,7 @@ class ResumableStream:
         self._resp = None
 
     def _counted_chunk(self) -> bytes:
-        chunk = self._next_chunk()
+        chunk = self.client.budget.timed(self._next_chunk)
         self.position += len(chunk)
         size = self._info.size if self._info else None
         if size is not None and self.position > size:
@@ -250,10 +272,11 @@ class RangeFile:
         policy: FetchPolicy,
         timeout_s: float,
         retries: int,
+        budget: DownloadBudget,
         on_bytes: Callable[[int], None],
     ) -> None:
         assert info.ranges and info.size is not None
-        self.client = _Client(spec, policy, timeout_s, retries)
+        self.client = _Client(spec, policy, timeout_s, retries, budget)
         self.size, self.etag, self.on_bytes = info.size, info.etag, on_bytes
         self._pos = 0
         self._window_start, self._window = 0, b""
@@ -293,22 +316,38 @@ class RangeFile:
             headers["If-Match"] = self.etag
         for attempt in range(self.client.retries + 1):
             try:
-                resp = self.client.http.get(self.client.spec.url, headers=headers)
-                if resp.status_code == 412:
-                    raise SourceUnavailable(f"{self.client.spec.display} changed while it was being read")
-                if resp.status_code != 206:
-                    raise (
-                        self.client.fail(resp)
-                        if resp.status_code >= 400
-                        else SourceUnavailable(f"{self.client.spec.display} stopped honouring range requests")
-                    )
-                self._window_start, self._window = start, resp.content
-                self.on_bytes(len(resp.content))
+                self._window_start, self._window = start, self._get(headers, end - start + 1)
                 return
             except _TRANSIENT as e:
                 if attempt == self.client.retries:
                     raise self.client.transport_error(e) from None
                 self.client.backoff(attempt)
+
+    def _get(self, headers: dict[str, str], wanted: int) -> bytes:
+        """One ranged GET: at most ``wanted`` raw bytes, never decoded, each chunk counted as it arrives."""
+        display = self.client.spec.display
+        with self.client.http.stream("GET", self.client.spec.url, headers=headers) as resp:
+            if resp.status_code == 412:
+                raise SourceUnavailable(f"{display} changed while it was being read")
+            if resp.status_code != 206:
+                raise (
+                    self.client.fail(resp)
+                    if resp.status_code >= 400
+                    else SourceUnavailable(f"{display} stopped honouring range requests")
+                )
+            refuse_encoded(resp)  # offsets come from the zip's directory: an encoded range is not those bytes
+            chunks = resp.iter_raw()
+            body = bytearray()
+            while chunk := self.client.budget.timed(lambda: next(chunks, b"")):
+                body += chunk
+                if len(body) > wanted:
+                    raise SourceUnavailable(
+                        f"{display} answered a range request with more than the {wanted} bytes asked for"
+                    )
+                self.on_bytes(len(chunk))
+        if not body:
+            raise SourceUnavailable(f"{display} answered a range request with no bytes")
+        return bytes(body)
 
     def close(self) -> None:
         self.client.close()

@@ -1,9 +1,18 @@
-"""Fetch a model repo through the real ``huggingface_hub`` client, taking only what a model needs."""
+"""Fetch a model repo through the real ``huggingface_hub`` client, taking only what a model needs.
+
+Its HTTP client is the SSRF guard's (``guard.py``), which asks for ``identity`` and refuses encoded
+responses: the hub client decodes whatever arrives. A response hook meters every body's raw chunks as
+they come off the socket against the running job's ``DownloadBudget`` (the hub client's own progress
+callback fires only every 10 MiB), so a slow hub or CDN fails the job like a slow archive URL.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +33,7 @@ from huggingface_hub.utils._http import hf_request_event_hook
 
 from modelport.errors import SourceUnavailable
 from modelport.ingest.layout import FileRole, file_role
+from modelport.ingest.sources.budget import DownloadBudget
 from modelport.ingest.sources.guard import FetchPolicy, guarded_client
 from modelport.ingest.sources.spec import SourceSpec
 from modelport.ingest.staging import Progress, StagedFile, stage_existing
@@ -75,7 +85,7 @@ def _guard_hub_client(policy: FetchPolicy) -> None:
             lambda: guarded_client(
                 policy,
                 flavor=httpx2,
-                event_hooks={"request": [hf_request_event_hook]},
+                event_hooks={"request": [hf_request_event_hook], "response": [_meter]},
                 follow_redirects=True,
                 timeout=None,
             )
@@ -84,11 +94,25 @@ def _guard_hub_client(policy: FetchPolicy) -> None:
 
 
 def fetch(
-    spec: SourceSpec, token: str | None, endpoint: str, dest: Path, progress: Progress, policy: FetchPolicy
+    spec: SourceSpec,
+    token: str | None,
+    endpoint: str,
+    dest: Path,
+    progress: Progress,
+    policy: FetchPolicy,
+    budget: DownloadBudget,
 ) -> tuple[list[StagedFile], list[str]]:
     """Download the planned files into ``dest``; returns them and the names left on the hub."""
     assert spec.repo_id is not None
     _guard_hub_client(policy)
+    with _metered(budget):
+        return _fetch(spec, token, endpoint, dest, progress)
+
+
+def _fetch(
+    spec: SourceSpec, token: str | None, endpoint: str, dest: Path, progress: Progress
+) -> tuple[list[StagedFile], list[str]]:
+    assert spec.repo_id is not None
     api = HfApi(endpoint=endpoint, token=token or False)
     with _hub_errors(spec):
         revision = api.model_info(spec.repo_id, revision=spec.revision).sha or spec.revision
@@ -161,3 +185,35 @@ def _quiet_tqdm() -> Any:
             super().__init__(*args, **kwargs)
 
     return Quiet
+
+
+# The hub client is shared by the process; the budget is the job's, and the job runs on this thread.
+_current_budget: ContextVar[DownloadBudget | None] = ContextVar("modelport_hub_budget", default=None)
+
+
+@contextlib.contextmanager
+def _metered(budget: DownloadBudget) -> Iterator[None]:
+    token = _current_budget.set(budget)
+    try:
+        yield
+    finally:
+        _current_budget.reset(token)
+
+
+def _meter(response: httpx2.Response) -> None:
+    """Response hook: the body's raw chunks go through the current job's budget as they arrive."""
+    if (budget := _current_budget.get()) is not None:
+        response.stream = _Metered(response.stream, budget)
+
+
+class _Metered(httpx2.SyncByteStream):
+    def __init__(self, inner: Any, budget: DownloadBudget) -> None:
+        self.inner, self.budget = inner, budget
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = iter(self.inner)
+        while chunk := self.budget.timed(lambda: next(chunks, b"")):  # raises through the hub client
+            yield chunk
+
+    def close(self) -> None:
+        self.inner.close()
