@@ -32,9 +32,17 @@ def app_and_keys(settings: Settings) -> Iterator[tuple[TestClient, str, str]]:
         yield c, alice, bob
 
 
-def signed_in(client: TestClient, key: str) -> TestClient:
-    client.cookies.set(SESSION_COOKIE, key)
-    return client
+def signed_in(client: TestClient, key: str) -> str:
+    """Sign in through the form, as a browser on this site does; returns the session's CSRF token."""
+    client.cookies.clear()
+    resp = client.post("/signin", data={"api_key": key}, headers={"Origin": str(client.base_url)})
+    assert resp.status_code == 303, resp.text
+    return csrf_token(client.cookies[SESSION_COOKIE])
+
+
+def other_session_csrf(client: TestClient, key: str) -> str:
+    """The CSRF token of another browser's session (signed in with ``key``)."""
+    return csrf_token(client.app.state.accounts.open_session(key))  # type: ignore[attr-defined]
 
 
 def test_pages_need_a_session_and_sign_in_sets_a_strict_httponly_cookie(
@@ -59,20 +67,20 @@ def test_pages_need_a_session_and_sign_in_sets_a_strict_httponly_cookie(
 
 def test_changes_need_the_sessions_csrf_token(app_and_keys: tuple[TestClient, str, str]) -> None:
     client, alice, bob = app_and_keys
-    signed_in(client, alice)
-    # Forms: without the token, or with another session's token, nothing happens.
-    for token in ("", csrf_token(bob)):
+    csrf = signed_in(client, alice)
+    # Forms: without the token, or with another session's token (even the same key's), nothing happens.
+    for token in ("", other_session_csrf(client, bob), other_session_csrf(client, alice), csrf_token(alice)):
         resp = client.post("/keys", data={"csrf_token": token})
         assert resp.status_code in (400, 403), resp.text
     keys_before = client.get("/api/v1/keys").json()["data"]
     assert len(keys_before) == 1
-    made = client.post("/keys", data={"csrf_token": csrf_token(alice)})
+    made = client.post("/keys", data={"csrf_token": csrf})
     assert made.status_code == 200 and "mp-" in made.text
     # The JSON API with the cookie: reading is fine, changing needs the X-CSRF-Token header.
     assert client.get("/v1/models").status_code == 200
     body = {"model_name": "m", "model_source": "org/m"}
     assert_envelope(client.post("/v1/models", json=body), 403, "permission_denied")
-    headers = {"X-CSRF-Token": csrf_token(alice)}
+    headers = {"X-CSRF-Token": csrf}
     assert client.post("/v1/models", json=body, headers=headers).status_code == 200
     # A bearer key needs no CSRF token: it is not sent by browsers on their own.
     client.cookies.clear()
@@ -94,13 +102,12 @@ def test_one_account_never_sees_anothers_pages(
     assert "alice/secret" in client.get("/models").text
     assert client.get("/models/alice/secret").status_code == 200
     assert client.get(f"/jobs/{job_id}").status_code == 200
-    client.cookies.clear()
-    signed_in(client, bob)
+    bobs = signed_in(client, bob)
     assert "alice/secret" not in client.get("/models").text
     for path in ("/models/alice/secret", f"/jobs/{job_id}"):
         resp = client.get(path)
         assert resp.status_code == 404 and "Not found" in resp.text
-    resp = client.post("/models/alice/secret/delete", data={"csrf_token": csrf_token(bob)})
+    resp = client.post("/models/alice/secret/delete", data={"csrf_token": bobs})
     assert resp.status_code == 404
     assert "alice/secret" in {m["id"] for m in client.get("/v1/models", headers=auth).json()["data"]}
 
@@ -116,8 +123,12 @@ def test_add_model_form_shows_a_refusal_next_to_its_field_in_the_pages_words(
     app_and_keys: tuple[TestClient, str, str],
 ) -> None:
     client, alice, _ = app_and_keys
-    signed_in(client, alice)
-    form = {"csrf_token": csrf_token(alice), "model_name": "dup", "source_kind": "huggingface", "hf_repo": "org/m"}
+    form = {
+        "csrf_token": signed_in(client, alice),
+        "model_name": "dup",
+        "source_kind": "huggingface",
+        "hf_repo": "org/m",
+    }
     assert client.post("/models/new", data=form).status_code == 303
     resp = client.post("/models/new", data=form | {"hf_token": "hf_secret_value"})
     assert resp.status_code == 409
@@ -149,24 +160,25 @@ def test_uploads_page_lists_only_your_uploads_and_deletes_them(
     theirs = client.post(
         "/api/v1/uploads", json={"filename": "bobs.tar", "bytes": 10}, headers={"Authorization": f"Bearer {bob}"}
     ).json()
-    signed_in(client, alice)
+    csrf = signed_in(client, alice)
     html = client.get("/uploads").text
     assert 'href="/uploads" aria-current="page"' in html
     assert "half.tar" in html and "whole.tar" in html and "bobs.tar" not in html
     assert html.index("whole.tar") < html.index("half.tar")  # newest first
     assert "unfinished" in html and "complete" in html and "0 of 1 parts" in html
     # Deleting needs the session's CSRF token, and another account's upload is not found.
-    assert client.post(f"/uploads/{half['id']}/delete", data={"csrf_token": csrf_token(bob)}).status_code == 403
-    resp = client.post(f"/uploads/{theirs['id']}/delete", data={"csrf_token": csrf_token(alice)})
+    bobs = other_session_csrf(client, bob)
+    assert client.post(f"/uploads/{half['id']}/delete", data={"csrf_token": bobs}).status_code == 403
+    resp = client.post(f"/uploads/{theirs['id']}/delete", data={"csrf_token": csrf})
     assert resp.status_code == 404
     # An upload a job still reads stays, and the page says why.
     body = {"model_name": "m", "model_source": whole["id"]}
     job_id = client.post("/v1/models", json=body, headers=auth).json()["data"]["job_id"]
-    resp = client.post(f"/uploads/{whole['id']}/delete", data={"csrf_token": csrf_token(alice)})
+    resp = client.post(f"/uploads/{whole['id']}/delete", data={"csrf_token": csrf})
     assert resp.status_code == 409 and job_id in resp.text and 'role="alert"' in resp.text
     run_all_jobs(client.app.state.services)  # type: ignore[attr-defined]
     for upload in (half, whole):
-        resp = client.post(f"/uploads/{upload['id']}/delete", data={"csrf_token": csrf_token(alice)})
+        resp = client.post(f"/uploads/{upload['id']}/delete", data={"csrf_token": csrf})
         assert resp.status_code == 303 and resp.headers["location"] == "/uploads"
     assert "No uploads." in client.get("/uploads").text
     uploads_dir = client.app.state.settings.uploads_dir  # type: ignore[attr-defined]

@@ -1,7 +1,8 @@
 """Accounts and their API keys.
 
 A key is ``mp-`` followed by 43 URL-safe characters (256 random bits). Only its sha256 is stored;
-it is shown once, when created.
+it is shown once, when created. The web console signs in with a key and then holds a session token
+naming it (``sessions.py``), so the key itself never sits in a browser's cookie jar.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
+from modelport.accounts.sessions import SessionSigner
 from modelport.errors import AuthenticationError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from modelport.ids import new_id
 from modelport.storage.db.engine import Database
@@ -48,8 +50,8 @@ class KeyInfo:
 
 
 class AccountService:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, db: Database, sessions: SessionSigner) -> None:
+        self.db, self.sessions = db, sessions
 
     def create_account(self, name: str) -> str:
         if not ACCOUNT_NAME.match(name):
@@ -107,6 +109,22 @@ class AccountService:
         # compare_digest keeps the final check constant-time even though the lookup is by index.
         if row is None or not hmac.compare_digest(row[0].key_hash, digest) or row[0].revoked_at:
             raise AuthenticationError("invalid API key")
+        api_key, account = row
+        return Principal(account.id, account.name, api_key.id, is_admin=account.is_admin)
+
+    # --- web console sessions: a signed token naming the key, checked against the key on every use ----
+    def open_session(self, key: str) -> str:
+        """A session token for a valid key; AuthenticationError otherwise."""
+        return self.sessions.issue(self.authenticate(key).key_id)
+
+    def authenticate_session(self, token: str | None) -> Principal:
+        if not token:
+            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+        key_id = self.sessions.key_id(token)
+        with self.db.read() as s:
+            row = s.execute(select(ApiKey, Account).join(Account).where(ApiKey.id == key_id)).one_or_none()
+        if row is None or row[0].revoked_at:  # a revoked key ends every session made with it
+            raise AuthenticationError("the session's API key was revoked: sign in again")
         api_key, account = row
         return Principal(account.id, account.name, api_key.id, is_admin=account.is_admin)
 

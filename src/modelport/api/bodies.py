@@ -1,9 +1,11 @@
 """Request bodies streamed to disk as they arrive: multipart file fields and raw upload parts.
 
-Nothing is buffered beyond one network chunk. A body that stalls or drips is dropped by the
-``slowclients.BodyDeadline`` middleware (408), as on every route. A dropped or disconnected
-multipart upload's file is removed at once; a dropped part is never marked received, so its bytes are
-overwritten when it is sent again.
+Nothing is buffered beyond one network chunk. Who may send a body, and how large, is settled by
+``gate.RequestGate`` before the first byte; a body that stalls or drips is dropped by the
+``slowclients.BodyDeadline`` middleware (408), as on every route. A dropped, disconnected or
+truncated multipart upload (one that ends before its closing boundary) leaves nothing behind: its file
+and row are removed at once. A dropped part is never marked received, so its bytes are overwritten
+when it is sent again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def _missing_file() -> RequestValidationError:
 
 
 def check_declared_length(request: Request, limit: int) -> None:
+    """Redundant since ``gate.RequestGate`` caps this route's body by the same limit; kept for callers."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:  # room for multipart framing
         raise UploadTooLarge(f"the upload is larger than the limit of {limit} bytes (MODELPORT_MAX_UPLOAD_BYTES)")
@@ -39,7 +42,7 @@ async def receive_multipart_file(request: Request, begin: Callable[[str], FileSi
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise _missing_file()
-    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "sink": None, "writing": False}
+    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "sink": None, "writing": False, "end": False}
 
     def on_part_begin() -> None:
         state["headers"], state["writing"] = {}, False
@@ -68,6 +71,9 @@ async def receive_multipart_file(request: Request, begin: Callable[[str], FileSi
     def on_part_end() -> None:
         state["writing"] = False
 
+    def on_end() -> None:
+        state["end"] = True
+
     callbacks = {
         "on_part_begin": on_part_begin,
         "on_header_field": on_header_field,
@@ -76,12 +82,15 @@ async def receive_multipart_file(request: Request, begin: Callable[[str], FileSi
         "on_headers_finished": on_headers_finished,
         "on_part_data": on_part_data,
         "on_part_end": on_part_end,
+        "on_end": on_end,
     }
     parser = MultipartParser(options[b"boundary"], callbacks)  # type: ignore[arg-type]
     try:
         async for chunk in request.stream():  # stalls and drips: slowclients.BodyDeadline
             parser.write(chunk)
         parser.finalize()
+        if not state["end"]:  # finalize() does not check this: a cut-off body would look complete
+            raise InvalidRequest("the multipart body ended before its closing boundary: it was cut short", param="file")
     except BaseException as e:
         if state["sink"] is not None:
             state["sink"].abort()

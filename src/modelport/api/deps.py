@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from modelport.accounts.service import AccountService, Principal
 from modelport.catalog.service import Catalog
@@ -12,7 +13,7 @@ from modelport.endpoints.service import EndpointService
 from modelport.ingest.uploads import Uploads
 from modelport.serving.service import InferenceService
 from modelport.settings import Settings
-from modelport.web.session import cookie_key
+from modelport.web.session import cookie_session
 
 
 def _bearer(request: Request) -> str | None:
@@ -21,11 +22,25 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def get_principal(request: Request) -> Principal:
-    """The caller, from ``Authorization: Bearer`` or else the web console's session cookie."""
-    accounts: AccountService = request.app.state.accounts
-    principal = accounts.authenticate(_bearer(request) or cookie_key(request))
-    request.state.principal = principal
+def authenticate(request: Request) -> Principal:
+    """The caller, from ``Authorization: Bearer`` or else the web console's session cookie (with its
+    CSRF header on changes). Reads only headers, so ``api/gate.py`` runs it before the body; blocking."""
+    accounts = get_accounts(request)
+    key = _bearer(request)
+    return accounts.authenticate(key) if key else accounts.authenticate_session(cookie_session(request))
+
+
+def stashed_principal(request: Request) -> Principal | None:
+    """The caller as ``api/gate.py`` found it for this request, if it did."""
+    principal = getattr(request.state, "principal", None)
+    return principal if isinstance(principal, Principal) else None
+
+
+async def get_principal(request: Request) -> Principal:
+    """The caller: from the gate (no second lookup), else authenticated here."""
+    principal = stashed_principal(request)
+    if principal is None:
+        principal = request.state.principal = await run_in_threadpool(authenticate, request)
     return principal
 
 

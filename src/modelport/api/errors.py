@@ -8,11 +8,14 @@
   redirects to the sign-in page.
 - A lost database connection is 503 ``database_unavailable`` with ``Retry-After``, in every dialect:
   the pool reconnects on the next request (``pool_pre_ping``), so retrying is the right move.
+- What ``api/gate.py`` refuses while a body is being read (a key, a body over its cap) reaches these
+  handlers as a ``BodyRefused`` carrying the error, and is answered exactly like it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -116,12 +119,35 @@ def _sign_in(request: Request, exc: Exception) -> Response:
     return RedirectResponse(f"/signin?next={quote(target)}", status_code=303)
 
 
+class BodyRefused(StarletteHTTPException):
+    """An error raised while a request body is read (``api/gate.py``: a refused caller, a body past its
+    cap). FastAPI turns any other exception raised while it reads a body into a 400 "error parsing the
+    body" and lets only HTTPExceptions through, so this one carries the error to its own handler."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(status_code=getattr(error, "status_code", 500), detail=str(error))
+        self.error = error
+
+
+# Most specific first: the app looks a handler up by the error's class, ``_refused`` by isinstance.
+HANDLERS: list[tuple[type[Exception], Callable[[Request, Exception], Response]]] = [
+    (SignInRequired, _sign_in),
+    (ModelportError, _domain),
+    (RequestValidationError, _validation),
+    (StarletteHTTPException, _http),
+    (Exception, _unexpected),
+]
+
+
+def _refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BodyRefused)
+    return next(handler for kind, handler in HANDLERS if isinstance(exc.error, kind))(request, exc.error)
+
+
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(SignInRequired, _sign_in)
-    app.add_exception_handler(ModelportError, _domain)
-    app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(BodyRefused, _refused)
+    for kind, handler in HANDLERS:
+        app.add_exception_handler(kind, handler)
 
 
 def stream_error(exc: Exception) -> dict[str, Any]:

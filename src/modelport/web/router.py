@@ -13,15 +13,16 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from modelport.accounts.service import Principal
-from modelport.api.deps import get_accounts, get_catalog, get_endpoints, get_settings, get_uploads
+from modelport.api.deps import get_accounts, get_catalog, get_endpoints, get_settings, get_uploads, stashed_principal
 from modelport.catalog.service import UploadRequest
 from modelport.endpoints.service import EndpointSpec
 from modelport.errors import AuthenticationError, Conflict, ModelportError, NotFound, PermissionDenied
 from modelport.humanize import human_bytes, human_count
 from modelport.web import views
-from modelport.web.session import SESSION_COOKIE, csrf_ok, csrf_token
+from modelport.web.session import SESSION_COOKIE, csrf_ok, csrf_token, from_this_site
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 TEMPLATES.env.filters.update(bytes=human_bytes, count=human_count, when=views.when)
@@ -35,18 +36,24 @@ class SignInRequired(Exception):
 
 
 def session_key(request: Request) -> str:
+    """The session token from the cookie (what the page's CSRF token is made from)."""
     key = request.cookies.get(SESSION_COOKIE)
     if not key:
         raise SignInRequired
     return key
 
 
-def web_principal(request: Request, key: Annotated[str, Depends(session_key)]) -> Principal:
-    accounts = get_accounts(request)
+def session_principal(request: Request) -> Principal:
+    """The signed-in account, from the cookie alone; ``api/gate.py`` runs it before the body. Blocking."""
     try:
-        return accounts.authenticate(key)
+        return get_accounts(request).authenticate_session(request.cookies.get(SESSION_COOKIE))
     except AuthenticationError:
         raise SignInRequired from None
+
+
+async def web_principal(request: Request, key: Annotated[str, Depends(session_key)]) -> Principal:
+    principal = stashed_principal(request)
+    return principal if principal is not None else await run_in_threadpool(session_principal, request)
 
 
 Who = Annotated[Principal, Depends(web_principal)]
@@ -83,14 +90,19 @@ def signin_page(request: Request, next: str = "/models") -> Response:
 
 @router.post("/signin", response_class=HTMLResponse)
 def signin(request: Request, api_key: Annotated[str, Form()], next: Annotated[str, Form()] = "/models") -> Response:
-    accounts = get_accounts(request)
+    settings = get_settings(request)
+    if not from_this_site(request, settings.web_origins.split(",") if settings.web_origins else ()):
+        # Login CSRF: another site's form must not sign this browser into an account of its choosing.
+        error = "This sign-in form was sent from another site. Sign in on this page instead."
+        return page(request, "signin.html", None, None, 403, next=views.local_path(next), error=error)
     try:
-        accounts.authenticate(api_key.strip())
+        session = get_accounts(request).open_session(api_key.strip())
     except AuthenticationError:
         return page(request, "signin.html", None, None, 401, next=next, error="That API key is not valid.")
     response = back(views.local_path(next))
     secure = request.url.scheme == "https"
-    response.set_cookie(SESSION_COOKIE, api_key.strip(), httponly=True, samesite="strict", secure=secure)
+    max_age = int(settings.web_session_ttl_s)
+    response.set_cookie(SESSION_COOKIE, session, max_age=max_age, httponly=True, samesite="strict", secure=secure)
     return response
 
 
