@@ -25,7 +25,8 @@ from tests.support.tinymodels import files_of
 def api(
     settings: Settings, hub: FakeHub, tiny_llama: Path, tiny_lora: Path
 ) -> Iterator[tuple[TestClient, dict[str, str]]]:
-    settings = settings.model_copy(update={"endpoint_memory_bytes": 8 * GIB})
+    # One tenant here, so it may take the whole pool; shares between tenants: tests/security/.
+    settings = settings.model_copy(update={"endpoint_memory_bytes": 8 * GIB, "quota_endpoint_share": 1.0})
     app = create_app(settings, run_workers=False, supervise=False)
     with TestClient(app) as client:
         headers = {"Authorization": f"Bearer {app.state.accounts.create_key('acme')}"}

@@ -37,6 +37,8 @@ def impatient_server(tmp_path: Path, db_url: str, hub: FakeHub) -> Iterator[str]
         MODELPORT_HTTP_HEADER_TIMEOUT_S="2",
         MODELPORT_UPLOAD_STALL_TIMEOUT_S="2",
         MODELPORT_WORKERS="0",
+        # One account opens 20 dripping uploads here: the deadline, not the open-uploads cap, is under test.
+        MODELPORT_QUOTA_OPEN_UPLOADS="0",
     )
     proc, url = start_modelport(env, tmp_path / "server.log")
     yield url

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from modelport.errors import FetchRefused
+from modelport.errors import FetchRefused, InvalidSource
+from modelport.ingest.sources import parse_source
 from modelport.ingest.sources.guard import FetchPolicy, guarded_client, parse_ip
+from modelport.settings import Settings
 
 pytestmark = pytest.mark.db_agnostic
 
@@ -50,6 +52,20 @@ REFUSED_URLS = [
     ("https://[2002:7f00:1::]/x", "loopback address, written as IPv6"),  # 6to4
     ("https://[2002:a00:1::]/x", "private address, written as IPv6"),
     ("https://192.0.2.10/x", "not globally routable"),  # documentation range
+    # IPv4-translated (RFC 2765 SIIT, ::ffff:0:a.b.c.d): Python's is_global says True for all of them.
+    ("https://[::ffff:0:7f00:1]/x", "loopback address, written as IPv6"),
+    ("https://[::ffff:0:a9fe:a9fe]/x", "link-local"),
+    ("https://[::ffff:0:10.1.2.3]/x", "private address, written as IPv6"),
+    ("https://[::ffff:0:0.0.0.0]/x", "unspecified address, written as IPv6"),
+    # Teredo: the client (bit-inverted) and the server are both checked.
+    ("https://[2001:0:808:808::80ff:fefe]/x", "loopback address, written as IPv6"),  # client 127.0.1.1
+    ("https://[2001:0:a9fe:a9fe::f7f7:f7f7]/x", "link-local"),  # server 169.254.169.254, client 8.8.8.8
+    # ISATAP interface ids (0000:5efe / 0200:5efe + IPv4) under any prefix, global ones included.
+    ("https://[2600::5efe:7f00:1]/x", "loopback address, written as IPv6"),
+    ("https://[2600::200:5efe:a9fe:a9fe]/x", "link-local"),
+    ("https://[2002:808:808::5efe:a00:1]/x", "private address, written as IPv6"),  # inside a public 6to4
+    ("https://[fe80::5efe:808:808]/x", "link-local address"),  # a public IPv4 under a refused prefix
+    ("https://[::ffff:0:7f00:1%25eth0]/x", "loopback"),  # a zone id changes nothing
 ]
 
 
@@ -62,7 +78,14 @@ def test_refused_before_any_connection(url: str, reason: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["https://8.8.8.8/x", "https://[2606:4700:4700::1111]/x", "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=s"],
+    [
+        "https://8.8.8.8/x",
+        "https://[2606:4700:4700::1111]/x",
+        "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=s",
+        "https://[::ffff:0:808:808]/x",  # forms that carry a public address stay reachable
+        "https://[2600::5efe:808:808]/x",
+        "https://[2606:4700:4700::1111]:8443/x",
+    ],
 )
 def test_public_addresses_and_names_pass_the_static_check(url: str) -> None:
     STRICT.check_url(url)  # names are checked again after resolution, on every connection
@@ -82,6 +105,29 @@ def test_schemes_other_than_https_are_refused(url: str, message: str) -> None:
         STRICT.check_url(url)
     if url.startswith("http:"):
         FetchPolicy(allow_http=True).check_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://[::1/m.tar.gz", "host in brackets must be a whole IPv6 address"),
+        ("https://[zz::]/m.tar.gz", "host in brackets must be a whole IPv6 address"),
+        ("https://[::1]x/m.tar.gz", "host in brackets must be a whole IPv6 address"),
+        ("https://[v1.fe]/m.tar.gz", "host in brackets must be a whole IPv6 address"),  # IPvFuture
+        ("https://8.8.8.8]/m.tar.gz", "host in brackets must be a whole IPv6 address"),
+        ("https://h.example:abc/m.tar.gz", "port must be a number"),
+        ("https://h.example:99999/m.tar.gz", "port must be a number"),
+    ],
+)
+def test_malformed_urls_are_refused_at_submission_and_at_fetch(url: str, message: str) -> None:
+    with pytest.raises(FetchRefused, match=message):
+        STRICT.check_url(url)
+    settings = Settings(data_dir="/nonexistent", fetch_allow="h.example")
+    with pytest.raises(InvalidSource, match=message) as submitted:
+        parse_source(url, settings)
+    assert submitted.value.status_code == 400 and submitted.value.code == "invalid_source"
+    with pytest.raises(FetchRefused, match=message):  # a job's stored source fails its job, no crash
+        parse_source(url, settings, submission=False)
 
 
 def test_odd_spellings_read_as_the_resolver_reads_them() -> None:
@@ -161,6 +207,9 @@ def test_guarded_client_connects_only_where_allowed(redirector: tuple[int, type[
         ("http://[::ffff:169.254.169.254]/latest/", "link-local"),
         ("http://2852039166/latest/", "link-local"),
         ("ftp://8.8.8.8/x", "unsupported scheme"),
+        ("http://[::ffff:0:a9fe:a9fe]/latest/", "link-local"),
+        ("https://[::1/x", "redirected to a malformed URL"),  # httpx cannot even parse it: still a refusal
+        ("http://[zz::]:{port}/ok", "redirected to a malformed URL"),
     ],
 )
 def test_every_redirect_hop_is_checked(redirector: tuple[int, type[_Redirector]], target: str, reason: str) -> None:

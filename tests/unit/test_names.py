@@ -6,6 +6,7 @@ import pytest
 
 from modelport.catalog.names import qualify
 from modelport.errors import InvalidModelName
+from modelport.storage.db.tables import model_name_key
 
 pytestmark = pytest.mark.db_agnostic
 
@@ -61,3 +62,22 @@ def test_names_are_made_only_in_ones_own_namespace() -> None:
         qualify("alice", "bob/model")
     with pytest.raises(InvalidModelName, match="not your account"):
         qualify("alice", "\uff41\uff4c\uff49\uff43\uff45x/model")
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("alice/MyModel", "alice/mymodel"),
+        ("alice/MYMODEL", "alice/mymodel"),
+        ("alice/\uff2d\uff59\uff2d\uff4f\uff44\uff45\uff4c", "alice/mymodel"),  # fullwidth
+        ("alice/caf\u00e9", "alice/cafe\u0301"),  # NFC and NFD: one name (qualify refuses both, rows may not)
+        ("alice/Stra\u00dfe", "alice/strasse"),  # full case folding, not just lower()
+    ],
+)
+def test_names_differing_only_by_case_or_form_share_a_key(one: str, other: str) -> None:
+    assert model_name_key(one) == model_name_key(other)
+
+
+def test_different_names_keep_different_keys() -> None:
+    keys = {model_name_key(n) for n in ("alice/model-1", "alice/model_1", "alice/model.1", "bob/model-1")}
+    assert len(keys) == 4

@@ -1,4 +1,10 @@
-"""Model names: ``<account>/<name>``, validated once here and never used to build a file path."""
+"""Model names: ``<account>/<name>``, validated once here and never used to build a file path.
+
+``qualify`` gives each name one spelling (NFKC, ASCII only). Names that still differ only by case
+(``alice/MyModel``, ``alice/mymodel``) are one name: the catalog compares them by
+``storage.db.tables.model_name_key``, under a unique index, and refuses the second with 409
+``model_name_taken``. Lookups keep using the spelling the model was created with.
+"""
 
 from __future__ import annotations
 

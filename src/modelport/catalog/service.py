@@ -26,7 +26,16 @@ from modelport.jobs.states import JobStatus, ModelStatus
 from modelport.jobs.store import add_update
 from modelport.settings import Settings
 from modelport.storage.db.engine import Database
-from modelport.storage.db.tables import Endpoint, Job, JobSecret, JobStatusUpdate, Model, ModelFile, Upload
+from modelport.storage.db.tables import (
+    Endpoint,
+    Job,
+    JobSecret,
+    JobStatusUpdate,
+    Model,
+    ModelFile,
+    Upload,
+    model_name_key,
+)
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,8 @@ class Catalog:
         try:
             with self.db.session() as s:
                 quotas.lock_account(s, who.account_id)
-                quotas.check_submission(s, self.settings, who.account_id)
+                from_upload = source.url if source.kind == SourceKind.UPLOAD else None
+                quotas.check_submission(s, self.settings, who.account_id, from_upload=from_upload)
                 self._check_name_free(s, name)
                 s.add(
                     Model(
@@ -159,10 +169,11 @@ class Catalog:
 
     @staticmethod
     def _check_name_free(s: Session, name: str) -> None:
-        """A name is held from submission on: a model still uploading holds it as a ready one does."""
-        status = s.scalar(select(Model.status).where(Model.name == name))
-        if status is not None:
-            raise checks.name_taken(name, still_uploading=status != ModelStatus.READY)
+        """A name is held from submission on: a model still uploading holds it as a ready one does. Names
+        are one name under case folding and normalisation (``model_name_key``): the holder's spelling is named."""
+        held = s.execute(select(Model.name, Model.status).where(Model.name_key == model_name_key(name))).first()
+        if held is not None:
+            raise checks.name_taken(held.name, still_uploading=held.status != ModelStatus.READY)
 
     @staticmethod
     def _resolve_base(s: Session, who: Principal, ref: str) -> str:

@@ -7,6 +7,13 @@ cores (shared, not pinned) and reserves that much RAM from the pool endpoints ma
 (``MODELPORT_ENDPOINT_MEMORY_BYTES``). Memory is what is reserved: GPUs are handed out whole, by index,
 and host RAM by the gigabyte, so endpoints can never oversubscribe either.
 
+Shares: one account's running endpoints may hold at most ``MODELPORT_QUOTA_ENDPOINT_SHARE`` of the
+host together (``Inventory.account_cap``), counted in *units*: GPUs on a GPU host, bytes of the RAM
+pool without GPUs. A fraction rather than a count of endpoints, because one endpoint on eight GPUs
+starves the others as surely as eight endpoints on one GPU each, and because it means the same on a
+laptop and on an 8-GPU server. The cap is never below the smallest configuration, so every account
+can run one endpoint (on a one-GPU host that is the whole host: no share can split one GPU).
+
 Fit (``estimate_bytes``): weights at the serving dtype, plus the KV cache of one full-context sequence,
 plus 20% for activations and allocator slack::
 
@@ -86,10 +93,34 @@ class Inventory:
         ]
         return [_priced(c, prices) for c in configs]
 
+    @property
+    def capacity(self) -> int:
+        """Units endpoints can reserve on this host: GPUs, or bytes of the RAM pool without GPUs."""
+        return len(self.gpus) if self.gpus else self.cpu_pool_bytes
+
+    def account_cap(self, share: float) -> int:
+        """Units one account's endpoints may hold together: ``share`` of the host, at least one configuration."""
+        smallest = min((config_units(c) for c in self.configs({})), default=0)
+        return max(smallest, int(self.capacity * share))
+
+    def describe_units(self, units: int) -> str:
+        return f"{units} GPU(s)" if self.gpus else f"{units / GIB:.1f} GiB of endpoint RAM"
+
     def describe(self) -> str:
         if self.gpus:
             return f"{len(self.gpus)} x NVIDIA {self.gpus[0].model.upper()} {self.gpus[0].memory_gb} GB"
         return f"no GPU; {self.cpu_cores} CPU cores, {self.cpu_pool_bytes / GIB:.0f} GiB of RAM for endpoints"
+
+
+def config_units(config: HardwareConfig, replicas: int = 1) -> int:
+    """What ``replicas`` of ``config`` reserve, in the host's units (see ``Inventory.capacity``)."""
+    return (config.memory_bytes if config.is_cpu else config.gpu_count) * replicas
+
+
+def reservation_units(reservation: dict[str, Any] | None) -> int:
+    """What a recorded reservation holds, in the host's units."""
+    held = reservation or {}
+    return len(held.get("gpus", [])) or int(held.get("memory_bytes", 0))
 
 
 def _priced(config: HardwareConfig, prices: dict[str, float]) -> HardwareConfig:

@@ -1,8 +1,11 @@
 """Endpoints as the API sees them: create, list, get, update (start/stop/scale/rename), delete.
 
 Hardware is reserved here, when an endpoint is asked to run, inside one lock and one transaction, so
-two requests can never both take the last GPU or gigabyte. The supervisor (``supervisor.py``) then
-drives each endpoint's replicas towards its ``desired`` state and releases the reservation on stop.
+two requests can never both take the last GPU or gigabyte, nor one account more than its share of
+the host (``MODELPORT_QUOTA_ENDPOINT_SHARE``, see ``hardware.py``). Refusals name the caller's own
+endpoints only: what other accounts run is theirs to know ("held by other accounts' endpoints").
+The supervisor (``supervisor.py``) then drives each endpoint's replicas towards its ``desired`` state
+and releases the reservation on stop.
 """
 
 from __future__ import annotations
@@ -18,9 +21,16 @@ from sqlalchemy import select
 
 from modelport.accounts.service import Principal
 from modelport.catalog.service import Catalog
-from modelport.endpoints.hardware import GIB, HardwareConfig, Inventory, estimate_bytes
+from modelport.endpoints.hardware import (
+    GIB,
+    HardwareConfig,
+    Inventory,
+    config_units,
+    estimate_bytes,
+    reservation_units,
+)
 from modelport.endpoints.states import RUNNING_STATES, EndpointState
-from modelport.errors import HardwareUnavailable, InvalidRequest, NotFound
+from modelport.errors import HardwareUnavailable, InvalidRequest, NotFound, QuotaExceeded
 from modelport.ids import new_id
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore
@@ -66,13 +76,17 @@ class EndpointService:
             return [Availability(c, None) for c in self.configs()]
         need = self._need(self.catalog.get_model(who, model_ref))
         with self.db.read() as s:
-            free = self._free(s)
-        return [Availability(c, self._status(c, need, free)) for c in self.configs()]
+            running = _running(s)
+        free = self._free(running)
+        room = self._share_cap() - sum(reservation_units(e.reservation) for e in _own(running, who.account_id))
+        return [Availability(c, self._status(c, need, free, room)) for c in self.configs()]
 
-    def _status(self, config: HardwareConfig, need: int, free: dict[str, Any]) -> str:
+    def _status(self, config: HardwareConfig, need: int, free: dict[str, Any], room: int) -> str:
+        """``room``: what the caller's share still allows, in the host's units."""
         if need > config.memory_bytes:
             return "insufficient"
-        return "available" if self._take(config, 1, free) is not None else "unavailable"
+        fits = config_units(config) <= room and self._take(config, 1, free) is not None
+        return "available" if fits else "unavailable"
 
     def _need(self, model: Model) -> int:
         config_file = next((f for f in self.catalog.files(model) if f.path == "config.json"), None)
@@ -83,10 +97,10 @@ class EndpointService:
         return estimate_bytes(manifest, config, dtype_bytes)
 
     # --- reservations ---------------------------------------------------------------------------
-    def _free(self, s: Any) -> dict[str, Any]:
+    def _free(self, running: list[Endpoint]) -> dict[str, Any]:
         taken_gpus: set[int] = set()
         taken_bytes = 0
-        for e in s.scalars(select(Endpoint).where(Endpoint.state.in_(list(RUNNING_STATES)))):
+        for e in running:
             held = e.reservation or {}
             taken_gpus.update(held.get("gpus", []))
             taken_bytes += int(held.get("memory_bytes", 0))
@@ -104,19 +118,38 @@ class EndpointService:
         return {"gpus": free["gpus"][:count], "gpus_per_replica": config.gpu_count, "replicas": replicas}
 
     def _reserve(self, s: Any, endpoint: Endpoint) -> None:
-        """Take hardware for ``endpoint`` or raise, naming what holds it."""
+        """Take hardware for ``endpoint`` or raise, naming only the caller's own endpoints."""
         config = self._config(endpoint.hardware)
         replicas = replica_count(endpoint)
-        held = self._take(config, replicas, self._free(s))
+        others = [e for e in _running(s) if e.id != endpoint.id and e.reservation]
+        self._check_share(endpoint, config, replicas, _own(others, endpoint.account_id))
+        held = self._take(config, replicas, self._free(others))
         if held is None:
-            users = [e.name for e in s.scalars(select(Endpoint).where(Endpoint.state.in_(list(RUNNING_STATES))))]
             raise HardwareUnavailable(
                 f"the selected configuration {config.id} x {replicas} replica(s) is not available now: "
-                f"{self.inventory.describe()}, held by {', '.join(users) or 'nothing'}; stop an endpoint or "
+                f"{self.inventory.describe()}, held by {_holders(others, endpoint.account_id)}; stop an endpoint or "
                 "pick smaller hardware",
                 param="hardware",
             )
         endpoint.reservation = held
+
+    def _share_cap(self) -> int:
+        return self.inventory.account_cap(self.settings.quota_endpoint_share)
+
+    def _check_share(self, endpoint: Endpoint, config: HardwareConfig, replicas: int, mine: list[Endpoint]) -> None:
+        """One account may hold only its share of the host, so others can always deploy too."""
+        held = sum(reservation_units(e.reservation) for e in mine)
+        want, cap = config_units(config, replicas), self._share_cap()
+        if held + want <= cap or cap >= self.inventory.capacity:  # a share of all: only the hardware can say no
+            return
+        units = self.inventory.describe_units
+        holding = f"hold {units(held)} ({', '.join(e.name for e in mine)})" if mine else "hold nothing"
+        raise QuotaExceeded(
+            f"{config.id} x {replicas} replica(s) needs {units(want)}; this account's running endpoints {holding} "
+            f"and may hold {units(cap)} together ({self.settings.quota_endpoint_share:.0%} of this host, "
+            "MODELPORT_QUOTA_ENDPOINT_SHARE): stop one of your endpoints or pick smaller hardware",
+            param="hardware",
+        )
 
     def _config(self, hardware: str) -> HardwareConfig:
         if not hardware:
@@ -258,6 +291,24 @@ class EndpointService:
             endpoint = s.get(Endpoint, endpoint_id)
             if endpoint is not None:
                 endpoint.last_request_at = utcnow()
+
+
+def _running(s: Any) -> list[Endpoint]:
+    """Every account's endpoints that hold (or are about to hold) hardware: for arithmetic, never for messages."""
+    return list(s.scalars(select(Endpoint).where(Endpoint.state.in_(list(RUNNING_STATES)))))
+
+
+def _own(endpoints: list[Endpoint], account_id: str) -> list[Endpoint]:
+    return [e for e in endpoints if e.account_id == account_id]
+
+
+def _holders(holding: list[Endpoint], account_id: str) -> str:
+    """Who holds the hardware, as the caller may see it: its own endpoints by name, others only as others."""
+    mine = [e.name for e in _own(holding, account_id)]
+    parts = [f"your endpoint(s) {', '.join(mine)}"] if mine else []
+    if len(mine) < len(holding):
+        parts.append("other accounts' endpoints")
+    return " and ".join(parts) or "nothing"
 
 
 def replica_count(endpoint: Endpoint) -> int:

@@ -7,6 +7,14 @@ A resumable upload declares its size and sha256 up front, and gets a sparse ``ar
 size; each part is written straight to its offset in it, and marked received (``parts/<n>``) only once
 its bytes match the part's own sha256, in any order, as often as needed. ``complete`` hashes the whole
 file once (no copy) against the declared sha256, and the ``file-…`` id becomes a model source.
+
+Uploads count against the account's storage quota (``accounts/quotas.py``) and only
+``quota_open_uploads`` may be receiving at once, both checked with the account locked as the upload
+is created. A resumable upload counts its declared size from then on. A whole upload declares
+nothing, so it counts what has arrived: its sink refuses bytes past the room the account had at the
+last check, and every ``QUOTA_CHECK_BYTES`` (and at the end) it records its size and checks again,
+which sees the other uploads' progress; concurrent uploads of one account can overshoot by at most
+that much each, never by a whole upload.
 """
 
 from __future__ import annotations
@@ -20,15 +28,17 @@ from typing import BinaryIO
 
 from sqlalchemy import select
 
+from modelport.accounts import quotas
 from modelport.accounts.service import Principal
-from modelport.errors import Conflict, InvalidRequest, NotFound, UploadTooLarge
+from modelport.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded, UploadTooLarge
 from modelport.ids import new_id
 from modelport.settings import Settings
 from modelport.storage.db.engine import Database
 from modelport.storage.db.tables import JobSecret, Upload, utcnow
 
 DEFAULT_PART_BYTES = 64 * 2**20
-RECEIVING, COMPLETE = "receiving", "complete"
+QUOTA_CHECK_BYTES = 64 * 2**20  # a whole upload records its size and rechecks the quota this often
+RECEIVING, COMPLETE = quotas.RECEIVING, "complete"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -42,7 +52,8 @@ class UploadView:
 class FileSink:
     """One whole upload being written; ``write`` as bytes arrive, then ``finish`` or ``abort``."""
 
-    def __init__(self, uploads: Uploads, upload: Upload, limit: int) -> None:
+    def __init__(self, uploads: Uploads, upload: Upload, limit: int, room: int | None) -> None:
+        """``room``: bytes the account's storage quota had left when the upload began; None: no quota."""
         self.uploads, self.upload, self.limit = uploads, upload, limit
         self.folder = uploads.folder(upload.id)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -50,6 +61,7 @@ class FileSink:
         self._file: BinaryIO = open(self.partial, "wb")  # noqa: SIM115 - closed by finish/abort
         self._hash = hashlib.sha256()
         self.size = 0
+        self._counted, self._room = 0, room  # size last recorded, and the room left at that check
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -58,14 +70,29 @@ class FileSink:
             raise UploadTooLarge(
                 f"the upload is larger than the limit of {self.limit} bytes (MODELPORT_MAX_UPLOAD_BYTES)"
             )
+        if self._room is not None and (
+            self.size - self._counted > self._room or self.size - self._counted >= QUOTA_CHECK_BYTES
+        ):
+            self._check_quota()
         self._file.write(data)
         self._hash.update(data)
+
+    def _check_quota(self) -> None:
+        """Record the size so far and check the account's quota again; refuse the upload past it."""
+        try:
+            self._room = self.uploads._record_size(self.upload, self.size)
+        except QuotaExceeded:
+            self.abort()
+            raise
+        self._counted = self.size
 
     def finish(self) -> Upload:
         self._file.close()
         if self.size == 0:
             self.abort()
             raise InvalidRequest("the uploaded file is empty", param="file")
+        if self._room is not None and self.size != self._counted:
+            self._check_quota()
         self.partial.rename(self.folder / "archive")
         return self.uploads._completed(self.upload.id, self.size, self._hash.hexdigest())
 
@@ -94,8 +121,21 @@ class Uploads:
             status=RECEIVING,
         )
         with self.db.session() as s:
+            quotas.lock_account(s, who.account_id)
+            room = quotas.check_new_upload(s, self.settings, who.account_id, 0)
             s.add(upload)
-        return FileSink(self, upload, self.settings.max_upload_bytes)
+        return FileSink(self, upload, self.settings.max_upload_bytes, room)
+
+    def _record_size(self, upload: Upload, size: int) -> int | None:
+        """A whole upload's bytes so far, recorded so that quota checks count them; the room left."""
+        with self.db.session() as s:
+            quotas.lock_account(s, upload.account_id)
+            row = s.get(Upload, upload.id)
+            if row is None:
+                raise NotFound(f"upload {upload.id!r} was deleted while it was being received", param="upload_id")
+            row.size = size
+            s.flush()
+            return quotas.check_upload_size(s, self.settings, upload.account_id)
 
     # --- resumable uploads -----------------------------------------------------------------------
     def create(self, who: Principal, filename: str, size: int, sha256: str | None, part_size: int | None) -> UploadView:
@@ -119,6 +159,8 @@ class Uploads:
             status=RECEIVING,
         )
         with self.db.session() as s:
+            quotas.lock_account(s, who.account_id)
+            quotas.check_new_upload(s, self.settings, who.account_id, size)
             s.add(upload)
         (self.folder(upload.id) / "parts").mkdir(parents=True, exist_ok=True)
         with open(self.folder(upload.id) / "archive.partial", "wb") as f:

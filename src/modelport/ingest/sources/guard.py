@@ -10,25 +10,37 @@ Servers that fetch URLs for their users have been turned against the networks th
   and the connect (rebinding) cannot reach anything else. TLS still verifies the host name.
 - Refused: loopback, private, shared (CGNAT), link-local, unique-local, site-local, multicast,
   unspecified, reserved and documentation ranges, and the IPv6 forms that carry an IPv4 address
-  (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo) when the carried address is refused. Odd
-  spellings (``127.1``, ``2130706433``, ``0x7f000001``, ``0177.0.0.1``) are what the resolver reads
-  them as, so they are caught by the same check.
+  (IPv4-mapped ``::ffff:a.b.c.d``, IPv4-translated ``::ffff:0:a.b.c.d``, IPv4-compatible, NAT64,
+  6to4, Teredo's client and server, an ISATAP interface id ``…:0:5efe:a.b.c.d``) when a carried
+  address is refused. Python's ``is_global`` calls several of these global, so they are decoded
+  here rather than trusted to it. Odd spellings (``127.1``, ``2130706433``, ``0x7f000001``,
+  ``0177.0.0.1``) are what the resolver reads them as, so they are caught by the same check.
+- A URL that cannot be read as an HTTP client reads it (a broken IPv6 literal such as ``[::1`` or
+  ``[zz::]``, anything after ``]`` but a port, a port that is not a number) is refused as malformed,
+  never handed to a library to fail in its own way.
 - ``MODELPORT_FETCH_ALLOW`` (hosts, ``.suffix`` domains, addresses and CIDRs) lets an operator reach a
   private S3-compatible store or a local hub on purpose.
 - Proxies from the environment are ignored: through a proxy the checked address would be the proxy's.
+
+It also keeps decompression where we ask for it. httpx decodes ``Content-Encoding`` by itself (a 1 MB
+gzip body becomes 1 GiB in memory), so every request asks for ``identity`` and a response that is
+encoded anyway is refused before its body is read, unless the caller reads raw bytes (``read_raw``:
+``http.py`` hands an archive's stored bytes to the archive reader, which inflates under its own
+limits). Redirect bodies, which httpx reads itself, must be unencoded and small.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
-from modelport.errors import FetchRefused
+from modelport.errors import FetchRefused, SourceUnavailable
 from modelport.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -55,8 +67,11 @@ _REFUSED: list[tuple[IPNetwork, str]] = [
     (_N("ff00::/8"), "a multicast address"),
     (_N("64:ff9b:1::/48"), "a local-use NAT64 address"),
 ]
-_NAT64 = _N("64:ff9b::/96")
-_IPV4_COMPATIBLE = _N("::/96")
+_NAT64 = _N("64:ff9b::/96")  # RFC 6052 well-known prefix
+_IPV4_COMPATIBLE = _N("::/96")  # RFC 4291, deprecated
+_IPV4_TRANSLATED = _N("::ffff:0:0:0/96")  # RFC 2765 (SIIT): is_global is True for all of it
+_ISATAP_ID, _ISATAP_ID_MASK = 0x00005EFE, 0xFCFFFFFF  # RFC 5214: 0000:5efe or 0200:5efe, then the IPv4
+_BRACKETED_HOST = re.compile(r"\[([^\[\]]*)\](?::[0-9]*)?")  # [v6 literal], then a port at most
 
 
 def parse_ip(host: str) -> IPAddress | None:
@@ -75,35 +90,69 @@ def parse_ip(host: str) -> IPAddress | None:
     return None
 
 
-def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries (mapped, compatible, NAT64, 6to4, Teredo), if any."""
-    if not isinstance(ip, ipaddress.IPv6Address):
-        return None
+def translated_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses carried under a prefix that only translates to IPv4 (mapped, translated,
+    compatible, NAT64, 6to4, Teredo's client and server): where the packet really goes."""
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
+        return [ip.ipv4_mapped]
+    if ip in _IPV4_TRANSLATED or ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return [low32]
     if ip.sixtofour is not None:
-        return ip.sixtofour
+        return [ip.sixtofour]
     if ip.teredo is not None:
-        return ip.teredo[1]  # the client; the server part is checked by the caller's second look
-    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return [ip.teredo[1], ip.teredo[0]]  # the client, then the server
+    return []
+
+
+def isatap_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address in an ISATAP interface id, under any prefix (which is checked on its own)."""
+    if (int(ip) >> 32) & _ISATAP_ID_MASK == _ISATAP_ID:
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 
 
 def refusal(ip: IPAddress) -> str | None:
     """Why ``ip`` may not be fetched from, or None when it is a public address."""
-    carried = embedded_ipv4(ip)
-    if carried is not None:
-        inner = refusal(carried)
-        if inner is None and isinstance(ip, ipaddress.IPv6Address) and ip.teredo is not None:
-            inner = refusal(ip.teredo[0])
-        return f"{inner}, written as IPv6" if inner else None
+    if isinstance(ip, ipaddress.IPv6Address):
+        translated = translated_ipv4(ip)
+        isatap = isatap_ipv4(ip)
+        for carried in [*translated, *([isatap] if isatap else [])]:
+            if inner := refusal(carried):
+                return f"{inner}, written as IPv6"
+        if translated:  # the prefix reaches nothing itself: the carried address decides
+            return None
     for network, reason in _REFUSED:
         if ip.version == network.version and ip in network:
             return reason
     if not ip.is_global:
         return "a reserved address (not globally routable)"
     return None
+
+
+def parse_url(url: str) -> ParseResult:
+    """``url`` split as an HTTP client would split it, or ``FetchRefused`` saying what is malformed."""
+    try:
+        parts = urlparse(url)
+        _ = parts.port  # raises for a port that is not a number from 0 to 65535
+    except ValueError as e:
+        if "port" in str(e).lower():
+            raise FetchRefused("the URL is malformed: its port must be a number from 1 to 65535") from None
+        raise FetchRefused(_MALFORMED_IPV6) from None
+    authority = parts.netloc.rpartition("@")[2]
+    if "[" in authority or "]" in authority:
+        literal = _BRACKETED_HOST.fullmatch(authority)
+        try:
+            ipaddress.IPv6Address((literal[1] if literal else "").split("%", 1)[0])
+        except ValueError:
+            raise FetchRefused(_MALFORMED_IPV6) from None
+    return parts
+
+
+_MALFORMED_IPV6 = (
+    "the URL is malformed: a host in brackets must be a whole IPv6 address, optionally followed by :port, "
+    "as in https://[2001:db8::1]:443/"
+)
 
 
 @dataclass(frozen=True)
@@ -156,8 +205,9 @@ class FetchPolicy:
         raise FetchRefused(f"refused to fetch {where}: unsupported scheme {scheme!r}")
 
     def check_url(self, url: str) -> None:
-        """What can be decided without DNS: the scheme, literal addresses in any spelling, localhost."""
-        parts = urlparse(url)
+        """What can be decided without DNS: the URL's form, the scheme, literal addresses in any spelling,
+        localhost."""
+        parts = parse_url(url)
         host = (parts.hostname or "").rstrip(".")
         if not host:
             raise FetchRefused("the URL has no host")
@@ -206,10 +256,58 @@ class _PinnedBackend:
         return getattr(self.inner, name)
 
 
-def guarded_client(policy: FetchPolicy, *, flavor: ModuleType | None = None, **kwargs: Any) -> Any:
+MAX_REDIRECT_BODY = 64 * 2**10
+
+
+def content_encoding(response: Any) -> str | None:
+    """The Content-Encoding a response declares, or None for identity (none at all)."""
+    value = str(response.headers.get("content-encoding", "")).strip().lower()
+    return None if value in ("", "identity") else value
+
+
+def refuse_encoded(response: Any) -> None:
+    """Refuse a response encoded although we asked for identity, before a byte of it is decoded."""
+    if (encoding := content_encoding(response)) is not None:
+        raise SourceUnavailable(
+            f"{response.request.url.host} answered with Content-Encoding: {encoding} although only identity was "
+            "asked for; encoded responses are refused (a small compressed body can expand without bound)"
+        )
+
+
+def _response_check(http: ModuleType, read_raw: bool) -> Any:
+    class CappedBody(http.SyncByteStream):  # type: ignore[name-defined,misc]
+        def __init__(self, inner: Any, host: str) -> None:
+            self.inner, self.host = inner, host
+
+        def __iter__(self) -> Any:
+            seen = 0
+            for chunk in self.inner:
+                seen += len(chunk)
+                if seen > MAX_REDIRECT_BODY:
+                    raise SourceUnavailable(f"{self.host} sent a redirect with a body over {MAX_REDIRECT_BODY} bytes")
+                yield chunk
+
+        def close(self) -> None:
+            self.inner.close()
+
+    def check(response: Any) -> None:
+        if response.has_redirect_location:  # httpx reads a redirect's body itself before following it
+            refuse_encoded(response)
+            response.stream = CappedBody(response.stream, response.request.url.host)
+        elif not read_raw:
+            refuse_encoded(response)
+
+    return check
+
+
+def guarded_client(
+    policy: FetchPolicy, *, flavor: ModuleType | None = None, read_raw: bool = False, **kwargs: Any
+) -> Any:
     """An ``httpx.Client`` (or ``httpx2.Client`` for huggingface_hub) that obeys ``policy`` on every hop.
 
-    ``kwargs`` go to the client; extra request hooks are kept, the policy's own runs first.
+    Requests ask for ``Accept-Encoding: identity``; encoded responses are refused unless ``read_raw``
+    (the caller reads bodies with ``iter_raw`` and decodes nothing). ``kwargs`` go to the client;
+    extra hooks are kept, the guard's own run first.
     """
     import httpx
 
@@ -222,7 +320,18 @@ def guarded_client(policy: FetchPolicy, *, flavor: ModuleType | None = None, **k
     def check_hop(request: Any) -> None:
         policy.check_url(str(request.url))
 
+    def check_location(response: Any) -> None:
+        # httpx parses a redirect's Location before the next hop's check_hop, and fails on a malformed
+        # one with an error of its own (retried as a network fault): refuse it here, as the guard would.
+        if response.has_redirect_location:
+            try:
+                response.request.url.join(response.headers["location"])
+            except http.InvalidURL:
+                raise FetchRefused(f"{response.request.url.host} redirected to a malformed URL") from None
+
     hooks = dict(kwargs.pop("event_hooks", {}) or {})
     hooks["request"] = [check_hop, *hooks.get("request", [])]
-    client: Any = http.Client(transport=transport, trust_env=False, event_hooks=hooks, **kwargs)
+    hooks["response"] = [check_location, _response_check(http, read_raw), *hooks.get("response", [])]
+    headers = {**(kwargs.pop("headers", None) or {}), "Accept-Encoding": "identity"}
+    client: Any = http.Client(transport=transport, trust_env=False, event_hooks=hooks, headers=headers, **kwargs)
     return client

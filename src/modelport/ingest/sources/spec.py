@@ -6,6 +6,10 @@ Accepted forms:
   configured ``MODELPORT_HF_ENDPOINT``;
 - any other ``https://`` URL: one archive (``.zip``, ``.tar``, ``.tar.gz``), typically an S3
   presigned URL, recognised later by its content, not its name.
+
+A URL an HTTP client could not read (a broken IPv6 literal, a port that is not a number) is refused
+as ``invalid_source`` at submission, and fails its job with ``fetch_refused`` if one was stored before
+this check existed: never an exception from a parsing library.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from urllib.parse import parse_qs, urlparse, urlunparse
+from urllib.parse import ParseResult, parse_qs, urlparse, urlunparse
 
 from modelport.errors import FetchRefused, InvalidSource, PresignedUrlExpiring
 from modelport.settings import MIN_PRESIGNED_VALIDITY_S, Settings
@@ -61,7 +65,7 @@ def parse_source(raw: str, settings: Settings, *, submission: bool = True) -> So
         return SourceSpec(SourceKind.UPLOAD, raw, raw)
     if "://" not in raw:
         return _hf_repo(raw, raw)
-    parts = urlparse(raw)
+    parts = _parse_url(raw, submission)
     hub_hosts = {"huggingface.co", "www.huggingface.co", urlparse(settings.hf_endpoint).netloc}
     if parts.scheme in ("http", "https") and parts.netloc in hub_hosts:
         return _hf_url(raw, parts.path)
@@ -81,6 +85,17 @@ def parse_source(raw: str, settings: Settings, *, submission: bool = True) -> So
         "or an https:// URL to a .zip/.tar/.tar.gz archive (for S3, a presigned URL)",
         param="model_source",
     )
+
+
+def _parse_url(url: str, submission: bool) -> ParseResult:
+    from modelport.ingest.sources.guard import parse_url
+
+    try:
+        return parse_url(url)
+    except FetchRefused as e:
+        if not submission:
+            raise  # a job's stored source: the job fails with fetch_refused
+        raise InvalidSource(e.message, param="model_source") from None
 
 
 def _check_reachable(url: str, settings: Settings) -> None:

@@ -1,7 +1,16 @@
-"""Engine and session factory; migrations run here at start-up."""
+"""Engine and session factory; migrations run here at start-up.
+
+Secrets (a job's Hugging Face token and presigned URL) are deleted as soon as their job ends, and on
+SQLite deleted must mean gone from the files, not only from queries: ``secure_delete`` overwrites
+deleted rows with zeros, and a session that deleted a secret (``scrub_after_commit``) checkpoints the
+write-ahead log into the database and truncates it once it commits, so the old pages that still hold
+the secret leave ``modelport.db-wal`` too. PostgreSQL keeps dead row versions until VACUUM reclaims
+them; protect its files as the operator protects the server's.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,8 +22,15 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "modelport_read_only"
+_SCRUB = "modelport_scrub"
+
+
+def scrub_after_commit(s: Session) -> None:
+    """Mark a session that deleted secrets: once it commits, ``Database.scrub`` removes their bytes."""
+    s.info[_SCRUB] = True
 
 
 def make_engine(url: str) -> Engine:
@@ -48,6 +64,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA secure_delete=ON")  # deleted rows (secrets) are overwritten, not just unlinked
     cur.close()
 
 
@@ -73,14 +90,32 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with self._sessions() as s, s.begin():
-            yield s
+        with self._sessions() as s:
+            with s.begin():
+                yield s
+            if s.info.pop(_SCRUB, False):
+                self.scrub()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A session that only reads: it never waits behind writers on SQLite (see ``make_engine``)."""
         with self._reads() as s, s.begin():
             yield s
+
+    def scrub(self) -> None:
+        """SQLite: copy the write-ahead log into the database and truncate it, so pages that held deleted
+        rows (already zeroed there by ``secure_delete``) survive in neither file. Other databases: nothing."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        raw = self.engine.raw_connection()  # outside any transaction: a checkpoint cannot run inside one
+        try:
+            cur = raw.cursor()
+            busy, _, _ = cur.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            cur.close()
+        finally:
+            raw.close()
+        if busy:  # a reader held an old snapshot for longer than busy_timeout; the next scrub gets it
+            log.warning("could not truncate the SQLite write-ahead log now; deleted secrets stay in it until later")
 
     def dispose(self) -> None:
         self.engine.dispose()

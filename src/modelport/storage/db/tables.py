@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,17 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def model_name_key(name: str) -> str:
+    """The form under which two model names are one name: NFKC, case folded, NFC (``alice/MyModel`` and
+    ``alice/mymodel`` share a key). Unique per row, so the database refuses a second spelling even when
+    two submissions race."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFKC", name).casefold())
+
+
+def _name_key_of_row(context: Any) -> str:
+    return model_name_key(context.get_current_parameters()["name"])
 
 
 class Base(DeclarativeBase):
@@ -47,6 +59,9 @@ class Model(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # Filled from ``name`` on insert (a model's name never changes). Nullable in the schema only because
+    # SQLite cannot add a NOT NULL column without rebuilding ``models`` (migration 0005); every row has one.
+    name_key: Mapped[str] = mapped_column(String(200), nullable=True, unique=True, index=True, default=_name_key_of_row)
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
     type: Mapped[str | None] = mapped_column(String(32), default=None)
