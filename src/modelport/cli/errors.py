@@ -120,6 +120,10 @@ CODE_HINTS = {
     "an https:// archive URL or an uploaded file id",
     "presigned_url_expiring": "presign the URL for longer: the job may need it for up to 100 minutes",
     "upload_too_large": "the server's limit is MODELPORT_MAX_UPLOAD_BYTES",
+    "request_too_large": "the request is over the server's size limit (MODELPORT_MAX_BODY_BYTES, "
+    "MODELPORT_MAX_INFERENCE_BODY_BYTES for inference); send less, e.g. a shorter prompt",
+    "chat_template_budget_exceeded": "the model's chat template ran too long or wrote too much for this "
+    "conversation; shorten the messages, or fix the template in tokenizer_config.json and upload it again",
     "quota_exceeded": "delete models you no longer need (`modelport models list`, `modelport models delete NAME`), "
     "or ask the administrator for a larger quota",
     "rate_limit_exceeded": "wait a little and try again",
@@ -147,6 +151,8 @@ CODE_HINTS = {
     "staging_full": "the server's disk filled up while unpacking: free space under its MODELPORT_DATA_DIR, then "
     + _AGAIN,
     "validation_failed": f"fix every problem listed, then {_AGAIN}",
+    "source_too_slow": "the source sent too slowly or for too long (the server's MODELPORT_FETCH_MIN_BYTES_PER_S "
+    f"and MODELPORT_FETCH_DEADLINE_S); use a faster host, then {_AGAIN}",
     "admission_failed": "the weights did not load or gave non-finite outputs: check that the model loads with "
     "transformers, then upload it again",
     "check_timeout": "checking took longer than the server's MODELPORT_CHECK_TIMEOUT_S; its administrator can raise it",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from modelport import chat_template
+from modelport.chat_template_workers import default_renderer
 from modelport.errors import IngestError
 from modelport.ingest.safetensors_header import TensorInfo
 
@@ -80,8 +81,9 @@ def _check_template(directory: Path, problems: list[str]) -> None:
         template = value if isinstance(value, str) else None
     if template is None:
         return
-    try:
-        chat_template.render(template, [{"role": "user", "content": PROBE_TEXT}], bos_token="", eos_token="")
+    try:  # under the budget chat requests have (a worker process with time and memory limits)
+        probe = [{"role": "user", "content": PROBE_TEXT}]
+        default_renderer().render(template, probe, bos_token="", eos_token="")
     except chat_template.ChatTemplateError as e:
         problems.append(f"chat template: {e}")
 

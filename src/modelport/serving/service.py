@@ -13,15 +13,18 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from modelport.accounts.quotas import RateLimiter
 from modelport.accounts.service import Principal
 from modelport.catalog.service import Catalog
+from modelport.chat_template_workers import TemplateBudget, TemplateRenderer
 from modelport.errors import ContextLengthExceeded, InvalidRequest, WrongModelType
 from modelport.serving.artifacts import ArtifactCache
 from modelport.serving.engine import Artifact, Engine, GenerationRequest, Pooling, SamplingParams, TokenStep
+from modelport.serving.limits import PromptLimits, TokenizerLanes, messages_text
 from modelport.serving.text import Detokenizer, TextModel, TextModels
 from modelport.storage.db.tables import Endpoint, Model
 
@@ -142,9 +145,15 @@ class InferenceService:
         engine: Engine,
         max_n: int = 16,
         limiter: RateLimiter | None = None,
+        *,
+        limits: PromptLimits | None = None,
+        renderer: TemplateRenderer | None = None,
     ) -> None:
         self.catalog, self.artifacts, self.engine, self.max_n = catalog, artifacts, engine, max_n
         self.limiter = limiter or RateLimiter(0)
+        self.limits = limits or PromptLimits.from_settings(catalog.settings)
+        self.renderer = renderer or TemplateRenderer(TemplateBudget.from_settings(catalog.settings))
+        self.lanes = TokenizerLanes()
         self.texts = TextModels()
         self.routing: Routing | None = None
 
@@ -162,24 +171,31 @@ class InferenceService:
 
     # --- text generation ---------------------------------------------------------------------------
     async def generate(self, who: Principal, req: TextRequest) -> Generation:
-        """Check everything that can be checked up front; raises before any tokens are generated."""
+        """Check everything that can be checked up front; raises before any tokens are generated.
+
+        The cheap checks come first: the prompt's size in bytes before any tokenizing, which (like the
+        chat template's rendering) then runs off the event loop."""
         self.limiter.take(who.account_id)  # before the name is looked up: refused calls count too
+        if not 1 <= req.n <= self.max_n:
+            raise InvalidRequest(f"n must be between 1 and {self.max_n}", param="n")
         target = self._target(who, req.model)
         model, adapter = target.model, target.adapter
         if model.type == "embedding":
             raise WrongModelType(f"{target.name} is an embedding model; call /v1/embeddings", param="model")
+        context = min(_context_length(model), self.catalog.settings.max_model_len)  # a config declares up to 2^24
+        if req.messages is not None:
+            self.limits.check_text(messages_text(req.messages), context, "messages")
+        elif isinstance(req.prompt, str):
+            self.limits.check_text(req.prompt, context, "prompt")
         base, lora = await asyncio.to_thread(self._artifacts, model, adapter)
         text = await asyncio.to_thread(self.texts.get, base.id, base.path)
-        prompt_text, prompt_ids = self._prompt(target.name, text, req)
-        context = _context_length(model)
-        max_tokens = self._max_tokens(req, len(prompt_ids), context)
-        vocab = len(text.tokenizer)
+        vocab = text.vocab_size
         if any(not 0 <= t < vocab for t in req.params.logit_bias):
             raise InvalidRequest(
                 f"logit_bias names a token id outside the vocabulary (0..{vocab - 1})", param="logit_bias"
             )
-        if not 1 <= req.n <= self.max_n:
-            raise InvalidRequest(f"n must be between 1 and {self.max_n}", param="n")
+        prompt_text, prompt_ids = await self._prompt(who, target.name, text, req, context)
+        max_tokens = self._max_tokens(req, len(prompt_ids), context)
         params = replace(req.params, max_tokens=max_tokens, stop_token_ids=req.params.stop_token_ids | text.eos_ids)
         choices = []
         for i in range(req.n):
@@ -191,16 +207,24 @@ class InferenceService:
         await target.engine.prepare(choices[0][0])
         return Generation(target.name, prompt_text, len(prompt_ids), 0, choices, target.engine, text)
 
-    def _prompt(self, name: str, text: TextModel, req: TextRequest) -> tuple[str, list[int]]:
+    async def _prompt(
+        self, who: Principal, name: str, text: TextModel, req: TextRequest, context: int
+    ) -> tuple[str, list[int]]:
+        """The prompt's text and ids. Rendering runs in a template worker and tokenizing in a thread:
+        the event loop only waits."""
         if req.messages is not None:
-            rendered = text.render_chat(name, req.messages)
-            ids = text.encode(rendered, special=False)  # templates carry their own BOS
+            rendered = await text.arender_chat(
+                name, req.messages, renderer=self.renderer, owner=who.account_id, max_chars=self.limits.cap(context)
+            )
+            # Templates carry their own BOS.
+            ids = await self.lanes.run(len(rendered), partial(text.encode, rendered, special=False))
             return rendered, ids
         if isinstance(req.prompt, list):
-            return text.decode(req.prompt), list(req.prompt)
+            ids = self.limits.check_ids(req.prompt, text.vocab_size, "prompt", context=context)
+            return await self.lanes.run(4 * len(ids), partial(text.decode, ids)), ids
         if not req.prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
-        return req.prompt, text.encode(req.prompt, special=True)
+        return req.prompt, await self.lanes.run(len(req.prompt), partial(text.encode, req.prompt, special=True))
 
     def _max_tokens(self, req: TextRequest, prompt_tokens: int, context: int) -> int:
         if prompt_tokens == 0:
@@ -229,20 +253,31 @@ class InferenceService:
             )
         if not inputs:
             raise InvalidRequest("input must not be empty", param="input")
+        self.limits.check_total(inputs, "input")
         artifact, _ = await asyncio.to_thread(self._artifacts, model, None)
         text = await asyncio.to_thread(self.texts.get, artifact.id, artifact.path)
-        pooling = read_pooling(artifact.path)
-        limit = pooling.max_seq_length or _context_length(model)
-        batch = [self._embedding_ids(text, item, limit) for item in inputs]
+        size = sum(len(item) for item in inputs if isinstance(item, str))
+        batch, pooling = await self.lanes.run(size, partial(self._embedding_batch, model, artifact, text, inputs))
         vectors = await target.engine.embed(artifact, batch, pooling)
         return Embeddings(target.name, vectors, sum(len(ids) for ids in batch))
 
-    @staticmethod
-    def _embedding_ids(text: TextModel, item: str | list[int], limit: int) -> list[int]:
-        ids = list(item) if isinstance(item, list) else text.encode(item, special=True)
+    def _embedding_batch(
+        self, model: Model, artifact: Artifact, text: TextModel, inputs: list[str] | list[list[int]]
+    ) -> tuple[list[list[int]], Pooling]:
+        """Token ids of every input (blocking: run in a thread), and the model's pooling."""
+        pooling = read_pooling(artifact.path)
+        limit = pooling.max_seq_length or _context_length(model)
+        return [self._embedding_ids(text, item, limit) for item in inputs], pooling
+
+    def _embedding_ids(self, text: TextModel, item: str | list[int], limit: int) -> list[int]:
+        # Like sentence-transformers: longer inputs are truncated to the model's max_seq_length. Text far
+        # past what those tokens can spell is cut before tokenizing, so its length costs nothing.
+        if isinstance(item, list):
+            ids = self.limits.check_ids(item[:limit], text.vocab_size, "input")
+        else:
+            ids = text.encode(item[: self.limits.embedding_chars(limit)], special=True)
         if not ids:
             raise InvalidRequest("an input encodes to no tokens", param="input")
-        # Like sentence-transformers: longer inputs are truncated to the model's max_seq_length.
         return ids[:limit]
 
     # --- shared ------------------------------------------------------------------------------------

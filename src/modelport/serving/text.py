@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelport import chat_template
-from modelport.errors import InvalidRequest
+from modelport.chat_template import MAX_RENDERED_CHARS, ChatTemplateError, TemplateBudgetError
+from modelport.chat_template_workers import TemplateRenderer, default_renderer
+from modelport.errors import ChatTemplateBudgetExceeded, InvalidRequest
 
 # A few prompt tokens decoded in front of the output, so the first generated token keeps the leading
 # space SentencePiece-style tokenizers only render after another token.
@@ -38,20 +41,58 @@ class TextModel:
         text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
         return text
 
-    def render_chat(self, name: str, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+    @property
+    def vocab_size(self) -> int:
+        """Token ids a prompt may use: the base vocabulary plus added tokens."""
+        return len(self.tokenizer)
+
+    def render_chat(
+        self,
+        name: str,
+        messages: list[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        renderer: TemplateRenderer | None = None,
+        max_chars: int = MAX_RENDERED_CHARS,
+    ) -> str:
+        """Render the chat template under its budget, blocking (``arender_chat`` on the event loop)."""
+        template = self._template(name)
+        with _template_errors(name):
+            return (renderer or default_renderer()).render(
+                template, messages, add_generation_prompt=add_generation_prompt, max_chars=max_chars, **self._specials()
+            )
+
+    async def arender_chat(
+        self, name: str, messages: list[dict[str, Any]], *, renderer: TemplateRenderer, owner: str, max_chars: int
+    ) -> str:
+        """Render in a worker process; ``owner`` (the account) is held to its share of the workers."""
+        template = self._template(name)
+        with _template_errors(name):
+            return await renderer.arender(template, messages, owner=owner, max_chars=max_chars, **self._specials())
+
+    def _template(self, name: str) -> str:
         if not self.chat_template:
             raise TemplateMissing(
                 f"{name} has no chat template in its tokenizer files, so it cannot answer chat requests; "
                 "use /v1/completions with a prompt instead",
                 param="messages",
             )
-        specials = {f"{k}_token": getattr(self.tokenizer, f"{k}_token", None) for k in ("bos", "eos", "unk", "pad")}
-        try:
-            return chat_template.render(
-                self.chat_template, messages, add_generation_prompt=add_generation_prompt, **specials
-            )
-        except chat_template.ChatTemplateError as e:
-            raise InvalidRequest(f"the model's chat template rejected the messages: {e}", param="messages") from None
+        return self.chat_template
+
+    def _specials(self) -> dict[str, Any]:
+        return {f"{k}_token": getattr(self.tokenizer, f"{k}_token", None) for k in ("bos", "eos", "unk", "pad")}
+
+
+@contextmanager
+def _template_errors(name: str) -> Iterator[None]:
+    try:
+        yield
+    except TemplateBudgetError as e:
+        raise ChatTemplateBudgetExceeded(
+            f"{name}'s chat template went over its budget for these messages: {e}", param="messages"
+        ) from None
+    except ChatTemplateError as e:
+        raise InvalidRequest(f"the model's chat template rejected the messages: {e}", param="messages") from None
 
 
 # transformers resolves its names lazily, and two threads doing that for the first time at once can see

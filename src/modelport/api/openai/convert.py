@@ -9,12 +9,19 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from modelport.api.openai.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from modelport.api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, SamplingFields
 from modelport.errors import InvalidRequest, UnsupportedParameter
 from modelport.serving.engine import SamplingParams
 from modelport.serving.service import Delta, Embeddings, Generation, TextRequest, TokenInfo
 
+# Request shapes beyond these are refused before any work: each is far past what clients send, and
+# each bounds work the server does per request or per generated token.
 MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256  # every generated token is checked against every stop string's prefixes
+MAX_MESSAGES = 2048
+MAX_LOGIT_BIAS = 1024
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own limit
+SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit integer, as torch's generator and OpenAI's API take it
 
 
 # --- requests ----------------------------------------------------------------------------------------
@@ -34,10 +41,16 @@ def _stops(stop: str | list[str] | None) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > MAX_STOP_STRINGS:
         raise InvalidRequest(f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise InvalidRequest(f"a stop string may have at most {MAX_STOP_CHARS} characters", param="stop")
     return stops
 
 
 def _params(body: SamplingFields, logprobs: int | None) -> SamplingParams:
+    if body.seed is not None and not SEED_RANGE[0] <= body.seed <= SEED_RANGE[1]:
+        raise InvalidRequest(f"seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}", param="seed")
+    if len(body.logit_bias or {}) > MAX_LOGIT_BIAS:
+        raise InvalidRequest(f"logit_bias may name at most {MAX_LOGIT_BIAS} tokens", param="logit_bias")
     bias: dict[int, float] = {}
     for key, value in (body.logit_bias or {}).items():
         if not key.lstrip("-").isdigit() or not -100 <= value <= 100:
@@ -67,6 +80,8 @@ def chat_request(body: ChatCompletionRequest) -> TextRequest:
         logprobs = body.top_logprobs or 0
     elif isinstance(body.logprobs, int) and not isinstance(body.logprobs, bool) and body.logprobs > 0:
         logprobs = min(body.logprobs, 20)
+    if len(body.messages) > MAX_MESSAGES:
+        raise InvalidRequest(f"at most {MAX_MESSAGES} messages per request", param="messages")
     messages = [_message(m.model_dump(exclude_none=True)) for m in body.messages]
     return TextRequest(
         model=body.model,
@@ -107,6 +122,15 @@ def completion_request(body: CompletionRequest) -> TextRequest:
         echo=body.echo,
         params=_params(body, body.logprobs),
     )
+
+
+def embedding_inputs(body: EmbeddingRequest) -> list[str] | list[list[int]]:
+    inputs: Any = body.input
+    if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+        inputs = [inputs]
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise InvalidRequest(f"at most {MAX_EMBEDDING_INPUTS} inputs per request", param="input")
+    return list(inputs)
 
 
 # --- responses ---------------------------------------------------------------------------------------

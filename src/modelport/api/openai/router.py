@@ -70,10 +70,7 @@ async def completions(
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingRequest, who: PrincipalDep, inference: InferenceDep) -> dict[str, Any]:
     _note_unknown(body, "embeddings")
-    inputs: Any = body.input
-    if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
-        inputs = [inputs]
-    result = await inference.embed(who, body.model, inputs)
+    result = await inference.embed(who, body.model, convert.embedding_inputs(body))
     if body.dimensions is not None and result.vectors and body.dimensions != len(result.vectors[0]):
         raise UnsupportedParameter(
             f"{result.model_name} produces {len(result.vectors[0])}-dimensional embeddings; "
