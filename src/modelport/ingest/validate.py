@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from modelport import adapter_patterns
 from modelport.errors import ValidationFailed
 from modelport.ingest.layout import CODE_REFUSED, PICKLE_REFUSED
 from modelport.ingest.safetensors_header import Header, SafetensorsError, TensorInfo, read_file_header
@@ -296,6 +297,8 @@ def _adapter(
     for key in ("architecture", "model_type", "context_length"):
         details[key] = base.manifest.get(key)
     header = headers.get("adapter_model.safetensors")
+    if config is not None:
+        _check_patterns(config, header, report)
     if header is not None and config is not None:
         _check_against_base(header, config, base, report)
         details.update(_weight_stats([header]))
@@ -330,6 +333,41 @@ def _adapter_config(config: dict[str, Any], report: _Report) -> dict[str, Any]:
         "alpha": config.get("lora_alpha"),
         "target_modules": sorted(targets),
     }
+
+
+def _check_patterns(config: dict[str, Any], header: Header | None, report: _Report) -> None:
+    """PEFT evaluates these as regular expressions against module names (admission loads the adapter
+    with PEFT; the engine reads ``alpha_pattern``): each must be in the language whose evaluation time
+    is bounded (``modelport.adapter_patterns``), or a tenant's regex could hold a CPU for hours."""
+    modules = sorted({m["module"] for name in (header.tensors if header else {}) if (m := _LORA_KEY.match(name))})
+    for key in ("rank_pattern", "alpha_pattern"):
+        patterns = config.get(key)
+        if patterns in (None, {}):
+            continue
+        numbers = isinstance(patterns, dict) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in patterns.values()
+        )
+        if not numbers:
+            report.add(f"adapter_config.json: {key} must map module names (or patterns) to numbers")
+            continue
+        try:
+            adapter_patterns.PatternTable.build(patterns).check_budget(modules)
+        except adapter_patterns.UnsafePattern as e:
+            report.add(f"adapter_config.json: {key} {e}; {_PATTERN_HINT}")
+    for key in ("target_modules", "exclude_modules", "layers_pattern"):
+        value = config.get(key)
+        strings = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        # PEFT matches a list of target or excluded module names literally, and everything else as a regex.
+        pattern_like = key == "layers_pattern" or isinstance(value, str)
+        if pattern_like:
+            for problem in adapter_patterns.check_all(s for s in strings if isinstance(s, str)):
+                report.add(f"adapter_config.json: {key} {problem}; {_PATTERN_HINT}")
+
+
+_PATTERN_HINT = (
+    "module patterns may use names, '.', character classes, '^', '$', alternation (a|b) and a "
+    "quantifier after a single character, not after a group"
+)
 
 
 def _check_against_base(header: Header, config: dict[str, Any], base: BaseModel, report: _Report) -> None:

@@ -40,6 +40,9 @@ class Artifact:
     weight_bytes: int
 
 
+GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int
@@ -57,7 +60,10 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below GREEDY_BELOW, dividing logits by the temperature overflows to inf and softmax to NaN
+        # (1e-45 is a denormal); the limit of sampling at such a temperature is the argmax anyway.
+        # Written so that a NaN temperature is greedy too.
+        return not self.temperature >= GREEDY_BELOW
 
     @property
     def penalised(self) -> bool:

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from modelport.serving.engine import GenerationRequest, SamplingParams, TokenStep
 from modelport.serving.engines.torch.lora import read_adapter
+from modelport.serving.engines.torch.memory import MIN_CHUNK, Footprint, MemoryLedger
 from modelport.serving.engines.torch.runner import BatchRunner, Sequence
 from tests.support.tinymodels import make_llama, make_lora
 
@@ -89,3 +90,50 @@ def test_cancelled_sequence_frees_its_row_at_the_next_step(family: tuple[Path, l
         pass
     assert len(out[1]) == 3 and out[1][-1].finish_reason == "length"
     assert len(out[0]) < 100
+
+
+def run_all(runner: BatchRunner, loras: list[Path], max_tokens: list[int]) -> dict[int, list[TokenStep]]:
+    seqs, out = sequences(loras, max_tokens)
+    for seq in seqs:
+        runner.submit(seq)
+    while runner.busy:
+        runner.step()
+    return out
+
+
+def test_prompts_prefilled_in_chunks_give_the_same_tokens(family: tuple[Path, list[Path]]) -> None:
+    base, loras = family
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+    # Three prompt tokens per step: the long prompts enter over several steps, beside rows decoding.
+    runner = BatchRunner(model, context_length=128, max_num_seqs=8, max_adapters=3, prefill_budget=3)
+    out = run_all(runner, loras, [6] * 5)
+    for i, (prompt, a) in enumerate(zip(PROMPTS, ADAPTERS, strict=True)):
+        assert [t.token_id for t in out[i]] == reference(base, loras[a] if a is not None else None, prompt, 6)
+
+
+def test_short_memory_puts_sequences_back_and_they_resume_exactly(family: tuple[Path, list[Path]]) -> None:
+    base, loras = family
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+    fp = Footprint.of(model.config, 4)
+    # Eight rows fit while they are short; past 256 positions the cache must grow, which does not
+    # fit: the newest rows go back to the queue, and resume (recomputed) as the others finish.
+    ledger = MemoryLedger(fp.cache(8, 256) + max(fp.forward(1, MIN_CHUNK, 256), fp.forward(8, 1, 256)))
+    prompts = [*PROMPTS, [1, 6, 7], [1, 8, 9, 10], [1, 11]]
+    adapters = [read_adapter(f"adapter-{i}", lora) for i, lora in enumerate(loras)]
+
+    def run(runner: BatchRunner) -> list[list[int]]:
+        outs: list[list[TokenStep]] = [[] for _ in prompts]
+        for i, prompt in enumerate(prompts):
+            params = SamplingParams(max_tokens=260 + 5 * i, temperature=0.0)
+            request = GenerationRequest(f"r{i}", None, None, prompt, params, 512)  # type: ignore[arg-type]
+            runner.submit(Sequence(request, outs[i].append, adapters[i % 3] if i % 4 else None))
+        while runner.busy:
+            runner.step()
+        return [[t.token_id for t in out] for out in outs]
+
+    kw = {"context_length": 512, "max_num_seqs": 8, "max_adapters": 3, "prefill_budget": 64}
+    tight = BatchRunner(model, **kw, ledger=ledger)  # type: ignore[arg-type]
+    interrupted = run(tight)
+    assert tight.preempted > 0 and ledger.used == 0
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, attn_implementation="sdpa")
+    assert interrupted == run(BatchRunner(model, **kw))  # type: ignore[arg-type]  # a fresh model: no LoRA wrappers

@@ -49,3 +49,17 @@ def test_logit_bias_and_penalties_move_the_choice() -> None:
     assert sample(logits(), [seen, seen])[0].token_id == 3
     rep = RowState(SamplingParams(max_tokens=8, temperature=0.0, repetition_penalty=2.0), [2], [], None)
     assert sample(logits(), [rep, rep])[0].token_id == 3  # 3.0 / 2 < 2.0
+
+
+def test_a_broken_row_fails_alone_and_a_denormal_temperature_is_greedy() -> None:
+    broken = logits()
+    broken[0] = float("nan")
+    seeded = [row(seed=3, temperature=1.0) for _ in range(2)]
+    out = sample(broken, [row(seed=1, temperature=1.0, logprobs=1), seeded[0]])
+    alone = sample(logits(), [row(temperature=0.0), seeded[1]])
+    assert out[0].failed and not out[1].failed and out[1].token_id == alone[1].token_id
+    inf = logits()
+    inf[0, 1] = float("inf")
+    tiny = sample(inf, [row(temperature=1e-45, logprobs=2), row(seed=2, temperature=1e-30)])
+    assert [t.token_id for t in tiny] == [1, 2]  # +inf is the favourite; 1e-30 is greedy too
+    assert all(abs(lp) < 1e4 for _, lp in tiny[0].top_logprobs or [])  # finite, JSON-safe logprobs

@@ -6,11 +6,13 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import torch
 
-from modelport.serving.engine import Artifact, EngineOverloaded, GenerationRequest, SamplingParams
+from modelport.errors import ContextLengthExceeded
+from modelport.serving.engine import Artifact, EngineOverloaded, GenerationRequest, Pooling, SamplingParams
 from modelport.serving.engines.torch.engine import TorchEngine
 from modelport.settings import Settings
-from tests.support.tinymodels import make_llama
+from tests.support.tinymodels import make_bert_embedder, make_llama
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,27 @@ def test_memory_budget_evicts_idle_models_and_refuses_what_cannot_fit(
         huge = Artifact("huge", artifacts[0].path, {}, size * 10)
         with pytest.raises(EngineOverloaded, match="memory budget"):
             await anext(engine.generate(request(huge, 1)))
+
+    try:
+        asyncio.run(run())
+    finally:
+        engine.stop()
+
+
+def test_embeddings_run_in_slices_that_fit_and_refuse_an_input_that_cannot(tmp_path: Path) -> None:
+    folder = make_bert_embedder(tmp_path / "e")
+    artifact = Artifact("embedder", folder, {}, (folder / "model.safetensors").stat().st_size)
+    pooling = Pooling("mean", True)
+    batch = [[2, 5 + i % 10, 6 + i % 7, 3] * 4 for i in range(12)]
+    engine = TorchEngine(Settings(data_dir=tmp_path, engine_sequence_memory_bytes=100_000))  # a few rows a pass
+    engine.start()
+
+    async def run() -> None:
+        sliced = await engine.embed(artifact, batch, pooling)
+        one_by_one = [(await engine.embed(artifact, [ids], pooling))[0] for ids in batch]
+        assert torch.allclose(torch.tensor(sliced), torch.tensor(one_by_one), atol=1e-5)
+        with pytest.raises(ContextLengthExceeded, match="MODELPORT_ENGINE_SEQUENCE_MEMORY_BYTES"):
+            await engine.embed(artifact, [[2, *([5] * 58), 3]], pooling)
 
     try:
         asyncio.run(run())

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelport.errors import ContextLengthExceeded, ModelportError
 from modelport.serving.engine import (
     Artifact,
     EngineFailed,
@@ -32,6 +33,7 @@ from modelport.serving.engine import (
     TokenStep,
 )
 from modelport.serving.engines.torch.lora import AdapterWeights, read_adapter
+from modelport.serving.engines.torch.memory import Footprint, MemoryLedger
 from modelport.serving.engines.torch.pooling import Embedder
 from modelport.serving.engines.torch.runner import BatchRunner, Sequence
 from modelport.settings import Settings
@@ -55,6 +57,16 @@ def _budget(settings: Settings, device: torch.device) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
 
 
+def _sequence_budget(settings: Settings, device: torch.device) -> int:
+    """KV caches and forward-pass scratch, beside the weights' budget: together they leave a quarter
+    of the RAM (a tenth of the GPU) to the process, the tokenizers and the system."""
+    if settings.engine_sequence_memory_bytes:
+        return settings.engine_sequence_memory_bytes
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.1)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.25)
+
+
 class _Loaded:
     def __init__(self, worker: BatchRunner | Embedder, nbytes: int) -> None:
         self.worker, self.nbytes = worker, nbytes
@@ -68,6 +80,7 @@ class TorchEngine:
         self.settings = settings
         self.device = _device(settings.engine_device)
         self.budget = _budget(settings, self.device)
+        self.ledger = MemoryLedger(_sequence_budget(settings, self.device))
         self._models: OrderedDict[str, _Loaded] = OrderedDict()
         self._adapters: OrderedDict[str, AdapterWeights] = OrderedDict()  # read from disk, on the CPU
         self._lock = threading.Lock()
@@ -85,7 +98,13 @@ class TorchEngine:
             self._threads = torch.get_num_threads()
             self._thread = threading.Thread(target=self._loop, name="modelport-engine", daemon=True)
             self._thread.start()
-            log.info("engine %s on %s, memory budget %.1f GiB", self.name, self.device, self.budget / 2**30)
+            log.info(
+                "engine %s on %s, memory budget %.1f GiB for weights and %.1f GiB for sequences",
+                self.name,
+                self.device,
+                self.budget / 2**30,
+                self.ledger.total / 2**30,
+            )
 
     def stop(self) -> None:
         self._stopping.set()
@@ -105,7 +124,14 @@ class TorchEngine:
                 }
                 for key, m in self._models.items()
             }
-        return {"engine": self.name, "device": str(self.device), "budget_bytes": self.budget, "models": models}
+        return {
+            "engine": self.name,
+            "device": str(self.device),
+            "budget_bytes": self.budget,
+            "sequence_budget_bytes": self.ledger.total,
+            "sequence_bytes": self.ledger.used,
+            "models": models,
+        }
 
     # --- requests ----------------------------------------------------------------------------------
     def preload(self, artifact: Artifact, context_length: int) -> None:
@@ -114,18 +140,24 @@ class TorchEngine:
 
     async def prepare(self, request: GenerationRequest) -> None:
         loaded = await asyncio.to_thread(self._acquire, request.base, request.context_length)
-        self._release(loaded)
-        if request.adapter is not None:
-            await asyncio.to_thread(self._adapter_weights, request.adapter)
+        try:
+            runner = loaded.worker
+            assert isinstance(runner, BatchRunner)
+            self._check_fits(runner, request)
+            if request.adapter is not None:
+                await asyncio.to_thread(self._adapter_weights, request.adapter, runner.lora.targets)
+        finally:
+            self._release(loaded)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenStep, None]:
         loaded = await asyncio.to_thread(self._acquire, request.base, request.context_length)
         try:
-            adapter = None
-            if request.adapter is not None:
-                adapter = await asyncio.to_thread(self._adapter_weights, request.adapter)
             runner = loaded.worker
             assert isinstance(runner, BatchRunner)
+            self._check_fits(runner, request)
+            adapter = None
+            if request.adapter is not None:
+                adapter = await asyncio.to_thread(self._adapter_weights, request.adapter, runner.lora.targets)
             if len(runner.waiting) >= self.settings.max_queued_requests:
                 raise EngineOverloaded("too many requests are waiting for this model; retry shortly")
             out: asyncio.Queue[TokenStep | BaseException] = asyncio.Queue()
@@ -156,6 +188,8 @@ class TorchEngine:
             def run() -> None:
                 try:
                     result = embedder.embed(batch)
+                except ModelportError as e:  # a refusal (too long for memory), not a failure
+                    _settle(loop, done, e)
                 except Exception as e:
                     log.exception("embedding failed for %s", model.id)
                     _settle(loop, done, EngineFailed(f"the model failed while embedding: {type(e).__name__}"))
@@ -206,6 +240,7 @@ class TorchEngine:
             if victim.pending == 0:
                 log.info("evicting %s to make room", key)
                 del self._models[key]
+                self.ledger.hold(victim.worker, 0)
                 used -= victim.nbytes
         if used + need > self.budget:
             raise EngineOverloaded("every loaded model is busy and no memory is left for another; retry shortly")
@@ -216,20 +251,52 @@ class TorchEngine:
         dtype = self._dtype(artifact)
         try:
             if pooling is not None:
-                return Embedder.load(artifact.path, pooling, self.device, dtype)
+                return Embedder.load(
+                    artifact.path, pooling, self.device, dtype, self.settings.max_model_len, self.ledger
+                )
             model = _load_causal_lm(artifact, self.device, dtype)
         except EngineFailed:
             raise
         except Exception as e:
             log.exception("could not load %s", artifact.id)
             raise EngineFailed(f"the model could not be loaded: {type(e).__name__}: {e}") from None
+        footprint = Footprint.of(model.config, dtype.itemsize)
+        affordable = footprint.longest_affordable(self.ledger.total)
+        if affordable < 2:
+            raise EngineOverloaded(
+                f"the engine's sequence memory ({self.ledger.total / 2**20:.0f} MiB, "
+                "MODELPORT_ENGINE_SEQUENCE_MEMORY_BYTES) cannot hold one token of this model's attention state"
+            )
         return BatchRunner(
             model,
-            context_length=context_length,
+            # The model's declared context is the tenant's word; the server caps it, and memory may cap it lower.
+            context_length=min(context_length, self.settings.max_model_len, affordable),
             max_num_seqs=self.settings.max_num_seqs,
             max_adapters=self.settings.max_loras,
             prefill_budget=self.settings.prefill_token_budget,
+            ledger=self.ledger,
+            footprint=footprint,
         )
+
+    def _check_fits(self, runner: BatchRunner, request: GenerationRequest) -> None:
+        """Refuse, before anything is allocated, a prompt that the model's usable context or the memory
+        for one sequence cannot hold (the per-request estimate: its KV cache and a prefill chunk)."""
+        n = len(request.prompt_ids)
+        context = min(request.context_length, self.settings.max_model_len)
+        if n + 1 > context:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {context} tokens (on this server at most "
+                f"MODELPORT_MAX_MODEL_LEN = {self.settings.max_model_len}). However, your prompt has {n} tokens "
+                "and the completion needs at least one more. Please reduce the prompt."
+            )
+        need = runner.footprint.one_sequence(n + 1)
+        if need > self.ledger.total:
+            raise ContextLengthExceeded(
+                f"This prompt of {n} tokens needs about {need / 2**20:.0f} MiB for its attention state, more than "
+                f"the {self.ledger.total / 2**20:.0f} MiB the engine gives one request "
+                f"(MODELPORT_ENGINE_SEQUENCE_MEMORY_BYTES): at most {runner.context_length - 1} prompt tokens fit "
+                "for this model. Please reduce the prompt."
+            )
 
     def _dtype(self, artifact: Artifact) -> torch.dtype:
         if self.settings.engine_dtype != "auto":
@@ -239,14 +306,14 @@ class TorchEngine:
         stored = str(artifact.manifest.get("dtype") or "")
         return _DTYPES.get(stored.replace("torch.", ""), torch.bfloat16)
 
-    def _adapter_weights(self, artifact: Artifact) -> AdapterWeights:
+    def _adapter_weights(self, artifact: Artifact, base_modules: frozenset[str]) -> AdapterWeights:
         with self._lock:
             cached = self._adapters.get(artifact.id)
             if cached is not None:
                 self._adapters.move_to_end(artifact.id)
                 return cached
         started = time.perf_counter()
-        weights = read_adapter(artifact.id, artifact.path)
+        weights = read_adapter(artifact.id, artifact.path, base_modules)
         with self._lock:
             self._adapters[artifact.id] = weights
             while len(self._adapters) > 4 * self.settings.max_loras:

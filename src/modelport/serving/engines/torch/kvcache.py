@@ -3,8 +3,13 @@
 transformers' attention layers call ``cache.update(keys, values, layer_idx)`` and attend over what it
 returns. Rows are left-aligned (a sequence's position p lives at index p) and each row has its own
 length; the runner passes a 4D mask that hides every index beyond a row's length, so one decode step
-serves sequences of any lengths. A finished sequence's row is refilled by moving the last row into
+serves sequences of any lengths. A prompt enters in chunks: each chunk's keys are written at the
+row's current length and the chunk attends over the row so far, so no pass needs more than
+chunk x length of attention state. A finished sequence's row is refilled by moving the last row into
 it, keeping the live rows contiguous (``0..n-1``).
+
+Values are written finite (NaN and inf become 0): masked positions still enter the attention
+product, and a stale NaN left in a row by one sequence would turn the next one's scores to NaN.
 """
 
 from __future__ import annotations
@@ -15,44 +20,58 @@ import torch
 
 
 class SlotKVCache:
-    def __init__(self, limit: int, initial: int = 256) -> None:
-        self.limit = limit  # the model's context length
-        self.rows, self.capacity = 1, min(initial, limit)
+    def __init__(self, limit: int, max_rows: int, initial: int = 256) -> None:
+        self.limit, self.max_rows, self.initial = limit, max_rows, initial  # context; the runner's row cap
+        self.rows, self.capacity = 0, 0  # reserved (allocated at the first forward pass)
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
-        self._prefill: tuple[list[int], list[int]] | None = None
+        self._extend: tuple[list[int], list[int], list[int], int] | None = None
         self._decode: tuple[int, torch.Tensor, int] | None = None
 
     # --- what the runner calls around each forward pass -------------------------------------------
-    def begin_prefill(self, rows: list[int], lengths: list[int]) -> None:
-        """The next forward is a left-padded prefill of ``rows`` whose prompts have ``lengths``."""
-        self.reserve(max(rows) + 1, max(lengths))
-        self._prefill, self._decode = (rows, lengths), None
+    def begin_extend(self, rows: list[int], starts: list[int], counts: list[int]) -> None:
+        """The next forward is a left-padded chunk: ``counts[i]`` tokens for row ``rows[i]``, at
+        positions ``starts[i]`` onwards. Call ``reserve`` first."""
+        width = max(s + n for s, n in zip(starts, counts, strict=True))
+        assert max(rows) < self.rows and width <= self.capacity, "reserve before begin_extend"
+        self._extend, self._decode = (rows, starts, counts, width), None
 
     def begin_decode(self, lengths: torch.Tensor) -> None:
         """The next forward appends one token to rows ``0..n-1``, at index ``lengths[i]`` of each."""
         width = int(lengths.max()) + 1
-        self.reserve(len(lengths), width)
-        self._prefill, self._decode = None, (len(lengths), lengths, width)
+        assert len(lengths) <= self.rows and width <= self.capacity, "reserve before begin_decode"
+        self._extend, self._decode = None, (len(lengths), lengths, width)
 
-    def reserve(self, rows: int, length: int) -> None:
-        """Grow (doubling) to hold ``rows`` rows of ``length`` tokens; memory follows actual use."""
-        if rows <= self.rows and length <= self.capacity:
-            return
-        new_rows = max(rows, min(2 * self.rows, rows + 64)) if rows > self.rows else self.rows
-        new_cap = min(max(length, 2 * self.capacity), self.limit) if length > self.capacity else self.capacity
-        for store in (self.keys, self.values):
-            for layer, old in store.items():
-                grown = old.new_zeros((new_rows, old.shape[1], new_cap, old.shape[3]))
-                grown[: self.rows, :, : self.capacity] = old
-                store[layer] = grown
-        self.rows, self.capacity = new_rows, new_cap
+    def planned(self, rows: int, length: int) -> tuple[int, int]:
+        """The (rows, capacity) that ``reserve(rows, length)`` would leave: growth doubles, so that
+        appending one token at a time copies the cache only log(n) times."""
+        new_rows = self.rows
+        if rows > self.rows:
+            new_rows = min(max(rows, min(2 * self.rows, rows + 64)), max(self.max_rows, rows))
+        new_cap = self.capacity
+        if length > self.capacity:
+            new_cap = min(max(length, 2 * self.capacity, self.initial), max(self.limit, length))
+        return new_rows, new_cap
+
+    def reserve(self, rows: int, length: int, *, exact: bool = False) -> None:
+        """Grow to hold ``rows`` rows of ``length`` tokens (``exact``: no more than that)."""
+        new_rows, new_cap = (max(rows, self.rows), max(length, self.capacity)) if exact else self.planned(rows, length)
+        if (new_rows, new_cap) != (self.rows, self.capacity):
+            self._resize(new_rows, new_cap)
+
+    def fit(self, rows: int, length: int) -> None:
+        """Give memory back when the rows in use need a quarter of it or less (keeping twice what
+        they need, and ``initial`` positions, so that growing again is not immediate)."""
+        new_rows = min(self.rows, 2 * max(rows, 1)) if 4 * rows <= self.rows else self.rows
+        new_cap = min(self.capacity, max(2 * length, self.initial)) if 4 * length <= self.capacity else self.capacity
+        if self.keys and (new_rows, new_cap) != (self.rows, self.capacity):
+            self._resize(new_rows, new_cap)
 
     def shrink(self) -> None:
         """Drop every buffer (the runner is idle); the next sequence starts small again."""
         self.keys.clear()
         self.values.clear()
-        self.rows, self.capacity = 1, min(256, self.limit)
+        self.rows, self.capacity = 0, 0
 
     def move_row(self, src: int, dst: int, length: int) -> None:
         for store in (self.keys, self.values):
@@ -62,25 +81,36 @@ class SlotKVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for s in (self.keys, self.values) for t in s.values())
 
+    def _resize(self, rows: int, capacity: int) -> None:
+        keep_rows, keep_cap = min(rows, self.rows), min(capacity, self.capacity)
+        for store in (self.keys, self.values):
+            for layer, old in store.items():
+                resized = old.new_zeros((rows, old.shape[1], capacity, old.shape[3]))
+                resized[:keep_rows, :, :keep_cap] = old[:keep_rows, :, :keep_cap]
+                store[layer] = resized
+        self.rows, self.capacity = rows, capacity
+
     # --- the transformers Cache protocol ---------------------------------------------------------
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         k_buf = self._buffer(self.keys, layer_idx, key_states)
         v_buf = self._buffer(self.values, layer_idx, value_states)
-        if self._prefill is not None:
-            rows, lengths = self._prefill
+        if self._extend is not None:
+            rows, starts, counts, width = self._extend
             padded = key_states.shape[2]
-            for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
-                k_buf[row, :, :n] = key_states[i, :, padded - n :]
-                v_buf[row, :, :n] = value_states[i, :, padded - n :]
-            # Prefill attends over its own (padded) keys; the mask hides the padding.
-            return key_states, value_states
-        assert self._decode is not None, "begin_prefill or begin_decode must precede a forward pass"
+            for i, (row, start, n) in enumerate(zip(rows, starts, counts, strict=True)):
+                k_buf[row, :, start : start + n] = _finite(key_states[i, :, padded - n :])
+                v_buf[row, :, start : start + n] = _finite(value_states[i, :, padded - n :])
+            if rows == list(range(rows[0], rows[0] + len(rows))):  # contiguous: a view, no copy
+                return k_buf[rows[0] : rows[0] + len(rows), :, :width], v_buf[rows[0] : rows[0] + len(rows), :, :width]
+            index = torch.tensor(rows, device=k_buf.device)
+            return k_buf[index, :, :width], v_buf[index, :, :width]
+        assert self._decode is not None, "begin_extend or begin_decode must precede a forward pass"
         n, at, width = self._decode
         live = torch.arange(n, device=at.device)
-        k_buf[live, :, at] = key_states[:, :, 0]
-        v_buf[live, :, at] = value_states[:, :, 0]
+        k_buf[live, :, at] = _finite(key_states[:, :, 0])
+        v_buf[live, :, at] = _finite(value_states[:, :, 0])
         return k_buf[:n, :, :width], v_buf[:n, :, :width]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -95,3 +125,7 @@ class SlotKVCache:
             buf = states.new_zeros((self.rows, heads, self.capacity, dim))
             store[layer] = buf
         return buf
+
+
+def _finite(states: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(states, nan=0.0, posinf=0.0, neginf=0.0)

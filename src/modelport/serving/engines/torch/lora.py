@@ -14,13 +14,16 @@ import json
 import math
 import re
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from modelport.adapter_patterns import PatternTable, UnsafePattern
 from modelport.serving.engine import EngineFailed
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
@@ -32,16 +35,12 @@ class AdapterWeights:
     modules: dict[str, tuple[torch.Tensor, torch.Tensor, float]]  # module → (A [r,in], B [out,r], scale)
 
 
-def _pattern_value(patterns: dict[str, float], module: str, default: float) -> float:
-    # PEFT's rule: a pattern matches a module whose name ends with it at a dot boundary.
-    for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            return value
-    return default
+def read_adapter(adapter_id: str, path: Path, base_modules: Collection[str] | None = None) -> AdapterWeights:
+    """Read a PEFT LoRA adapter into CPU tensors; refuse the variants the slot kernels cannot express.
 
-
-def read_adapter(adapter_id: str, path: Path) -> AdapterWeights:
-    """Read a PEFT LoRA adapter into CPU tensors; refuse the variants the slot kernels cannot express."""
+    ``base_modules``: the base model's Linear layers. Given, an adapter naming any other module is
+    refused before its patterns are matched, so they only ever see names the architecture made.
+    """
     cfg = json.loads((path / "adapter_config.json").read_text())
     unsupported = [
         reason
@@ -61,15 +60,40 @@ def read_adapter(adapter_id: str, path: Path) -> AdapterWeights:
         if m is None:
             raise EngineFailed(f"adapter tensor {key!r} is not a LoRA A/B matrix (embedding LoRA is not supported)")
         pairs.setdefault(m["module"], {})[m["ab"]] = tensor
+    unknown = sorted(set(pairs) - set(base_modules)) if base_modules is not None else []
+    if unknown:
+        raise EngineFailed(f"the adapter targets {unknown[0][:200]!r}, which is not a Linear layer of the base model")
+    alphas = _alpha_table(cfg, list(pairs))
     modules: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     for module, ab in pairs.items():
         if set(ab) != {"A", "B"}:
             raise EngineFailed(f"adapter module {module!r} lacks its lora_A or lora_B matrix")
         rank = ab["A"].shape[0]
-        alpha = _pattern_value(cfg.get("alpha_pattern") or {}, module, cfg.get("lora_alpha", rank))
+        alpha = alphas.lookup(module, cfg.get("lora_alpha", rank))
         scale = alpha / math.sqrt(rank) if cfg.get("use_rslora") else alpha / rank
         modules[module] = (ab["A"], ab["B"], scale)
     return AdapterWeights(adapter_id, modules)
+
+
+def _alpha_table(cfg: dict[str, Any], modules: list[str]) -> PatternTable:
+    """``alpha_pattern`` as PEFT reads it, refused when evaluating it could take unbounded time.
+
+    Validation refuses such adapters at upload; this holds for those stored before it did, and the
+    patterns run in a worker thread that still holds the interpreter lock every request needs.
+    """
+    patterns = cfg.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict) or not all(_is_number(v) for v in patterns.values()):
+        raise EngineFailed("adapter_config.json: alpha_pattern must map module patterns to numbers")
+    try:
+        table = PatternTable.build(patterns)
+        table.check_budget(modules)
+    except UnsafePattern as e:
+        raise EngineFailed(f"adapter_config.json: alpha_pattern {e}") from None
+    return table
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class LoraContext:
@@ -124,6 +148,7 @@ class LoraSlots:
 
     def __init__(self, model: nn.Module, max_adapters: int) -> None:
         self.model, self.max_adapters = model, max_adapters
+        self.targets = frozenset(name for name, m in model.named_modules() if isinstance(m, nn.Linear))
         self.ctx = LoraContext()
         self.layers: dict[str, MultiLoraLinear] = {}
         self.resident: OrderedDict[str, int] = OrderedDict()  # adapter id → slot, least recent first

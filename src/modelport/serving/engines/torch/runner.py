@@ -1,10 +1,18 @@
 """Continuous batching for one base model: sequences join and leave between forward passes.
 
 Each ``step()`` (always on the engine thread) drops cancelled sequences, admits waiting ones while
-rows, adapter slots and the prefill token budget allow, prefills them in one left-padded pass, then
-advances every other running sequence by one token in one decode pass. Rows of different lengths
-and different adapters share those passes: ``SlotKVCache`` keeps per-row lengths and ``LoraSlots``
-per-row adapters.
+rows, adapter slots and memory allow, runs one prefill pass over the next chunk of every prompt still
+entering the cache (``prefill_budget`` tokens in all, fewer when memory is short), then advances
+every sequence that has a token to decode by one token in one decode pass. Rows of different
+lengths and different adapters share those passes: ``SlotKVCache`` keeps per-row lengths and
+``LoraSlots`` per-row adapters.
+
+Memory is planned before it is allocated. The engine's ``MemoryLedger`` holds one budget for every
+model's KV cache and forward-pass scratch, and ``Footprint`` prices both from the model's config. A
+prompt is prefilled in chunks, so attention state is chunk x length, never length squared; a waiting
+sequence is admitted only when its prompt's cache fits; when decoding would grow the cache past the
+budget, the newest sequence is put back in the queue (its cache is recomputed when it returns, as
+vLLM does). The engine refuses up front a request that could not fit even alone.
 """
 
 from __future__ import annotations
@@ -20,11 +28,13 @@ from torch import nn
 from modelport.serving.engine import EngineFailed, GenerationRequest, TokenStep
 from modelport.serving.engines.torch.kvcache import SlotKVCache
 from modelport.serving.engines.torch.lora import AdapterWeights, LoraSlots
+from modelport.serving.engines.torch.memory import MIN_CHUNK, Footprint, MemoryLedger
 from modelport.serving.engines.torch.sampler import RowState, Sampled, sample
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[TokenStep | BaseException], None]
+UNBOUNDED = 1 << 62
 
 
 @dataclass(eq=False)
@@ -33,6 +43,7 @@ class Sequence:
     emit: Emit
     adapter: AdapterWeights | None
     state: RowState = field(init=False)
+    to_cache: list[int] = field(init=False)  # what the cache must hold before the next token is chosen
     slot: int = 0
     length: int = 0  # tokens already in the KV cache
     next_token: int = -1  # sampled but not yet in the cache
@@ -45,21 +56,42 @@ class Sequence:
         if params.seed is not None and not params.greedy:
             generator = torch.Generator().manual_seed(params.seed)
         self.state = RowState(params, self.request.prompt_ids, [], generator)
+        self.to_cache = self.request.prompt_ids
+
+    @property
+    def prefilling(self) -> bool:
+        return self.length < len(self.to_cache)
+
+    @property
+    def needs(self) -> int:
+        """Cache positions this sequence needs for its next pass."""
+        return max(len(self.to_cache), self.length + 1)
 
 
 class BatchRunner:
     def __init__(
-        self, model: nn.Module, *, context_length: int, max_num_seqs: int, max_adapters: int, prefill_budget: int
+        self,
+        model: nn.Module,
+        *,
+        context_length: int,
+        max_num_seqs: int,
+        max_adapters: int,
+        prefill_budget: int,
+        ledger: MemoryLedger | None = None,
+        footprint: Footprint | None = None,
     ) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.context_length, self.max_num_seqs, self.prefill_budget = context_length, max_num_seqs, prefill_budget
-        self.cache = SlotKVCache(context_length)
+        self.ledger = ledger or MemoryLedger(UNBOUNDED)
+        self.footprint = footprint or Footprint.of(model.config, self.dtype.itemsize)
+        self.cache = SlotKVCache(context_length, max_num_seqs)
         self.lora = LoraSlots(model, max_adapters)
         self.running: list[Sequence] = []
         self.waiting: deque[Sequence] = deque()
         self.steps = 0
+        self.preempted = 0
 
     @property
     def busy(self) -> bool:
@@ -70,39 +102,38 @@ class BatchRunner:
 
     @torch.inference_mode()
     def step(self) -> bool:
-        """One scheduling round; False when there was nothing to do."""
+        """One scheduling round; False when there was nothing to do (or no memory to do it with)."""
         self._drop_cancelled()
-        decoding = list(self.running)
-        admitted = self._admit()
-        if not admitted and not decoding:
-            if not self.running:
-                self.cache.shrink()
-            return False
+        self._admit()
+        prefilling = [s for s in self.running if s.prefilling]
+        decoding = [s for s in self.running if not s.prefilling]
+        did_work = False
         try:
-            if admitted:
-                self._prefill(admitted)
+            if prefilling:
+                did_work |= self._prefill(prefilling)
             if decoding:
-                self._decode(decoding)
+                did_work |= self._decode(decoding)
         except Exception as e:  # a failed pass fails its sequences, never the engine thread
             log.exception("forward pass failed; failing %d sequences", len(self.running))
             for seq in list(self.running):
                 seq.emit(EngineFailed(f"the model failed while generating: {type(e).__name__}"))
                 self._finish(seq)
+            did_work = True
+        if not did_work and len(self.running) > 1:
+            self._requeue_newest()  # nothing could move for lack of memory: fewer rows, then alone
         self._compact()
-        self.steps += 1
-        return True
+        self._settle_memory()
+        self.steps += did_work
+        return did_work
 
     # --- admission ---------------------------------------------------------------------------------
-    def _admit(self) -> list[Sequence]:
-        admitted: list[Sequence] = []
-        budget = self.prefill_budget
+    def _admit(self) -> None:
         skipped: deque[Sequence] = deque()
         while self.waiting and len(self.running) < self.max_num_seqs:
-            seq = self.waiting.popleft()
-            n = len(seq.request.prompt_ids)
-            if admitted and n > budget:
-                skipped.append(seq)
+            seq = self.waiting[0]
+            if not self._fits(seq):  # first come, first served: a long prompt is not overtaken forever
                 break
+            self.waiting.popleft()
             if seq.adapter is not None:
                 try:
                     slot = self.lora.acquire(seq.adapter)
@@ -113,11 +144,20 @@ class BatchRunner:
                     skipped.append(seq)
                     continue
                 seq.slot = slot
-            budget -= n
             self.running.append(seq)
-            admitted.append(seq)
         self.waiting.extendleft(reversed(skipped))
-        return admitted
+
+    def _fits(self, seq: Sequence) -> bool:
+        """With a row for ``seq``'s whole prompt, would the cache still leave room for a minimal
+        prefill chunk of any prompt, and for a decode pass over every row?"""
+        if not self.running:
+            # Alone it always fits the budget (the engine refused what would not); other models'
+            # sequences may hold memory now, but waiting for them could wait forever.
+            return True
+        rows = len(self.running) + 1
+        length = max(self._needed_length(), len(seq.to_cache) + 1, self.cache.capacity)
+        scratch = max(self.footprint.forward(1, MIN_CHUNK, length), self.footprint.forward(rows, 1, length))
+        return self._cache_bytes(rows, length) + scratch <= self.ledger.available(self)
 
     def _drop_cancelled(self) -> None:
         self.waiting = deque(s for s in self.waiting if not s.cancelled)
@@ -126,47 +166,137 @@ class BatchRunner:
                 self._finish(seq)
         self._compact()
 
-    # --- forward passes ----------------------------------------------------------------------------
-    def _prefill(self, seqs: list[Sequence]) -> None:
-        rows = [self.running.index(s) for s in seqs]
-        lengths = [len(s.request.prompt_ids) for s in seqs]
-        padded = max(lengths)
-        ids = torch.zeros((len(seqs), padded), dtype=torch.long)
-        for i, seq in enumerate(seqs):
-            ids[i, padded - lengths[i] :] = torch.tensor(seq.request.prompt_ids)
-        lens = torch.tensor(lengths).unsqueeze(1)
-        pos = torch.arange(padded).unsqueeze(0) - (padded - lens)
-        q = torch.arange(padded).view(1, padded, 1)
-        k = torch.arange(padded).view(1, 1, padded)
-        start = (padded - lens).view(-1, 1, 1)
-        # Causal within the real tokens; a padding query sees only itself, so no row is all-masked.
-        allowed = ((k <= q) & (k >= start)) | (k == q)
-        self.cache.begin_prefill(rows, lengths)
-        self.lora.set_batch([s.slot for s in seqs])
-        logits = self._forward(ids, allowed.unsqueeze(1), pos.clamp(min=0))
-        for seq, n in zip(seqs, lengths, strict=True):
-            seq.length = n
-        self._emit(seqs, sample(logits, [s.state for s in seqs]))
+    # --- prefill -----------------------------------------------------------------------------------
+    def _prefill(self, seqs: list[Sequence]) -> bool:
+        plan = self._plan_chunks(seqs)
+        if not plan:
+            return False
+        chunk = [s for s, _ in plan]
+        rows = [self.running.index(s) for s in chunk]
+        starts = [s.length for s in chunk]
+        counts = [n for _, n in plan]
+        width = max(a + n for a, n in zip(starts, counts, strict=True))
+        self._grow(len(self.running), width, self.footprint.forward(len(chunk), max(counts), width))
+        ids, allowed, positions = _chunk_inputs(
+            [s.to_cache[a : a + n] for s, a, n in zip(chunk, starts, counts, strict=True)], starts, width
+        )
+        self.cache.begin_extend(rows, starts, counts)
+        self.lora.set_batch([s.slot for s in chunk])
+        logits = self._forward(ids, allowed, positions)
+        for seq, n in plan:
+            seq.length += n
+        # A prompt that is now complete yields its first token; one that came back after being put
+        # out of the batch already has its next token.
+        done = [i for i, s in enumerate(chunk) if not s.prefilling and not s.state.output_ids]
+        if done:
+            self._emit([chunk[i] for i in done], sample(logits[done], [chunk[i].state for i in done]))
+        return True
 
-    def _decode(self, seqs: list[Sequence]) -> None:
-        # ``seqs`` are rows 0..n-1: admission appends, compaction keeps live rows contiguous.
-        assert self.running[: len(seqs)] == seqs
-        lengths = torch.tensor([s.length for s in seqs])
-        self.cache.begin_decode(lengths.to(self.device))
-        width = int(lengths.max()) + 1
-        allowed = torch.arange(width).view(1, width) <= lengths.view(-1, 1)
-        ids = torch.tensor([[s.next_token] for s in seqs])
-        self.lora.set_batch([s.slot for s in seqs])
-        logits = self._forward(ids, allowed.view(len(seqs), 1, 1, width), lengths.view(-1, 1))
+    def _plan_chunks(self, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
+        """The next chunk of each prompt, within the token budget and the memory left."""
+        plan: list[tuple[Sequence, int]] = []
+        budget = self.prefill_budget
         for seq in seqs:
-            seq.length += 1
-        self._emit(seqs, sample(logits, [s.state for s in seqs]))
+            if budget <= 0:
+                break
+            n = min(len(seq.to_cache) - seq.length, budget)
+            plan.append((seq, n))
+            budget -= n
+        while plan:
+            width = max(s.length + n for s, n in plan)
+            room = self.ledger.available(self) - self._cache_bytes(len(self.running), width)
+            fp, rows = self.footprint, len(plan)
+            longest = (room // rows - width * fp.per_key) // (width * fp.per_pair + fp.per_query)
+            if longest >= min(MIN_CHUNK, max(n for _, n in plan)):
+                return [(s, min(n, longest)) for s, n in plan]
+            if rows == 1:
+                if len(self.running) == 1:  # alone: it fits the whole budget (the engine checked)
+                    return [(plan[0][0], min(plan[0][1], MIN_CHUNK))]
+                return []
+            plan.pop()
+        return plan
 
+    # --- decode ------------------------------------------------------------------------------------
+    def _decode(self, seqs: list[Sequence]) -> bool:
+        # One pass over rows 0..m-1, contiguous so the cache returns views. Rows in that range that
+        # were not ready to decode when the step began (still prefilling, or given their first token
+        # by this step's prefill, maybe their last) ride along with a dummy token at their current
+        # length: the position their next chunk or token overwrites.
+        while True:
+            m = max(self.running.index(s) for s in seqs) + 1
+            rows = self.running[:m]
+            width = max(s.length for s in rows) + 1
+            scratch = self.footprint.forward(m, 1, width)
+            need = self._cache_bytes(len(self.running), width) + scratch
+            if need <= self.ledger.available(self) or len(self.running) == 1:
+                break
+            victim = self._requeue_newest()
+            seqs = [s for s in seqs if s is not victim]
+            if not seqs:
+                return True
+        self._grow(m, width, scratch)
+        lengths = torch.tensor([s.length for s in rows])
+        self.cache.begin_decode(lengths.to(self.device))
+        allowed = torch.arange(width).view(1, width) <= lengths.view(-1, 1)
+        ready = set(seqs)
+        ids = torch.tensor([[s.next_token if s in ready else 0] for s in rows])
+        self.lora.set_batch([s.slot for s in rows])
+        logits = self._forward(ids, allowed.view(m, 1, 1, width), lengths.view(-1, 1))
+        index = [i for i, s in enumerate(rows) if s in ready]
+        for i in index:
+            rows[i].length += 1
+        self._emit([rows[i] for i in index], sample(logits[index], [rows[i].state for i in index]))
+        return True
+
+    def _requeue_newest(self) -> Sequence:
+        """Put the most recently admitted sequence back in the queue, freeing its row (vLLM's
+        recompute preemption): when it returns, its prompt and output so far are prefilled again."""
+        seq = self.running.pop()
+        if seq.adapter is not None and seq.slot:
+            self.lora.release(seq.adapter.id)
+            seq.slot = 0
+        out = seq.state.output_ids
+        seq.to_cache = seq.request.prompt_ids + out[:-1] if out else seq.request.prompt_ids
+        seq.length = 0
+        self.waiting.appendleft(seq)
+        self.preempted += 1
+        log.info("memory is short: request %s goes back to the queue", seq.request.request_id)
+        return seq
+
+    # --- memory ------------------------------------------------------------------------------------
+    def _grow(self, rows: int, length: int, scratch: int) -> None:
+        """Make room for ``rows`` x ``length``: doubling when that fits the budget, exactly otherwise."""
+        if rows <= self.cache.rows and length <= self.cache.capacity:
+            return
+        planned = self.footprint.cache(*self.cache.planned(rows, length))
+        exact = planned + scratch > self.ledger.available(self)
+        self.cache.reserve(rows, length, exact=exact)
+        self._hold()
+
+    def _settle_memory(self) -> None:
+        if not self.running:
+            self.cache.shrink()
+        else:
+            self.cache.fit(len(self.running), self._needed_length())
+        self._hold()
+
+    def _cache_bytes(self, rows: int, length: int) -> int:
+        """The cache once it holds ``rows`` x ``length`` (it never shrinks below what it has)."""
+        return self.footprint.cache(max(rows, self.cache.rows), max(length, self.cache.capacity))
+
+    def _hold(self) -> None:
+        estimate = self.footprint.cache(self.cache.rows, self.cache.capacity)
+        self.ledger.hold(self, max(estimate, self.cache.nbytes()))
+
+    def _needed_length(self) -> int:
+        return max((s.needs for s in self.running), default=1)
+
+    # --- forward passes ----------------------------------------------------------------------------
     def _forward(self, ids: torch.Tensor, allowed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        mask = torch.zeros(allowed.shape, dtype=self.dtype).masked_fill(~allowed, torch.finfo(self.dtype).min)
+        # A boolean mask: SDPA takes it as is, where a float one would cost 4 bytes per pair.
         out = self.model(
             input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
+            attention_mask=allowed.to(self.device),
             position_ids=positions.to(self.device),
             cache=self.cache,  # transformers 5.24 renamed past_key_values; the old name goes in 5.40
             use_cache=True,
@@ -179,6 +309,10 @@ class BatchRunner:
     def _emit(self, seqs: list[Sequence], results: list[Sampled]) -> None:
         for seq, r in zip(seqs, results, strict=True):
             if seq.cancelled:
+                self._finish(seq)
+                continue
+            if r.failed:  # this row alone: its scores were all NaN or inf
+                seq.emit(EngineFailed("the model produced no usable scores for this request (NaN or inf)"))
                 self._finish(seq)
                 continue
             seq.state.output_ids.append(r.token_id)
@@ -213,3 +347,25 @@ class BatchRunner:
                     self.running[i] = last
                 continue
             i += 1
+
+
+def _chunk_inputs(
+    chunks: list[list[int]], starts: list[int], width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded ids, the boolean mask over the cache rows (``width`` keys) and positions.
+
+    A real query at absolute position p sees keys 0..p of its row; a padding query sees key 0 only,
+    so no query is all-masked (which would make NaN).
+    """
+    counts = torch.tensor([len(c) for c in chunks]).view(-1, 1)
+    padded = int(counts.max())
+    ids = torch.zeros((len(chunks), padded), dtype=torch.long)
+    for i, c in enumerate(chunks):
+        ids[i, padded - len(c) :] = torch.tensor(c)
+    column = torch.arange(padded).view(1, -1)
+    absolute = column - (padded - counts) + torch.tensor(starts).view(-1, 1)
+    real = column >= padded - counts
+    keys = torch.arange(width).view(1, 1, -1)
+    allowed = (keys <= absolute.unsqueeze(-1)) & real.unsqueeze(-1)
+    allowed |= (keys == 0) & ~real.unsqueeze(-1)
+    return ids, allowed.unsqueeze(1), absolute.clamp(min=0)

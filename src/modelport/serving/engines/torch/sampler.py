@@ -4,6 +4,11 @@ Order follows vLLM/HF: logit bias and penalties on the raw logits, then greedy r
 sampled rows are scaled by temperature, cut by top-k and top-p, and drawn with the row's own
 generator (seeded requests are reproducible whatever else shares the batch). Reported logprobs are
 those of the model's own distribution, before any of this processing.
+
+Rows share tensors but never fate: NaN scores become -inf and +inf the largest float before anything
+else, a row whose distribution still is not a distribution falls back to its argmax, and a row with
+no finite score at all is reported as ``failed``, alone. ``torch.multinomial`` would otherwise raise
+for the whole batch, failing every tenant's request in it.
 """
 
 from __future__ import annotations
@@ -23,25 +28,42 @@ class RowState:
     generator: torch.Generator | None
 
 
+LOGPROB_FLOOR = -9999.0  # what OpenAI reports for "impossible"; JSON has no -inf
+
+
 @dataclass(frozen=True)
 class Sampled:
     token_id: int
     logprob: float | None
     top_logprobs: list[tuple[int, float]] | None
+    failed: bool = False  # the row's scores held no finite value: nothing can be chosen
 
 
 def sample(logits: torch.Tensor, rows: list[RowState]) -> list[Sampled]:
-    logits = logits.float()
+    logits = _finite(logits.float())
     logprobs = torch.log_softmax(logits, dim=-1) if any(r.params.logprobs is not None for r in rows) else None
-    logits = _adjust(logits, rows)
+    logits = _finite(_adjust(logits, rows))
     tokens = logits.argmax(dim=-1)
     sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
     if sampled:
         probs = _filtered_probs(logits[sampled], [rows[i].params for i in sampled])
+        usable = (torch.isfinite(probs).all(dim=-1) & (probs.sum(dim=-1) > 0)).tolist()
         for j, i in enumerate(sampled):
-            tokens[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
+            if usable[j]:  # else the argmax: this row's scores broke, the others' need not
+                tokens[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
     chosen = tokens.tolist()
-    return [_result(chosen[i], logprobs[i] if logprobs is not None else None, rows[i]) for i in range(len(rows))]
+    dead = (logits == float("-inf")).all(dim=-1).tolist()
+    return [
+        Sampled(chosen[i], None, None, failed=True)
+        if dead[i]
+        else _result(chosen[i], logprobs[i] if logprobs is not None else None, rows[i])
+        for i in range(len(rows))
+    ]
+
+
+def _finite(logits: torch.Tensor) -> torch.Tensor:
+    """NaN → -inf (never chosen), +inf → the largest float (still the favourite), per element."""
+    return torch.nan_to_num(logits, nan=float("-inf"), posinf=torch.finfo(logits.dtype).max, neginf=float("-inf"))
 
 
 def _adjust(logits: torch.Tensor, rows: list[RowState]) -> torch.Tensor:
@@ -67,7 +89,8 @@ def _adjust(logits: torch.Tensor, rows: list[RowState]) -> torch.Tensor:
 def _filtered_probs(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
     device = logits.device
     temps = torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
-    logits = logits / temps
+    # Shifted so the best score is 0: a small temperature then sends the rest to -inf, not to NaN.
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temps
     vocab = logits.shape[-1]
     top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=device)
     top_p = torch.tensor([p.top_p for p in params], device=device).unsqueeze(1)
@@ -93,6 +116,7 @@ def _result(token: int, logprobs: torch.Tensor | None, row: RowState) -> Sampled
     k = row.params.logprobs
     if logprobs is None or k is None:
         return Sampled(token, None, None)
+    logprobs = logprobs.nan_to_num(nan=LOGPROB_FLOOR).clamp(min=LOGPROB_FLOOR)
     top: list[tuple[int, float]] = []
     if k > 0:
         values, ids = logprobs.topk(k)
