@@ -21,7 +21,7 @@ from pathlib import Path
 from modelport.cli.errors import CliFailure
 from modelport.cli.pack import Selection, select_files
 from modelport.humanize import human_bytes
-from modelport.ingest.layout import CODE_REFUSED, PICKLE_REFUSED, detect_kind
+from modelport.ingest.layout import CODE_REFUSED, PICKLE_REFUSED, archive_format, detect_kind
 
 UPLOAD_ID = re.compile(r"^file-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 ARCHIVE_SUFFIXES = (".tar", ".zip", ".tar.gz", ".tgz")
@@ -117,12 +117,11 @@ def _home() -> Path | None:
 
 
 def _refuse_non_archive(path: Path, shown: str) -> None:
-    # By content, as the server recognises archives (ingest/archive.py, detect_format): a key file or a
-    # database given by mistake is refused here rather than sent.
+    # By content, as the server recognises archives: a key file or a database given by mistake is refused
+    # here rather than sent.
     with open(path, "rb") as f:
-        head = f.read(512)
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b")) or head[257:262] == b"ustar":
-        return
+        if archive_format(f.read(512)) is not None:
+            return
     raise CliFailure(
         f"{shown} is not a .zip, .tar or .tar.gz archive (checked by content, not by name)",
         hint=f"{EXAMPLE}, or an archive of it",

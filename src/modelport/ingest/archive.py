@@ -37,7 +37,7 @@ from typing import IO, Any, Protocol, cast
 from isal import igzip_lib, igzip_threaded
 
 from modelport.errors import ArchiveRejected, StagingFull
-from modelport.ingest import zipseek, zipstream
+from modelport.ingest import layout, zipseek, zipstream
 from modelport.ingest.members import FEED, Budget, Limits, Stopped, check_member_ratio, safe_member_path, shown
 from modelport.ingest.staging import CHUNK, StagedFile
 
@@ -71,13 +71,10 @@ class Extracted:
 
 
 def detect_format(head: bytes) -> str:
-    """Recognise the archive by its first bytes (at least 262 for tar), never by its name."""
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return "zip"
-    if head.startswith(b"\x1f\x8b"):
-        return "tar.gz"
-    if len(head) >= 262 and head[257:262] == b"ustar":
-        return "tar"
+    """Recognise the archive by its first bytes (``layout.archive_format``), never by its name."""
+    fmt = layout.archive_format(head)
+    if fmt is not None:
+        return fmt
     raise ArchiveRejected("the source is not a .zip, .tar or .tar.gz archive (checked by content, not by name)")
 
 

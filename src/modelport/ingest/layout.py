@@ -45,6 +45,18 @@ def file_role(path: str) -> FileRole:
     return FileRole.SKIP
 
 
+def archive_format(head: bytes) -> str | None:
+    """``zip``, ``tar.gz`` or ``tar`` from an archive's first bytes (at least 262 for tar), never from its
+    name; None for anything else. The server unpacks by this, and the CLI sends only what passes it."""
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    if head.startswith(b"\x1f\x8b"):
+        return "tar.gz"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    return None
+
+
 def detect_kind(paths: Iterable[str]) -> str | None:
     """``"adapter"`` when ``adapter_config.json`` is at the root, ``"model"`` for ``config.json``, else None.
 
