@@ -61,7 +61,9 @@ def gzip_bomb(prefix: bytes, mib: int) -> bytes:
     )
 
 
-def streamed_zip(files: dict[str, bytes]) -> bytes:
+def streamed_zip(files: dict[str, bytes], method: int = zipfile.ZIP_STORED) -> bytes:
+    """What zip writers produce on a pipe: sizes and CRCs only after the data (data descriptors)."""
+
     class Pipe(io.RawIOBase):  # not seekable: zipfile writes data descriptors
         def __init__(self) -> None:
             self.data = bytearray()
@@ -74,7 +76,7 @@ def streamed_zip(files: dict[str, bytes]) -> bytes:
             return len(b)
 
     pipe = Pipe()
-    with zipfile.ZipFile(pipe, "w", zipfile.ZIP_STORED) as zf:
+    with zipfile.ZipFile(pipe, "w", method) as zf:
         for name, data in files.items():
             with zf.open(name, "w") as member:
                 member.write(data)

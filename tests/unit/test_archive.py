@@ -7,12 +7,12 @@ import struct
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from modelport.errors import ArchiveRejected
 from modelport.ingest.archive import Limits, detect_format, extract_file, extract_zip, file_opener
+from tests.support.hostile import streamed_zip
 from tests.support.tinymodels import archive_bytes
 
 LIMITS = Limits(max_members=100, max_total_bytes=10_000)
@@ -107,31 +107,9 @@ def test_a_zip_that_lies_about_its_sizes_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out2" / "bomb").exists() or (tmp_path / "out2" / "bomb").stat().st_size <= 10
 
 
-def _unseekable_zip(files: dict[str, bytes], method: int) -> bytes:
-    """What zip writers produce on a pipe: sizes and CRCs only after the data (data descriptors)."""
-
-    class Pipe(io.RawIOBase):
-        def __init__(self) -> None:
-            self.data = bytearray()
-
-        def writable(self) -> bool:
-            return True
-
-        def write(self, b: Any) -> int:
-            self.data += b
-            return len(b)
-
-    pipe = Pipe()
-    with zipfile.ZipFile(pipe, "w", method) as zf:
-        for name, data in files.items():
-            with zf.open(name, "w") as member:
-                member.write(data)
-    return bytes(pipe.data)
-
-
 def test_streamed_zips_with_data_descriptors(tmp_path: Path) -> None:
     files = {"config.json": b"{}", "w.safetensors": bytes(range(256)) * 30}
-    blob = _unseekable_zip(files, zipfile.ZIP_DEFLATED)
+    blob = streamed_zip(files, zipfile.ZIP_DEFLATED)
     assert struct.unpack_from("<H", blob, 6)[0] & 0x8  # really has a data descriptor
     assert _run(tmp_path, blob) == sorted(files)
     assert (tmp_path / "out" / "w.safetensors").read_bytes() == files["w.safetensors"]
@@ -139,7 +117,7 @@ def test_streamed_zips_with_data_descriptors(tmp_path: Path) -> None:
 
 def test_stored_entries_with_descriptors_fall_back_to_the_directory(tmp_path: Path) -> None:
     files = {"a.json": b"{}", "b.json": b"[]"}
-    assert _run(tmp_path, _unseekable_zip(files, zipfile.ZIP_STORED)) == ["a.json", "b.json"]
+    assert _run(tmp_path, streamed_zip(files, zipfile.ZIP_STORED)) == ["a.json", "b.json"]
 
 
 def test_a_zip_whose_directory_disagrees_with_its_contents_is_refused(tmp_path: Path) -> None:
@@ -222,7 +200,7 @@ def test_skipped_litter_still_counts_toward_the_ratio(tmp_path: Path, fmt: str) 
 
 def test_parallel_extraction_reports_the_real_reason(tmp_path: Path) -> None:
     """One thread refuses the archive; the others stop, and their "stopped" never hides the reason."""
-    blob = bytearray(_unseekable_zip({f"f{i}.json": b"{}" * 1000 for i in range(6)}, zipfile.ZIP_STORED))
+    blob = bytearray(streamed_zip({f"f{i}.json": b"{}" * 1000 for i in range(6)}, zipfile.ZIP_STORED))
     at = blob.find(b"f3.json")  # the local header's copy of the name; the directory keeps f3.json
     blob[at : at + 2] = b"g3"
     with pytest.raises(ArchiveRejected, match=r"'f3\.json': its local header disagrees"):
