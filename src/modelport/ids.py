@@ -7,8 +7,12 @@ millisecond timestamp first) keeps that look while making ids sort by creation.
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
+
+# An uploaded file's id (``new_id("file")``), as a model source names it.
+UPLOAD_ID = re.compile(r"^file-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 def _uuid7() -> uuid.UUID:

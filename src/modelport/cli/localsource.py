@@ -13,7 +13,6 @@ argument was given: a usage error); 1 when a model folder holds what the server 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,9 @@ from pathlib import Path
 from modelport.cli.errors import CliFailure
 from modelport.cli.pack import Selection, select_files
 from modelport.humanize import human_bytes
+from modelport.ids import UPLOAD_ID
 from modelport.ingest.layout import CODE_REFUSED, PICKLE_REFUSED, archive_format, detect_kind
 
-UPLOAD_ID = re.compile(r"^file-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 ARCHIVE_SUFFIXES = (".tar", ".zip", ".tar.gz", ".tgz")
 LARGEST_SHOWN = 3
 EXAMPLE = "give the model's own folder, e.g. --model-source ./my-model"

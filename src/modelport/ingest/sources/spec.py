@@ -21,10 +21,10 @@ from enum import StrEnum
 from urllib.parse import ParseResult, parse_qs, urlparse, urlunparse
 
 from modelport.errors import FetchRefused, InvalidSource, PresignedUrlExpiring
+from modelport.ids import UPLOAD_ID
 from modelport.settings import MIN_PRESIGNED_VALIDITY_S, Settings
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
-_UPLOAD_ID = re.compile(r"^file-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _REVISION = re.compile(r"^[\w./-]{1,200}$")
 
 
@@ -61,7 +61,7 @@ def parse_source(raw: str, settings: Settings, *, submission: bool = True) -> So
     raw = raw.strip()
     if not raw:
         raise InvalidSource("model_source is empty", param="model_source")
-    if _UPLOAD_ID.match(raw):
+    if UPLOAD_ID.match(raw):
         return SourceSpec(SourceKind.UPLOAD, raw, raw)
     if "://" not in raw:
         return _hf_repo(raw, raw)
