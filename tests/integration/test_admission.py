@@ -12,8 +12,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from modelport.accounts.service import Principal
-from modelport.app import Services, build_services
-from tests.conftest import make_settings, principal_for
+from modelport.services import Services
+from tests.conftest import make_settings, open_services, principal_for
 from tests.integration.helpers import stored_blobs, upload
 from tests.support.fakehub import FakeHub
 from tests.support.tinymodels import archive_bytes, files_of, make_lora
@@ -67,8 +67,10 @@ def test_a_good_model_records_its_admission(
     view = upload(services, alice, "good", _serve(hub, tiny_llama, "good.tar"))
     assert view.job.status == "Complete"
     assert any("forward pass ok" in u.message for u in view.updates)
-    admission = (services.catalog.get_model(alice, "good").manifest or {})["admission"]
-    assert admission["checked"] == "forward" and admission["output_shape"][-1] == 18
+    manifest = services.catalog.get_model(alice, "good").manifest
+    admission = manifest.admission if manifest else None
+    assert admission is not None and admission.output_shape is not None
+    assert admission.checked == "forward" and admission.output_shape[-1] == 18
 
 
 def test_an_adapter_that_changes_nothing_is_refused(
@@ -98,7 +100,7 @@ def test_an_adapter_that_changes_nothing_is_refused(
 
 @pytest.fixture
 def small_budget(tmp_path: Path, db_url: str, hub: FakeHub) -> Iterator[Services]:
-    svc = build_services(make_settings(tmp_path, db_url, hub.url, admission_max_bytes=1000))
+    svc = open_services(make_settings(tmp_path, db_url, hub.url, admission_max_bytes=1000))
     yield svc
     svc.db.dispose()
 
@@ -109,14 +111,16 @@ def test_models_over_the_budget_get_the_structural_check_only(
     who = principal_for(small_budget, "alice")
     view = upload(small_budget, who, "big", _serve(hub, tiny_llama, "big.tar"))
     assert view.job.status == "Complete"
-    admission = (small_budget.catalog.get_model(who, "big").manifest or {})["admission"]
-    assert admission["checked"] == "meta" and "forward pass skipped" in admission["reason"]
+    manifest = small_budget.catalog.get_model(who, "big").manifest
+    admission = manifest.admission if manifest else None
+    assert admission is not None and admission.reason is not None
+    assert admission.checked == "meta" and "forward pass skipped" in admission.reason
     broken = _broken_copy(tmp_path, tiny_llama, "missing")
     assert upload(small_budget, who, "broken", _serve(hub, broken, "b.tar")).job.error_code == "admission_failed"
 
 
 def test_a_check_that_overruns_its_time_is_stopped(tmp_path: Path, db_url: str, hub: FakeHub, tiny_llama: Path) -> None:
-    svc = build_services(make_settings(tmp_path, db_url, hub.url, check_timeout_s=0.01))
+    svc = open_services(make_settings(tmp_path, db_url, hub.url, check_timeout_s=0.01))
     try:
         who = principal_for(svc, "alice")
         view = upload(svc, who, "slow", _serve(hub, tiny_llama, "slow.tar"))

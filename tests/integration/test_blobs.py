@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from modelport.accounts.service import Principal
-from modelport.app import Services, build_services
+from modelport.errors import BlobUnavailable
+from modelport.services import Services
 from modelport.settings import Settings
-from modelport.storage.blobs import BlobStore, BlobUnavailable, LocalBlobStore, open_blob_store
-from tests.conftest import make_settings, principal_for
+from modelport.storage.blobs import BlobStore, LocalBlobStore, open_blob_store
+from tests.conftest import make_settings, open_services, principal_for
 from tests.integration.helpers import upload
 from tests.support.fakehub import FakeHub
 from tests.support.tinymodels import archive_bytes, files_of
@@ -96,7 +97,7 @@ def s3_services(tmp_path: Path, db_url: str, hub: FakeHub, s3_server: str, bucke
             "s3_secret_access_key": "testing",
         }
     )
-    svc = build_services(settings)
+    svc = open_services(settings)
     yield svc
     svc.db.dispose()
 
@@ -108,5 +109,6 @@ def test_ingest_into_an_s3_blob_store(
     view = upload(s3_services, who, "tiny", presign(archive_bytes(files_of(tiny_llama), "tar.gz"), "src.tgz"))
     assert view.job.status == "Complete", [u.message for u in view.updates]
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="store/")["Contents"]}
-    manifest = s3_services.catalog.get_model(who, "tiny").manifest or {}
-    assert keys == {f"store/sha256/{f['sha256']}" for f in manifest["files"]}
+    manifest = s3_services.catalog.get_model(who, "tiny").manifest
+    assert manifest is not None
+    assert keys == {f"store/sha256/{f.sha256}" for f in manifest.files}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -36,18 +35,19 @@ def test_the_demo_model_and_adapter_pass_validation_and_admission(demo: Path) ->
     """What the ingest checker runs on an upload (validate, then admit), on the two folders as written."""
     model, adapter = demo / "tiny-chat", demo / "tiny-lora"
     manifest = validate(staged(model), [], "model", None, None)
-    assert manifest["type"] == "chat" and manifest["architecture"] == "LlamaForCausalLM"
-    assert manifest["context_length"] == 1024 and manifest["total_bytes"] < 1_000_000
+    assert manifest.type == "chat" and manifest.architecture == "LlamaForCausalLM"
+    assert manifest.context_length == 1024 and manifest.total_bytes < 1_000_000
     admitted = admit(Candidate(model, manifest, tensors(model, "model.safetensors")), max_bytes=2**30)
-    assert admitted["checked"] == "forward"
+    assert admitted.checked == "forward"
 
     base = BaseModel("admin/my-model", manifest, tensors(model, "model.safetensors"))
     lora = validate(staged(adapter), [], "adapter", base, base.name)
-    assert lora["adapter"] == {"peft_type": "LORA", "rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}
+    adapter_info = {"peft_type": "LORA", "rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}
+    assert lora.to_json()["adapter"] == adapter_info
     base_candidate = Candidate(model, manifest, base.tensors)
     lora_candidate = Candidate(adapter, lora, tensors(adapter, "adapter_model.safetensors"))
-    effect: dict[str, Any] = admit(lora_candidate, max_bytes=2**30, base=base_candidate)
-    assert effect["changed_modules"] == effect["target_modules"] == 4
+    effect = admit(lora_candidate, max_bytes=2**30, base=base_candidate)
+    assert effect.changed_modules == effect.target_modules == 4
 
 
 def test_its_tokenizer_and_chat_template_serve_text(demo: Path) -> None:

@@ -38,21 +38,21 @@ def base_of(model: Path) -> BaseModel:
 
 def test_a_good_model_gets_a_full_manifest(tiny_llama: Path) -> None:
     manifest = validate(staged(tiny_llama), [], "model", None, None)
-    assert manifest["kind"] == "model" and manifest["type"] == "chat"
-    assert manifest["architecture"] == "LlamaForCausalLM" and manifest["model_type"] == "llama"
-    assert manifest["dtype"] == "F32" and manifest["context_length"] == 128
+    assert manifest.kind == "model" and manifest.type == "chat"
+    assert manifest.architecture == "LlamaForCausalLM" and manifest.model_type == "llama"
+    assert manifest.dtype == "F32" and manifest.context_length == 128
     vocab = 18  # 4 special tokens + 14 words
-    assert manifest["parameters"] == vocab * 16 * 2 + 16 + 2 * (4 * 16 * 16 + 3 * 16 * 32 + 2 * 16)
-    assert all(len(f["sha256"]) == 64 for f in manifest["files"])
+    assert manifest.parameters == vocab * 16 * 2 + 16 + 2 * (4 * 16 * 16 + 3 * 16 * 32 + 2 * 16)
+    assert all(len(f.sha256) == 64 for f in manifest.files)
 
 
 def test_without_chat_template_it_is_a_language_model(tmp_path: Path) -> None:
-    assert validate(staged(make_llama(tmp_path / "m", chat=False)), [], "model", None, None)["type"] == "language"
+    assert validate(staged(make_llama(tmp_path / "m", chat=False)), [], "model", None, None).type == "language"
 
 
 def test_embedding_models_are_recognised(tmp_path: Path) -> None:
     manifest = validate(staged(make_bert_embedder(tmp_path / "e")), [], "model", None, None)
-    assert manifest["type"] == "embedding" and manifest["context_length"] == 32
+    assert manifest.type == "embedding" and manifest.context_length == 32
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path, tiny_llama: Path) -> None:
@@ -105,14 +105,14 @@ def test_broken_shard_index_and_bad_json(tmp_path: Path, tiny_llama: Path) -> No
 
 def test_a_matching_adapter_passes(tiny_llama: Path, tiny_lora: Path) -> None:
     manifest = validate(staged(tiny_lora), [], "adapter", base_of(tiny_llama), "base")
-    assert manifest["kind"] == "adapter" and manifest["base_model"] == "alice/base"
-    assert manifest["adapter"] == {
+    assert manifest.kind == "adapter" and manifest.base_model == "alice/base"
+    assert manifest.to_json()["adapter"] == {
         "peft_type": "LORA",
         "rank": 4,
         "alpha": 8,
         "target_modules": ["q_proj", "v_proj"],
     }
-    assert manifest["type"] == "chat"
+    assert manifest.type == "chat"
 
 
 def test_adapter_problems(tmp_path: Path, tiny_llama: Path) -> None:

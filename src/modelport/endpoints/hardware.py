@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from modelport.manifest import Manifest
+
 GIB = 2**30
 OVERHEAD = 1.2
 _GPU_MODELS = ("b200", "h200", "h100", "a100", "a10g", "a10", "l40s", "l40", "l4", "t4", "v100", "rtx_6000_ada")
@@ -165,16 +167,16 @@ def _gpu_model(name: str) -> str:
     return next((m for m in _GPU_MODELS if m in flat), re.sub(r"[^a-z0-9]+", "_", flat).strip("_"))
 
 
-def estimate_bytes(manifest: dict[str, Any], config: dict[str, Any], dtype_bytes: int) -> int:
+def estimate_bytes(manifest: Manifest, config: dict[str, Any], dtype_bytes: int) -> int:
     """The module docstring's formula; ``config`` is the model's config.json."""
     nested = config.get("text_config")
     text: dict[str, Any] = nested if isinstance(nested, dict) else config
-    params = int(manifest.get("parameters") or 0)
+    params = manifest.parameters or 0
     layers = int(text.get("num_hidden_layers") or text.get("n_layer") or 0)
     heads = int(text.get("num_attention_heads") or text.get("n_head") or 1)
     kv_heads = int(text.get("num_key_value_heads") or heads)
     hidden = int(text.get("hidden_size") or text.get("n_embd") or 0)
     head_dim = int(text.get("head_dim") or (hidden // heads if heads else 0))
-    context = int(manifest.get("context_length") or 2048)
+    context = manifest.context_length_or_default
     kv = 2 * layers * kv_heads * head_dim * context * dtype_bytes
     return int((params * dtype_bytes + kv) * OVERHEAD)

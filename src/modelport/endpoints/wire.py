@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
+
+from pydantic import TypeAdapter
 
 from modelport.serving.engine import Artifact, GenerationRequest, Pooling, SamplingParams, TokenStep
 
+# ``{"id", "path", "manifest", "weight_bytes"}``; the manifest in its stored JSON form (``Manifest.to_json``).
+_ARTIFACT = TypeAdapter(Artifact)
+
 
 def artifact_to_json(a: Artifact) -> dict[str, Any]:
-    return {"id": a.id, "path": str(a.path), "manifest": a.manifest, "weight_bytes": a.weight_bytes}
+    data: dict[str, Any] = _ARTIFACT.dump_python(a, mode="json")
+    return data
 
 
 def artifact_from_json(d: dict[str, Any]) -> Artifact:
-    return Artifact(d["id"], Path(d["path"]), d["manifest"], int(d["weight_bytes"]))
+    return _ARTIFACT.validate_python(d)
 
 
 def request_to_json(r: GenerationRequest) -> dict[str, Any]:

@@ -22,18 +22,12 @@ from typing import Any
 
 from modelport import chat_template
 from modelport.chat_template_workers import default_renderer
-from modelport.errors import IngestError
+from modelport.errors import AdmissionFailed
 from modelport.ingest.safetensors_header import TensorInfo
+from modelport.manifest import AdmissionReport, Manifest, ModelType
 
 log = logging.getLogger(__name__)
 PROBE_TEXT = "Hello"
-
-
-class AdmissionFailed(IngestError):
-    code = "admission_failed"
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("the model did not pass its admission test: " + "; ".join(problems), problems=problems)
 
 
 @dataclass(frozen=True)
@@ -41,31 +35,32 @@ class Candidate:
     """What admission looks at: a directory in Hugging Face layout and its parsed weight headers."""
 
     directory: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     tensors: dict[str, TensorInfo]
 
 
-def admit(candidate: Candidate, *, max_bytes: int, base: Candidate | None = None) -> dict[str, Any]:
+def admit(candidate: Candidate, *, max_bytes: int, base: Candidate | None = None) -> AdmissionReport:
     """Return the admission report; raise ``AdmissionFailed`` listing every problem."""
     started = time.monotonic()
     problems: list[str] = []
-    model_side = base if candidate.manifest["kind"] == "adapter" else candidate
+    model_side = base if candidate.manifest.is_adapter else candidate
     if model_side is None:
         raise AdmissionFailed(["the adapter's base model is not available"])
     _check_template(model_side.directory, problems)
     _check_weights_cover_architecture(model_side, problems)
     if problems:
         raise AdmissionFailed(problems)
-    weight_bytes = model_side.manifest.get("total_bytes", 0)
+    weight_bytes = model_side.manifest.total_bytes
     if weight_bytes > max_bytes:
-        return {
-            "checked": "meta",
-            "reason": f"weights ({weight_bytes} bytes) exceed the admission budget "
+        return AdmissionReport(
+            checked="meta",
+            reason=f"weights ({weight_bytes} bytes) exceed the admission budget "
             f"({max_bytes} bytes): structure checked, forward pass skipped",
-            "ms": _ms(started),
-        }
-    report = _forward(model_side) if candidate is model_side else _adapter_effect(model_side, candidate)
-    return {"checked": "forward", **report, "ms": _ms(started)}
+            ms=_ms(started),
+        )
+    if candidate is model_side:
+        return _forward(model_side, started)
+    return _adapter_effect(model_side, candidate, started)
 
 
 def _ms(started: float) -> int:
@@ -88,12 +83,12 @@ def _check_template(directory: Path, problems: list[str]) -> None:
         problems.append(f"chat template: {e}")
 
 
-def _auto_class(manifest: dict[str, Any]) -> Any:
+def _auto_class(manifest: Manifest) -> Any:
     import transformers
 
-    if manifest.get("type") == "embedding":
+    if manifest.type == ModelType.EMBEDDING:
         return transformers.AutoModel
-    if manifest.get("architecture", "").endswith("ForConditionalGeneration"):
+    if (manifest.architecture or "").endswith("ForConditionalGeneration"):
         return transformers.AutoModelForSeq2SeqLM
     return transformers.AutoModelForCausalLM
 
@@ -158,7 +153,7 @@ def _probe_ids(model: Candidate) -> Any:
     return torch.tensor([[0]])
 
 
-def _forward(model: Candidate) -> dict[str, Any]:
+def _forward(model: Candidate, started: float) -> AdmissionReport:
     import torch
 
     try:
@@ -175,10 +170,12 @@ def _forward(model: Candidate) -> dict[str, Any]:
         values = out.last_hidden_state
     if not torch.isfinite(values).all():
         raise AdmissionFailed(["the forward pass produced NaN or infinite values"])
-    return {"tokens": int(ids.shape[1]), "output_shape": list(values.shape)}
+    return AdmissionReport(
+        checked="forward", tokens=int(ids.shape[1]), output_shape=list(values.shape), ms=_ms(started)
+    )
 
 
-def _adapter_effect(base: Candidate, adapter: Candidate) -> dict[str, Any]:
+def _adapter_effect(base: Candidate, adapter: Candidate, started: float) -> AdmissionReport:
     import torch
     from peft import PeftModel
 
@@ -198,7 +195,13 @@ def _adapter_effect(base: Candidate, adapter: Candidate) -> dict[str, Any]:
                 "(are its lora_B weights all zero?)"
             ]
         )
-    return {"tokens": int(ids.shape[1]), "target_modules": len(with_adapter), "changed_modules": len(changed)}
+    return AdmissionReport(
+        checked="forward",
+        tokens=int(ids.shape[1]),
+        target_modules=len(with_adapter),
+        changed_modules=len(changed),
+        ms=_ms(started),
+    )
 
 
 def _module_outputs(model: Any, ids: Any) -> tuple[dict[str, Any], dict[str, Any]]:

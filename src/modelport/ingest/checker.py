@@ -6,7 +6,8 @@ hang or a memory spike there ends the child, never the worker; the job then fail
 
 Each check is a fork of a fork server that has torch and transformers imported already, so it
 starts in milliseconds. The child sends ``{"stage", "message"}`` as it goes, then one
-``{"result": manifest}`` or ``{"error": {"code", "message", "problems"}}`` over a pipe.
+``{"result": manifest}`` (the manifest's JSON form, ``Manifest.to_json``) or
+``{"error": {"code", "message", "problems"}}`` over a pipe.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from modelport.errors import IngestError
 from modelport.ingest import admission, validate
 from modelport.ingest.safetensors_header import TensorInfo, read_file_header
 from modelport.ingest.staging import StagedFile
+from modelport.manifest import Manifest
 
 
 @dataclass
 class BaseSpec:
     name: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     directory: str
     tensors: dict[str, list[Any]]  # name -> [dtype, shape, start, end]
 
@@ -98,7 +100,7 @@ def _noop() -> None:
     pass
 
 
-def run_checks(request: CheckRequest, on_stage: Callable[[str, str], None], *, timeout_s: float) -> dict[str, Any]:
+def run_checks(request: CheckRequest, on_stage: Callable[[str, str], None], *, timeout_s: float) -> Manifest:
     """Run the checks in a child process; returns the manifest or raises the child's ``IngestError``."""
     receiver, sender = _context().Pipe(duplex=False)
     child = _context().Process(target=_child, args=(asdict(request), sender), name="modelport-check", daemon=True)
@@ -125,9 +127,9 @@ def run_checks(request: CheckRequest, on_stage: Callable[[str, str], None], *, t
     return _outcome(outcome, child.exitcode, timed_out, timeout_s)
 
 
-def _outcome(outcome: dict[str, Any] | None, exitcode: int | None, timed_out: bool, timeout_s: float) -> dict[str, Any]:
+def _outcome(outcome: dict[str, Any] | None, exitcode: int | None, timed_out: bool, timeout_s: float) -> Manifest:
     if outcome is not None and "result" in outcome:
-        return dict(outcome["result"])
+        return Manifest.from_json(outcome["result"])
     if outcome is not None and "error" in outcome:
         e = outcome["error"]
         raise _error(e["code"], e["message"], e.get("problems", []))
@@ -158,17 +160,17 @@ def _child(raw: dict[str, Any], conn: Connection) -> None:
     except IngestError as e:
         conn.send({"error": {"code": e.code, "message": e.message, "problems": e.problems}})
     else:
-        conn.send({"result": manifest})
+        conn.send({"result": manifest.to_json()})
     finally:
         conn.close()
 
 
-def check(request: CheckRequest, on_stage: Callable[[str, str], None]) -> dict[str, Any]:
+def check(request: CheckRequest, on_stage: Callable[[str, str], None]) -> Manifest:
     files = [StagedFile(f["path"], f["size"], f["sha256"], Path(f["local"])) for f in request.files]
     base = request.base
     base_model = validate.BaseModel(base.name, base.manifest, _decode_tensors(base.tensors)) if base else None
     manifest = validate.validate(files, request.not_fetched, request.kind, base_model, request.base_name)
-    forward = manifest.get("total_bytes", 0) if base is None else base.manifest.get("total_bytes", 0)
+    forward = (manifest if base is None else base.manifest).total_bytes
     on_stage(
         "admitting",
         "loading the model and running a one-token forward pass"
@@ -179,8 +181,7 @@ def check(request: CheckRequest, on_stage: Callable[[str, str], None]) -> dict[s
     base_candidate = (
         admission.Candidate(Path(base.directory), base.manifest, _decode_tensors(base.tensors)) if base else None
     )
-    manifest["admission"] = admission.admit(candidate, max_bytes=request.max_bytes, base=base_candidate)
-    return manifest
+    return manifest.with_admission(admission.admit(candidate, max_bytes=request.max_bytes, base=base_candidate))
 
 
 def _tree_root(files: list[StagedFile]) -> Path:

@@ -18,6 +18,7 @@ from modelport.ingest.layout import CODE_REFUSED, PICKLE_REFUSED
 from modelport.ingest.safetensors_header import Header, SafetensorsError, TensorInfo, read_file_header
 from modelport.ingest.staging import StagedFile
 from modelport.ingest.transformers_catalog import architectures, known_model_types
+from modelport.manifest import AdapterInfo, FileEntry, Manifest, ModelKind, ModelType
 
 MAX_CONFIG_BYTES = 4 * 2**20
 # Tokenizer files can be large (big vocabularies), but not unboundedly so.
@@ -55,7 +56,7 @@ class BaseModel:
     """The registered model an adapter claims to extend."""
 
     name: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     tensors: dict[str, TensorInfo]
 
 
@@ -69,23 +70,21 @@ class _Report:
 
 def validate(
     files: list[StagedFile], not_fetched: list[str], kind: str, base: BaseModel | None, base_name: str | None
-) -> dict[str, Any]:
+) -> Manifest:
     """Return the manifest, or raise ``ValidationFailed`` listing every problem found."""
     report = _Report()
     by_path = {f.path: f for f in files}
     _check_forbidden(list(by_path) + not_fetched, report)
     headers = _read_headers(by_path, report)
-    if kind == "adapter":
-        details = _adapter(by_path, headers, base, base_name, report)
+    if kind == ModelKind.ADAPTER:
+        manifest = _adapter(by_path, headers, base, base_name, report)
     else:
-        details = _model(by_path, headers, report)
+        manifest = _model(by_path, headers, report)
     if report.problems:
         raise ValidationFailed(report.problems)
-    return {
-        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in sorted(files, key=lambda f: f.path)],
-        "total_bytes": sum(f.size for f in files),
-        **details,
-    }
+    return manifest.with_files(
+        [FileEntry(path=f.path, size=f.size, sha256=f.sha256) for f in sorted(files, key=lambda f: f.path)]
+    )
 
 
 def _check_forbidden(paths: list[str], report: _Report) -> None:
@@ -126,42 +125,53 @@ def _load_json(by_path: dict[str, StagedFile], path: str, report: _Report) -> di
     return data
 
 
-def _model(by_path: dict[str, StagedFile], headers: dict[str, Header], report: _Report) -> dict[str, Any]:
+def _model(by_path: dict[str, StagedFile], headers: dict[str, Header], report: _Report) -> Manifest:
     config = _load_json(by_path, "config.json", report)
     if config is None:
         if "config.json" not in by_path:
             report.add("config.json is missing: a model needs its Hugging Face config at the archive root")
-        return {"kind": "model"}
-    details = _architecture(config, report)
+        return Manifest(kind=ModelKind.MODEL)
+    model_type, architecture = _architecture(config, report)
     _check_sizes(config, report)
     _check_tokenizer_files(by_path, report)
-    is_embedding = "modules.json" in by_path or "config_sentence_transformers.json" in by_path
-    architecture = details.get("architecture")
-    kinds = architectures()
-    if is_embedding:
-        details["type"] = "embedding"
-    elif architecture in kinds["generation"]:
-        details["type"] = "chat" if _has_chat_template(by_path, report) else "language"
-    elif architecture in kinds["encoder"]:
-        details["type"] = "embedding"
-    elif architecture:
-        report.add(
-            f"config.json: architecture {architecture} is neither a text-generation nor an embedding "
-            "model; modelport serves those two kinds"
-        )
+    served = _served_type(architecture, by_path, report)
     weights = [p for p in headers if not PurePosixPath(p).name.startswith("adapter_")]
     if not weights and not any(p.endswith(".safetensors") for p in by_path):
         report.add("no weights: a model needs its weights as .safetensors files")
     _check_shards(by_path, report)
-    if details.get("type") in ("chat", "language") and not _has_tokenizer(by_path):
+    if served in (ModelType.CHAT, ModelType.LANGUAGE) and not _has_tokenizer(by_path):
         report.add(
             "no tokenizer: a text-generation model needs tokenizer.json, tokenizer.model, "
             "vocab.json + merges.txt, or vocab.txt"
         )
-    details.update(_weight_stats([headers[p] for p in weights]))
-    details["context_length"] = _context_length(config, by_path, report)
-    _check_config_against_weights(config, details.get("parameters") or 0, report)
-    return details
+    parameters, dtype = _weight_stats([headers[p] for p in weights])
+    context_length = _context_length(config, by_path, report)
+    _check_config_against_weights(config, parameters, report)
+    return Manifest(
+        kind=ModelKind.MODEL,
+        model_type=model_type,
+        architecture=architecture,
+        type=served,
+        parameters=parameters,
+        dtype=dtype,
+        context_length=context_length,
+    )
+
+
+def _served_type(architecture: str | None, by_path: dict[str, StagedFile], report: _Report) -> ModelType | None:
+    kinds = architectures()
+    if "modules.json" in by_path or "config_sentence_transformers.json" in by_path:
+        return ModelType.EMBEDDING
+    if architecture in kinds["generation"]:
+        return ModelType.CHAT if _has_chat_template(by_path, report) else ModelType.LANGUAGE
+    if architecture in kinds["encoder"]:
+        return ModelType.EMBEDDING
+    if architecture:
+        report.add(
+            f"config.json: architecture {architecture} is neither a text-generation nor an embedding "
+            "model; modelport serves those two kinds"
+        )
+    return None
 
 
 def _check_sizes(config: dict[str, Any], report: _Report) -> None:
@@ -201,25 +211,23 @@ def _check_tokenizer_files(by_path: dict[str, StagedFile], report: _Report) -> N
         report.add("tokenizer_config.json: auto_map asks for custom tokenizer code (trust_remote_code); it is refused")
 
 
-def _architecture(config: dict[str, Any], report: _Report) -> dict[str, Any]:
-    details: dict[str, Any] = {"kind": "model"}
+def _architecture(config: dict[str, Any], report: _Report) -> tuple[str | None, str | None]:
+    """config.json's ``model_type`` and first architecture, each ``None`` (and reported) when unknown."""
     if "auto_map" in config:
         report.add("config.json: auto_map asks for custom code (trust_remote_code); it is refused")
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in known_model_types():
         report.add(f"config.json: model_type {model_type!r} is not one transformers knows")
-    else:
-        details["model_type"] = model_type
+        model_type = None
     archs = config.get("architectures")
     if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
         report.add("config.json: 'architectures' must list the model class, e.g. [\"LlamaForCausalLM\"]")
-        return details
+        return model_type, None
     unknown = [a for a in archs if a not in architectures()["all"]]
     if unknown:
         report.add(f"config.json: architecture {', '.join(unknown)} is not built into transformers")
-    else:
-        details["architecture"] = archs[0]
-    return details
+        return model_type, None
+    return model_type, archs[0]
 
 
 def _has_tokenizer(by_path: dict[str, StagedFile]) -> bool:
@@ -247,7 +255,8 @@ def _check_shards(by_path: dict[str, StagedFile], report: _Report) -> None:
                 report.add(f"{path}: lists shard {shard}, which is missing")
 
 
-def _weight_stats(headers: list[Header]) -> dict[str, Any]:
+def _weight_stats(headers: list[Header]) -> tuple[int, str | None]:
+    """The parameter count, and the dtype holding most bytes."""
     params = 0
     bytes_by_dtype: Counter[str] = Counter()
     for header in headers:
@@ -255,7 +264,7 @@ def _weight_stats(headers: list[Header]) -> dict[str, Any]:
             params += t.numel
             bytes_by_dtype[t.dtype] += t.end - t.start
     dtype = bytes_by_dtype.most_common(1)[0][0] if bytes_by_dtype else None
-    return {"parameters": params, "dtype": dtype}
+    return params, dtype
 
 
 def _context_length(config: dict[str, Any], by_path: dict[str, StagedFile], report: _Report) -> int | None:
@@ -276,14 +285,12 @@ def _adapter(
     base: BaseModel | None,
     base_name: str | None,
     report: _Report,
-) -> dict[str, Any]:
-    details: dict[str, Any] = {"kind": "adapter"}
+) -> Manifest:
     for required in ("adapter_config.json", "adapter_model.safetensors"):
         if required not in by_path:
             report.add(f"{required} is missing: an adapter needs adapter_config.json and adapter_model.safetensors")
     config = _load_json(by_path, "adapter_config.json", report)
-    if config is not None:
-        details["adapter"] = _adapter_config(config, report)
+    info = _adapter_config(config, report) if config is not None else None
     if base is None:
         report.add(
             f"base model {base_name!r} is not one of your models: upload the base model first "
@@ -291,21 +298,30 @@ def _adapter(
             if base_name
             else "no base model: pass base_model, or set base_model_name_or_path in adapter_config.json"
         )
-        return details
-    details["base_model"] = base.name
-    details["type"] = base.manifest.get("type")
-    for key in ("architecture", "model_type", "context_length"):
-        details[key] = base.manifest.get(key)
+        return Manifest(kind=ModelKind.ADAPTER, adapter=info)
     header = headers.get("adapter_model.safetensors")
     if config is not None:
         _check_patterns(config, header, report)
+    parameters, dtype = None, None
     if header is not None and config is not None:
         _check_against_base(header, config, base, report)
-        details.update(_weight_stats([header]))
-    return details
+        parameters, dtype = _weight_stats([header])
+    # An adapter serves as its base does.
+    of_base = base.manifest
+    return Manifest(
+        kind=ModelKind.ADAPTER,
+        adapter=info,
+        base_model=base.name,
+        type=of_base.type,
+        architecture=of_base.architecture,
+        model_type=of_base.model_type,
+        context_length=of_base.context_length,
+        parameters=parameters,
+        dtype=dtype,
+    )
 
 
-def _adapter_config(config: dict[str, Any], report: _Report) -> dict[str, Any]:
+def _adapter_config(config: dict[str, Any], report: _Report) -> AdapterInfo:
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
         report.add(f"adapter_config.json: peft_type {config.get('peft_type')!r} is not supported; only LORA is")
@@ -321,18 +337,18 @@ def _adapter_config(config: dict[str, Any], report: _Report) -> dict[str, Any]:
     rank = config.get("r")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         report.add("adapter_config.json: 'r' (the LoRA rank) must be a positive integer")
+        rank = 0
+    alpha = config.get("lora_alpha")
+    if alpha is not None and (not isinstance(alpha, int | float) or isinstance(alpha, bool)):
+        report.add("adapter_config.json: 'lora_alpha' must be a number")
+        alpha = None
     targets = config.get("target_modules")
     if isinstance(targets, str):
         targets = [targets]
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
         report.add("adapter_config.json: 'target_modules' must name the modules the adapter changes")
         targets = []
-    return {
-        "peft_type": peft_type,
-        "rank": rank,
-        "alpha": config.get("lora_alpha"),
-        "target_modules": sorted(targets),
-    }
+    return AdapterInfo(peft_type=peft_type, rank=rank, alpha=alpha, target_modules=sorted(targets))
 
 
 def _check_patterns(config: dict[str, Any], header: Header | None, report: _Report) -> None:

@@ -12,6 +12,7 @@ import threading
 import uuid
 from pathlib import Path
 
+from modelport.errors import EngineFailed
 from modelport.serving.engine import Artifact
 from modelport.storage.blobs import BlobStore
 from modelport.storage.db.tables import Model, ModelFile
@@ -25,6 +26,9 @@ class ArtifactCache:
 
     def get(self, model: Model, files: list[ModelFile]) -> Artifact:
         """Blocking (it may download): call it from a worker thread."""
+        manifest = model.manifest
+        if manifest is None:  # only ready models reach here, and ingest gives each its manifest
+            raise EngineFailed(f"model {model.id} has no manifest: it is not ready to serve")
         folder = self.root / model.id
         if not folder.is_dir():
             with self._guard:
@@ -33,7 +37,7 @@ class ArtifactCache:
                 if not folder.is_dir():
                     self._materialize(folder, files)
         weights = sum(f.size for f in files if f.path.endswith(".safetensors"))
-        return Artifact(model.id, folder, dict(model.manifest or {}), weights)
+        return Artifact(model.id, folder, manifest, weights)
 
     def _materialize(self, folder: Path, files: list[ModelFile]) -> None:
         tmp = self.root / f".incoming-{folder.name}-{uuid.uuid4().hex[:8]}"

@@ -11,23 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from modelport.errors import ModelportError
-
-
-class EngineOverloaded(ModelportError):
-    """Too much queued work, or no memory left to load another model; the client should retry."""
-
-    status_code = 503
-    code = "engine_overloaded"
-    type = "server_error"
-
-
-class EngineFailed(ModelportError):
-    """A model or adapter could not be loaded or run."""
-
-    status_code = 500
-    code = "engine_error"
-    type = "server_error"
+from modelport.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -36,7 +20,7 @@ class Artifact:
 
     id: str
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     weight_bytes: int
 
 

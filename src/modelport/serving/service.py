@@ -22,6 +22,7 @@ from modelport.accounts.service import Principal
 from modelport.catalog.service import Catalog
 from modelport.chat_template_workers import TemplateBudget, TemplateRenderer
 from modelport.errors import ContextLengthExceeded, InvalidRequest, WrongModelType
+from modelport.manifest import ModelType, context_length_of
 from modelport.serving.artifacts import ArtifactCache
 from modelport.serving.engine import Artifact, Engine, GenerationRequest, Pooling, SamplingParams, TokenStep
 from modelport.serving.limits import PromptLimits, TokenizerLanes, messages_text
@@ -29,8 +30,6 @@ from modelport.serving.text import Detokenizer, TextModel, TextModels
 from modelport.storage.db.tables import Endpoint, Model
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CONTEXT = 2048
 
 
 @dataclass(frozen=True)
@@ -148,6 +147,7 @@ class InferenceService:
         *,
         limits: PromptLimits | None = None,
         renderer: TemplateRenderer | None = None,
+        routing: Routing | None = None,
     ) -> None:
         self.catalog, self.artifacts, self.engine, self.max_n = catalog, artifacts, engine, max_n
         self.limiter = limiter or RateLimiter(0)
@@ -155,7 +155,7 @@ class InferenceService:
         self.renderer = renderer or TemplateRenderer(TemplateBudget.from_settings(catalog.settings))
         self.lanes = TokenizerLanes()
         self.texts = TextModels()
-        self.routing: Routing | None = None
+        self.routing = routing  # dedicated endpoints, checked before the shared engine
 
     def _target(self, who: Principal, name: str) -> Target:
         """An endpoint's name routes to its replicas; a model or adapter to its base's started endpoint
@@ -180,7 +180,7 @@ class InferenceService:
             raise InvalidRequest(f"n must be between 1 and {self.max_n}", param="n")
         target = self._target(who, req.model)
         model, adapter = target.model, target.adapter
-        if model.type == "embedding":
+        if model.type == ModelType.EMBEDDING:
             raise WrongModelType(f"{target.name} is an embedding model; call /v1/embeddings", param="model")
         context = min(_context_length(model), self.catalog.settings.max_model_len)  # a config declares up to 2^24
         if req.messages is not None:
@@ -246,7 +246,7 @@ class InferenceService:
         self.limiter.take(who.account_id)
         target = self._target(who, model_ref)
         model = target.model
-        if target.adapter is not None or model.type != "embedding":
+        if target.adapter is not None or model.type != ModelType.EMBEDDING:
             raise WrongModelType(
                 f"{target.name} is not an embedding model; call /v1/chat/completions or /v1/completions",
                 param="model",
@@ -295,8 +295,7 @@ class Embeddings:
 
 
 def _context_length(model: Model) -> int:
-    value = (model.manifest or {}).get("context_length")
-    return int(value) if value else DEFAULT_CONTEXT
+    return context_length_of(model.manifest)
 
 
 def read_pooling(path: Path) -> Pooling:

@@ -12,14 +12,14 @@ from modelport.catalog.service import JobView
 from modelport.endpoints.service import Availability
 from modelport.errors import InvalidRequest, ModelportError
 from modelport.ingest.uploads import UploadView
+from modelport.manifest import Manifest, ModelKind
 from modelport.storage.db.tables import Endpoint, Model
 
 
 def when(value: datetime | None) -> str:
     if value is None:
         return "-"
-    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def duration(seconds: float) -> str:
@@ -106,33 +106,38 @@ class EndpointForm(BaseModel):
 
 
 def model_row(m: Model, base_name: str | None) -> dict[str, Any]:
-    manifest = m.manifest or {}
+    manifest = _manifest(m)
     return {
         "name": m.name,
         "kind": m.kind,
         "type": m.type or "-",
         "base": base_name,
         "size": m.total_bytes,
-        "parameters": manifest.get("parameters"),
-        "context": manifest.get("context_length"),
+        "parameters": manifest.parameters,
+        "context": manifest.context_length,
         "status": m.status,
         "created": m.created_at,
     }
 
 
 def model_detail(m: Model, base_name: str | None) -> dict[str, Any]:
-    manifest = m.manifest or {}
+    manifest = _manifest(m)
     return {
         **model_row(m, base_name),
         "id": m.id,
         "description": m.description,
-        "architecture": manifest.get("architecture"),
-        "model_type": manifest.get("model_type"),
-        "dtype": manifest.get("dtype"),
-        "adapter": manifest.get("adapter"),
-        "files": manifest.get("files") or [],
-        "admission": manifest.get("admission"),
+        "architecture": manifest.architecture,
+        "model_type": manifest.model_type,
+        "dtype": manifest.dtype,
+        "adapter": manifest.adapter,
+        "files": manifest.files,
+        "admission": manifest.admission,
     }
+
+
+def _manifest(m: Model) -> Manifest:
+    """Models still uploading have no manifest yet: show them with an empty one."""
+    return m.manifest or Manifest(kind=ModelKind(m.kind))
 
 
 def job_row(view: JobView) -> dict[str, Any]:

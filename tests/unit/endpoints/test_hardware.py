@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from modelport.endpoints.hardware import GIB, Inventory, estimate_bytes, parse_nvidia_smi
+from modelport.manifest import Manifest, ModelKind
 
 TOPO_NVLINK = "\tGPU0\tGPU1\nGPU0\t X \tNV18\nGPU1\tNV18\t X \n"
 
@@ -36,6 +37,6 @@ def test_without_gpus_cpu_configurations_split_the_memory_pool() -> None:
 
 def test_fit_counts_weights_and_a_full_context_kv_cache() -> None:
     config = {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64}
-    need = estimate_bytes({"parameters": 1000, "context_length": 128}, config, 4)
+    need = estimate_bytes(Manifest(kind=ModelKind.MODEL, parameters=1000, context_length=128), config, 4)
     kv = 2 * 2 * 2 * 16 * 128 * 4
     assert need == int((1000 * 4 + kv) * 1.2)

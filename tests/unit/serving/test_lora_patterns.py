@@ -13,7 +13,7 @@ from peft.utils.other import get_pattern_key
 from transformers import AutoModelForCausalLM
 
 from modelport.adapter_patterns import MAX_STEPS, PatternTable, UnsafePattern, check
-from modelport.serving.engine import EngineFailed
+from modelport.errors import EngineFailed
 from modelport.serving.engines.torch.lora import read_adapter
 from tests.support.tinymodels import make_llama, make_lora
 

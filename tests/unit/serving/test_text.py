@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from modelport.serving.text import Detokenizer, TemplateMissing, load_text_model
+from modelport.errors import TemplateMissing
+from modelport.serving.text import Detokenizer, load_text_model
 from tests.support.tinymodels import WORDS, make_llama
 
 

@@ -8,18 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelport.errors import ContextLengthExceeded
-from modelport.serving.engine import Artifact, EngineOverloaded, GenerationRequest, Pooling, SamplingParams
+from modelport.errors import ContextLengthExceeded, EngineOverloaded
+from modelport.manifest import Manifest, ModelKind
+from modelport.serving.engine import Artifact, GenerationRequest, Pooling, SamplingParams
 from modelport.serving.engines.torch.engine import TorchEngine
 from modelport.settings import Settings
 from tests.support.tinymodels import make_bert_embedder, make_llama
+
+MODEL = Manifest(kind=ModelKind.MODEL)  # what the engine reads of a manifest: the dtype, here unknown
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> list[Artifact]:
     root = tmp_path_factory.mktemp("engine")
     folders = [make_llama(root / f"m{i}", seed=i) for i in range(2)]
-    return [Artifact(f"model-{i}", f, {}, (f / "model.safetensors").stat().st_size) for i, f in enumerate(folders)]
+    return [Artifact(f"model-{i}", f, MODEL, (f / "model.safetensors").stat().st_size) for i, f in enumerate(folders)]
 
 
 def request(artifact: Artifact, max_tokens: int) -> GenerationRequest:
@@ -66,7 +69,7 @@ def test_memory_budget_evicts_idle_models_and_refuses_what_cannot_fit(
         for artifact in (artifacts[0], artifacts[1], artifacts[0]):
             assert len([s async for s in engine.generate(request(artifact, 2))]) == 2
             assert list(engine.stats()["models"]) == [artifact.id]  # only one fits
-        huge = Artifact("huge", artifacts[0].path, {}, size * 10)
+        huge = Artifact("huge", artifacts[0].path, MODEL, size * 10)
         with pytest.raises(EngineOverloaded, match="memory budget"):
             await anext(engine.generate(request(huge, 1)))
 
@@ -78,7 +81,7 @@ def test_memory_budget_evicts_idle_models_and_refuses_what_cannot_fit(
 
 def test_embeddings_run_in_slices_that_fit_and_refuse_an_input_that_cannot(tmp_path: Path) -> None:
     folder = make_bert_embedder(tmp_path / "e")
-    artifact = Artifact("embedder", folder, {}, (folder / "model.safetensors").stat().st_size)
+    artifact = Artifact("embedder", folder, MODEL, (folder / "model.safetensors").stat().st_size)
     pooling = Pooling("mean", True)
     batch = [[2, 5 + i % 10, 6 + i % 7, 3] * 4 for i in range(12)]
     engine = TorchEngine(Settings(data_dir=tmp_path, engine_sequence_memory_bytes=100_000))  # a few rows a pass

@@ -6,12 +6,11 @@ from datetime import UTC, datetime
 
 from modelport.api.together.protocol import JobResponse, ModelDetail, ModelItem, Pricing, StatusUpdate
 from modelport.catalog.service import JobView
+from modelport.manifest import ModelType
 from modelport.storage.db.tables import Model
 
 
 def iso(dt: datetime) -> str:
-    if dt.tzinfo is None:  # SQLite returns naive datetimes; we only ever store UTC
-        dt = dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -37,15 +36,14 @@ def job(view: JobView) -> JobResponse:
 
 def model_item(m: Model, base_name: str | None) -> ModelItem:
     account, _, short = m.name.partition("/")
-    manifest = m.manifest or {}
     return ModelItem(
         id=m.name,
-        created=int(_aware(m.created_at).timestamp()),
-        type=m.type or "language",
+        created=int(m.created_at.timestamp()),
+        type=m.type or ModelType.LANGUAGE,
         display_name=short,
         organization=account,
         owned_by=account,
-        context_length=manifest.get("context_length"),
+        context_length=m.manifest.context_length if m.manifest else None,
         pricing=Pricing(),
         kind=m.kind,
         base_model=base_name,
@@ -55,8 +53,5 @@ def model_item(m: Model, base_name: str | None) -> ModelItem:
 
 
 def model_detail(m: Model, base_name: str | None) -> ModelDetail:
-    return ModelDetail(**model_item(m, base_name).model_dump(), model_id=m.id, manifest=m.manifest or {})
-
-
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    manifest = m.manifest.to_json() if m.manifest else {}
+    return ModelDetail(**model_item(m, base_name).model_dump(), model_id=m.id, manifest=manifest)

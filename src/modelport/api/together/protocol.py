@@ -91,4 +91,4 @@ class ModelItem(BaseModel):
 
 class ModelDetail(ModelItem):
     model_id: str
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # ``modelport.manifest.Manifest`` in its JSON form (``to_json``), as stored

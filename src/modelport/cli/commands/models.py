@@ -20,6 +20,7 @@ from modelport.cli.output import Output, human_bytes, human_count, when
 from modelport.cli.pack import pack
 from modelport.cli.progress import describe_progress, job_detail, watch_job
 from modelport.cli.upload import upload_file
+from modelport.manifest import Manifest, ModelKind
 
 # Above this, `models upload` asks before sending (on a terminal, without --yes).
 CONFIRM_ABOVE_BYTES = 2 * 2**30
@@ -215,8 +216,8 @@ def models_get(app: AppContext, model: str) -> None:
     out = app.output
     if app.json:
         return out.json(m)
-    manifest = m.get("manifest") or {}
-    adapter = manifest.get("adapter") or {}
+    manifest = _manifest(m)
+    adapter = manifest.adapter
     out.fields(
         [
             ("name", m["id"]),
@@ -224,21 +225,30 @@ def models_get(app: AppContext, model: str) -> None:
             ("kind", m.get("kind")),
             ("type", m.get("type")),
             ("base model", m.get("base_model")),
-            ("architecture", manifest.get("architecture")),
-            ("model type", manifest.get("model_type")),
-            ("parameters", human_count(manifest.get("parameters"))),
-            ("dtype", manifest.get("dtype")),
-            ("context length", manifest.get("context_length")),
-            ("adapter rank", adapter.get("rank")),
-            ("adapter alpha", adapter.get("alpha")),
-            ("target modules", adapter.get("target_modules")),
+            ("architecture", manifest.architecture),
+            ("model type", manifest.model_type),
+            ("parameters", human_count(manifest.parameters)),
+            ("dtype", manifest.dtype),
+            ("context length", manifest.context_length),
+            ("adapter rank", adapter.rank if adapter else None),
+            ("adapter alpha", adapter.alpha if adapter else None),
+            ("target modules", adapter.target_modules if adapter else None),
             ("description", m.get("description")),
             ("created", when(m.get("created"))),
             ("try", next_step(m).strip("`")),
         ]
     )
-    files = manifest.get("files") or []
-    out.table(("FILE", "SIZE", "SHA256"), [(f["path"], human_bytes(f["size"]), f["sha256"][:16]) for f in files], "")
+    files = [(f.path, human_bytes(f.size), f.sha256[:16]) for f in manifest.files]
+    out.table(("FILE", "SIZE", "SHA256"), files, "")
+
+
+def _manifest(model: dict[str, Any]) -> Manifest:
+    """The manifest in ``GET /v1/models/{id}``'s JSON; an empty one while the model has none (``{}``)."""
+    match model:
+        case {"manifest": {"kind": str()} as raw}:
+            return Manifest.from_json(raw)
+        case _:
+            return Manifest(kind=ModelKind.ADAPTER if model.get("kind") == ModelKind.ADAPTER else ModelKind.MODEL)
 
 
 @models.command("delete")

@@ -6,8 +6,11 @@ import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, false
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from modelport.manifest import Manifest
+from modelport.storage.db.types import ManifestJSON, UTCDateTime
 
 
 def utcnow() -> datetime:
@@ -26,7 +29,7 @@ def _name_key_of_row(context: Any) -> str:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}  # aware UTC on every database
 
 
 class Account(Base):
@@ -69,7 +72,7 @@ class Model(Base):
     base_model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"), default=None)
     source_kind: Mapped[str] = mapped_column(String(32))
     source: Mapped[str] = mapped_column(Text)
-    manifest: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    manifest: Mapped[Manifest | None] = mapped_column(ManifestJSON, default=None)
     total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -23,11 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelport.errors import ContextLengthExceeded, ModelportError
+from modelport.errors import ContextLengthExceeded, EngineFailed, EngineOverloaded, ModelportError
 from modelport.serving.engine import (
     Artifact,
-    EngineFailed,
-    EngineOverloaded,
     GenerationRequest,
     Pooling,
     TokenStep,
@@ -303,7 +301,7 @@ class TorchEngine:
             return _DTYPES[self.settings.engine_dtype]
         if self.device.type == "cpu":
             return torch.float32  # half-precision matmuls are slow or missing on most CPUs
-        stored = str(artifact.manifest.get("dtype") or "")
+        stored = artifact.manifest.dtype or ""
         return _DTYPES.get(stored.replace("torch.", ""), torch.bfloat16)
 
     def _adapter_weights(self, artifact: Artifact, base_modules: frozenset[str]) -> AdapterWeights:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from modelport.adapter_patterns import PatternTable, UnsafePattern
-from modelport.serving.engine import EngineFailed
+from modelport.errors import EngineFailed
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 

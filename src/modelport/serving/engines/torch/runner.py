@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from modelport.serving.engine import EngineFailed, GenerationRequest, TokenStep
+from modelport.errors import EngineFailed
+from modelport.serving.engine import GenerationRequest, TokenStep
 from modelport.serving.engines.torch.kvcache import SlotKVCache
 from modelport.serving.engines.torch.lora import AdapterWeights, LoraSlots
 from modelport.serving.engines.torch.memory import MIN_CHUNK, Footprint, MemoryLedger
