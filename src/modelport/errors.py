@@ -1,4 +1,7 @@
-"""The domain error tree. Services raise these; ``api/errors.py`` maps them to each wire dialect.
+"""The domain error tree. Services raise these; each wire dialect renders them in its own envelope
+(``api/errors.py`` picks the dialect by request path). An error carries its HTTP status, a machine
+``code``, the ``param`` at fault and, where waiting helps, ``retry_after``; wire vocabularies such as
+OpenAI's ``type`` belong to the dialect, not here.
 
     ModelportError                  500 internal_error
     ├── AuthenticationError         401 invalid_api_key
@@ -11,6 +14,10 @@
     │   │                                                      uploads or share of the endpoint hardware)
     │   └── RateLimited             429 rate_limit_exceeded  (inference requests per minute; Retry-After)
     ├── DatabaseUnavailable         503 database_unavailable (a lost connection, raised for it by api/errors.py)
+    ├── BlobUnavailable             503 blob_store_unavailable (the blob store lost a blob or stopped answering)
+    ├── EngineOverloaded            503 engine_overloaded    (too much queued work or no memory for another
+    │                                                          model; the client should retry)
+    ├── EngineFailed                500 engine_error         (a model or adapter could not be loaded or run)
     ├── Conflict                    409 conflict
     │   └── ModelNameTaken          409 model_name_taken
     ├── InvalidRequest              400 invalid_request
@@ -22,7 +29,7 @@
     │   ├── ContextLengthExceeded   400 context_length_exceeded
     │   ├── WrongModelType          400 model_type_mismatch   (chat with an embedding model; adapter files
     │   │                                                      sent as model_type 'model' and the reverse)
-    │   ├── TemplateMissing         400 chat_template_missing (serving/text.py)
+    │   ├── TemplateMissing         400 chat_template_missing (chat with a model that has no chat template)
     │   ├── ChatTemplateBudgetExceeded 400 chat_template_budget_exceeded (a model's chat template went over
     │   │                                                      its time, memory or output budget)
     │   ├── HardwareUnavailable     400 hardware_unavailable  (not on this host, too small, or reserved)
@@ -34,11 +41,13 @@
         │   └── SourceTooSlow       the download fell below MODELPORT_FETCH_MIN_BYTES_PER_S or passed
         │                           MODELPORT_FETCH_DEADLINE_S (source_too_slow)
         ├── ArchiveRejected         the archive is unreadable or unsafe
+        │   ├── NeedsRandomAccess   never shown: a zip the one-pass reader cannot follow; the
+        │   │                       directory-first reader takes over (ingest/zipstream.py)
+        │   └── ExtractionStopped   never shown: another extraction thread refused the archive first
         ├── StagingFull             the disk filled up while unpacking
         ├── StorageQuotaFull        storing the model would pass the account's storage quota
-        └── ValidationFailed        the artifact is not a servable model; carries every problem
-
-Engines add two server-side errors (``serving/engine.py``): ``EngineOverloaded`` (503) and ``EngineFailed`` (500).
+        ├── ValidationFailed        the artifact is not a servable model; carries every problem
+        └── AdmissionFailed         the model did not load and run in its admission test (ingest/admission.py)
 
 Messages never include secrets: callers pass redacted sources only.
 """
@@ -51,7 +60,6 @@ from collections.abc import Sequence
 class ModelportError(Exception):
     status_code = 500
     code = "internal_error"
-    type = "server_error"
     retry_after: int | None = None  # seconds, sent as Retry-After where waiting helps
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
@@ -63,25 +71,21 @@ class ModelportError(Exception):
 class AuthenticationError(ModelportError):
     status_code = 401
     code = "invalid_api_key"
-    type = "authentication_error"
 
 
 class PermissionDenied(ModelportError):
     status_code = 403
     code = "permission_denied"
-    type = "permission_error"
 
 
 class NotFound(ModelportError):
     status_code = 404
     code = "not_found"
-    type = "not_found_error"
 
 
 class RequestTooLarge(ModelportError):
     status_code = 413
     code = "request_too_large"
-    type = "invalid_request_error"
 
 
 class UploadTooLarge(RequestTooLarge):
@@ -94,7 +98,6 @@ class QuotaExceeded(ModelportError):
 
     status_code = 429
     code = "quota_exceeded"
-    type = "rate_limit_error"
 
     def __init__(self, message: str, *, retry_after: int | None = None, param: str | None = None) -> None:
         super().__init__(message, param=param)
@@ -113,10 +116,28 @@ class RateLimited(QuotaExceeded):
     code = "rate_limit_exceeded"
 
 
+class BlobUnavailable(ModelportError):
+    status_code = 503
+    code = "blob_store_unavailable"
+
+
+class EngineOverloaded(ModelportError):
+    """Too much queued work, or no memory left to load another model; the client should retry."""
+
+    status_code = 503
+    code = "engine_overloaded"
+
+
+class EngineFailed(ModelportError):
+    """A model or adapter could not be loaded or run."""
+
+    status_code = 500
+    code = "engine_error"
+
+
 class Conflict(ModelportError):
     status_code = 409
     code = "conflict"
-    type = "conflict_error"
 
 
 class ModelNameTaken(Conflict):
@@ -126,7 +147,6 @@ class ModelNameTaken(Conflict):
 class InvalidRequest(ModelportError):
     status_code = 400
     code = "invalid_request"
-    type = "invalid_request_error"
 
 
 class InvalidSource(InvalidRequest):
@@ -161,6 +181,10 @@ class WrongModelType(InvalidRequest):
     code = "model_type_mismatch"
 
 
+class TemplateMissing(InvalidRequest):
+    code = "chat_template_missing"
+
+
 class ChatTemplateBudgetExceeded(InvalidRequest):
     """The model's chat template (tenant code) took too long or too much memory, or rendered too much."""
 
@@ -180,7 +204,6 @@ class IngestError(ModelportError):
 
     status_code = 422
     code = "ingest_failed"
-    type = "ingest_error"
 
     def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
         super().__init__(message)
@@ -206,6 +229,14 @@ class ArchiveRejected(IngestError):
     staged_bytes = 0  # set by the extractor: bytes it had written to staging before refusing (then removed)
 
 
+class NeedsRandomAccess(ArchiveRejected):
+    """A zip entry with no knowable end when streamed; the caller reads the zip directory-first instead."""
+
+
+class ExtractionStopped(ArchiveRejected):
+    """Raised in the other extraction threads once one has refused the archive; never the reason shown."""
+
+
 class StagingFull(IngestError):
     code = "staging_full"
 
@@ -220,3 +251,10 @@ class ValidationFailed(IngestError):
     def __init__(self, problems: Sequence[str]) -> None:
         summary = f"{len(problems)} problem(s) found: " + "; ".join(problems)
         super().__init__(summary, problems=problems)
+
+
+class AdmissionFailed(IngestError):
+    code = "admission_failed"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("the model did not pass its admission test: " + "; ".join(problems), problems=problems)

@@ -17,11 +17,11 @@ import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
-from modelport.api.errors import API_PREFIXES
+from modelport.api.errors import DIALECTS
+from modelport.api.session import SESSION_COOKIE, csrf_token
 from modelport.app import create_app
 from modelport.endpoints.hardware import GIB
 from modelport.settings import Settings
-from modelport.web.session import SESSION_COOKIE, csrf_token
 from tests.integration.helpers import run_all_jobs
 from tests.support.fakehub import FakeHub
 from tests.support.tinymodels import archive_bytes, files_of
@@ -63,7 +63,7 @@ def app(settings: Settings) -> Iterator[TestClient]:
 
 def _refused(client: TestClient, method: str, path: str, key: str | None) -> None:
     url = concrete(path)
-    if path.startswith(API_PREFIXES):
+    if path.startswith(tuple(DIALECTS)):  # an API's, not a page
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         resp = client.request(method, url, headers=headers)
         assert resp.status_code == 401, f"{method} {path} with key {key!r}: {resp.status_code} {resp.text[:200]}"
@@ -82,7 +82,7 @@ def _refused(client: TestClient, method: str, path: str, key: str | None) -> Non
 
 
 def test_every_route_refuses_missing_wrong_and_revoked_keys(app: TestClient) -> None:
-    accounts = app.app.state.accounts  # type: ignore[attr-defined]
+    accounts = app.app.state.services.accounts  # type: ignore[attr-defined]
     revoked = accounts.create_key("revoked")
     accounts.revoke_key(accounts.list_keys("revoked")[0].id)
     routes = app_routes(app.app)
@@ -117,8 +117,8 @@ def tenants(settings: Settings, hub: FakeHub, tiny_llama: Path, tiny_lora: Path)
     settings = settings.model_copy(update={"endpoint_memory_bytes": 8 * GIB})
     app = create_app(settings, run_workers=False, supervise=False)
     with TestClient(app, follow_redirects=False) as client:
-        alice = {"Authorization": f"Bearer {app.state.accounts.create_key('alice')}"}
-        mallory = {"Authorization": f"Bearer {app.state.accounts.create_key('mallory')}"}
+        alice = {"Authorization": f"Bearer {app.state.services.accounts.create_key('alice')}"}
+        mallory = {"Authorization": f"Bearer {app.state.services.accounts.create_key('mallory')}"}
         hub.add("t/base", files_of(tiny_llama))
         hub.add("t/lora", files_of(tiny_lora))
         ids: dict[str, str] = {}

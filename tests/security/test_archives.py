@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 
 from modelport.accounts.service import Principal
-from modelport.app import Services
 from modelport.errors import ArchiveRejected
 from modelport.ingest.archive import (
     Extracted,
@@ -40,6 +39,7 @@ from modelport.ingest.archive import (
     file_opener,
 )
 from modelport.ingest.members import RATIO_GRACE_BYTES
+from modelport.services import Services
 from tests.integration.helpers import stored_blobs, upload
 from tests.support.fakehub import FakeHub
 from tests.support.tinymodels import archive_bytes, files_of

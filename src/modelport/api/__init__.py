@@ -1,1 +1,1 @@
-"""HTTP edges: one folder per wire dialect; ``errors.py`` maps domain errors to each envelope."""
+"""HTTP edges: one folder per wire dialect; ``errors.py`` picks the dialect that answers a failure."""

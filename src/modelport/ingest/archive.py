@@ -36,9 +36,9 @@ from typing import IO, Any, Protocol, cast
 
 from isal import igzip_lib, igzip_threaded
 
-from modelport.errors import ArchiveRejected, StagingFull
+from modelport.errors import ArchiveRejected, ExtractionStopped, NeedsRandomAccess, StagingFull
 from modelport.ingest import layout, zipseek, zipstream
-from modelport.ingest.members import FEED, Budget, Limits, Stopped, check_member_ratio, safe_member_path, shown
+from modelport.ingest.members import FEED, Budget, Limits, check_member_ratio, safe_member_path, shown
 from modelport.ingest.staging import CHUNK, StagedFile
 
 __all__ = ["Extracted", "Limits", "detect_format", "extract_file", "extract_tar", "extract_zip", "safe_member_path"]
@@ -86,7 +86,7 @@ def extract_file(archive: Path, dest: Path, limits: Limits) -> Extracted:
         with open(archive, "rb") as f:
             try:
                 return extract_zip_stream(f, dest, limits)
-            except zipstream.NeedsRandomAccess:
+            except NeedsRandomAccess:
                 pass
         return extract_zip(file_opener(archive), dest, limits)
     with open(archive, "rb") as f:
@@ -110,7 +110,7 @@ def _nothing_left_on_failure(dest: Path) -> Iterator[None]:
     except BaseException as e:
         staged = _tree_bytes(dest)
         shutil.rmtree(dest, ignore_errors=True)
-        if isinstance(e, ArchiveRejected) and not isinstance(e, zipstream.NeedsRandomAccess):
+        if isinstance(e, ArchiveRejected) and not isinstance(e, NeedsRandomAccess):
             e.staged_bytes = staged
             log.info("archive refused after %d bytes were staged (removed): %s", staged, e)
         raise
@@ -420,7 +420,7 @@ def extract_zip(open_source: Callable[[], IO[bytes]], dest: Path, limits: Limits
             futures = [pool.submit(_unzip_batch, open_source, plan[i::threads], dest, budget) for i in range(threads)]
             errors = [e for e in (f.exception() for f in futures) if e is not None]
         if errors:  # the first real reason, not another thread's "stopped"
-            raise next((e for e in errors if not isinstance(e, Stopped)), errors[0])
+            raise next((e for e in errors if not isinstance(e, ExtractionStopped)), errors[0])
         return _finish([f for future in futures for f in future.result()])
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from modelport.errors import ArchiveRejected
+from modelport.errors import ArchiveRejected, ExtractionStopped
 
 MAX_COMPONENT_BYTES = 255  # NAME_MAX on Linux, macOS and Windows: a longer name cannot be created at all
 MAX_PATH_BYTES = 1024  # far below PATH_MAX (4096) once the staging root is put in front
@@ -165,7 +165,7 @@ class Budget:
 
     def _check_stopped(self) -> None:
         if self._stopped:
-            raise Stopped("stopped: another member of this archive was refused")
+            raise ExtractionStopped("stopped: another member of this archive was refused")
 
     def _claim_name(self, rel: str) -> None:
         parts = rel.split("/")
@@ -180,10 +180,6 @@ class Budget:
         if earlier is not None:
             raise _clash(earlier, rel)
         self._files[key] = rel
-
-
-class Stopped(ArchiveRejected):
-    """Raised in the other extraction threads once one has refused the archive; never the reason shown."""
 
 
 def _clash(earlier: str, later: str) -> ArchiveRejected:

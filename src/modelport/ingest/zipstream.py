@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from isal import isal_zlib
 
-from modelport.errors import ArchiveRejected
+from modelport.errors import ArchiveRejected, NeedsRandomAccess
 from modelport.ingest.members import FEED
 from modelport.ingest.staging import CHUNK, ChunkReader
 
@@ -40,10 +40,6 @@ MAX_DIRECTORY_BYTES = 64 * 2**20
 _U32 = 0xFFFFFFFF
 END_SIZE, END64_SIZE, LOCATOR64_SIZE = 22, 56, 20
 _INFLATE_ERRORS: tuple[type[BaseException], ...] = (zlib.error, cast(type[BaseException], isal_zlib.error))
-
-
-class NeedsRandomAccess(ArchiveRejected):
-    pass
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,11 @@ from typing import Any
 
 from modelport.chat_template import MAX_RENDERED_CHARS, ChatTemplateError, TemplateBudgetError
 from modelport.chat_template_workers import TemplateRenderer, default_renderer
-from modelport.errors import ChatTemplateBudgetExceeded, InvalidRequest
+from modelport.errors import ChatTemplateBudgetExceeded, InvalidRequest, TemplateMissing
 
 # A few prompt tokens decoded in front of the output, so the first generated token keeps the leading
 # space SentencePiece-style tokenizers only render after another token.
 _PREFIX_TOKENS = 6
-
-
-class TemplateMissing(InvalidRequest):
-    code = "chat_template_missing"
 
 
 @dataclass

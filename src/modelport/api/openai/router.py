@@ -11,8 +11,8 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from modelport.api.deps import InferenceDep, PrincipalDep
-from modelport.api.errors import stream_error
 from modelport.api.openai import convert
+from modelport.api.openai.errors import stream_error
 from modelport.api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Lenient
 from modelport.errors import UnsupportedParameter
 

@@ -13,13 +13,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from modelport.errors import ModelportError
-
-
-class BlobUnavailable(ModelportError):
-    status_code = 503
-    code = "blob_store_unavailable"
-
 
 class BlobStore(Protocol):
     def put(self, staged: Path, sha256: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
-from modelport.storage.blobs.base import BlobUnavailable
+from modelport.errors import BlobUnavailable
 
 
 def _check_hash(sha256: str) -> str:

@@ -18,8 +18,8 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from modelport.errors import BlobUnavailable
 from modelport.settings import Settings
-from modelport.storage.blobs.base import BlobUnavailable
 from modelport.storage.blobs.local import _check_hash
 
 log = logging.getLogger(__name__)
