@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 
 from modelport.endpoints.wire import artifact_to_json, pooling_to_json, request_to_json, step_from_json
-from modelport.serving.engine import Artifact, EngineFailed, EngineOverloaded, GenerationRequest, Pooling, TokenStep
+from modelport.errors import EngineFailed, EngineOverloaded
+from modelport.serving.engine import Artifact, GenerationRequest, Pooling, TokenStep
 
 
 def _raise(body: dict[str, Any]) -> None:

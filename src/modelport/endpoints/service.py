@@ -29,9 +29,10 @@ from modelport.endpoints.hardware import (
     estimate_bytes,
     reservation_units,
 )
-from modelport.endpoints.states import RUNNING_STATES, EndpointState
+from modelport.endpoints.states import RUNNING_STATES, EndpointState, initialize, move, on_request
 from modelport.errors import HardwareUnavailable, InvalidRequest, NotFound, QuotaExceeded
 from modelport.ids import new_id
+from modelport.manifest import Manifest, ModelKind, context_length_of
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore
 from modelport.storage.db.engine import Database
@@ -61,11 +62,17 @@ class Availability:
 
 class EndpointService:
     def __init__(
-        self, settings: Settings, db: Database, catalog: Catalog, blobs: BlobStore, inventory: Inventory
+        self,
+        settings: Settings,
+        db: Database,
+        catalog: Catalog,
+        blobs: BlobStore,
+        inventory: Inventory,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings, self.db, self.catalog, self.blobs, self.inventory = settings, db, catalog, blobs, inventory
         self._lock = threading.Lock()  # reservations are decided one at a time
-        self.on_change: Callable[[], None] = lambda: None  # wakes the supervisor
+        self.on_change = on_change  # wakes the supervisor
 
     # --- hardware -------------------------------------------------------------------------------
     def configs(self) -> list[HardwareConfig]:
@@ -91,9 +98,10 @@ class EndpointService:
     def _need(self, model: Model) -> int:
         config_file = next((f for f in self.catalog.files(model) if f.path == "config.json"), None)
         config = json.loads(self.blobs.read_range(config_file.sha256, 0, config_file.size)) if config_file else {}
-        manifest = model.manifest or {}
+        manifest = model.manifest or Manifest(kind=ModelKind.MODEL)
         gpu = bool(self.inventory.gpus)
-        dtype_bytes = _DTYPE_BYTES.get(str(manifest.get("dtype") or "F32"), 2) if gpu else 4
+        dtype = manifest.dtype or "F32"
+        dtype_bytes = _DTYPE_BYTES.get(dtype, 2) if gpu else 4
         return estimate_bytes(manifest, config, dtype_bytes)
 
     # --- reservations ---------------------------------------------------------------------------
@@ -169,7 +177,7 @@ class EndpointService:
     # --- CRUD -----------------------------------------------------------------------------------
     def create(self, who: Principal, spec: EndpointSpec) -> Endpoint:
         model = self.catalog.get_model(who, spec.model)
-        if model.kind == "adapter":
+        if model.kind == ModelKind.ADAPTER:
             raise InvalidRequest(
                 f"{model.name} is an adapter: deploy its base model, and the adapter runs on that endpoint",
                 param="model",
@@ -179,7 +187,7 @@ class EndpointService:
         if need > config.memory_bytes:
             raise HardwareUnavailable(
                 f"the selected configuration {config.id} is too small for {model.name}: it needs about "
-                f"{need / GIB:.1f} GiB (weights + KV cache for {(model.manifest or {}).get('context_length')} "
+                f"{need / GIB:.1f} GiB (weights + KV cache for {context_length_of(model.manifest)} "
                 f"tokens + 20%), the configuration has {config.memory_bytes / GIB:.1f} GiB",
                 param="hardware",
             )
@@ -192,18 +200,17 @@ class EndpointService:
             display_name=spec.display_name or f"{short} on {config.id}",
             model_id=model.id,
             hardware=config.id,
-            state=EndpointState.STOPPED,
-            desired=EndpointState.STOPPED,
             min_replicas=spec.min_replicas,
             max_replicas=spec.max_replicas,
             disable_speculative_decoding=spec.disable_speculative_decoding,
             disable_prompt_cache=spec.disable_prompt_cache,
             inactive_timeout=spec.inactive_timeout or None,
         )
+        initialize(endpoint)
         with self._lock, self.db.session() as s:
             if spec.state == EndpointState.STARTED:
                 self._reserve(s, endpoint)
-                endpoint.state, endpoint.desired = EndpointState.PENDING, EndpointState.STARTED
+                move(endpoint, EndpointState.PENDING)
             s.add(endpoint)
         self.on_change()
         return self.get(who, endpoint.id)
@@ -251,16 +258,11 @@ class EndpointService:
     def _apply_state(self, s: Any, endpoint: Endpoint, state: str | None) -> None:
         if state is None:
             return
-        if state == EndpointState.STARTED and endpoint.state not in RUNNING_STATES:
+        target = on_request(endpoint, state)
+        if target == EndpointState.PENDING:
             self._reserve(s, endpoint)
-            endpoint.state, endpoint.desired, endpoint.error = EndpointState.PENDING, EndpointState.STARTED, None
-            endpoint.restarts = 0
-        elif state == EndpointState.STOPPED and endpoint.desired != EndpointState.STOPPED:
-            endpoint.desired = EndpointState.STOPPED
-            if endpoint.state != EndpointState.ERROR:
-                endpoint.state = EndpointState.STOPPING
-        elif state not in (EndpointState.STARTED, EndpointState.STOPPED):
-            raise InvalidRequest("state must be STARTED or STOPPED", param="state")
+        if target is not None:
+            move(endpoint, target)
 
     def delete(self, who: Principal, ref: str) -> None:
         endpoint_id = self.get(who, ref).id

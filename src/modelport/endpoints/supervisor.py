@@ -18,22 +18,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import select
 
 from modelport.catalog.service import Catalog
-from modelport.endpoints.hardware import Inventory
+from modelport.endpoints.hardware import HardwareConfig, Inventory
 from modelport.endpoints.remote import RemoteEngine
 from modelport.endpoints.service import replica_count
-from modelport.endpoints.states import RUNNING_STATES, EndpointState
-from modelport.endpoints.wire import artifact_to_json
-from modelport.errors import EndpointNotRunning
+from modelport.endpoints.states import RUNNING_STATES, EndpointState, move
+from modelport.endpoints.wire import artifact_to_json, pooling_to_json
+from modelport.errors import EndpointNotRunning, EngineOverloaded
+from modelport.manifest import ModelType, context_length_of
 from modelport.serving.artifacts import ArtifactCache
-from modelport.serving.engine import EngineOverloaded
+from modelport.serving.engine import Artifact, Pooling
 from modelport.serving.service import read_pooling
 from modelport.settings import Settings
 from modelport.storage.db.engine import Database
@@ -42,6 +45,71 @@ from modelport.storage.db.tables import Endpoint, Model, utcnow
 log = logging.getLogger(__name__)
 
 STABLE_S = 600.0  # replicas up this long forgive earlier crashes
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """What one replica process runs. ``to_json`` is the file ``modelport replica --spec`` reads
+    (``replica.create_replica_app``); ``env`` is set on top of the server's environment."""
+
+    parent_pid: int  # the replica exits when this process (the API server) goes away
+    data_dir: Path
+    device: str  # "cpu" or "cuda"
+    memory_bytes: int
+    max_num_seqs: int
+    max_loras: int
+    model: Artifact
+    context_length: int
+    pooling: Pooling | None  # embedding models only
+    env: Mapping[str, str]  # CUDA_VISIBLE_DEVICES (its share of the reserved GPUs) or OMP_NUM_THREADS
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "parent_pid": self.parent_pid,
+            "data_dir": str(self.data_dir),
+            "device": self.device,
+            "memory_bytes": self.memory_bytes,
+            "max_num_seqs": self.max_num_seqs,
+            "max_loras": self.max_loras,
+            "model": artifact_to_json(self.model),
+            "context_length": self.context_length,
+            "pooling": pooling_to_json(self.pooling) if self.pooling is not None else None,
+        }
+
+
+def replica_spec(
+    endpoint: Endpoint,
+    model: Model,
+    artifact: Artifact,
+    settings: Settings,
+    config: HardwareConfig,
+    index: int,
+    pooling: Pooling | None,
+    parent_pid: int,
+) -> ReplicaSpec:
+    """Replica ``index`` of ``endpoint`` on ``config``, from what its reservation holds. No I/O."""
+    device, memory, env = _placement(config, endpoint.reservation or {}, index)
+    return ReplicaSpec(
+        parent_pid=parent_pid,
+        data_dir=settings.data_dir,
+        device=device,
+        memory_bytes=memory,
+        max_num_seqs=settings.max_num_seqs,
+        max_loras=settings.max_loras,
+        model=artifact,
+        context_length=context_length_of(model.manifest),
+        pooling=pooling,
+        env=env,
+    )
+
+
+def _placement(config: HardwareConfig, held: dict[str, Any], index: int) -> tuple[str, int, dict[str, str]]:
+    """Device, memory budget and environment of replica ``index``: on GPUs, its slice of the reserved ones."""
+    if config.is_cpu:
+        return "cpu", config.memory_bytes, {"OMP_NUM_THREADS": str(config.gpu_count)}
+    per = int(held.get("gpus_per_replica", config.gpu_count))
+    gpus = held.get("gpus", [])[index * per : (index + 1) * per]
+    return "cuda", int(config.memory_bytes * 0.9), {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
 
 
 @dataclass
@@ -156,18 +224,18 @@ class Supervisor:
             if endpoint.desired == EndpointState.STARTED and endpoint.state in RUNNING_STATES:
                 if self._idle_too_long(endpoint):
                     log.info("endpoint %s idle for %s min: stopping", endpoint.name, endpoint.inactive_timeout)
-                    self._set(endpoint.id, state=EndpointState.STOPPING, desired=EndpointState.STOPPED)
+                    self._move(endpoint, EndpointState.STOPPING)
                     continue
                 self._keep_running(endpoint)
             elif endpoint.state in (EndpointState.STOPPING, *RUNNING_STATES):
                 self._stop_replicas(endpoint.id)
-                self._set(endpoint.id, state=EndpointState.STOPPED, reservation=None)
+                self._move(endpoint, EndpointState.STOPPED)
 
     def _idle_too_long(self, endpoint: Endpoint) -> bool:
         if not endpoint.inactive_timeout or endpoint.state != EndpointState.STARTED:
             return False
         since = endpoint.last_request_at or endpoint.updated_at
-        return bool(utcnow() - _aware(since) > timedelta(minutes=endpoint.inactive_timeout))
+        return utcnow() - since > timedelta(minutes=endpoint.inactive_timeout)
 
     def _keep_running(self, endpoint: Endpoint) -> None:
         replicas = self.replicas.setdefault(endpoint.id, [])
@@ -188,31 +256,24 @@ class Supervisor:
             replicas.append(self._launch(endpoint, len(replicas)))
         all_ready = len(replicas) == want and all(r.ready for r in replicas)
         if all_ready and endpoint.restarts and all(time.monotonic() - r.ready_at > STABLE_S for r in replicas):
-            self._set(endpoint.id, restarts=0)  # the crash budget counts crashes close together only
+            # The crash budget counts crashes close together only.
+            self._move(endpoint, EndpointState(endpoint.state), restarts=0)
         wanted_state = EndpointState.STARTED if all_ready else EndpointState.STARTING
         if endpoint.state != wanted_state:
-            self._set(endpoint.id, state=wanted_state)
+            self._move(endpoint, wanted_state)
 
     def _crashed(self, endpoint: Endpoint, replica: Replica, code: int) -> bool:
-        """Count the crash; False when the endpoint has now failed for good."""
+        """Count the crash; False when this pass must leave the endpoint: it failed for good, or moved meanwhile."""
         reason = _exit_reason(code)
         restarts = endpoint.restarts + 1
         log.warning("endpoint %s replica %d %s (crash %d)", endpoint.name, replica.index, reason, restarts)
         if restarts > self.settings.replica_max_restarts:
             self._stop_replicas(endpoint.id)
             tail = _tail(replica.log_path)
-            self._set(
-                endpoint.id,
-                state=EndpointState.ERROR,
-                desired=EndpointState.STOPPED,
-                reservation=None,
-                restarts=restarts,
-                error=f"replica {reason} {restarts} times" + (f"; last output: {tail}" if tail else ""),
-            )
+            error = f"replica {reason} {restarts} times" + (f"; last output: {tail}" if tail else "")
+            self._move(endpoint, EndpointState.ERROR, error=error, restarts=restarts)
             return False
-        self._set(endpoint.id, restarts=restarts, state=EndpointState.STARTING)
-        endpoint.restarts = restarts
-        return True
+        return self._move(endpoint, EndpointState.STARTING, restarts=restarts)
 
     def _check_ready(self, endpoint: Endpoint, replica: Replica) -> None:
         try:
@@ -231,32 +292,17 @@ class Supervisor:
             model = s.get(Model, endpoint.model_id)
         assert model is not None, "a model with endpoints cannot be deleted"
         artifact = self.artifacts.get(model, self.catalog.files(model))
-        held = endpoint.reservation or {}
-        env = dict(os.environ)
         config = next(c for c in self.inventory.configs({}) if c.id == endpoint.hardware)
-        if config.is_cpu:
-            device, memory = "cpu", config.memory_bytes
-            env["OMP_NUM_THREADS"] = str(config.gpu_count)
-        else:
-            per = int(held.get("gpus_per_replica", config.gpu_count))
-            gpus = held.get("gpus", [])[index * per : (index + 1) * per]
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
-            device, memory = "cuda", int(config.memory_bytes * 0.9)
-        spec = {
-            "parent_pid": os.getpid(),
-            "data_dir": str(self.settings.data_dir),
-            "device": device,
-            "memory_bytes": memory,
-            "max_num_seqs": self.settings.max_num_seqs,
-            "max_loras": self.settings.max_loras,
-            "model": artifact_to_json(artifact),
-            "context_length": int((model.manifest or {}).get("context_length") or 2048),
-            "pooling": read_pooling(artifact.path).__dict__ if model.type == "embedding" else None,
-        }
+        pooling = read_pooling(artifact.path) if model.type == ModelType.EMBEDDING else None
+        spec = replica_spec(endpoint, model, artifact, self.settings, config, index, pooling, os.getpid())
+        return self._spawn(endpoint, index, spec)
+
+    def _spawn(self, endpoint: Endpoint, index: int, spec: ReplicaSpec) -> Replica:
+        """Write the spec file and start the replica process on a free loopback port."""
         folder = self.settings.data_dir / "endpoints" / endpoint.id
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / f"replica-{index}.json"
-        spec_path.write_text(json.dumps(spec))
+        spec_path.write_text(json.dumps(spec.to_json()))
         port = _free_port()
         log_path = folder / f"replica-{index}.log"
         with open(log_path, "ab") as out:
@@ -264,7 +310,7 @@ class Supervisor:
                 [sys.executable, "-m", "modelport.cli.main", "replica", "--spec", str(spec_path), "--port", str(port)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env={**os.environ, **spec.env},
             )
         log.info("endpoint %s: launched replica %d (pid %d, port %d)", endpoint.name, index, proc.pid, port)
         return Replica(endpoint.id, index, proc, port, log_path)
@@ -275,14 +321,24 @@ class Supervisor:
         for r in replicas:
             _terminate(r.proc)
 
-    def _set(self, endpoint_id: str, **values: object) -> None:
+    def _move(
+        self, seen: Endpoint, to: EndpointState, *, error: str | None = None, restarts: int | None = None
+    ) -> bool:
+        """Move the endpoint's row, and this pass's copy ``seen``, unless the row left the state this pass saw.
+
+        A user's request may have moved it since (stopped, or started again after a stop): then the next
+        pass decides, from the row as it is. False when the row was left alone.
+        """
         with self.db.session() as s:
-            endpoint = s.get(Endpoint, endpoint_id)
-            if endpoint is None:
-                return
-            for key, value in values.items():
-                setattr(endpoint, key, value)
-            endpoint.updated_at = utcnow()
+            row = s.get(Endpoint, seen.id)
+            if row is None:  # deleted: the next pass stops its replicas
+                return False
+            if row.state != seen.state:
+                log.info("endpoint %s is now %s, not %s: left to the next pass", seen.name, row.state, seen.state)
+                return False
+            move(row, to, error=error, restarts=restarts)
+        move(seen, to, error=error, restarts=restarts)
+        return True
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
@@ -319,8 +375,3 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite returns naive datetimes for timezone-aware columns; they were written in UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
