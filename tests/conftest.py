@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from modelport.accounts.service import Principal
-from modelport.app import Services, build_services
+from modelport.services import Services, build_services
 from modelport.settings import Settings
 from tests.support.fakehub import FakeHub
 from tests.support.procs import Proc, free_port, start_moto
@@ -135,9 +135,16 @@ def settings(tmp_path: Path, db_url: str, hub: FakeHub) -> Settings:
     return make_settings(tmp_path, db_url, hub.url)
 
 
+def open_services(settings: Settings, **kwargs: Any) -> Services:
+    """The ingest side of the platform (no engine), its database migrated; nothing started."""
+    svc = build_services(settings, serving=False, **kwargs)
+    svc.prepare()
+    return svc
+
+
 @pytest.fixture
 def services(settings: Settings) -> Iterator[Services]:
-    svc = build_services(settings)
+    svc = open_services(settings)
     yield svc
     svc.db.dispose()
 

@@ -50,7 +50,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, hub: FakeHub) -> Iterator[S
         settings = make_settings(tmp, url, hub.url, max_loras=1, max_num_seqs=4)
         app = create_app(settings, run_workers=False)
         with TestClient(app) as client:
-            key = app.state.accounts.create_key("acme")
+            key = app.state.services.accounts.create_key("acme")
             served = Served(client, {"Authorization": f"Bearer {key}"}, key)
             base = make_llama(tmp / "chat", hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128)
             served.upload(hub, "chat", files_of(base))

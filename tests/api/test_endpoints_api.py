@@ -29,7 +29,7 @@ def api(
     settings = settings.model_copy(update={"endpoint_memory_bytes": 8 * GIB, "quota_endpoint_share": 1.0})
     app = create_app(settings, run_workers=False, supervise=False)
     with TestClient(app) as client:
-        headers = {"Authorization": f"Bearer {app.state.accounts.create_key('acme')}"}
+        headers = {"Authorization": f"Bearer {app.state.services.accounts.create_key('acme')}"}
         hub.add("acme/ep-base", files_of(tiny_llama))
         hub.add("acme/ep-lora", files_of(tiny_lora))
         for body in (
@@ -102,7 +102,7 @@ def test_endpoints_are_private_and_deletable(api: tuple[TestClient, dict[str, st
         "/v1/endpoints", json={"model": "base", "hardware": "1x_cpu_2gb", "display_name": "mine"}, headers=headers
     ).json()
     assert endpoint["display_name"] == "mine"
-    other = {"Authorization": f"Bearer {client.app.state.accounts.create_key('mallory')}"}  # type: ignore[attr-defined]
+    other = {"Authorization": f"Bearer {client.app.state.services.accounts.create_key('mallory')}"}  # type: ignore[attr-defined]
     assert client.get(f"/v1/endpoints/{endpoint['id']}", headers=other).status_code == 404
     assert client.get("/v1/endpoints", headers=other).json()["data"] == []
     renamed = client.patch(f"/v1/endpoints/{endpoint['id']}", json={"display_name": "ours"}, headers=headers).json()
@@ -127,9 +127,9 @@ def test_an_idle_endpoint_stops_after_its_inactive_timeout(api: tuple[TestClient
     with app.state.services.db.session() as s:  # as if it had started and then been idle for 6 minutes
         row = s.get(Endpoint, endpoint["id"])
         row.state, row.last_request_at = "STARTED", utcnow() - timedelta(minutes=6)
-    app.state.supervisor.reconcile()
+    app.state.services.live.supervisor.reconcile()
     assert client.get(f"/v1/endpoints/{endpoint['id']}", headers=headers).json()["state"] == "STOPPING"
-    app.state.supervisor.reconcile()
+    app.state.services.live.supervisor.reconcile()
     assert client.get(f"/v1/endpoints/{endpoint['id']}", headers=headers).json()["state"] == "STOPPED"
     with app.state.services.db.session() as s:
         assert s.get(Endpoint, endpoint["id"]).reservation is None
@@ -148,7 +148,7 @@ def test_a_replica_that_keeps_crashing_puts_the_endpoint_in_error(
 
     client, headers = api
     app: Any = client.app
-    supervisor = app.state.supervisor
+    supervisor = app.state.services.live.supervisor
     supervisor.settings = supervisor.settings.model_copy(update={"replica_max_restarts": 0})
     endpoint = client.post("/v1/endpoints", json={"model": "base", "hardware": "1x_cpu_2gb"}, headers=headers).json()
     deadline = time.monotonic() + 120

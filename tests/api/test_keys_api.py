@@ -25,7 +25,7 @@ def bearer(key: str) -> dict[str, str]:
 def first_account(client: TestClient) -> dict[str, str]:
     """What a new install does: the first account, made into an empty database, administers."""
     key = "mp-first-account-key-0123456789abcdef"
-    assert client.app.state.accounts.bootstrap("root", key)  # type: ignore[attr-defined]
+    assert client.app.state.services.accounts.bootstrap("root", key)  # type: ignore[attr-defined]
     return bearer(key)
 
 

@@ -41,8 +41,8 @@ def test_chat_completion(client: openai.OpenAI) -> None:
 def test_chat_output_matches_plain_transformers(client: openai.OpenAI, served: Served, tmp_path: Path) -> None:
     """Greedy chat through the API equals ``generate`` on the stored files, tokens and text."""
     app = served.client.app
-    model = app.state.catalog.get_model(app.state.accounts.authenticate(served.key), "chat")  # type: ignore[attr-defined]
-    folder = app.state.settings.model_cache_dir / model.id  # type: ignore[attr-defined]
+    model = app.state.services.catalog.get_model(app.state.services.accounts.authenticate(served.key), "chat")  # type: ignore[attr-defined]
+    folder = app.state.services.settings.model_cache_dir / model.id  # type: ignore[attr-defined]
     client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "a"}], max_tokens=1)
     tok = AutoTokenizer.from_pretrained(folder)
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -192,7 +192,7 @@ def test_bad_requests_get_a_clear_error_before_any_work(
 
 
 def test_other_accounts_cannot_call_my_models(served: Served) -> None:
-    other = served.client.app.state.accounts.create_key("mallory")  # type: ignore[attr-defined]
+    other = served.client.app.state.services.accounts.create_key("mallory")  # type: ignore[attr-defined]
     resp = served.client.post(
         "/v1/completions", json={"model": "acme/chat", "prompt": "a"}, headers={"Authorization": f"Bearer {other}"}
     )

@@ -47,8 +47,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, hub: FakeHub, tiny_llama: Pa
     with database(tmp) as url:
         app = create_app(make_settings(tmp, url, hub.url), run_workers=False)
         with TestClient(app) as client:
-            alice = {"Authorization": f"Bearer {app.state.accounts.create_key('alice')}"}
-            bob = {"Authorization": f"Bearer {app.state.accounts.create_key('bob')}"}
+            alice = {"Authorization": f"Bearer {app.state.services.accounts.create_key('alice')}"}
+            bob = {"Authorization": f"Bearer {app.state.services.accounts.create_key('bob')}"}
             hub.add("pf/base", files_of(tiny_llama))
             hub.add("pf/lora", files_of(tiny_lora))
             ids: dict[str, str] = {}

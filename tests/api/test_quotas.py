@@ -32,7 +32,7 @@ def repo(hub: FakeHub, tiny_llama: Path) -> str:
 
 
 def auth(client: TestClient, account: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {client.app.state.accounts.create_key(account)}"}  # type: ignore[attr-defined]
+    return {"Authorization": f"Bearer {client.app.state.services.accounts.create_key(account)}"}  # type: ignore[attr-defined]
 
 
 def submit(client: TestClient, headers: dict[str, str], name: str, source: str) -> Any:

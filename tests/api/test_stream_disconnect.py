@@ -21,12 +21,13 @@ from tests.support.tinymodels import files_of
 @pytest.fixture
 def server(settings: Settings, hub: FakeHub, tiny_llama: Path) -> Iterator[tuple[str, str, FakeEngine]]:
     app = create_app(settings, run_workers=False)
+    app.state.services.prepare()  # the schema, before the server's lifespan would make it
     # One slot and 50 ms per token: a 100-token stream would hold the slot for 5 s.
     fake = FakeEngine(max_num_seqs=1, token_delay_s=0.05)
-    app.state.inference.engine = fake
-    key = app.state.accounts.create_key("acme")
+    app.state.services.live.inference.engine = fake
+    key = app.state.services.accounts.create_key("acme")
     hub.add("acme/tiny-stream", files_of(tiny_llama))
-    who = app.state.accounts.authenticate(key)
+    who = app.state.services.accounts.authenticate(key)
     assert upload(app.state.services, who, "tiny", "acme/tiny-stream").job.status == "Complete"
     with serve_in_thread(app) as url:
         yield url, key, fake

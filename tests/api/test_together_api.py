@@ -27,7 +27,7 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 def key_for(client: TestClient, account: str) -> dict[str, str]:
-    key = client.app.state.accounts.create_key(account)  # type: ignore[attr-defined]
+    key = client.app.state.services.accounts.create_key(account)  # type: ignore[attr-defined]
     return {"Authorization": f"Bearer {key}"}
 
 
@@ -41,7 +41,7 @@ def assert_envelope(resp: Any, status: int, code: str | None = None) -> dict[str
 
 
 def test_keys_are_stored_hashed(client: TestClient, settings: Settings) -> None:
-    key = client.app.state.accounts.create_key("hashed")  # type: ignore[attr-defined]
+    key = client.app.state.services.accounts.create_key("hashed")  # type: ignore[attr-defined]
     from sqlalchemy import text
 
     with client.app.state.services.db.engine.connect() as conn:  # type: ignore[attr-defined]

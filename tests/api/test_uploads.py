@@ -32,11 +32,11 @@ def app(settings: Settings) -> Any:
 @pytest.fixture
 def client(app: Any) -> Iterator[tuple[TestClient, dict[str, str]]]:
     with TestClient(app) as c:
-        yield c, {"Authorization": f"Bearer {app.state.accounts.create_key('acme')}"}
+        yield c, {"Authorization": f"Bearer {app.state.services.accounts.create_key('acme')}"}
 
 
 def uploads_left(app: Any) -> list[Path]:
-    root = app.state.settings.uploads_dir
+    root = app.state.services.settings.uploads_dir
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
@@ -100,7 +100,7 @@ def test_nebius_errors_use_fastapis_shape(client: tuple[TestClient, dict[str, st
 def test_an_oversized_stream_without_length_is_cut_off_at_the_limit(app: Any) -> None:
     """No Content-Length (chunked): the server counts as bytes arrive and stops at the limit."""
     with TestClient(app):
-        auth = {"Authorization": f"Bearer {app.state.accounts.create_key('acme')}"}
+        auth = {"Authorization": f"Bearer {app.state.services.accounts.create_key('acme')}"}
         with serve_in_thread(app) as url:
             boundary = "b0undary"
 
@@ -120,7 +120,7 @@ def test_curl_multipart_and_a_stalled_upload(app: Any, tmp_path: Path, tiny_llam
     archive = tmp_path / "model.tar"
     archive.write_bytes(archive_bytes(files_of(tiny_llama), "tar"))
     with TestClient(app):
-        key = app.state.accounts.create_key("acme")
+        key = app.state.services.accounts.create_key("acme")
         with serve_in_thread(app) as url:
             out = subprocess.run(
                 [
@@ -193,7 +193,7 @@ def test_resumable_upload_survives_interruption_and_refuses_corruption(
     done = http.post(f"/api/v1/uploads/{upload_id}/complete", headers=auth).json()
     assert done["status"] == "complete" and done["missing"] == []
 
-    other = {"Authorization": f"Bearer {app.state.accounts.create_key('mallory')}"}
+    other = {"Authorization": f"Bearer {app.state.services.accounts.create_key('mallory')}"}
     stolen = http.post("/v1/models", json={"model_name": "x", "model_source": upload_id}, headers=other)
     assert stolen.status_code == 400 and stolen.json()["error"]["code"] == "invalid_source"
     resp = http.post("/v1/models", json={"model_name": "resumed", "model_source": upload_id}, headers=auth)
@@ -206,7 +206,7 @@ def test_uploads_are_listed_newest_first_and_deleted_with_their_files(
     client: tuple[TestClient, dict[str, str]], app: Any, tiny_llama: Path
 ) -> None:
     http, auth = client
-    other = {"Authorization": f"Bearer {app.state.accounts.create_key('mallory')}"}
+    other = {"Authorization": f"Bearer {app.state.services.accounts.create_key('mallory')}"}
     half = http.post(
         "/api/v1/uploads", json={"filename": "half.tar", "bytes": 8192, "part_size": 4096}, headers=auth
     ).json()
@@ -230,7 +230,7 @@ def test_uploads_are_listed_newest_first_and_deleted_with_their_files(
     run_all_jobs(app.state.services)
     for upload in (whole, half):
         assert http.delete(f"/api/v1/uploads/{upload['id']}", headers=auth).status_code == 204
-        assert not (app.state.settings.uploads_dir / upload["id"]).exists()  # the bytes are gone
+        assert not (app.state.services.settings.uploads_dir / upload["id"]).exists()  # the bytes are gone
         assert http.get(f"/api/v1/uploads/{upload['id']}", headers=auth).status_code == 404
     assert http.get("/api/v1/uploads", headers=auth).json()["data"] == []
     assert [u["id"] for u in http.get("/api/v1/uploads", headers=other).json()["data"]] == [theirs["id"]]

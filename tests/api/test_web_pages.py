@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from modelport.api.session import SESSION_COOKIE, csrf_token
 from modelport.app import create_app
 from modelport.endpoints.hardware import GIB
 from modelport.settings import Settings
 from modelport.web import views
-from modelport.web.session import SESSION_COOKIE, csrf_token
 from tests.api.test_together_api import assert_envelope
 from tests.integration.helpers import run_all_jobs
 from tests.support.fakehub import FakeHub
@@ -27,8 +27,8 @@ def app_and_keys(settings: Settings) -> Iterator[tuple[TestClient, str, str]]:
     settings = settings.model_copy(update={"endpoint_memory_bytes": 8 * GIB})
     app = create_app(settings, run_workers=False, supervise=False)
     with TestClient(app, follow_redirects=False) as c:
-        alice = app.state.accounts.create_key("alice")
-        bob = app.state.accounts.create_key("bob")
+        alice = app.state.services.accounts.create_key("alice")
+        bob = app.state.services.accounts.create_key("bob")
         yield c, alice, bob
 
 
@@ -42,7 +42,7 @@ def signed_in(client: TestClient, key: str) -> str:
 
 def other_session_csrf(client: TestClient, key: str) -> str:
     """The CSRF token of another browser's session (signed in with ``key``)."""
-    return csrf_token(client.app.state.accounts.open_session(key))  # type: ignore[attr-defined]
+    return csrf_token(client.app.state.services.accounts.open_session(key))  # type: ignore[attr-defined]
 
 
 def test_pages_need_a_session_and_sign_in_sets_a_strict_httponly_cookie(
@@ -181,7 +181,7 @@ def test_uploads_page_lists_only_your_uploads_and_deletes_them(
         resp = client.post(f"/uploads/{upload['id']}/delete", data={"csrf_token": csrf})
         assert resp.status_code == 303 and resp.headers["location"] == "/uploads"
     assert "No uploads." in client.get("/uploads").text
-    uploads_dir = client.app.state.settings.uploads_dir  # type: ignore[attr-defined]
+    uploads_dir = client.app.state.services.settings.uploads_dir  # type: ignore[attr-defined]
     assert sorted(p.name for p in uploads_dir.iterdir()) == [theirs["id"]]
 
 

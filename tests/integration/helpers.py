@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 from modelport.accounts.service import Principal
-from modelport.app import Services
 from modelport.catalog.service import JobView, UploadRequest
-from modelport.jobs.worker import Worker
+from modelport.services import Services
 
 
 def run_all_jobs(services: Services) -> int:
-    worker = Worker(services.settings, services.db, services.blobs, "test")
+    worker = services.worker("test")
     ran = 0
     while worker.run_once():
         ran += 1

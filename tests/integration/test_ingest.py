@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from modelport.accounts.service import Principal
-from modelport.app import Services
-from modelport.jobs.cleanup import collect_garbage
+from modelport.ingest.cleanup import collect_garbage
+from modelport.services import Services
 from tests.integration.helpers import stored_blobs, upload
 from tests.support.fakehub import FakeHub
 from tests.support.tinymodels import archive_bytes, files_of
@@ -27,13 +27,14 @@ def test_presigned_archive_becomes_a_model(
     assert stages[:2] == ["Queued", "Running"] and stages[-1] == "Complete"
     assert {"downloading", "extracting", "validating", "storing"} <= set(stages)
     model = services.catalog.get_model(alice, "alice/tiny")
-    manifest = model.manifest or {}
-    assert manifest["architecture"] == "LlamaForCausalLM" and manifest["type"] == "chat"
-    assert manifest["context_length"] == 128 and manifest["parameters"] > 0
-    assert {f["path"] for f in manifest["files"]} == set(files)
-    for entry in manifest["files"]:
-        with services.blobs.open(entry["sha256"]) as blob:
-            assert blob.read() == files[entry["path"]]
+    manifest = model.manifest
+    assert manifest is not None
+    assert manifest.architecture == "LlamaForCausalLM" and manifest.type == "chat"
+    assert manifest.context_length == 128 and (manifest.parameters or 0) > 0
+    assert {f.path for f in manifest.files} == set(files)
+    for entry in manifest.files:
+        with services.blobs.open(entry.sha256) as blob:
+            assert blob.read() == files[entry.path]
     assert not list(services.settings.staging_dir.iterdir())
 
 
@@ -51,7 +52,9 @@ def test_wrapping_folder_is_flattened_and_reported(
     view = upload(services, alice, "wrapped", url)
     assert view.job.status == "Complete"
     assert any("flattened" in u.message and "tiny-llama" in u.message for u in view.updates)
-    paths = {f["path"] for f in (services.catalog.get_model(alice, "wrapped").manifest or {})["files"]}
+    manifest = services.catalog.get_model(alice, "wrapped").manifest
+    assert manifest is not None
+    paths = {f.path for f in manifest.files}
     assert "config.json" in paths
 
 
@@ -109,7 +112,8 @@ def test_adapter_is_checked_against_its_base(
     assert view.job.type == "adapter_upload"
     adapter = services.catalog.get_model(alice, "my-lora")
     assert adapter.kind == "adapter" and services.catalog.base_name(adapter) == "alice/base"
-    assert (adapter.manifest or {})["adapter"]["rank"] == 4
+    assert adapter.manifest is not None and adapter.manifest.adapter is not None
+    assert adapter.manifest.adapter.rank == 4
 
 
 def test_adapter_for_a_different_base_fails_with_the_reason(

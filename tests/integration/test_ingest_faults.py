@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from modelport.accounts.service import Principal
-from modelport.app import Services, build_services
 from modelport.errors import InvalidSource
-from tests.conftest import make_settings, principal_for
+from modelport.services import Services
+from tests.conftest import make_settings, open_services, principal_for
 from tests.integration.helpers import stored_blobs, upload
 from tests.support.fakehub import FakeHub
 from tests.support.tinymodels import archive_bytes, files_of
@@ -20,7 +20,7 @@ from tests.support.tinymodels import archive_bytes, files_of
 
 @pytest.fixture
 def impatient(tmp_path: Path, db_url: str, hub: FakeHub) -> Iterator[Services]:
-    svc = build_services(make_settings(tmp_path, db_url, hub.url, fetch_timeout_s=1.0, fetch_retries=2))
+    svc = open_services(make_settings(tmp_path, db_url, hub.url, fetch_timeout_s=1.0, fetch_retries=2))
     yield svc
     svc.db.dispose()
 
@@ -124,7 +124,7 @@ def tiny_disk(tmp_path: Path, db_url: str, hub: FakeHub) -> Iterator[Services]:
     disk.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root); the full-disk test needs one")
-    svc = build_services(make_settings(disk, db_url, hub.url))
+    svc = open_services(make_settings(disk, db_url, hub.url))
     yield svc
     svc.db.dispose()
     subprocess.run(["umount", str(disk)], check=True)
@@ -184,7 +184,7 @@ def test_a_hub_redirect_to_a_private_address_fails_the_job(
 def test_a_hub_on_a_private_address_needs_the_operator_allowlist(
     tmp_path: Path, db_url: str, hub: FakeHub, tiny_llama: Path
 ) -> None:
-    svc = build_services(make_settings(tmp_path, db_url, hub.url, fetch_allow=""))
+    svc = open_services(make_settings(tmp_path, db_url, hub.url, fetch_allow=""))
     try:
         who = principal_for(svc, "alice")
         hub.add("org/private-hub", files_of(tiny_llama))

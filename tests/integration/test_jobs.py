@@ -9,9 +9,9 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from modelport.accounts.service import Principal
-from modelport.app import Services
 from modelport.catalog.service import UploadRequest
 from modelport.jobs.store import JobLost, JobStore
+from modelport.services import Services
 from modelport.storage.db.engine import Database
 from modelport.storage.db.tables import Job, utcnow
 

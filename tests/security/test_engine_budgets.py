@@ -20,10 +20,10 @@ from fastapi.testclient import TestClient
 from transformers import AutoModelForCausalLM
 
 from modelport.app import create_app
-from modelport.errors import ValidationFailed
+from modelport.errors import EngineFailed, ValidationFailed
 from modelport.ingest.safetensors_header import read_file_header
 from modelport.ingest.validate import BaseModel, validate
-from modelport.serving.engine import EngineFailed, GenerationRequest, SamplingParams, TokenStep
+from modelport.serving.engine import GenerationRequest, SamplingParams, TokenStep
 from modelport.serving.engines.torch.lora import read_adapter
 from modelport.serving.engines.torch.runner import BatchRunner, Sequence
 from tests.conftest import database, make_settings
@@ -79,7 +79,7 @@ def huge_context(tmp_path_factory: pytest.TempPathFactory, hub: FakeHub) -> Iter
         assert settings.max_model_len == MAX_MODEL_LEN  # the default is what is tested
         app = create_app(settings, run_workers=False)
         with TestClient(app) as client:
-            headers = {"Authorization": f"Bearer {app.state.accounts.create_key('mallory')}"}
+            headers = {"Authorization": f"Bearer {app.state.services.accounts.create_key('mallory')}"}
             hub.add("mallory/long", files_of(model))
             resp = client.post(
                 "/v1/models", json={"model_name": "long", "model_source": "mallory/long"}, headers=headers

@@ -24,11 +24,11 @@ from sqlalchemy import event
 
 from modelport.accounts.sessions import SECRET_FILE, SessionSigner
 from modelport.api.gate import INFERENCE_ENDPOINTS, Caps, policy_of
+from modelport.api.session import SESSION_COOKIE, csrf_token
 from modelport.app import create_app
 from modelport.errors import AuthenticationError
 from modelport.settings import Settings
 from modelport.storage.db.tables import Upload
-from modelport.web.session import SESSION_COOKIE, csrf_token
 from tests.api.test_tenancy import PUBLIC
 from tests.api.test_together_api import assert_envelope
 from tests.conftest import database
@@ -160,7 +160,7 @@ def small_caps(settings: Settings) -> Iterator[TestClient]:
     app = create_app(settings.model_copy(update=caps), run_workers=False, supervise=False)
     with TestClient(app, follow_redirects=False) as client:
         client.headers.update(AUTH | {"Content-Type": "application/json"})
-        app.state.accounts.create_key("edge", key=KEY)
+        app.state.services.accounts.create_key("edge", key=KEY)
         yield client
 
 
@@ -177,7 +177,7 @@ def test_an_over_cap_body_is_413_in_each_dialects_envelope(small_caps: TestClien
     prompt = b'{"model": "nope", "prompt": "' + b"a" * 6000 + b'"}'
     assert c.post("/v1/completions", content=prompt).status_code == 404  # read, parsed, no such model
     # A console page answers with its HTML error page.
-    c.cookies.set(SESSION_COOKIE, c.app.state.accounts.open_session(KEY))  # type: ignore[attr-defined]
+    c.cookies.set(SESSION_COOKIE, c.app.state.services.accounts.open_session(KEY))  # type: ignore[attr-defined]
     page = c.post(
         "/models/new", content=b"a=" + b"b" * 5000, headers={"Content-Type": "application/x-www-form-urlencoded"}
     )
@@ -198,7 +198,7 @@ def test_a_streamed_body_is_cut_off_at_its_cap(settings: Settings) -> None:
     """No Content-Length: the gate counts bytes as they arrive and stops at the cap with 413."""
     app = create_app(settings.model_copy(update={"max_body_bytes": 64 * 1024}), run_workers=False, supervise=False)
     with TestClient(app):
-        app.state.accounts.create_key("edge", key=KEY)
+        app.state.services.accounts.create_key("edge", key=KEY)
         with serve_in_thread(app) as url:
             headers = AUTH | {"Content-Type": "application/json"}
             resp = httpx.post(f"{url}/v1/models", content=huge_json(8 * MiB), headers=headers, timeout=30)
@@ -228,7 +228,7 @@ def test_the_key_is_looked_up_once_per_request(small_caps: TestClient) -> None:
 def test_every_route_that_needs_a_caller_is_authenticated_by_the_gate(small_caps: TestClient) -> None:
     """The gate's policy is read from each route's dependencies: every route but the public ones needs
     a caller before its body is read, and the upload and inference caps apply to mounted routes."""
-    caps = Caps(small_caps.app.state.settings)  # type: ignore[attr-defined]
+    caps = Caps(small_caps.app.state.services.settings)  # type: ignore[attr-defined]
     endpoints = set()
     for ctx in iter_route_contexts(small_caps.app.routes):  # type: ignore[attr-defined]
         if not isinstance(ctx.original_route, APIRoute):
@@ -246,7 +246,7 @@ def test_every_route_that_needs_a_caller_is_authenticated_by_the_gate(small_caps
 def console(settings: Settings) -> Iterator[TestClient]:
     app = create_app(settings, run_workers=False, supervise=False)
     with TestClient(app, base_url="http://console.test", follow_redirects=False) as client:
-        app.state.accounts.create_key("edge", key=KEY)
+        app.state.services.accounts.create_key("edge", key=KEY)
         yield client
 
 
@@ -321,7 +321,7 @@ def test_a_multipart_body_without_its_closing_boundary_is_400_and_stores_nothing
         assert resp.status_code == 400 and "closing boundary" in resp.json()["detail"], body[-20:]
     with app.state.services.db.session() as s:  # type: ignore[attr-defined]
         assert s.query(Upload).count() == 0
-    uploads_dir: Path = app.state.settings.uploads_dir  # type: ignore[attr-defined]
+    uploads_dir: Path = app.state.services.settings.uploads_dir  # type: ignore[attr-defined]
     assert not uploads_dir.exists() or not any(p.is_file() for p in uploads_dir.rglob("*"))
     # The same body, closed, is stored.
     whole = console.post("/v0/models/upload", content=head + b"x" * 5000 + b"\r\n--b--\r\n", headers=headers)

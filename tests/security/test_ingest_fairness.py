@@ -26,16 +26,15 @@ from typing import Any
 import pytest
 
 from modelport.accounts.service import Principal
-from modelport.app import Services, build_services
 from modelport.catalog.service import JobView, UploadRequest
 from modelport.errors import SourceUnavailable
 from modelport.ingest.sources.guard import FetchPolicy, guarded_client
 from modelport.jobs.store import JobStore
-from modelport.jobs.worker import WorkerPool
+from modelport.services import Services
 from modelport.settings import Settings
 from modelport.storage.db.engine import Database
 from modelport.storage.db.tables import Job
-from tests.conftest import make_settings, principal_for
+from tests.conftest import make_settings, open_services, principal_for
 from tests.integration.helpers import stored_blobs, upload
 from tests.support.fakehub import FakeHub
 from tests.support.hostile import EncodingHub, HostileServer, gzip_bomb, streamed_zip
@@ -61,7 +60,7 @@ def make_services(tmp_path: Path, db_url: str, hub: FakeHub) -> Iterator[Callabl
     built: list[Services] = []
 
     def make(hub_url: str = hub.url, **overrides: Any) -> Services:
-        svc = build_services(make_settings(tmp_path / f"s{len(built)}", db_url, hub_url, **overrides))
+        svc = open_services(make_settings(tmp_path / f"s{len(built)}", db_url, hub_url, **overrides))
         built.append(svc)
         return svc
 
@@ -262,8 +261,7 @@ def test_one_tenants_drips_leave_a_worker_for_another_tenant(
     )
     a, b = principal_for(services, "tenant-a"), principal_for(services, "tenant-b")
     drips = [_submit(services, a, f"drip{i}", hostile.drip(f"a{i}.tar.gz", 10**7, every_s=1.0)) for i in (1, 2)]
-    pool = WorkerPool(services.settings, services.db, services.blobs)
-    services.catalog.on_submit = pool.wake
+    pool = services.pool
     pool.start()
     b_job = ""
     try:

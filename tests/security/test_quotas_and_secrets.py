@@ -43,7 +43,7 @@ def app_with(settings: Settings, **overrides: Any) -> TestClient:
 
 
 def key(client: TestClient, account: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {client.app.state.accounts.create_key(account)}"}  # type: ignore[attr-defined]
+    return {"Authorization": f"Bearer {client.app.state.services.accounts.create_key(account)}"}  # type: ignore[attr-defined]
 
 
 def error(resp: Any, status: int, code: str) -> str:

@@ -25,7 +25,6 @@ import httpx
 import psutil
 import pytest
 
-from modelport.app import build_services
 from modelport.chat_template import ChatTemplateError, TemplateBudgetError, render
 from modelport.chat_template_workers import TemplateBudget, TemplateRenderer
 from modelport.demo import CHAT_TEMPLATE
@@ -33,7 +32,7 @@ from modelport.errors import ContextLengthExceeded, InvalidRequest
 from modelport.serving.limits import PromptLimits, utf8_size_over
 from modelport.settings import Settings
 from tests.api.conftest import minilm_files
-from tests.conftest import database
+from tests.conftest import database, open_services
 from tests.e2e.conftest import Live, server_env
 from tests.support.fakehub import FakeHub
 from tests.support.procs import start_modelport
@@ -129,7 +128,7 @@ def tenants(tmp_path_factory: pytest.TempPathFactory, hub: FakeHub) -> Iterator[
         proc, url = start_modelport(env, tmp / "server.log")
         try:
             live = Live(url, KEY, proc, env)
-            services = build_services(Settings(data_dir=tmp / "data", database_url=db_url))
+            services = open_services(Settings(data_dir=tmp / "data", database_url=db_url))
             other_key = services.accounts.create_key("other")
             services.db.dispose()
             upload(live, hub, KEY, "bomb", files_of(hostile_llama(tmp / "bomb")))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,11 @@ def test_redaction_drops_signatures_and_credentials() -> None:
         == "https://b.s3.amazonaws.com:443/k/m.tar?<redacted>"
     )
     assert redact_url("https://h/m.zip") == "https://h/m.zip"
+
+
+def test_every_source_kind_has_a_source_that_fetches(tmp_path: Path) -> None:
+    from modelport.ingest.sources.registry import SOURCES, open_sources
+
+    assert set(SOURCES) == set(SourceKind)
+    sources = open_sources(Settings(data_dir=tmp_path))
+    assert all(callable(getattr(source, "fetch", None)) for source in sources.values())

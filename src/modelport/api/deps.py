@@ -1,4 +1,5 @@
-"""FastAPI dependencies shared by every router: the services and the caller's identity."""
+"""FastAPI dependencies shared by every router and the console's pages: the services and the caller's
+identity (an API key, or the console's session cookie)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from modelport.accounts.service import AccountService, Principal
+from modelport.api.session import SESSION_COOKIE, cookie_session
 from modelport.catalog.service import Catalog
 from modelport.endpoints.service import EndpointService
+from modelport.endpoints.supervisor import Supervisor
+from modelport.errors import AuthenticationError
 from modelport.ingest.uploads import Uploads
+from modelport.services import Services
 from modelport.serving.service import InferenceService
 from modelport.settings import Settings
-from modelport.web.session import cookie_session
 
 
 def _bearer(request: Request) -> str | None:
@@ -44,34 +49,68 @@ async def get_principal(request: Request) -> Principal:
     return principal
 
 
+def get_services(request: Request) -> Services:
+    """The parts the composition root built (``services.py``), kept on the app."""
+    services: Services = request.app.state.services
+    return services
+
+
 def get_accounts(request: Request) -> AccountService:
-    accounts: AccountService = request.app.state.accounts
-    return accounts
+    return get_services(request).accounts
 
 
 def get_endpoints(request: Request) -> EndpointService:
-    endpoints: EndpointService = request.app.state.endpoints
-    return endpoints
+    return get_services(request).live.endpoints
+
+
+def get_supervisor(request: Request) -> Supervisor:
+    return get_services(request).live.supervisor
 
 
 def get_catalog(request: Request) -> Catalog:
-    catalog: Catalog = request.app.state.catalog
-    return catalog
+    return get_services(request).catalog
 
 
 def get_inference(request: Request) -> InferenceService:
-    inference: InferenceService = request.app.state.inference
-    return inference
+    return get_services(request).live.inference
 
 
 def get_uploads(request: Request) -> Uploads:
-    uploads: Uploads = request.app.state.uploads
-    return uploads
+    return get_services(request).uploads
 
 
 def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return get_services(request).settings
+
+
+# --- the console's session (its pages; ``api/gate.py`` checks it before the body) --------------
+class SignInRequired(HTTPException):
+    """No valid session: a 401, which the console's pages answer with a redirect to the sign-in page
+    (``web/errors.py``)."""
+
+    def __init__(self) -> None:
+        super().__init__(401, "sign in first")
+
+
+def session_key(request: Request) -> str:
+    """The session token from the cookie (what the page's CSRF token is made from)."""
+    key = request.cookies.get(SESSION_COOKIE)
+    if not key:
+        raise SignInRequired
+    return key
+
+
+def session_principal(request: Request) -> Principal:
+    """The signed-in account, from the cookie alone; ``api/gate.py`` runs it before the body. Blocking."""
+    try:
+        return get_accounts(request).authenticate_session(request.cookies.get(SESSION_COOKIE))
+    except AuthenticationError:
+        raise SignInRequired from None
+
+
+async def web_principal(request: Request, key: Annotated[str, Depends(session_key)]) -> Principal:
+    principal = stashed_principal(request)
+    return principal if principal is not None else await run_in_threadpool(session_principal, request)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -36,13 +36,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelport.accounts.service import Principal
 from modelport.api import errors
-from modelport.api.deps import authenticate, get_principal, stashed_principal
+from modelport.api.deps import (
+    authenticate,
+    get_principal,
+    session_key,
+    session_principal,
+    stashed_principal,
+    web_principal,
+)
 from modelport.api.native.uploads import put_part
 from modelport.api.nebius.router import upload_model_file
 from modelport.api.openai.router import chat_completions, completions, embeddings
 from modelport.errors import RequestTooLarge, UploadTooLarge
 from modelport.settings import Settings
-from modelport.web.router import session_key, session_principal, web_principal
 
 MULTIPART_FRAMING = 64 * 1024  # a multipart body's boundaries and part headers around the file itself
 INFERENCE_ENDPOINTS = frozenset({chat_completions, completions, embeddings})

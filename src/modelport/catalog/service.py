@@ -20,13 +20,14 @@ from modelport.catalog.preflight import Preflight
 from modelport.errors import BaseModelNotFound, Conflict, InvalidSource, NotFound
 from modelport.ids import new_id
 from modelport.ingest import peek
-from modelport.ingest.pipeline import job_type
 from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
-from modelport.jobs.states import JobStatus, ModelStatus
+from modelport.jobs.states import JobStatus, JobType, ModelStatus
 from modelport.jobs.store import add_update
+from modelport.manifest import ModelKind
 from modelport.settings import Settings
 from modelport.storage.db.engine import Database
 from modelport.storage.db.tables import (
+    Account,
     Endpoint,
     Job,
     JobSecret,
@@ -108,8 +109,7 @@ class Catalog:
             "modelSource": source.display,
             "modelType": req.model_type,
             "description": req.description or "",
-            # The resolved full name: the job looks its base up by name in the caller's namespace
-            # (``pipeline._find_base``), so an id or short name accepted here must reach it as the name.
+            # The resolved full name, which the job looks up again (``find_base``) when it runs.
             "baseModel": checked.base_model,
             "loraModel": req.lora_model,
         }
@@ -136,7 +136,7 @@ class Catalog:
                     Job(
                         id=job_id,
                         account_id=who.account_id,
-                        type=job_type(req.model_type),
+                        type=JobType.for_upload(req.model_type),
                         status=JobStatus.QUEUED,
                         model_id=model_id,
                         args=args,
@@ -185,11 +185,11 @@ class Catalog:
             )
             bases = s.scalars(
                 select(Model.name).where(
-                    Model.account_id == who.account_id, Model.status == ModelStatus.READY, Model.kind == "model"
+                    Model.account_id == who.account_id, Model.status == ModelStatus.READY, Model.kind == ModelKind.MODEL
                 )
             )
             raise checks.base_not_found(ref, who.account_name, list(bases), pending)
-        if model.kind != "model":
+        if model.kind != ModelKind.MODEL:
             base = s.scalar(select(Model.name).where(Model.id == model.base_model_id))
             raise BaseModelNotFound(
                 f"{model.name} is an adapter, and an adapter's base_model must be a full model"
@@ -239,6 +239,17 @@ class Catalog:
             raise NotFound(f"model {ref!r} not found", param="model")
         return model
 
+    def find_base(self, account_id: str, ref: str) -> Model | None:
+        """The ready full model ``ref`` names in the account, by ``get_model``'s rule: for the ingest
+        pipeline, which knows the job's account but not who submitted it."""
+        with self.db.read() as s:
+            account = s.get(Account, account_id)
+            if account is None:
+                return None
+            who = Principal(account_id, account.name, key_id="")
+            model = _find_ready(s, who, ref)
+        return model if model is not None and model.kind == ModelKind.MODEL else None
+
     def delete_model(self, who: Principal, ref: str) -> Model:
         model = self.get_model(who, ref)
         with self.db.session() as s:
@@ -262,13 +273,18 @@ class Catalog:
     def serving_target(self, who: Principal, ref: str) -> tuple[Model, Model | None]:
         """``(model to load, adapter to apply or None)`` for ``ref``; an adapter runs on its base."""
         model = self.get_model(who, ref)
-        if model.kind != "adapter":
+        if model.kind != ModelKind.ADAPTER:
             return model, None
         with self.db.read() as s:
             base = s.get(Model, model.base_model_id) if model.base_model_id else None
         if base is None or base.status != ModelStatus.READY:
             raise NotFound(f"the base model of adapter {model.name} is no longer available", param="model")
         return base, model
+
+    def model_ids(self) -> set[str]:
+        """Every model's id, in any account and state: what the artifact cache may keep."""
+        with self.db.read() as s:
+            return set(s.scalars(select(Model.id)))
 
     def files(self, model: Model) -> list[ModelFile]:
         with self.db.read() as s:

@@ -14,6 +14,7 @@ import click
 from modelport import __version__
 from modelport.cli.base import AppContext, ModelportGroup, connection_options, pass_app
 from modelport.cli.commands.chat import chat, complete
+from modelport.cli.commands.db import db
 from modelport.cli.commands.demo import demo
 from modelport.cli.commands.embed import embed
 from modelport.cli.commands.endpoints import endpoints
@@ -67,12 +68,15 @@ def serve(host: str, port: int, workers: int | None, log_level: str) -> None:
 
     from modelport.api.slowclients import protocol_with_header_deadline
     from modelport.app import create_app
+    from modelport.services import build_services
     from modelport.settings import Settings
 
     _setup_logging(log_level)
     settings = Settings() if workers is None else Settings(workers=workers)
-    app = create_app(settings)
-    _first_start_key(app.state.accounts, settings)
+    services = build_services(settings)
+    services.prepare()  # the schema migrated before the first start's key is made; the lifespan starts the rest
+    _first_start_key(services.accounts, settings)
+    app = create_app(services=services)
     click.echo(f"modelport {__version__} on http://{host}:{port} (data: {settings.data_dir})", err=True)
     uvicorn.run(
         app,
@@ -121,21 +125,19 @@ def _first_start_key(accounts: AccountService, settings: Settings) -> None:
 @click.option("--log-level", default="info", show_default=True)
 def worker(threads: int, log_level: str) -> None:
     """Run ingest workers in their own process, sharing the server's database and blob store."""
-    from modelport.app import build_services
-    from modelport.jobs.worker import WorkerPool
+    from modelport.services import build_services
     from modelport.settings import Settings
 
     _setup_logging(log_level)
     settings = Settings(workers=threads)
-    services = build_services(settings)
-    pool = WorkerPool(settings, services.db, services.blobs)
+    services = build_services(settings, serving=False)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    pool.start()
+    services.start()
     click.echo(f"modelport worker: {threads} threads on {settings.database_url.split('@')[-1]}", err=True)
     stop.wait()
-    pool.stop()
+    services.stop()
 
 
 @cli.command()
@@ -156,6 +158,7 @@ cli.add_command(chat)
 cli.add_command(complete)
 cli.add_command(embed)
 cli.add_command(demo)
+cli.add_command(db)
 
 
 if __name__ == "__main__":  # `python -m modelport.cli.main`, how the supervisor starts replicas

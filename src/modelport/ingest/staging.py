@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from sqlalchemy.orm import Session
+
 CHUNK = 1 << 20
 
 
@@ -88,6 +90,14 @@ class Progress(Protocol):
     def stage(self, status: str, message: str) -> None: ...
 
     def bytes(self, done: int, total: int | None) -> None: ...
+
+
+class Reporter(Progress, Protocol):
+    """Progress plus the end: what the pipeline needs of the job it runs for (``jobs/progress.py``)."""
+
+    def complete(self, s: Session, message: str) -> None:
+        """End the job Complete inside ``s``, the transaction that registers the model."""
+        ...
 
 
 def hash_file(path: Path) -> str:

@@ -20,6 +20,11 @@ class JobType(StrEnum):
     MODEL_UPLOAD = "model_upload"
     ADAPTER_UPLOAD = "adapter_upload"
 
+    @classmethod
+    def for_upload(cls, kind: str) -> JobType:
+        """The job that uploads a model of ``kind`` (``model`` or ``adapter``)."""
+        return cls.ADAPTER_UPLOAD if kind == "adapter" else cls.MODEL_UPLOAD
+
 
 class ModelStatus(StrEnum):
     UPLOADING = "uploading"  # reserves the name; invisible to every API

@@ -35,6 +35,7 @@ class JobLost(Exception):
 class Claimed:
     job_id: str
     attempt: int
+    type: str  # a ``JobType``: which handler runs it
 
 
 def add_update(s: Session, job_id: str, status: str, message: str) -> None:
@@ -105,9 +106,9 @@ class JobStore:
         )
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return None
-        attempts = s.scalars(select(Job.attempts).where(Job.id == candidate)).one()
+        attempts, job_type = s.execute(select(Job.attempts, Job.type).where(Job.id == candidate)).one()
         add_update(s, candidate, JobStatus.RUNNING, f"started (attempt {attempts})")
-        return Claimed(candidate, attempts)
+        return Claimed(candidate, attempts, job_type)
 
     def _owned(self, s: Session, job_id: str, worker_id: str) -> Job:
         job = s.get(Job, job_id, with_for_update=True)
@@ -134,6 +135,15 @@ class JobStore:
                 "eta_seconds": None,
             }
             add_update(s, job_id, status, message)
+
+    def complete(self, s: Session, job_id: str, worker_id: str, message: str) -> None:
+        """End the job Complete inside the caller's transaction ``s`` (the one that registers what it
+        made, so both land or neither does), and forget its secrets. Raises ``JobLost`` if not ours."""
+        job = self._owned(s, job_id, worker_id)
+        job.status, job.progress, job.updated_at = JobStatus.COMPLETE, None, utcnow()
+        add_update(s, job_id, JobStatus.COMPLETE, message)
+        s.execute(delete(JobSecret).where(JobSecret.job_id == job_id))
+        scrub_after_commit(s)  # the token and signature leave the database files too
 
     def finish_failed(self, job_id: str, worker_id: str | None, code: str, message: str, problems: list[str]) -> None:
         """Fail the job, free its model name, forget its secrets. ``worker_id=None``: reaper's call."""

@@ -2,6 +2,9 @@
 
 ``modelport serve`` runs ``settings.workers`` of these as threads; ``modelport worker`` runs them in
 a process of its own. Any number of either can share one database and blob store.
+
+A worker knows jobs, not what they do: the composition root (``services.py``) hands it one handler
+per job type (the ingest pipeline's ``run``) and the periodic housekeeping to run when idle.
 """
 
 from __future__ import annotations
@@ -12,28 +15,35 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 
-from modelport.errors import ModelportError
-from modelport.ingest import checker
-from modelport.ingest.pipeline import Pipeline
-from modelport.jobs.cleanup import collect_garbage
+from modelport.errors import IngestError, ModelportError
+from modelport.jobs.progress import JobProgress
 from modelport.jobs.store import JobLost, JobStore
 from modelport.redact import scrub
 from modelport.settings import Settings
-from modelport.storage.blobs import BlobStore
-from modelport.storage.db.engine import Database, is_database_down
+from modelport.storage.db.engine import is_database_down
 
 log = logging.getLogger(__name__)
 GC_INTERVAL_S = 3600.0
 
+# Runs one claimed job to its end: returns once it is Complete, raises ``IngestError`` (or any other
+# error) for the worker to record. ``JobProgress`` is how it reports.
+JobHandler = Callable[[str, JobProgress], None]
+
 
 class Worker:
-    def __init__(self, settings: Settings, db: Database, blobs: BlobStore, name: str) -> None:
-        self.settings, self.db, self.blobs = settings, db, blobs
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        handlers: Mapping[str, JobHandler],
+        name: str,
+        housekeeping: Callable[[], object] = lambda: None,
+    ) -> None:
+        self.settings, self.store, self.handlers, self.housekeeping = settings, store, handlers, housekeeping
         self.id = f"{socket.gethostname()}:{os.getpid()}:{name}"
-        self.store = JobStore(db)
-        self.pipeline = Pipeline(settings, db, blobs, self.store)
 
     def run_once(self) -> bool:
         """Reap stale jobs, then claim and run one. Returns whether a job ran."""
@@ -43,11 +53,24 @@ class Worker:
             return False
         log.info("worker %s: running job %s (attempt %d)", self.id, claimed.job_id, claimed.attempt)
         with _Heartbeat(self.store, claimed.job_id, self.id, self.settings.job_lease_s / 4):
-            try:
-                self.pipeline.run(claimed.job_id, self.id)
-            except Exception as e:  # a bug or an outage: the job must still end, and say why
-                self._fail_unexpected(claimed.job_id, e)
+            self._run(claimed.job_id, claimed.type)
         return True
+
+    def _run(self, job_id: str, job_type: str) -> None:
+        progress = JobProgress(self.store, job_id, self.id, stage_delay_s=self.settings.stage_delay_s)
+        try:
+            handler = self.handlers.get(job_type)
+            if handler is None:
+                raise IngestError(f"this worker cannot run {job_type!r} jobs")
+            handler(job_id, progress)
+        except JobLost:
+            log.warning("job %s: lost ownership; stopping without touching it", job_id)
+        except IngestError as e:
+            log.info("job %s failed: %s", job_id, e.code)
+            with contextlib.suppress(JobLost):
+                self.store.finish_failed(job_id, self.id, e.code, e.message, e.problems)
+        except Exception as e:  # a bug or an outage: the job must still end, and say why
+            self._fail_unexpected(job_id, e)
 
     def _fail_unexpected(self, job_id: str, error: Exception) -> None:
         if is_database_down(error):
@@ -74,7 +97,7 @@ class Worker:
                 if stop.wait(0) or self.run_once():
                     continue
                 if (now := time.monotonic()) >= next_gc:
-                    collect_garbage(self.db, self.blobs, self.settings)
+                    self.housekeeping()
                     next_gc = now + GC_INTERVAL_S
             except Exception:
                 log.exception("worker %s: loop error; retrying", self.id)
@@ -109,21 +132,22 @@ class _Heartbeat:
 
 
 class WorkerPool:
-    """Worker threads inside the API server process."""
+    """Worker threads in this process. ``wake`` is set by whoever queues a job here (the catalog), so
+    the workers look now rather than at their next poll."""
 
-    def __init__(self, settings: Settings, db: Database, blobs: BlobStore) -> None:
-        self.workers = [Worker(settings, db, blobs, f"w{i}") for i in range(settings.workers)]
+    def __init__(
+        self,
+        workers: list[Worker],
+        wake: threading.Event,
+        warm_up: Callable[[], object] = lambda: None,
+    ) -> None:
+        self.workers, self._wake, self.warm_up = workers, wake, warm_up
         self._stop = threading.Event()
-        self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
-
-    def wake(self) -> None:
-        """A job was just queued by this process: look now rather than at the next poll."""
-        self._wake.set()
 
     def start(self) -> None:
         if self.workers:
-            threading.Thread(target=checker.warm_up, name="checker-warm-up", daemon=True).start()
+            threading.Thread(target=self.warm_up, name="job-warm-up", daemon=True).start()
         for w in self.workers:
             t = threading.Thread(target=w.run_forever, args=(self._stop, self._wake), name=w.id, daemon=True)
             t.start()

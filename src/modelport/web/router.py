@@ -13,47 +13,31 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from starlette.concurrency import run_in_threadpool
 
 from modelport.accounts.service import Principal
-from modelport.api.deps import get_accounts, get_catalog, get_endpoints, get_settings, get_uploads, stashed_principal
+from modelport.api.deps import (
+    get_accounts,
+    get_catalog,
+    get_endpoints,
+    get_settings,
+    get_supervisor,
+    get_uploads,
+    session_key,
+    web_principal,
+)
+from modelport.api.session import SESSION_COOKIE, csrf_ok, csrf_token, from_this_site
 from modelport.catalog.service import UploadRequest
 from modelport.endpoints.service import EndpointSpec
 from modelport.errors import AuthenticationError, Conflict, ModelportError, NotFound, PermissionDenied
 from modelport.humanize import human_bytes, human_count
+from modelport.manifest import ModelKind, ModelType
 from modelport.web import views
-from modelport.web.session import SESSION_COOKIE, csrf_ok, csrf_token, from_this_site
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 TEMPLATES.env.filters.update(bytes=human_bytes, count=human_count, when=views.when)
 STATIC_DIR = Path(__file__).parent / "static"
 
 router = APIRouter(include_in_schema=False)
-
-
-class SignInRequired(Exception):
-    """No valid session: pages answer with a redirect to the sign-in page."""
-
-
-def session_key(request: Request) -> str:
-    """The session token from the cookie (what the page's CSRF token is made from)."""
-    key = request.cookies.get(SESSION_COOKIE)
-    if not key:
-        raise SignInRequired
-    return key
-
-
-def session_principal(request: Request) -> Principal:
-    """The signed-in account, from the cookie alone; ``api/gate.py`` runs it before the body. Blocking."""
-    try:
-        return get_accounts(request).authenticate_session(request.cookies.get(SESSION_COOKIE))
-    except AuthenticationError:
-        raise SignInRequired from None
-
-
-async def web_principal(request: Request, key: Annotated[str, Depends(session_key)]) -> Principal:
-    principal = stashed_principal(request)
-    return principal if principal is not None else await run_in_threadpool(session_principal, request)
 
 
 Who = Annotated[Principal, Depends(web_principal)]
@@ -70,12 +54,6 @@ def page(
 ) -> Response:
     context = {"who": who, "csrf": csrf_token(key) if key else "", "path": request.url.path, **ctx}
     return TEMPLATES.TemplateResponse(request, name, context, status_code=status)
-
-
-def error_page(request: Request, status: int, message: str) -> Response:
-    """What ``api/errors.py`` shows for a failure on a page."""
-    key = request.cookies.get(SESSION_COOKIE)
-    return page(request, "error.html", key, None, status, code=status, message=message)
 
 
 def back(url: str) -> RedirectResponse:
@@ -163,7 +141,7 @@ def new_model(request: Request, who: Who, key: Key, form: Annotated[views.NewMod
 def _new_model_form(
     request: Request, who: Principal, key: str, status: int, form: dict[str, Any], error: views.FormError | None
 ) -> Response:
-    bases = [m.name for m in get_catalog(request).list_models(who) if m.kind == "model"]
+    bases = [m.name for m in get_catalog(request).list_models(who) if m.kind == ModelKind.MODEL]
     return page(
         request, "new_model.html", key, who, status, bases=bases, form=form, error=error, words=views.form_words()
     )
@@ -200,7 +178,7 @@ def delete_model(request: Request, ref: str, who: Who, key: Key, csrf_token: Ann
 @router.get("/endpoints", response_class=HTMLResponse)
 def endpoints_page(request: Request, who: Who, key: Key) -> Response:
     service, catalog = get_endpoints(request), get_catalog(request)
-    supervisor = request.app.state.supervisor
+    supervisor = get_supervisor(request)
     rows = [
         views.endpoint_row(e, catalog.get_model(who, e.model_id).name, supervisor.ready_replicas(e.id))
         for e in service.list(who)
@@ -241,7 +219,7 @@ def endpoint_action(
 # --- playground and keys ------------------------------------------------------------------------
 @router.get("/playground", response_class=HTMLResponse)
 def playground(request: Request, who: Who, key: Key, model: str = "") -> Response:
-    targets = [m.name for m in get_catalog(request).list_models(who) if (m.type or "") != "embedding"]
+    targets = [m.name for m in get_catalog(request).list_models(who) if m.type != ModelType.EMBEDDING]
     targets += [e.name for e in get_endpoints(request).list(who)]
     return page(request, "playground.html", key, who, targets=targets, selected=model)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelport.api.deps import PrincipalDep, get_endpoints
+from modelport.api.deps import PrincipalDep, get_catalog, get_endpoints, get_supervisor
 from modelport.endpoints.service import Availability, EndpointSpec
 from modelport.endpoints.states import EndpointState
 from modelport.storage.db.tables import Endpoint
@@ -47,7 +47,7 @@ class EndpointPatch(BaseModel):
 
 
 def _iso(value: datetime) -> str:
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return value.isoformat()
 
 
 def endpoint_json(e: Endpoint, model_name: str, owner: str, ready: int = 0) -> dict[str, Any]:
@@ -72,8 +72,8 @@ def endpoint_json(e: Endpoint, model_name: str, owner: str, ready: int = 0) -> d
 
 
 def _render(request: Request, who: Any, e: Endpoint) -> dict[str, Any]:
-    model = request.app.state.catalog.get_model(who, e.model_id)
-    return endpoint_json(e, model.name, who.account_name, request.app.state.supervisor.ready_replicas(e.id))
+    model = get_catalog(request).get_model(who, e.model_id)
+    return endpoint_json(e, model.name, who.account_name, get_supervisor(request).ready_replicas(e.id))
 
 
 def hardware_json(a: Availability, updated: datetime) -> dict[str, Any]:

@@ -33,10 +33,12 @@ from huggingface_hub.utils._http import hf_request_event_hook
 
 from modelport.errors import SourceUnavailable
 from modelport.ingest.layout import FileRole, file_role
+from modelport.ingest.sources.base import Fetched
 from modelport.ingest.sources.budget import DownloadBudget
 from modelport.ingest.sources.guard import FetchPolicy, guarded_client
 from modelport.ingest.sources.spec import SourceSpec
 from modelport.ingest.staging import Progress, StagedFile, stage_existing
+from modelport.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +95,20 @@ def _guard_hub_client(policy: FetchPolicy) -> None:
         _installed_policy = policy
 
 
-def fetch(
-    spec: SourceSpec,
-    token: str | None,
-    endpoint: str,
-    dest: Path,
-    progress: Progress,
-    policy: FetchPolicy,
-    budget: DownloadBudget,
-) -> tuple[list[StagedFile], list[str]]:
-    """Download the planned files into ``dest``; returns them and the names left on the hub."""
-    assert spec.repo_id is not None
-    _guard_hub_client(policy)
-    with _metered(budget):
-        return _fetch(spec, token, endpoint, dest, progress)
+class HuggingFaceSource:
+    """A model repo on a Hugging Face hub (``Settings.hf_endpoint``), through the real hub client."""
+
+    def __init__(self, settings: Settings, policy: FetchPolicy) -> None:
+        self.settings, self.policy = settings, policy
+
+    def fetch(self, spec: SourceSpec, staging: Path, progress: Progress, *, token: str | None = None) -> Fetched:
+        """Download the planned files into the staging tree; the names left on the hub are reported."""
+        assert spec.repo_id is not None
+        _guard_hub_client(self.policy)
+        # One budget for the job's whole download: a rate floor and a deadline (``budget.py``).
+        with _metered(DownloadBudget.from_settings(self.settings, spec.display)):
+            files, not_fetched = _fetch(spec, token, self.settings.hf_endpoint, staging / "tree", progress)
+        return Fetched(files, not_fetched)
 
 
 def _fetch(

@@ -1,5 +1,5 @@
-"""Remove what failed or interrupted ingests left behind (staging trees, unreferenced blobs) and the
-serving copies of deleted models."""
+"""Remove what failed or interrupted ingests left behind: staging trees, unreferenced blobs, expired
+uploads. (The serving copies of deleted models are the artifact cache's: ``ArtifactCache.prune``.)"""
 
 from __future__ import annotations
 
@@ -11,19 +11,16 @@ from sqlalchemy import select
 
 from modelport.ingest.uploads import Uploads
 from modelport.jobs.states import JobStatus
-from modelport.serving.artifacts import ArtifactCache
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore
 from modelport.storage.db.engine import Database
-from modelport.storage.db.tables import Job, JobSecret, Model, ModelFile, Upload, utcnow
+from modelport.storage.db.tables import Job, JobSecret, ModelFile, Upload, utcnow
 
 log = logging.getLogger(__name__)
 
 
 def collect_garbage(db: Database, blobs: BlobStore, settings: Settings) -> tuple[int, int]:
-    """Returns (staging trees removed, blobs removed). Also drops serving copies of deleted models and
-    uploads past their time to live."""
-    _clean_model_cache(db, blobs, settings)
+    """Returns (staging trees removed, blobs removed). Also drops uploads past their time to live."""
     _clean_uploads(db, settings)
     return _clean_staging(db, settings), _clean_blobs(db, blobs, settings)
 
@@ -44,12 +41,6 @@ def _clean_uploads(db: Database, settings: Settings) -> int:
             if folder.name not in known and folder.stat().st_mtime < cutoff.timestamp():
                 shutil.rmtree(folder, ignore_errors=True)
     return len(expired)
-
-
-def _clean_model_cache(db: Database, blobs: BlobStore, settings: Settings) -> int:
-    with db.session() as s:
-        live = set(s.scalars(select(Model.id)))
-    return ArtifactCache(settings.model_cache_dir, blobs).prune(live)
 
 
 def _clean_staging(db: Database, settings: Settings) -> int:

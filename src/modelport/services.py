@@ -1,0 +1,180 @@
+"""The composition root: every long-lived part, built once with its dependencies passed in.
+
+``build_services`` wires the parts (nothing is connected by assigning attributes afterwards);
+``Services.start`` migrates the database, then starts the engine, the ingest workers and the endpoint
+supervisor; ``Services.stop`` stops them in reverse. ``create_app`` (``app.py``) runs both from the
+app's lifespan, ``modelport worker`` from its own loop, and the tests where they need them.
+
+Callbacks that would make a cycle of constructors go through a value both sides get: the catalog
+sets the worker pool's ``wake`` event when it queues a job; the endpoint service wakes the
+supervisor it was given.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from modelport.accounts.quotas import RateLimiter
+from modelport.accounts.service import AccountService
+from modelport.accounts.sessions import SessionSigner
+from modelport.catalog.service import Catalog
+from modelport.endpoints import hardware
+from modelport.endpoints.routing import EndpointRouting
+from modelport.endpoints.service import EndpointService
+from modelport.endpoints.supervisor import Supervisor
+from modelport.ingest import checker
+from modelport.ingest.cleanup import collect_garbage
+from modelport.ingest.pipeline import Pipeline
+from modelport.ingest.sources.registry import open_sources
+from modelport.ingest.uploads import Uploads
+from modelport.jobs.states import JobType
+from modelport.jobs.store import JobStore
+from modelport.jobs.worker import JobHandler, Worker, WorkerPool
+from modelport.serving.artifacts import ArtifactCache
+from modelport.serving.engine import Engine
+from modelport.serving.engines import open_engine
+from modelport.serving.service import InferenceService
+from modelport.settings import Settings
+from modelport.storage.blobs import BlobStore, open_blob_store
+from modelport.storage.db.engine import Database, migrate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Serving:
+    """Inference: the shared engine ("serverless") and dedicated endpoints. Absent in ``modelport worker``."""
+
+    engine: Engine
+    inference: InferenceService
+    endpoints: EndpointService
+    supervisor: Supervisor
+
+
+@dataclass
+class Housekeeping:
+    """What idle workers do every ``GC_INTERVAL_S``: drop what failed ingests left behind, expired
+    uploads, and the serving copies of deleted models."""
+
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    catalog: Catalog
+    artifacts: ArtifactCache
+
+    def __call__(self) -> None:
+        collect_garbage(self.db, self.blobs, self.settings)
+        self.artifacts.prune(self.catalog.model_ids())
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    accounts: AccountService
+    catalog: Catalog
+    uploads: Uploads
+    jobs: JobStore
+    handlers: dict[str, JobHandler]
+    artifacts: ArtifactCache
+    housekeeping: Housekeeping
+    pool: WorkerPool
+    serving: Serving | None
+    supervise: bool = True
+    _prepared: bool = field(default=False, repr=False)
+
+    @property
+    def live(self) -> Serving:
+        """The serving parts; only a server built with ``serving=True`` asks for them."""
+        if self.serving is None:
+            raise RuntimeError("this process was built without serving (modelport worker)")
+        return self.serving
+
+    def worker(self, name: str) -> Worker:
+        """A job worker over these parts (the pool's threads are these; tests run one in place)."""
+        return Worker(self.settings, self.jobs, self.handlers, name, self.housekeeping)
+
+    def prepare(self) -> None:
+        """The database at the newest schema, and the bootstrap account if one is configured. Idempotent."""
+        if self._prepared:
+            return
+        migrate(self.db.engine)
+        s = self.settings
+        if s.bootstrap_api_key and self.accounts.bootstrap(s.bootstrap_account, s.bootstrap_api_key):
+            log.info("created account %r with the bootstrap API key", s.bootstrap_account)
+        self._prepared = True
+
+    def start(self) -> None:
+        self.prepare()
+        if self.serving:
+            self.serving.engine.start()
+        self.pool.start()
+        if self.serving and self.supervise:
+            self.serving.supervisor.start()
+
+    def stop(self) -> None:
+        if self.serving and self.supervise:
+            self.serving.supervisor.stop()
+        self.pool.stop()
+        if self.serving:
+            self.serving.engine.stop()
+            self.serving.inference.renderer.close()  # the chat-template worker processes
+        self.db.dispose()
+
+
+def build_services(
+    settings: Settings, *, workers: int | None = None, serving: bool = True, supervise: bool = True
+) -> Services:
+    """Build every part; start nothing and touch the database not at all (``Services.start`` does).
+
+    ``workers``: ingest worker threads (default ``settings.workers``; 0 for none). ``serving=False``
+    leaves out the engine and endpoints (``modelport worker``); ``supervise=False`` builds the
+    supervisor but never starts it (tests that drive ``reconcile`` themselves).
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.staging_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url)
+    blobs = open_blob_store(settings)
+    wake = threading.Event()  # set by the catalog when it queues a job; the pool's workers wait on it
+    catalog = Catalog(settings, db, on_submit=wake.set)
+    pipeline = Pipeline(settings, db, blobs, open_sources(settings), catalog.find_base)
+    handlers: dict[str, JobHandler] = {JobType.MODEL_UPLOAD: pipeline.run, JobType.ADAPTER_UPLOAD: pipeline.run}
+    jobs, artifacts = JobStore(db), ArtifactCache(settings.model_cache_dir, blobs)
+    housekeeping = Housekeeping(settings, db, blobs, catalog, artifacts)
+    count = settings.workers if workers is None else workers
+    pool = WorkerPool(
+        [Worker(settings, jobs, handlers, f"w{i}", housekeeping) for i in range(count)], wake, warm_up=checker.warm_up
+    )
+    return Services(
+        settings=settings,
+        db=db,
+        blobs=blobs,
+        accounts=AccountService(db, SessionSigner.in_dir(settings.data_dir, settings.web_session_ttl_s)),
+        catalog=catalog,
+        uploads=Uploads(settings, db),
+        jobs=jobs,
+        handlers=handlers,
+        artifacts=artifacts,
+        housekeeping=housekeeping,
+        pool=pool,
+        serving=_serving(settings, db, blobs, catalog, artifacts) if serving else None,
+        supervise=supervise,
+    )
+
+
+def _serving(settings: Settings, db: Database, blobs: BlobStore, catalog: Catalog, artifacts: ArtifactCache) -> Serving:
+    inventory = hardware.detect(settings.endpoint_memory_bytes)
+    supervisor = Supervisor(settings, db, catalog, artifacts, inventory)
+    endpoints = EndpointService(settings, db, catalog, blobs, inventory, on_change=supervisor.wake)
+    engine = open_engine(settings)
+    inference = InferenceService(
+        catalog,
+        artifacts,
+        engine,
+        limiter=RateLimiter(settings.quota_requests_per_minute),
+        routing=EndpointRouting(endpoints, supervisor),
+    )
+    return Serving(engine, inference, endpoints, supervisor)
