@@ -35,6 +35,7 @@ from modelport.jobs.worker import JobHandler, Worker, WorkerPool
 from modelport.serving.artifacts import ArtifactCache
 from modelport.serving.engine import Engine
 from modelport.serving.engines import open_engine
+from modelport.serving.observe import Observer, Observers
 from modelport.serving.service import InferenceService
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore, open_blob_store
@@ -160,12 +161,14 @@ def build_services(
         artifacts=artifacts,
         housekeeping=housekeeping,
         pool=pool,
-        serving=_serving(settings, db, blobs, catalog, artifacts) if serving else None,
+        serving=_serving(settings, db, blobs, catalog, artifacts, Observers()) if serving else None,
         supervise=supervise,
     )
 
 
-def _serving(settings: Settings, db: Database, blobs: BlobStore, catalog: Catalog, artifacts: ArtifactCache) -> Serving:
+def _serving(
+    settings: Settings, db: Database, blobs: BlobStore, catalog: Catalog, artifacts: ArtifactCache, observer: Observer
+) -> Serving:
     inventory = hardware.detect(settings.endpoint_memory_bytes)
     supervisor = Supervisor(settings, db, catalog, artifacts, inventory)
     endpoints = EndpointService(settings, db, catalog, blobs, inventory, on_change=supervisor.wake)
@@ -176,5 +179,6 @@ def _serving(settings: Settings, db: Database, blobs: BlobStore, catalog: Catalo
         engine,
         limiter=RateLimiter(settings.quota_requests_per_minute),
         routing=EndpointRouting(endpoints, supervisor),
+        observer=observer,
     )
     return Serving(engine, inference, endpoints, supervisor)

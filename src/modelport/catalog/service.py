@@ -21,6 +21,7 @@ from modelport.errors import BaseModelNotFound, Conflict, InvalidSource, NotFoun
 from modelport.ids import new_id
 from modelport.ingest import peek
 from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
+from modelport.ingest.uploads import archive_path
 from modelport.jobs.states import JobStatus, JobType, ModelStatus
 from modelport.jobs.store import add_update
 from modelport.manifest import ModelKind
@@ -162,8 +163,7 @@ class Catalog:
     def _check_archive_kind(self, upload_id: str, model_type: str) -> None:
         """An uploaded tar or zip says what it holds in its headers: adapter files sent as a model (or the
         reverse) are refused here rather than after a job has unpacked them. Other archives: the job."""
-        archive = self.settings.uploads_dir / upload_id / "archive"
-        names = peek.member_names(archive, self.settings.max_archive_members)
+        names = peek.member_names(archive_path(self.settings, upload_id), self.settings.max_archive_members)
         if names is not None:
             checks.check_files(names, model_type, param="model_source")
 

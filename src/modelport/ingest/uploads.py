@@ -42,6 +42,11 @@ RECEIVING, COMPLETE = quotas.RECEIVING, "complete"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+def archive_path(settings: Settings, upload_id: str) -> Path:
+    """Where a finished upload's bytes are: what a job with this upload as its source unpacks."""
+    return settings.uploads_dir / upload_id / "archive"
+
+
 @dataclass(frozen=True)
 class UploadView:
     upload: Upload
@@ -107,9 +112,6 @@ class Uploads:
 
     def folder(self, upload_id: str) -> Path:
         return self.settings.uploads_dir / upload_id
-
-    def archive_path(self, upload_id: str) -> Path:
-        return self.folder(upload_id) / "archive"
 
     # --- whole uploads ---------------------------------------------------------------------------
     def begin(self, who: Principal, filename: str, purpose: str = "model") -> FileSink:
@@ -239,11 +241,6 @@ class Uploads:
         with self.db.read() as s:
             rows = list(s.scalars(query.order_by(Upload.created_at.desc(), Upload.id.desc())))
         return [self._view(u) for u in rows]
-
-    def completed_for(self, account_id: str, upload_id: str) -> Upload | None:
-        with self.db.read() as s:
-            upload = s.scalars(select(Upload).where(Upload.id == upload_id, Upload.account_id == account_id)).first()
-        return upload if upload is not None and upload.status == COMPLETE else None
 
     def delete(self, who: Principal, upload_id: str) -> None:
         """Remove the upload and its bytes, finished or not, unless a job is still reading it."""

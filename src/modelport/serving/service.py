@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,7 @@ from modelport.manifest import ModelType, context_length_of
 from modelport.serving.artifacts import ArtifactCache
 from modelport.serving.engine import Artifact, Engine, GenerationRequest, Pooling, SamplingParams, TokenStep
 from modelport.serving.limits import PromptLimits, TokenizerLanes, messages_text
+from modelport.serving.observe import Kind, Observer, Observers, Outcome, Served
 from modelport.serving.text import Detokenizer, TextModel, TextModels
 from modelport.storage.db.tables import Endpoint, Model
 
@@ -72,10 +74,14 @@ class Generation:
     _choices: list[tuple[GenerationRequest, Detokenizer]]
     _engine: Engine
     _text: TextModel
+    _account_id: str = ""
+    _observer: Observer = field(default_factory=Observers)
+    _accepted: float = field(default_factory=time.monotonic)
 
     async def deltas(self) -> AsyncIterator[Delta]:
         queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
         tasks = [asyncio.create_task(self._pump(i, req, detok, queue)) for i, (req, detok) in enumerate(self._choices)]
+        outcome = Outcome.CANCELLED  # unless the loop ends or raises: the consumer stopped early
         try:
             remaining = len(tasks)
             while remaining:
@@ -83,22 +89,44 @@ class Generation:
                 if item is None:
                     remaining -= 1
                 elif isinstance(item, BaseException):
+                    outcome = Outcome.ERROR
                     raise item
                 else:
                     yield item
+            outcome = Outcome.OK
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._observer.finished(self._served(outcome))
+
+    def _served(self, outcome: Outcome) -> Served:
+        return Served(
+            self._account_id,
+            self.model_name,
+            Kind.TEXT,
+            self._engine.name,
+            self.prompt_tokens,
+            self.completion_tokens,
+            outcome,
+            time.monotonic() - self._accepted,
+        )
 
     async def _pump(
         self, index: int, req: GenerationRequest, detok: Detokenizer, queue: asyncio.Queue[Delta | BaseException | None]
     ) -> None:
         want_logprobs = req.params.logprobs is not None
+        last: float | None = None
         try:
             stream = self._engine.generate(req)
             try:
                 async for step in stream:
+                    now = time.monotonic()
+                    if last is None:
+                        self._observer.first_token(self.model_name, now - self._accepted)
+                    else:
+                        self._observer.token(self.model_name, now - last)
+                    last = now
                     self.completion_tokens += 1
                     last = step.finish_reason is not None
                     text = detok.add(step.token_id, last=last)
@@ -148,6 +176,7 @@ class InferenceService:
         limits: PromptLimits | None = None,
         renderer: TemplateRenderer | None = None,
         routing: Routing | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.catalog, self.artifacts, self.engine, self.max_n = catalog, artifacts, engine, max_n
         self.limiter = limiter or RateLimiter(0)
@@ -156,6 +185,7 @@ class InferenceService:
         self.lanes = TokenizerLanes()
         self.texts = TextModels()
         self.routing = routing  # dedicated endpoints, checked before the shared engine
+        self.observer = observer or Observers()  # metrics and usage (``observe.py``)
 
     def _target(self, who: Principal, name: str) -> Target:
         """An endpoint's name routes to its replicas; a model or adapter to its base's started endpoint
@@ -205,7 +235,9 @@ class InferenceService:
             )
             choices.append((request, Detokenizer(text, prompt_ids, req.stop)))
         await target.engine.prepare(choices[0][0])
-        return Generation(target.name, prompt_text, len(prompt_ids), 0, choices, target.engine, text)
+        return Generation(
+            target.name, prompt_text, len(prompt_ids), 0, choices, target.engine, text, who.account_id, self.observer
+        )
 
     async def _prompt(
         self, who: Principal, name: str, text: TextModel, req: TextRequest, context: int
@@ -258,8 +290,15 @@ class InferenceService:
         text = await asyncio.to_thread(self.texts.get, artifact.id, artifact.path)
         size = sum(len(item) for item in inputs if isinstance(item, str))
         batch, pooling = await self.lanes.run(size, partial(self._embedding_batch, model, artifact, text, inputs))
-        vectors = await target.engine.embed(artifact, batch, pooling)
-        return Embeddings(target.name, vectors, sum(len(ids) for ids in batch))
+        tokens, accepted, outcome = sum(len(ids) for ids in batch), time.monotonic(), Outcome.ERROR
+        try:
+            vectors = await target.engine.embed(artifact, batch, pooling)
+            outcome = Outcome.OK
+        finally:
+            elapsed = time.monotonic() - accepted
+            name, engine = target.name, target.engine.name
+            self.observer.finished(Served(who.account_id, name, Kind.EMBEDDING, engine, tokens, 0, outcome, elapsed))
+        return Embeddings(target.name, vectors, tokens)
 
     def _embedding_batch(
         self, model: Model, artifact: Artifact, text: TextModel, inputs: list[str] | list[list[int]]

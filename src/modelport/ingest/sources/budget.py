@@ -51,10 +51,6 @@ class DownloadBudget:
             deadline_s=settings.fetch_deadline_s,
         )
 
-    @classmethod
-    def unlimited(cls, what: str) -> DownloadBudget:
-        return cls(what, min_rate=0, window_s=1.0, deadline_s=float("inf"))
-
     def received(self, n: int, waited_s: float) -> None:
         """``n`` bytes arrived after ``waited_s`` seconds spent waiting for them (0 bytes: a timeout)."""
         with self._lock:

@@ -9,6 +9,7 @@ from modelport.ingest import archive
 from modelport.ingest.sources.base import Fetched, archive_limits, extraction_summary
 from modelport.ingest.sources.spec import SourceSpec
 from modelport.ingest.staging import Progress
+from modelport.ingest.uploads import archive_path
 from modelport.settings import Settings
 
 
@@ -19,7 +20,7 @@ class UploadSource:
         self.settings = settings
 
     def fetch(self, spec: SourceSpec, staging: Path, progress: Progress, *, token: str | None = None) -> Fetched:
-        path = self.settings.uploads_dir / spec.url / "archive"
+        path = archive_path(self.settings, spec.url)
         if not path.is_file():
             raise SourceUnavailable(f"the uploaded file {spec.url} is gone (deleted or expired)")
         progress.stage("extracting", f"unpacking {spec.url} ({path.stat().st_size} bytes)")

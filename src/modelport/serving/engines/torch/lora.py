@@ -170,9 +170,6 @@ class LoraSlots:
     def release(self, adapter_id: str) -> None:
         self.users[adapter_id] -= 1
 
-    def is_resident(self, adapter_id: str) -> bool:
-        return adapter_id in self.resident
-
     def set_batch(self, slots: list[int]) -> None:
         device = next(iter(self.layers.values())).a.device if self.layers else None
         self.ctx.slots = torch.tensor(slots, device=device) if any(slots) else None
