@@ -11,6 +11,7 @@ import pytest
 
 from modelport.app import create_app
 from modelport.serving.engines.fake import FakeEngine
+from modelport.serving.observe import Observers, Outcome, Served
 from modelport.settings import Settings
 from tests.integration.helpers import upload
 from tests.support.fakehub import FakeHub
@@ -18,13 +19,39 @@ from tests.support.inproc import serve_in_thread
 from tests.support.tinymodels import files_of
 
 
+class Recorder:
+    """An inference observer that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.first: list[str] = []
+        self.gaps = 0
+        self.served: list[Served] = []
+
+    def first_token(self, model: str, seconds: float) -> None:
+        self.first.append(model)
+
+    def token(self, model: str, gap_s: float) -> None:
+        self.gaps += 1
+
+    def finished(self, served: Served) -> None:
+        self.served.append(served)
+
+
 @pytest.fixture
-def server(settings: Settings, hub: FakeHub, tiny_llama: Path) -> Iterator[tuple[str, str, FakeEngine]]:
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def server(
+    settings: Settings, hub: FakeHub, tiny_llama: Path, recorder: Recorder
+) -> Iterator[tuple[str, str, FakeEngine]]:
     app = create_app(settings, run_workers=False)
     app.state.services.prepare()  # the schema, before the server's lifespan would make it
     # One slot and 50 ms per token: a 100-token stream would hold the slot for 5 s.
     fake = FakeEngine(max_num_seqs=1, token_delay_s=0.05)
     app.state.services.live.inference.engine = fake
+    app.state.services.live.inference.observer = Observers(recorder)
     key = app.state.services.accounts.create_key("acme")
     hub.add("acme/tiny-stream", files_of(tiny_llama))
     who = app.state.services.accounts.authenticate(key)
@@ -33,7 +60,7 @@ def server(settings: Settings, hub: FakeHub, tiny_llama: Path) -> Iterator[tuple
         yield url, key, fake
 
 
-def test_disconnect_frees_the_slot(server: tuple[str, str, FakeEngine]) -> None:
+def test_disconnect_frees_the_slot(server: tuple[str, str, FakeEngine], recorder: Recorder) -> None:
     url, key, fake = server
     headers = {"Authorization": f"Bearer {key}"}
     body = {"model": "tiny", "prompt": "a b c", "max_tokens": 100, "stream": True}
@@ -53,3 +80,12 @@ def test_disconnect_frees_the_slot(server: tuple[str, str, FakeEngine]) -> None:
     while fake.running and time.monotonic() < deadline:
         time.sleep(0.02)
     assert fake.running == 0
+    # The observers heard both: the abandoned stream as cancelled, with the tokens it got; the other whole.
+    deadline = time.monotonic() + 2
+    while len(recorder.served) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    by_outcome = {s.outcome: s for s in recorder.served}
+    assert set(by_outcome) == {Outcome.CANCELLED, Outcome.OK}
+    assert 1 <= by_outcome[Outcome.CANCELLED].completion_tokens < 100
+    assert by_outcome[Outcome.OK].completion_tokens == 2 and by_outcome[Outcome.OK].model == "acme/tiny"
+    assert recorder.first == ["acme/tiny", "acme/tiny"] and recorder.gaps >= 1

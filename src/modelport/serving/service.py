@@ -97,8 +97,9 @@ class Generation:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Before the await: a client's disconnect cancels this task's scope again at every await.
             self._observer.finished(self._served(outcome))
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _served(self, outcome: Outcome) -> Served:
         return Served(
