@@ -4,7 +4,7 @@
 renders the domain errors of ``modelport/errors.py``, request validation, HTTP errors and unexpected
 failures in its own module:
 
-- ``/v1``, ``/v3`` (Together, OpenAI), ``/api`` (native, read by the CLI) and ``/health``:
+- ``/v1``, ``/v3`` (Together, OpenAI), ``/api`` (native, read by the CLI), ``/health`` and ``/metrics``:
   ``api/openai/errors.py``, ``{"error": {"message", "type", "param", "code"}}``, always, including
   for request validation (422), unknown routes and unexpected failures; the Together 1.x client raises
   on any other shape. A 401 carries ``WWW-Authenticate: Bearer``.
@@ -55,6 +55,7 @@ DIALECTS: dict[str, Dialect] = {
     "/v3/": OPENAI,  # Together's newer base URL
     "/api/": OPENAI,  # native: the same envelope, which the CLI reads
     "/health": OPENAI,
+    "/metrics": OPENAI,  # scrapers read the status; a 401 carries WWW-Authenticate
 }
 
 

@@ -129,6 +129,17 @@ class Replica:
         return f"http://127.0.0.1:{self.port}"
 
 
+@dataclass(frozen=True)
+class ReplicaLoad:
+    """One replica process as ``/metrics`` shows it: whether it answers yet, and the sequences the API
+    server has in flight on it (generating or queued there)."""
+
+    endpoint_id: str
+    index: int
+    ready: bool
+    in_flight: int
+
+
 class Supervisor:
     def __init__(
         self, settings: Settings, db: Database, catalog: Catalog, artifacts: ArtifactCache, inventory: Inventory
@@ -171,6 +182,16 @@ class Supervisor:
     def ready_replicas(self, endpoint_id: str) -> int:
         with self._lock:
             return sum(1 for r in self.replicas.get(endpoint_id, []) if r.ready)
+
+    def replica_loads(self) -> list[ReplicaLoad]:
+        """Every endpoint's replicas, launched or ready, with their load; read at each metrics scrape."""
+        with self._lock:
+            running = [(endpoint_id, list(replicas)) for endpoint_id, replicas in list(self.replicas.items())]
+        return [
+            ReplicaLoad(endpoint_id, r.index, r.ready, r.engine.in_flight if r.engine is not None else 0)
+            for endpoint_id, replicas in running
+            for r in replicas
+        ]
 
     # --- routing -----------------------------------------------------------------------------------
     def engine_for(self, endpoint: Endpoint) -> RemoteEngine:

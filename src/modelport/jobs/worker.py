@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 
 from modelport.errors import IngestError, ModelportError
-from modelport.jobs.progress import JobProgress
+from modelport.jobs.progress import JobProgress, StageObserver, ignore_stage
 from modelport.jobs.store import JobLost, JobStore
 from modelport.redact import scrub
 from modelport.settings import Settings
@@ -41,8 +41,10 @@ class Worker:
         handlers: Mapping[str, JobHandler],
         name: str,
         housekeeping: Callable[[], object] = lambda: None,
+        on_stage_end: StageObserver = ignore_stage,
     ) -> None:
         self.settings, self.store, self.handlers, self.housekeeping = settings, store, handlers, housekeeping
+        self.on_stage_end = on_stage_end  # each finished stage of a job, with its duration (the metrics)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{name}"
 
     def run_once(self) -> bool:
@@ -57,12 +59,16 @@ class Worker:
         return True
 
     def _run(self, job_id: str, job_type: str) -> None:
-        progress = JobProgress(self.store, job_id, self.id, stage_delay_s=self.settings.stage_delay_s)
+        progress = JobProgress(
+            self.store, job_id, self.id, stage_delay_s=self.settings.stage_delay_s, on_stage_end=self.on_stage_end
+        )
+        completed = False
         try:
             handler = self.handlers.get(job_type)
             if handler is None:
                 raise IngestError(f"this worker cannot run {job_type!r} jobs")
             handler(job_id, progress)
+            completed = True
         except JobLost:
             log.warning("job %s: lost ownership; stopping without touching it", job_id)
         except IngestError as e:
@@ -71,6 +77,8 @@ class Worker:
                 self.store.finish_failed(job_id, self.id, e.code, e.message, e.problems)
         except Exception as e:  # a bug or an outage: the job must still end, and say why
             self._fail_unexpected(job_id, e)
+        finally:
+            progress.finish(ok=completed)
 
     def _fail_unexpected(self, job_id: str, error: Exception) -> None:
         if is_database_down(error):

@@ -129,8 +129,8 @@ class Generation:
                         self._observer.token(self.model_name, now - last)
                     last = now
                     self.completion_tokens += 1
-                    last = step.finish_reason is not None
-                    text = detok.add(step.token_id, last=last)
+                    final = step.finish_reason is not None
+                    text = detok.add(step.token_id, last=final)
                     info = [self._token_info(step)] if want_logprobs else []
                     if detok.stopped:  # a stop string: end now, and let the engine free the row
                         await queue.put(Delta(index, text, info, "stop"))
