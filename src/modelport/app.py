@@ -13,9 +13,12 @@ from fastapi.staticfiles import StaticFiles
 from modelport import __version__
 from modelport.api import errors
 from modelport.api.gate import RequestGate
+from modelport.api.metrics import RequestMetrics
+from modelport.api.metrics import router as metrics_router
 from modelport.api.native.keys import router as keys_router
 from modelport.api.native.models import router as native_models_router
 from modelport.api.native.uploads import router as uploads_router
+from modelport.api.native.usage import router as usage_router
 from modelport.api.nebius.router import router as nebius_router
 from modelport.api.openai.router import router as openai_router
 from modelport.api.slowclients import BodyDeadline
@@ -56,7 +59,9 @@ def create_app(
     settings = parts.settings
     app.add_middleware(RequestGate, settings=settings)  # the key and the body's cap, before any body byte
     app.add_middleware(BodyDeadline, stall_s=settings.upload_stall_timeout_s)
+    app.add_middleware(RequestMetrics, metrics=parts.metrics.http)  # added last: outermost, it sees every answer
     app.include_router(identity_router)
+    app.include_router(metrics_router)
     app.include_router(together_router, prefix="/v1")
     app.include_router(openai_router, prefix="/v1")
     app.include_router(endpoints_router, prefix="/v1")
@@ -64,6 +69,7 @@ def create_app(
     app.include_router(uploads_router, prefix="/api/v1")
     app.include_router(keys_router, prefix="/api/v1")
     app.include_router(native_models_router, prefix="/api/v1")
+    app.include_router(usage_router, prefix="/api/v1")
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -1,9 +1,9 @@
 """The composition root: every long-lived part, built once with its dependencies passed in.
 
 ``build_services`` wires the parts (nothing is connected by assigning attributes afterwards);
-``Services.start`` migrates the database, then starts the engine, the ingest workers and the endpoint
-supervisor; ``Services.stop`` stops them in reverse. ``create_app`` (``app.py``) runs both from the
-app's lifespan, ``modelport worker`` from its own loop, and the tests where they need them.
+``Services.start`` migrates the database, then starts the usage ledger, the engine, the ingest workers
+and the endpoint supervisor; ``Services.stop`` stops them in reverse. ``create_app`` (``app.py``) runs both
+from the app's lifespan, ``modelport worker`` from its own loop, and the tests where they need them.
 
 Callbacks that would make a cycle of constructors go through a value both sides get: the catalog
 sets the worker pool's ``wake`` event when it queues a job; the endpoint service wakes the
@@ -32,11 +32,13 @@ from modelport.ingest.uploads import Uploads
 from modelport.jobs.states import JobType
 from modelport.jobs.store import JobStore
 from modelport.jobs.worker import JobHandler, Worker, WorkerPool
+from modelport.metrics import Metrics, WorkerLoad
 from modelport.serving.artifacts import ArtifactCache
 from modelport.serving.engine import Engine
 from modelport.serving.engines import open_engine
-from modelport.serving.observe import Observer, Observers
+from modelport.serving.observe import Observers
 from modelport.serving.service import InferenceService
+from modelport.serving.usage import UsageLedger
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore, open_blob_store
 from modelport.storage.db.engine import Database, migrate
@@ -83,6 +85,8 @@ class Services:
     artifacts: ArtifactCache
     housekeeping: Housekeeping
     pool: WorkerPool
+    metrics: Metrics  # Prometheus, read by GET /metrics (``metrics.py``)
+    usage: UsageLedger  # requests and tokens per account, model and day; written in batches
     serving: Serving | None
     supervise: bool = True
     _prepared: bool = field(default=False, repr=False)
@@ -96,7 +100,7 @@ class Services:
 
     def worker(self, name: str) -> Worker:
         """A job worker over these parts (the pool's threads are these; tests run one in place)."""
-        return Worker(self.settings, self.jobs, self.handlers, name, self.housekeeping)
+        return Worker(self.settings, self.jobs, self.handlers, name, self.housekeeping, self.metrics.jobs.stage_ended)
 
     def prepare(self) -> None:
         """The database at the newest schema, and the bootstrap account if one is configured. Idempotent."""
@@ -111,6 +115,7 @@ class Services:
     def start(self) -> None:
         self.prepare()
         if self.serving:
+            self.usage.start()
             self.serving.engine.start()
         self.pool.start()
         if self.serving and self.supervise:
@@ -123,6 +128,7 @@ class Services:
         if self.serving:
             self.serving.engine.stop()
             self.serving.inference.renderer.close()  # the chat-template worker processes
+        self.usage.stop()  # after the engine: what finished while stopping is counted too
         self.db.dispose()
 
 
@@ -139,6 +145,8 @@ def build_services(
     settings.staging_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url)
     blobs = open_blob_store(settings)
+    metrics = Metrics(db)
+    usage = UsageLedger(db, settings.usage_flush_interval_s)
     wake = threading.Event()  # set by the catalog when it queues a job; the pool's workers wait on it
     catalog = Catalog(settings, db, on_submit=wake.set)
     pipeline = Pipeline(settings, db, blobs, open_sources(settings), catalog.find_base)
@@ -147,7 +155,9 @@ def build_services(
     housekeeping = Housekeeping(settings, db, blobs, catalog, artifacts)
     count = settings.workers if workers is None else workers
     pool = WorkerPool(
-        [Worker(settings, jobs, handlers, f"w{i}", housekeeping) for i in range(count)], wake, warm_up=checker.warm_up
+        [Worker(settings, jobs, handlers, f"w{i}", housekeeping, metrics.jobs.stage_ended) for i in range(count)],
+        wake,
+        warm_up=checker.warm_up,
     )
     return Services(
         settings=settings,
@@ -161,13 +171,21 @@ def build_services(
         artifacts=artifacts,
         housekeeping=housekeeping,
         pool=pool,
-        serving=_serving(settings, db, blobs, catalog, artifacts, Observers()) if serving else None,
+        metrics=metrics,
+        usage=usage,
+        serving=_serving(settings, db, blobs, catalog, artifacts, metrics, usage) if serving else None,
         supervise=supervise,
     )
 
 
 def _serving(
-    settings: Settings, db: Database, blobs: BlobStore, catalog: Catalog, artifacts: ArtifactCache, observer: Observer
+    settings: Settings,
+    db: Database,
+    blobs: BlobStore,
+    catalog: Catalog,
+    artifacts: ArtifactCache,
+    metrics: Metrics,
+    usage: UsageLedger,
 ) -> Serving:
     inventory = hardware.detect(settings.endpoint_memory_bytes)
     supervisor = Supervisor(settings, db, catalog, artifacts, inventory)
@@ -179,6 +197,9 @@ def _serving(
         engine,
         limiter=RateLimiter(settings.quota_requests_per_minute),
         routing=EndpointRouting(endpoints, supervisor),
-        observer=observer,
+        observer=Observers(metrics.inference, usage),
     )
+    # Scrapes read the shared engine (the one worker there is; engine worker processes would add
+    # theirs) and the endpoints' replicas.
+    metrics.watch_serving([lambda: [WorkerLoad.from_stats("api", engine.stats())]], supervisor.replica_loads)
     return Serving(engine, inference, endpoints, supervisor)

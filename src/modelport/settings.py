@@ -161,6 +161,13 @@ class Settings(BaseSettings):
         description="Comma-separated origins (https://console.example.com) besides the request's own host from "
         "which the sign-in form may be posted: set it when a proxy in front rewrites the Host header.",
     )
+    metrics_access: Literal["loopback", "key", "open"] = Field(
+        default="loopback",
+        description="Who may read GET /metrics (Prometheus): loopback lets clients on this host in without a key "
+        "and asks others for an administrator's API key (Authorization: Bearer); key asks every client for one; "
+        "open asks no one. Behind a reverse proxy on this host that does not send X-Forwarded-For, every client "
+        "looks local: use key.",
+    )
     upload_ttl_s: float = Field(
         default=7 * 86400.0, gt=0, description="Uploads older than this are removed by cleanup (unless in use)."
     )
@@ -207,6 +214,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Inference requests one account may send per minute, with bursts up to that many (more get "
         "429 with Retry-After); 0 means no limit.",
+    )
+    usage_flush_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often a server writes the usage it counted (requests and tokens per account, model and "
+        "day) to the database, in one transaction; what is not yet written is written at shutdown, and a server's "
+        "own GET /api/v1/usage writes it first. Other servers' counts show up within this long.",
     )
     engine: Literal["transformers", "fake"] = Field(
         default="transformers",

@@ -18,6 +18,7 @@ from modelport.errors import AuthenticationError
 from modelport.ingest.uploads import Uploads
 from modelport.services import Services
 from modelport.serving.service import InferenceService
+from modelport.serving.usage import UsageLedger
 from modelport.settings import Settings
 
 
@@ -79,6 +80,10 @@ def get_uploads(request: Request) -> Uploads:
     return get_services(request).uploads
 
 
+def get_usage(request: Request) -> UsageLedger:
+    return get_services(request).usage
+
+
 def get_settings(request: Request) -> Settings:
     return get_services(request).settings
 
@@ -118,3 +123,4 @@ CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 InferenceDep = Annotated[InferenceService, Depends(get_inference)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 UploadsDep = Annotated[Uploads, Depends(get_uploads)]
+UsageDep = Annotated[UsageLedger, Depends(get_usage)]

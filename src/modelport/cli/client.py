@@ -228,6 +228,13 @@ class Client:
     def revoke_key(self, key_id: str) -> None:
         self.call("DELETE", f"/api/v1/keys/{_segment(key_id)}", resource="key", ref=key_id)
 
+    # --- usage ------------------------------------------------------------------------------------
+    def usage(self, **filters: str | None) -> list[dict[str, Any]]:
+        """Rows of ``GET /api/v1/usage``; filters: since, until (YYYY-MM-DD), model, account."""
+        params = {k: v for k, v in filters.items() if v}
+        result: list[dict[str, Any]] = self.call("GET", "/api/v1/usage", params=params)["data"]
+        return result
+
     # --- inference --------------------------------------------------------------------------------
     def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.call(

@@ -72,6 +72,8 @@ PARAM_FLAGS = {
     "autoscaling": "--min-replicas/--max-replicas",
     "inactive_timeout": "--inactive-timeout",
     "account": "--account",
+    "since": "--since",
+    "until": "--until",
 }
 API_CALLS = {
     **API_COMMANDS,

@@ -21,6 +21,7 @@ from modelport.cli.commands.endpoints import endpoints
 from modelport.cli.commands.keys import keys
 from modelport.cli.commands.models import jobs, models
 from modelport.cli.commands.uploads import uploads
+from modelport.cli.commands.usage import usage
 from modelport.cli.errors import EXIT_CODES
 
 if TYPE_CHECKING:  # the server's modules load only for `serve` and `worker`: client commands start fast
@@ -154,6 +155,7 @@ cli.add_command(jobs)
 cli.add_command(uploads)
 cli.add_command(endpoints)
 cli.add_command(keys)
+cli.add_command(usage)
 cli.add_command(chat)
 cli.add_command(complete)
 cli.add_command(embed)
