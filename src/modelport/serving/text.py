@@ -21,6 +21,7 @@ from modelport.errors import ChatTemplateBudgetExceeded, InvalidRequest, Templat
 # A few prompt tokens decoded in front of the output, so the first generated token keeps the leading
 # space SentencePiece-style tokenizers only render after another token.
 _PREFIX_TOKENS = 6
+_MAX_CONTEXT_TOKENS = 64  # how far back a detokenizer looks for context past skipped special tokens
 
 
 @dataclass
@@ -161,9 +162,12 @@ class Detokenizer:
 
     def __init__(self, text: TextModel, prompt_ids: list[int], stop: list[str]) -> None:
         self.text, self.stop = text, [s for s in stop if s]
-        self.prefix = prompt_ids[-_PREFIX_TOKENS:]
-        self.prefix_text = text.decode(self.prefix)
-        self.ids: list[int] = []
+        # Incremental decoding, as vLLM does it: each token decodes only a short window of the ids (the
+        # tokens since the last text plus ``_PREFIX_TOKENS`` before them, for context: leading spaces and
+        # merged bytes depend on them), so a long completion costs linear time, not a decode of everything
+        # generated so far per token.
+        self.tokens = list(prompt_ids[-_PREFIX_TOKENS:])
+        self.prefix_offset, self.read_offset = 0, len(self.tokens)
         self.full = ""
         self.sent = 0
         self.stopped = False
@@ -172,23 +176,33 @@ class Detokenizer:
         """Add one token; return the text that is now safe to send."""
         if self.stopped:
             return ""
-        self.ids.append(token_id)
-        decoded = self.text.decode(self.prefix + self.ids)
-        self.full = (
-            decoded[len(self.prefix_text) :] if decoded.startswith(self.prefix_text) else self.text.decode(self.ids)
-        )
+        self.tokens.append(token_id)
+        self.full += self._decode_new(last)
         cut = self._find_stop()
         if cut is not None:
             self.full, self.stopped = self.full[:cut], True
             last = True
-        safe = len(self.full)
-        if not last:
-            if self.full.endswith("\ufffd"):
-                safe -= 1
-            safe = min(safe, len(self.full) - self._held_for_stop())
+        safe = len(self.full) if last else len(self.full) - self._held_for_stop()
         delta = self.full[self.sent : max(safe, self.sent)]
         self.sent += len(delta)
         return delta
+
+    def _decode_new(self, last: bool) -> str:
+        """The text the tokens since ``read_offset`` add; nothing yet while they end inside a character."""
+        start = self.prefix_offset
+        before = self.text.decode(self.tokens[start : self.read_offset])
+        # Context that decodes to nothing (skipped special tokens) gives the decoder none: look further back.
+        while not before and start > max(0, self.read_offset - _MAX_CONTEXT_TOKENS):
+            start = max(0, start - _PREFIX_TOKENS)
+            before = self.text.decode(self.tokens[start : self.read_offset])
+        after = self.text.decode(self.tokens[start:])
+        if after.endswith("\ufffd") and not last:
+            return ""  # an incomplete UTF-8 sequence: wait for the tokens that finish it
+        # The next window keeps a few decoded tokens before the new ones: a decoder may drop the first
+        # token's leading space (SentencePiece's "first" scheme), which must never be a token still to come.
+        self.read_offset = len(self.tokens)
+        self.prefix_offset = max(0, self.read_offset - _PREFIX_TOKENS)
+        return after[len(before) :]
 
     def _find_stop(self) -> int | None:
         hits = [i for i in (self.full.find(s, max(0, self.sent - len(s))) for s in self.stop) if i >= 0]
