@@ -224,3 +224,21 @@ def test_an_unreachable_database_is_a_clear_503_with_retry_after(client: TestCli
         db.engine, db._sessions, db._reads = working
         down.dispose()
     assert client.get("/v1/models", headers=auth).status_code == 200
+
+
+@pytest.mark.db_agnostic
+def test_a_models_context_length_is_the_one_it_is_served_with() -> None:
+    from datetime import UTC, datetime
+
+    from modelport.api.together.convert import model_item
+    from modelport.manifest import DEFAULT_CONTEXT_LENGTH, Manifest, ModelKind
+    from modelport.storage.db.tables import Model
+
+    def item(context: int | None, cap: int) -> int | None:
+        manifest = Manifest(kind=ModelKind.MODEL, context_length=context)
+        model = Model(name="acme/m", kind="model", manifest=manifest, created_at=datetime.now(UTC), total_bytes=1)
+        return model_item(model, None, cap).context_length
+
+    assert item(131072, 4096) == 4096  # a config may declare far more than the server serves
+    assert item(128, 4096) == 128
+    assert item(None, 4096) == DEFAULT_CONTEXT_LENGTH

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from modelport.api.together.protocol import JobResponse, ModelDetail, ModelItem, Pricing, StatusUpdate
 from modelport.catalog.service import JobView
-from modelport.manifest import ModelType
+from modelport.manifest import ModelType, context_length_of
 from modelport.storage.db.tables import Model
 
 
@@ -34,7 +34,8 @@ def job(view: JobView) -> JobResponse:
     )
 
 
-def model_item(m: Model, base_name: str | None) -> ModelItem:
+def model_item(m: Model, base_name: str | None, max_model_len: int) -> ModelItem:
+    """``context_length`` is what the model is served with: its own, capped by ``MODELPORT_MAX_MODEL_LEN``."""
     account, _, short = m.name.partition("/")
     return ModelItem(
         id=m.name,
@@ -43,7 +44,7 @@ def model_item(m: Model, base_name: str | None) -> ModelItem:
         display_name=short,
         organization=account,
         owned_by=account,
-        context_length=m.manifest.context_length if m.manifest else None,
+        context_length=min(context_length_of(m.manifest), max_model_len),
         pricing=Pricing(),
         kind=m.kind,
         base_model=base_name,
@@ -52,6 +53,6 @@ def model_item(m: Model, base_name: str | None) -> ModelItem:
     )
 
 
-def model_detail(m: Model, base_name: str | None) -> ModelDetail:
+def model_detail(m: Model, base_name: str | None, max_model_len: int) -> ModelDetail:
     manifest = m.manifest.to_json() if m.manifest else {}
-    return ModelDetail(**model_item(m, base_name).model_dump(), model_id=m.id, manifest=manifest)
+    return ModelDetail(**model_item(m, base_name, max_model_len).model_dump(), model_id=m.id, manifest=manifest)

@@ -91,14 +91,15 @@ def list_jobs(who: PrincipalDep, catalog: CatalogDep, status: str | None = None)
 def list_models(request: Request, who: PrincipalDep, catalog: CatalogDep) -> Any:
     models = catalog.list_models(who)
     names = {m.id: m.name for m in models}
-    items = [convert.model_item(m, names.get(m.base_model_id or "")).model_dump() for m in models]
+    cap = catalog.settings.max_model_len
+    items = [convert.model_item(m, names.get(m.base_model_id or ""), cap).model_dump() for m in models]
     return items if wants_bare_list(request) else {"object": "list", "data": items}
 
 
 @router.get("/models/{model_ref:path}", response_model=ModelDetail)
 def get_model(model_ref: str, who: PrincipalDep, catalog: CatalogDep) -> ModelDetail:
     model = catalog.get_model(who, model_ref)
-    return convert.model_detail(model, catalog.base_name(model))
+    return convert.model_detail(model, catalog.base_name(model), catalog.settings.max_model_len)
 
 
 @router.delete("/models/{model_ref:path}")
