@@ -149,6 +149,8 @@ class Manifest(_Contract):
         return self.model_copy(update={"admission": report})
 
 
-def context_length_of(manifest: Manifest | None) -> int:
-    """The context a model is served with; ``DEFAULT_CONTEXT_LENGTH`` also when it has no manifest."""
-    return manifest.context_length_or_default if manifest else DEFAULT_CONTEXT_LENGTH
+def context_length_of(manifest: Manifest | None, cap: int | None = None) -> int:
+    """The context a model is served with; ``DEFAULT_CONTEXT_LENGTH`` also when it has no manifest.
+    ``cap``: the server's limit (``MODELPORT_MAX_MODEL_LEN``; a config may declare up to 2^24)."""
+    context = manifest.context_length_or_default if manifest else DEFAULT_CONTEXT_LENGTH
+    return context if cap is None else min(context, cap)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from modelport.manifest import Manifest
+from modelport.manifest import Manifest, context_length_of
 
 GIB = 2**30
 OVERHEAD = 1.2
@@ -167,8 +167,9 @@ def _gpu_model(name: str) -> str:
     return next((m for m in _GPU_MODELS if m in flat), re.sub(r"[^a-z0-9]+", "_", flat).strip("_"))
 
 
-def estimate_bytes(manifest: Manifest, config: dict[str, Any], dtype_bytes: int) -> int:
-    """The module docstring's formula; ``config`` is the model's config.json."""
+def estimate_bytes(manifest: Manifest, config: dict[str, Any], dtype_bytes: int, max_context: int | None = None) -> int:
+    """The module docstring's formula; ``config`` is the model's config.json; the KV cache is sized for
+    the context the model is served with (``max_context``: the server's cap)."""
     nested = config.get("text_config")
     text: dict[str, Any] = nested if isinstance(nested, dict) else config
     params = manifest.parameters or 0
@@ -177,6 +178,6 @@ def estimate_bytes(manifest: Manifest, config: dict[str, Any], dtype_bytes: int)
     kv_heads = int(text.get("num_key_value_heads") or heads)
     hidden = int(text.get("hidden_size") or text.get("n_embd") or 0)
     head_dim = int(text.get("head_dim") or (hidden // heads if heads else 0))
-    context = manifest.context_length_or_default
+    context = context_length_of(manifest, max_context)
     kv = 2 * layers * kv_heads * head_dim * context * dtype_bytes
     return int((params * dtype_bytes + kv) * OVERHEAD)

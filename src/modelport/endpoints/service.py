@@ -102,7 +102,7 @@ class EndpointService:
         gpu = bool(self.inventory.gpus)
         dtype = manifest.dtype or "F32"
         dtype_bytes = _DTYPE_BYTES.get(dtype, 2) if gpu else 4
-        return estimate_bytes(manifest, config, dtype_bytes)
+        return estimate_bytes(manifest, config, dtype_bytes, self.settings.max_model_len)
 
     # --- reservations ---------------------------------------------------------------------------
     def _free(self, running: list[Endpoint]) -> dict[str, Any]:
@@ -185,9 +185,10 @@ class EndpointService:
         config = self._config(spec.hardware)
         need = self._need(model)
         if need > config.memory_bytes:
+            context = context_length_of(model.manifest, self.settings.max_model_len)
             raise HardwareUnavailable(
                 f"the selected configuration {config.id} is too small for {model.name}: it needs about "
-                f"{need / GIB:.1f} GiB (weights + KV cache for {context_length_of(model.manifest)} "
+                f"{need / GIB:.1f} GiB (weights + KV cache for {context} "
                 f"tokens + 20%), the configuration has {config.memory_bytes / GIB:.1f} GiB",
                 param="hardware",
             )

@@ -97,7 +97,7 @@ def replica_spec(
         max_num_seqs=settings.max_num_seqs,
         max_loras=settings.max_loras,
         model=artifact,
-        context_length=context_length_of(model.manifest),
+        context_length=context_length_of(model.manifest, settings.max_model_len),
         pooling=pooling,
         env=env,
     )

@@ -213,7 +213,7 @@ class InferenceService:
         model, adapter = target.model, target.adapter
         if model.type == ModelType.EMBEDDING:
             raise WrongModelType(f"{target.name} is an embedding model; call /v1/embeddings", param="model")
-        context = min(_context_length(model), self.catalog.settings.max_model_len)  # a config declares up to 2^24
+        context = context_length_of(model.manifest, self.catalog.settings.max_model_len)
         if req.messages is not None:
             self.limits.check_text(messages_text(req.messages), context, "messages")
         elif isinstance(req.prompt, str):
@@ -306,7 +306,7 @@ class InferenceService:
     ) -> tuple[list[list[int]], Pooling]:
         """Token ids of every input (blocking: run in a thread), and the model's pooling."""
         pooling = read_pooling(artifact.path)
-        limit = pooling.max_seq_length or _context_length(model)
+        limit = pooling.max_seq_length or context_length_of(model.manifest, self.catalog.settings.max_model_len)
         return [self._embedding_ids(text, item, limit) for item in inputs], pooling
 
     def _embedding_ids(self, text: TextModel, item: str | list[int], limit: int) -> list[int]:
@@ -332,10 +332,6 @@ class Embeddings:
     model_name: str
     vectors: list[list[float]]
     prompt_tokens: int
-
-
-def _context_length(model: Model) -> int:
-    return context_length_of(model.manifest)
 
 
 def read_pooling(path: Path) -> Pooling:

@@ -40,3 +40,11 @@ def test_fit_counts_weights_and_a_full_context_kv_cache() -> None:
     need = estimate_bytes(Manifest(kind=ModelKind.MODEL, parameters=1000, context_length=128), config, 4)
     kv = 2 * 2 * 2 * 16 * 128 * 4
     assert need == int((1000 * 4 + kv) * 1.2)
+
+
+def test_the_kv_cache_is_sized_for_the_served_context_not_the_declared_one() -> None:
+    config = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64}
+    declared = Manifest(kind=ModelKind.MODEL, parameters=1000, context_length=131072)
+    assert estimate_bytes(declared, config, 4, max_context=1024) == estimate_bytes(
+        Manifest(kind=ModelKind.MODEL, parameters=1000, context_length=1024), config, 4
+    )

@@ -44,7 +44,7 @@ def model_item(m: Model, base_name: str | None, max_model_len: int) -> ModelItem
         display_name=short,
         organization=account,
         owned_by=account,
-        context_length=min(context_length_of(m.manifest), max_model_len),
+        context_length=context_length_of(m.manifest, max_model_len),
         pricing=Pricing(),
         kind=m.kind,
         base_model=base_name,
