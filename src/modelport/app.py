@@ -21,6 +21,7 @@ from modelport.api.native.uploads import router as uploads_router
 from modelport.api.native.usage import router as usage_router
 from modelport.api.nebius.router import router as nebius_router
 from modelport.api.openai.router import router as openai_router
+from modelport.api.prefixes import RedundantV1Prefix
 from modelport.api.slowclients import BodyDeadline
 from modelport.api.together.endpoints import router as endpoints_router
 from modelport.api.together.router import identity_router
@@ -59,7 +60,8 @@ def create_app(
     settings = parts.settings
     app.add_middleware(RequestGate, settings=settings)  # the key and the body's cap, before any body byte
     app.add_middleware(BodyDeadline, stall_s=settings.upload_stall_timeout_s)
-    app.add_middleware(RequestMetrics, metrics=parts.metrics.http)  # added last: outermost, it sees every answer
+    app.add_middleware(RequestMetrics, metrics=parts.metrics.http)  # outer: it sees every answer
+    app.add_middleware(RedundantV1Prefix)  # outermost: /v1/v3/whoami is /v3/whoami before anything looks
     app.include_router(identity_router)
     app.include_router(metrics_router)
     app.include_router(together_router, prefix="/v1")

@@ -242,3 +242,27 @@ def test_a_models_context_length_is_the_one_it_is_served_with() -> None:
     assert item(131072, 4096) == 4096  # a config may declare far more than the server serves
     assert item(128, 4096) == 128
     assert item(None, 4096) == DEFAULT_CONTEXT_LENGTH
+
+
+def test_one_base_url_serves_every_client_generation(client: TestClient) -> None:
+    """3.x sends versioned paths: given a 2.x-style base ending in /v1 they arrive as /v1/v3/..., /v1/v1/..."""
+    auth = key_for(client, "acme")
+    me = client.get("/v3/whoami", headers=auth).json()
+    assert client.get("/v1/v3/whoami", headers=auth).json() == me
+    assert client.get("/v1/v1/models", headers=auth).json() == client.get("/v1/models", headers=auth).json()
+    projects = client.get("/v1/v1/projects", headers=auth).json()
+    assert projects == {
+        "object": "list",
+        "data": [
+            {
+                "id": me["project"]["id"],
+                "name": "acme",
+                "slug": "acme",
+                "organization_id": me["organization"]["id"],
+                "organization_name": "acme",
+            }
+        ],
+        "next_cursor": None,
+    }
+    assert_envelope(client.get("/v1/v4/whoami", headers=auth), 404)  # only the known generations
+    assert_envelope(client.get("/v1/projects"), 401)

@@ -20,7 +20,8 @@ from tests.support.procs import Proc, modelport_exe, start_modelport
 
 REPO = Path(__file__).resolve().parents[2]
 VENVS = Path(os.environ.get("MODELPORT_TEST_VENVS", REPO / ".venvs"))
-TOGETHER_VERSIONS = ("1.5.35", "2.42.0")
+TOGETHER_VERSIONS = ("1.5.35", "2.42.0", "3.1.1")
+OFFLINE = {"TOGETHER_TELEMETRY_DISABLED": "1", "TOGETHER_DISABLE_VERSION_CHECK": "1"}  # 3.x calls home otherwise
 LOCKS = REPO / "requirements"
 
 
@@ -62,18 +63,22 @@ class Live:
     proc: Proc
     env: dict[str, str]
 
-    def together(self, version: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def together(
+        self, version: str, *args: str, check: bool = True, base_url: str | None = None, program: str = "together"
+    ) -> subprocess.CompletedProcess[str]:
+        """Run that version's CLI (3.x: ``program="tg"``) with the base URL 1.x and 2.x want unless told."""
         venv = together_venv(version)
         env = {
             **os.environ,
-            "TOGETHER_BASE_URL": f"{self.url}/v1",
+            **OFFLINE,
+            "TOGETHER_BASE_URL": base_url or f"{self.url}/v1",
             "TOGETHER_API_KEY": self.key,
             "NO_COLOR": "1",
             "COLUMNS": "250",
             "TERM": "dumb",
         }
         result = subprocess.run(
-            [str(venv / "bin" / "together"), *args], env=env, capture_output=True, text=True, timeout=120
+            [str(venv / "bin" / program), *args], env=env, capture_output=True, text=True, timeout=120
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -81,10 +86,10 @@ class Live:
             )
         return result
 
-    def sdk(self, version: str, code: str) -> Any:
+    def sdk(self, version: str, code: str, base_url: str | None = None) -> Any:
         """Run Python with that client installed; the snippet prints JSON on its last line."""
         venv = together_venv(version)
-        env = {**os.environ, "TOGETHER_BASE_URL": f"{self.url}/v1", "TOGETHER_API_KEY": self.key}
+        env = {**os.environ, **OFFLINE, "TOGETHER_BASE_URL": base_url or f"{self.url}/v1", "TOGETHER_API_KEY": self.key}
         result = subprocess.run(
             [str(venv / "bin" / "python"), "-c", code], env=env, capture_output=True, text=True, timeout=120
         )

@@ -117,9 +117,23 @@ def whoami(who: PrincipalDep) -> dict[str, Any]:
     }
 
 
+def projects(who: PrincipalDep) -> dict[str, Any]:
+    """Together 3.x's projects (snake_case, one page): each account is one organization with one
+    project, whose slug (the account's name) prefixes its models' names."""
+    project = {
+        "id": who.account_id,
+        "name": who.account_name,
+        "slug": who.account_name,
+        "organization_id": who.account_id,
+        "organization_name": who.account_name,
+    }
+    return {"object": "list", "data": [project], "next_cursor": None}
+
+
 identity_router = APIRouter()
 identity_router.add_api_route("/v1/whoami", whoami, methods=["GET"])
 identity_router.add_api_route("/v3/whoami", whoami, methods=["GET"])
+identity_router.add_api_route("/v1/projects", projects, methods=["GET"])
 
 
 @identity_router.get("/health", include_in_schema=False)
