@@ -44,7 +44,8 @@ from safetensors.numpy import save_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.support.procs import Proc, free_port, start_modelport, start_moto  # noqa: E402
-from tests.support.tinymodels import _tokenizer, llama_config  # noqa: E402
+
+from modelport.demo import llama_config, tokenizer_config, train_tokenizer  # noqa: E402
 
 KEY = "mp-benchmark-key-0123456789abcdef0123"
 SHARD_BYTES = 256 * 2**20
@@ -54,11 +55,11 @@ INFLATE = "igzip -dc" if shutil.which("igzip") else f"{sys.executable} -m isal.i
 def make_model(path: Path, layers: int) -> int:
     """A Llama-shaped fp16 model in 256 MiB shards; returns its size in bytes."""
     path.mkdir(parents=True)
-    vocab = _tokenizer(path)
+    train_tokenizer().save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(chat_template=None)))
     cfg = llama_config(32000, hidden=2048, layers=layers, heads=16, kv_heads=16, intermediate=5504)
     cfg["torch_dtype"] = "float16"
     (path / "config.json").write_text(json.dumps(cfg))
-    del vocab
     rng = np.random.default_rng(0)
     shapes = {"model.embed_tokens.weight": (32000, 2048), "lm_head.weight": (32000, 2048), "model.norm.weight": (2048,)}
     for n in range(layers):

@@ -33,7 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.support.fakehub import FakeHub  # noqa: E402
 from tests.support.procs import Proc, free_port, start_modelport, wait_http  # noqa: E402
-from tests.support.tinymodels import files_of, llama_config, llama_weights  # noqa: E402
+from tests.support.tinymodels import files_of  # noqa: E402
+
+from modelport.demo import llama_config, llama_weights  # noqa: E402
 
 KEY = "mp-benchmark-key-0123456789abcdef0123"
 VOCAB = 32000
