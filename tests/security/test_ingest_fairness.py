@@ -15,7 +15,9 @@ real worker, with small settings so each test takes seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import tarfile
 import threading
 import time
@@ -219,6 +221,42 @@ def test_a_dripping_hub_fails_too_slow(make_services: Callable[..., Services], t
         assert took < 10.0, f"failed after {took:.1f} s"
     finally:
         slow_hub.stop()
+
+
+class SilentServer:
+    """Accepts connections and never answers: a hub that hangs before its first byte."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.held.append(self.sock.accept()[0])
+
+    def close(self) -> None:
+        for conn in self.held:
+            conn.close()
+        self.sock.close()
+
+
+def test_a_hub_that_never_answers_fails_the_job_instead_of_holding_its_worker(
+    make_services: Callable[..., Services],
+) -> None:
+    silent = SilentServer()
+    try:
+        services = make_services(silent.url, fetch_timeout_s=1.0)
+        who = principal_for(services, "alice")
+        started = time.monotonic()
+        view = upload(services, who, "hung", "org/hung")
+        took = time.monotonic() - started
+        _assert_failed_cleanly(services, who, view, "source_unavailable", "could not reach the Hugging Face hub")
+        assert took < 15.0, f"failed after {took:.1f} s"
+    finally:
+        silent.close()
 
 
 # --- fairness between tenants: a cap on running jobs per account ----------------------------------------

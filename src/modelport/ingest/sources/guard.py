@@ -300,14 +300,36 @@ def _response_check(http: ModuleType, read_raw: bool) -> Any:
     return check
 
 
+TIMEOUTS = ("connect", "read", "write", "pool")
+
+
+def _capped_timeouts(ceiling_s: float) -> Any:
+    """A request hook that bounds each of a request's timeouts by ``ceiling_s``, whatever it asked for:
+    huggingface_hub passes ``timeout=None`` (wait forever) on some calls, which overrides a client's default."""
+
+    def cap(request: Any) -> None:
+        asked = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {
+            k: ceiling_s if asked.get(k) is None else min(asked[k], ceiling_s) for k in TIMEOUTS
+        }
+
+    return cap
+
+
 def guarded_client(
-    policy: FetchPolicy, *, flavor: ModuleType | None = None, read_raw: bool = False, **kwargs: Any
+    policy: FetchPolicy,
+    *,
+    flavor: ModuleType | None = None,
+    read_raw: bool = False,
+    max_timeout_s: float | None = None,
+    **kwargs: Any,
 ) -> Any:
     """An ``httpx.Client`` (or ``httpx2.Client`` for huggingface_hub) that obeys ``policy`` on every hop.
 
     Requests ask for ``Accept-Encoding: identity``; encoded responses are refused unless ``read_raw``
-    (the caller reads bodies with ``iter_raw`` and decodes nothing). ``kwargs`` go to the client;
-    extra hooks are kept, the guard's own run first.
+    (the caller reads bodies with ``iter_raw`` and decodes nothing). ``max_timeout_s``: no request waits
+    longer than this to connect or between two reads, even one that asked for no timeout. ``kwargs``
+    go to the client; extra hooks are kept, the guard's own run first.
     """
     import httpx
 
@@ -330,7 +352,8 @@ def guarded_client(
                 raise FetchRefused(f"{response.request.url.host} redirected to a malformed URL") from None
 
     hooks = dict(kwargs.pop("event_hooks", {}) or {})
-    hooks["request"] = [check_hop, *hooks.get("request", [])]
+    capped = [_capped_timeouts(max_timeout_s)] if max_timeout_s is not None else []
+    hooks["request"] = [check_hop, *capped, *hooks.get("request", [])]
     hooks["response"] = [check_location, _response_check(http, read_raw), *hooks.get("response", [])]
     headers = {**(kwargs.pop("headers", None) or {}), "Accept-Encoding": "identity"}
     client: Any = http.Client(transport=transport, trust_env=False, event_hooks=hooks, headers=headers, **kwargs)

@@ -66,13 +66,15 @@ def plan(files: list[RepoFile]) -> FetchPlan:
 
 
 _policy_lock = threading.Lock()
-_installed_policy: FetchPolicy | None = None
+_installed_policy: tuple[FetchPolicy, float] | None = None
 
 
-def _guard_hub_client(policy: FetchPolicy) -> None:
+def _guard_hub_client(policy: FetchPolicy, timeout_s: float) -> None:
     """Route every request of ``huggingface_hub`` (the hub and the CDN it redirects to) through the
-    SSRF guard. Its HTTP client is one per process, so it is replaced only when the policy changes
-    (in practice once: settings are per process, except in tests)."""
+    SSRF guard, with ``timeout_s`` (``MODELPORT_FETCH_TIMEOUT_S``) on connecting and between any two
+    reads: a hub that accepts and never answers fails the job instead of holding its worker forever
+    (the download budget only starts counting once bytes flow). Its HTTP client is one per process, so
+    it is replaced only when these change (in practice once: settings are per process, except in tests)."""
     global _installed_policy
     # The client's telemetry (agent detection for its User-Agent) calls the public hub whatever the
     # endpoint; a self-hosted fetcher pointed at a private hub must not reach out anywhere else.
@@ -81,7 +83,7 @@ def _guard_hub_client(policy: FetchPolicy) -> None:
     # HTTP downloads of the same files are served by every hub.
     hf_constants.HF_HUB_DISABLE_XET = True
     with _policy_lock:
-        if _installed_policy == policy:
+        if _installed_policy == (policy, timeout_s):
             return
         set_client_factory(
             lambda: guarded_client(
@@ -89,10 +91,11 @@ def _guard_hub_client(policy: FetchPolicy) -> None:
                 flavor=httpx2,
                 event_hooks={"request": [hf_request_event_hook], "response": [_meter]},
                 follow_redirects=True,
-                timeout=None,
+                timeout=timeout_s,
+                max_timeout_s=timeout_s,
             )
         )
-        _installed_policy = policy
+        _installed_policy = (policy, timeout_s)
 
 
 class HuggingFaceSource:
@@ -104,7 +107,7 @@ class HuggingFaceSource:
     def fetch(self, spec: SourceSpec, staging: Path, progress: Progress, *, token: str | None = None) -> Fetched:
         """Download the planned files into the staging tree; the names left on the hub are reported."""
         assert spec.repo_id is not None
-        _guard_hub_client(self.policy)
+        _guard_hub_client(self.policy, self.settings.fetch_timeout_s)
         # One budget for the job's whole download: a rate floor and a deadline (``budget.py``).
         with _metered(DownloadBudget.from_settings(self.settings, spec.display)):
             files, not_fetched = _fetch(spec, token, self.settings.hf_endpoint, staging / "tree", progress)
