@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from modelport.accounts.quotas import RateLimiter
@@ -80,10 +81,8 @@ class Services:
     accounts: AccountService
     catalog: Catalog
     uploads: Uploads
-    jobs: JobStore
-    handlers: dict[str, JobHandler]
     artifacts: ArtifactCache
-    housekeeping: Housekeeping
+    worker: Callable[[str], Worker]  # a job worker by name: the pool's threads, or one a test runs in place
     pool: WorkerPool
     metrics: Metrics  # Prometheus, read by GET /metrics (``metrics.py``)
     usage: UsageLedger  # requests and tokens per account, model and day; written in batches
@@ -97,10 +96,6 @@ class Services:
         if self.serving is None:
             raise RuntimeError("this process was built without serving (modelport worker)")
         return self.serving
-
-    def worker(self, name: str) -> Worker:
-        """A job worker over these parts (the pool's threads are these; tests run one in place)."""
-        return Worker(self.settings, self.jobs, self.handlers, name, self.housekeeping, self.metrics.jobs.stage_ended)
 
     def prepare(self) -> None:
         """The database at the newest schema, and the bootstrap account if one is configured. Idempotent."""
@@ -153,12 +148,12 @@ def build_services(
     handlers: dict[str, JobHandler] = {JobType.MODEL_UPLOAD: pipeline.run, JobType.ADAPTER_UPLOAD: pipeline.run}
     jobs, artifacts = JobStore(db), ArtifactCache(settings.model_cache_dir, blobs)
     housekeeping = Housekeeping(settings, db, blobs, catalog, artifacts)
+
+    def worker(name: str) -> Worker:
+        return Worker(settings, jobs, handlers, name, housekeeping, metrics.jobs.stage_ended)
+
     count = settings.workers if workers is None else workers
-    pool = WorkerPool(
-        [Worker(settings, jobs, handlers, f"w{i}", housekeeping, metrics.jobs.stage_ended) for i in range(count)],
-        wake,
-        warm_up=checker.warm_up,
-    )
+    pool = WorkerPool([worker(f"w{i}") for i in range(count)], wake, warm_up=checker.warm_up)
     return Services(
         settings=settings,
         db=db,
@@ -166,10 +161,8 @@ def build_services(
         accounts=AccountService(db, SessionSigner.in_dir(settings.data_dir, settings.web_session_ttl_s)),
         catalog=catalog,
         uploads=Uploads(settings, db),
-        jobs=jobs,
-        handlers=handlers,
         artifacts=artifacts,
-        housekeeping=housekeeping,
+        worker=worker,
         pool=pool,
         metrics=metrics,
         usage=usage,

@@ -47,6 +47,11 @@ def archive_path(settings: Settings, upload_id: str) -> Path:
     return settings.uploads_dir / upload_id / "archive"
 
 
+def partial_path(settings: Settings, upload_id: str) -> Path:
+    """Where an upload's bytes are written until they are whole; renamed to ``archive_path`` then."""
+    return settings.uploads_dir / upload_id / "archive.partial"
+
+
 @dataclass(frozen=True)
 class UploadView:
     upload: Upload
@@ -62,7 +67,7 @@ class FileSink:
         self.uploads, self.upload, self.limit = uploads, upload, limit
         self.folder = uploads.folder(upload.id)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.partial = self.folder / "archive.partial"
+        self.partial = partial_path(uploads.settings, upload.id)
         self._file: BinaryIO = open(self.partial, "wb")  # noqa: SIM115 - closed by finish/abort
         self._hash = hashlib.sha256()
         self.size = 0
@@ -98,7 +103,7 @@ class FileSink:
             raise InvalidRequest("the uploaded file is empty", param="file")
         if self._room is not None and self.size != self._counted:
             self._check_quota()
-        self.partial.rename(self.folder / "archive")
+        self.partial.rename(archive_path(self.uploads.settings, self.upload.id))
         return self.uploads._completed(self.upload.id, self.size, self._hash.hexdigest())
 
     def abort(self) -> None:
@@ -165,7 +170,7 @@ class Uploads:
             quotas.check_new_upload(s, self.settings, who.account_id, size)
             s.add(upload)
         (self.folder(upload.id) / "parts").mkdir(parents=True, exist_ok=True)
-        with open(self.folder(upload.id) / "archive.partial", "wb") as f:
+        with open(partial_path(self.settings, upload.id), "wb") as f:
             f.truncate(size)  # sparse: disk fills as parts arrive
         return self.view(who, upload.id)
 
@@ -181,7 +186,7 @@ class Uploads:
         upload = self._receiving(who, upload_id)
         assert upload.part_size is not None
         offset = (number - 1) * upload.part_size
-        return upload, self.folder(upload_id) / "archive.partial", offset, self.part_length(upload, number)
+        return upload, partial_path(self.settings, upload_id), offset, self.part_length(upload, number)
 
     def accept_part(self, upload: Upload, number: int, size: int, digest: str, claimed: str | None) -> None:
         """Mark the part received if it is whole and intact; otherwise it must be sent again."""
@@ -214,17 +219,16 @@ class Uploads:
             raise Conflict("this upload is still being received", param="upload_id")
         if view.missing:
             raise Conflict(f"parts still missing: {_ranges(view.missing)}", param="upload_id")
-        folder = self.folder(upload_id)
         digest = hashlib.sha256()
-        with open(folder / "archive.partial", "rb") as f:
+        with open(partial_path(self.settings, upload_id), "rb") as f:
             while chunk := f.read(4 * 2**20):
                 digest.update(chunk)
         if upload.sha256 is not None and digest.hexdigest() != upload.sha256:
             raise InvalidRequest(
                 f"the parts hash to {digest.hexdigest()}, not the declared {upload.sha256}", param="sha256"
             )
-        (folder / "archive.partial").rename(folder / "archive")
-        shutil.rmtree(folder / "parts", ignore_errors=True)
+        partial_path(self.settings, upload_id).rename(archive_path(self.settings, upload_id))
+        shutil.rmtree(self.folder(upload_id) / "parts", ignore_errors=True)
         return self._completed(upload_id, upload.size, digest.hexdigest())
 
     # --- shared ----------------------------------------------------------------------------------
