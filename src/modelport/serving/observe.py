@@ -8,6 +8,7 @@ Observers are called on the event loop, once per token for ``token``: they must 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -72,8 +73,8 @@ class Observers:
             _safely(o.finished, served)
 
 
-def _safely(call: object, *args: object) -> None:
+def _safely(call: Callable[..., object], *args: object) -> None:
     try:
-        call(*args)  # type: ignore[operator]
+        call(*args)
     except Exception:
         log.exception("an inference observer failed; continuing")

@@ -74,8 +74,8 @@ class Generation:
     _choices: list[tuple[GenerationRequest, Detokenizer]]
     _engine: Engine
     _text: TextModel
-    _account_id: str = ""
-    _observer: Observer = field(default_factory=Observers)
+    _account_id: str
+    _observer: Observer
     _accepted: float = field(default_factory=time.monotonic)
 
     async def deltas(self) -> AsyncIterator[Delta]:
