@@ -8,14 +8,19 @@
    its target modules (an adapter with all-zero ``lora_B`` would silently do nothing).
 4. Render the chat template, if any, in the sandbox.
 
+Before any of that, ``derive_tokenizer`` writes the ``tokenizer.json`` serving needs where an upload has
+only other tokenizer files.
+
 torch, transformers and peft are imported here only, when an admission runs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
+import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +30,13 @@ from modelport.chat_template_workers import default_renderer
 from modelport.errors import AdmissionFailed
 from modelport.ingest.safetensors_header import TensorInfo
 from modelport.manifest import AdmissionReport, Manifest, ModelType
+from modelport.tokenizer_files import find_chat_template
 
 log = logging.getLogger(__name__)
 PROBE_TEXT = "Hello"
+# What the server reads of a tokenizer (``serving/text.py``, the ``tokenizers`` library), and what a fast
+# tokenizer's ``save_pretrained`` writes: derived from the other tokenizer files where an upload lacks them.
+FAST_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass(frozen=True)
@@ -68,12 +77,7 @@ def _ms(started: float) -> int:
 
 
 def _check_template(directory: Path, problems: list[str]) -> None:
-    template = None
-    if (directory / "chat_template.jinja").exists():
-        template = (directory / "chat_template.jinja").read_text(errors="replace")
-    elif (directory / "tokenizer_config.json").exists():
-        value = json.loads((directory / "tokenizer_config.json").read_text()).get("chat_template")
-        template = value if isinstance(value, str) else None
+    template = find_chat_template(directory)  # the one serving will use
     if template is None:
         return
     try:  # under the budget chat requests have (a worker process with time and memory limits)
@@ -139,12 +143,52 @@ def _load(model: Candidate) -> Any:
     return loaded.eval()
 
 
-def _probe_ids(model: Candidate) -> Any:
-    import torch
+def derive_tokenizer(directory: Path, present: Collection[str]) -> list[str]:
+    """Write the ``FAST_TOKENIZER_FILES`` missing from ``present`` (the uploaded paths) into ``directory``,
+    as transformers' fast tokenizer saves them; return their names. Needed when there is no tokenizer.json:
+    the API server has no transformers to build a tokenizer from vocab or SentencePiece files, so a model
+    stored without one could never serve. Raises ``AdmissionFailed`` when no fast tokenizer can be built."""
+    if "tokenizer.json" in present:
+        return []
+    tokenizer = _fast_tokenizer(directory)
+    missing = [name for name in FAST_TOKENIZER_FILES if name not in present]
+    # A scratch folder inside the tree: a rename into place, and nothing else save_pretrained writes
+    # (special_tokens_map.json, a chat template file) joins the upload.
+    with tempfile.TemporaryDirectory(prefix=".tokenizer-", dir=directory) as scratch:
+        tokenizer.save_pretrained(scratch)
+        for name in missing:
+            os.replace(Path(scratch) / name, directory / name)
+    return missing
+
+
+def _fast_tokenizer(directory: Path) -> Any:
+    try:
+        tokenizer = _auto_tokenizer(directory)
+    except Exception as e:  # e.g. a SentencePiece model without the sentencepiece package
+        why = f"transformers builds no fast tokenizer from the other tokenizer files ({type(e).__name__}: {e})"
+    else:
+        if tokenizer.is_fast:
+            return tokenizer
+        why = f"transformers loads the tokenizer files only as a slow {type(tokenizer).__name__}"
+    raise AdmissionFailed(
+        [
+            f"no tokenizer.json, and {why}: the server reads fast-tokenizer files only; upload the model again "
+            "with the tokenizer saved by transformers' tokenizer.save_pretrained(folder), which writes tokenizer.json"
+        ]
+    )
+
+
+def _auto_tokenizer(directory: Path) -> Any:
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+
+
+def _probe_ids(model: Candidate) -> Any:
+    import torch
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model.directory, trust_remote_code=False)
+        tokenizer = _auto_tokenizer(model.directory)
         ids = tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"][:, :8]
         if ids.numel():
             return ids

@@ -6,7 +6,8 @@ hang or a memory spike there ends the child, never the worker; the job then fail
 
 Each check is a fork of a fork server that has torch and transformers imported already, so it
 starts in milliseconds. The child sends ``{"stage", "message"}`` as it goes, then one
-``{"result": manifest}`` (the manifest's JSON form, ``Manifest.to_json``) or
+``{"result": manifest, "derived": [files]}`` (the manifest's JSON form, ``Manifest.to_json``, and the files
+the check wrote into the staging tree, encoded as the request's files are) or
 ``{"error": {"code", "message", "problems"}}`` over a pipe.
 """
 
@@ -24,8 +25,8 @@ from typing import Any
 from modelport.errors import IngestError
 from modelport.ingest import admission, validate
 from modelport.ingest.safetensors_header import TensorInfo, read_file_header
-from modelport.ingest.staging import StagedFile
-from modelport.manifest import Manifest
+from modelport.ingest.staging import StagedFile, stage_existing
+from modelport.manifest import Manifest, ModelKind
 
 
 @dataclass
@@ -46,6 +47,15 @@ class CheckRequest:
     max_bytes: int
 
 
+@dataclass(frozen=True)
+class Checked:
+    """What a check hands back: the manifest, and the files it derived (a ``tokenizer.json`` built from
+    the uploaded tokenizer files), staged next to the uploaded ones and listed in the manifest."""
+
+    manifest: Manifest
+    derived: list[StagedFile]
+
+
 def encode_tensors(tensors: dict[str, TensorInfo]) -> dict[str, list[Any]]:
     return {k: [t.dtype, list(t.shape), t.start, t.end] for k, t in tensors.items()}
 
@@ -62,8 +72,15 @@ def request_for(
     base: BaseSpec | None,
     max_bytes: int,
 ) -> CheckRequest:
-    entries = [{"path": f.path, "size": f.size, "sha256": f.sha256, "local": str(f.local)} for f in files]
-    return CheckRequest(entries, not_fetched, kind, base_name, base, max_bytes)
+    return CheckRequest([_encode_file(f) for f in files], not_fetched, kind, base_name, base, max_bytes)
+
+
+def _encode_file(f: StagedFile) -> dict[str, Any]:
+    return {"path": f.path, "size": f.size, "sha256": f.sha256, "local": str(f.local)}
+
+
+def _decode_file(raw: dict[str, Any]) -> StagedFile:
+    return StagedFile(raw["path"], raw["size"], raw["sha256"], Path(raw["local"]))
 
 
 # ---- parent side ----------------------------------------------------------------------------------------
@@ -100,8 +117,8 @@ def _noop() -> None:
     pass
 
 
-def run_checks(request: CheckRequest, on_stage: Callable[[str, str], None], *, timeout_s: float) -> Manifest:
-    """Run the checks in a child process; returns the manifest or raises the child's ``IngestError``."""
+def run_checks(request: CheckRequest, on_stage: Callable[[str, str], None], *, timeout_s: float) -> Checked:
+    """Run the checks in a child process; returns what they found or raises the child's ``IngestError``."""
     receiver, sender = _context().Pipe(duplex=False)
     child = _context().Process(target=_child, args=(asdict(request), sender), name="modelport-check", daemon=True)
     child.start()
@@ -127,9 +144,9 @@ def run_checks(request: CheckRequest, on_stage: Callable[[str, str], None], *, t
     return _outcome(outcome, child.exitcode, timed_out, timeout_s)
 
 
-def _outcome(outcome: dict[str, Any] | None, exitcode: int | None, timed_out: bool, timeout_s: float) -> Manifest:
+def _outcome(outcome: dict[str, Any] | None, exitcode: int | None, timed_out: bool, timeout_s: float) -> Checked:
     if outcome is not None and "result" in outcome:
-        return Manifest.from_json(outcome["result"])
+        return Checked(Manifest.from_json(outcome["result"]), [_decode_file(f) for f in outcome["derived"]])
     if outcome is not None and "error" in outcome:
         e = outcome["error"]
         raise _error(e["code"], e["message"], e.get("problems", []))
@@ -156,20 +173,23 @@ def _child(raw: dict[str, Any], conn: Connection) -> None:
     base = BaseSpec(**raw["base"]) if raw.get("base") else None
     request = CheckRequest(**{**raw, "base": base})
     try:
-        manifest = check(request, lambda stage, message: conn.send({"stage": stage, "message": message}))
+        checked = check(request, lambda stage, message: conn.send({"stage": stage, "message": message}))
     except IngestError as e:
         conn.send({"error": {"code": e.code, "message": e.message, "problems": e.problems}})
     else:
-        conn.send({"result": manifest.to_json()})
+        conn.send({"result": checked.manifest.to_json(), "derived": [_encode_file(f) for f in checked.derived]})
     finally:
         conn.close()
 
 
-def check(request: CheckRequest, on_stage: Callable[[str, str], None]) -> Manifest:
-    files = [StagedFile(f["path"], f["size"], f["sha256"], Path(f["local"])) for f in request.files]
+def check(request: CheckRequest, on_stage: Callable[[str, str], None]) -> Checked:
+    files = [_decode_file(f) for f in request.files]
     base = request.base
     base_model = validate.BaseModel(base.name, base.manifest, _decode_tensors(base.tensors)) if base else None
     manifest = validate.validate(files, request.not_fetched, request.kind, base_model, request.base_name)
+    # Before admission, whether or not it runs a forward pass: admission then loads what serving will.
+    derived = _derive_tokenizer(request.kind, files, on_stage)
+    manifest = manifest.with_files(validate.file_entries(files + derived))
     forward = (manifest if base is None else base.manifest).total_bytes
     on_stage(
         "admitting",
@@ -181,7 +201,21 @@ def check(request: CheckRequest, on_stage: Callable[[str, str], None]) -> Manife
     base_candidate = (
         admission.Candidate(Path(base.directory), base.manifest, _decode_tensors(base.tensors)) if base else None
     )
-    return manifest.with_admission(admission.admit(candidate, max_bytes=request.max_bytes, base=base_candidate))
+    report = admission.admit(candidate, max_bytes=request.max_bytes, base=base_candidate)
+    return Checked(manifest.with_admission(report), derived)
+
+
+def _derive_tokenizer(kind: str, files: list[StagedFile], on_stage: Callable[[str, str], None]) -> list[StagedFile]:
+    """A model's ``tokenizer.json`` where it was uploaded without one, staged like the uploaded files.
+    Not for adapters: they serve with their base model's tokenizer."""
+    if kind == ModelKind.ADAPTER:
+        return []
+    root = _tree_root(files)
+    written = admission.derive_tokenizer(root, {f.path for f in files})
+    if written:
+        added = " and ".join(written)
+        on_stage("validating", f"added {added}, built by transformers from the uploaded tokenizer files")
+    return [stage_existing(root, name) for name in written]
 
 
 def _tree_root(files: list[StagedFile]) -> Path:

@@ -69,12 +69,13 @@ class Pipeline:
             inp = self._load(job_id)
             fetched = self.sources[inp.source.kind].fetch(inp.source, staging, progress, token=inp.hf_token)
             files, not_fetched = fetched.files, fetched.not_fetched
-            manifest, base = self._check(inp, files, not_fetched, staging, progress)
+            checked, base = self._check(inp, files, not_fetched, staging, progress)
+            manifest = checked.manifest  # it lists the derived files too, stored here like uploaded ones
             with self.db.read() as s:  # before the upload to the blob store; again at registration
                 quotas.check_storage(
                     s, self.settings, inp.model.account_id, manifest.total_bytes, model_id=inp.model.id
                 )
-            self._store(files, progress)
+            self._store(files + checked.derived, progress)
             progress.stage("registering", f"registering {inp.model.name}")
             self._register(inp, progress, manifest, base)
         finally:
@@ -91,8 +92,8 @@ class Pipeline:
 
     def _check(
         self, inp: JobInput, files: list[StagedFile], not_fetched: list[str], staging: Path, progress: Progress
-    ) -> tuple[Manifest, Model | None]:
-        """Validate and admit in a child process (see ``checker``); returns the manifest and the base."""
+    ) -> tuple[checker.Checked, Model | None]:
+        """Validate and admit in a child process (see ``checker``); returns what it found and the base."""
         progress.stage("validating", f"checking {len(files)} files")
         base_name, base_row, base_spec = None, None, None
         if inp.model.kind == ModelKind.ADAPTER:
@@ -102,10 +103,10 @@ class Pipeline:
         request = checker.request_for(
             files, not_fetched, inp.model.kind, base_name, base_spec, self.settings.admission_max_bytes
         )
-        manifest = checker.run_checks(request, progress.stage, timeout_s=self.settings.check_timeout_s)
-        if manifest.admission is not None:
-            progress.stage("admitting", _admission_summary(manifest.admission))
-        return manifest, base_row
+        checked = checker.run_checks(request, progress.stage, timeout_s=self.settings.check_timeout_s)
+        if checked.manifest.admission is not None:
+            progress.stage("admitting", _admission_summary(checked.manifest.admission))
+        return checked, base_row
 
     def _base_spec(self, base: Model, dest: Path) -> checker.BaseSpec:
         """The base's configs always, its weights only if a forward pass will need them."""

@@ -82,9 +82,12 @@ def validate(
         manifest = _model(by_path, headers, report)
     if report.problems:
         raise ValidationFailed(report.problems)
-    return manifest.with_files(
-        [FileEntry(path=f.path, size=f.size, sha256=f.sha256) for f in sorted(files, key=lambda f: f.path)]
-    )
+    return manifest.with_files(file_entries(files))
+
+
+def file_entries(files: list[StagedFile]) -> list[FileEntry]:
+    """The manifest's ``files``: path, size and hash of each staged file, in path order."""
+    return [FileEntry(path=f.path, size=f.size, sha256=f.sha256) for f in sorted(files, key=lambda f: f.path)]
 
 
 def _check_forbidden(paths: list[str], report: _Report) -> None:
@@ -139,10 +142,11 @@ def _model(by_path: dict[str, StagedFile], headers: dict[str, Header], report: _
     if not weights and not any(p.endswith(".safetensors") for p in by_path):
         report.add("no weights: a model needs its weights as .safetensors files")
     _check_shards(by_path, report)
-    if served in (ModelType.CHAT, ModelType.LANGUAGE) and not _has_tokenizer(by_path):
+    # Every served type tokenizes its input; an embedder too (the server embeds text, not ids).
+    if served is not None and not _has_tokenizer(by_path):
         report.add(
-            "no tokenizer: a text-generation model needs tokenizer.json, tokenizer.model, "
-            "vocab.json + merges.txt, or vocab.txt"
+            "no tokenizer: a text-generation or embedding model needs tokenizer.json, or files transformers "
+            "builds a fast tokenizer from: tokenizer.model, vocab.json + merges.txt, or vocab.txt"
         )
     parameters, dtype = _weight_stats([headers[p] for p in weights])
     context_length = _context_length(config, by_path, report)

@@ -1,47 +1,59 @@
 """Tokenizers, chat templates and incremental detokenization with stop strings.
 
-Shared by every engine: engines see token ids, this module owns the text around them.
+Shared by every engine: engines see token ids, this module owns the text around them. The API server
+imports neither transformers nor torch: a model's ``tokenizer.json`` runs in the ``tokenizers`` library,
+set up from its side files the way transformers' fast tokenizers read them.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenizers import AddedToken, Tokenizer, models, processors
+
 from modelport.chat_template import MAX_RENDERED_CHARS, ChatTemplateError, TemplateBudgetError
 from modelport.chat_template_workers import TemplateRenderer, default_renderer
-from modelport.errors import ChatTemplateBudgetExceeded, InvalidRequest, TemplateMissing
+from modelport.errors import ChatTemplateBudgetExceeded, EngineFailed, InvalidRequest, TemplateMissing
+from modelport.tokenizer_files import find_chat_template, read_json
 
 # A few prompt tokens decoded in front of the output, so the first generated token keeps the leading
 # space SentencePiece-style tokenizers only render after another token.
 _PREFIX_TOKENS = 6
 _MAX_CONTEXT_TOKENS = 64  # how far back a detokenizer looks for context past skipped special tokens
+_TEMPLATE_SPECIALS = ("bos", "eos", "unk", "pad")  # the special tokens chat templates are given
+# transformers' ``clean_up_tokenization``: undo the spaces word-level tokenizers put before punctuation.
+_CLEAN_UP = {" .": ".", " ?": "?", " !": "!", " ,": ",", " ' ": "'"} | {
+    f" {contraction}": contraction for contraction in ("n't", "'m", "'s", "'ve", "'re")
+}
 
 
 @dataclass
 class TextModel:
-    tokenizer: Any  # a transformers PreTrainedTokenizerBase
+    tokenizer: Tokenizer
     chat_template: str | None
     eos_ids: frozenset[int]
+    special_tokens: Mapping[str, str] = field(default_factory=dict)  # "bos" -> "<s>", ...
+    clean_up_spaces: bool = False
 
     def encode(self, text: str, *, special: bool) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=special)
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=special).ids
         return ids
 
     def decode(self, ids: list[int]) -> str:
         text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return text
+        return _clean_up(text) if self.clean_up_spaces else text
 
     @property
     def vocab_size(self) -> int:
         """Token ids a prompt may use: the base vocabulary plus added tokens."""
-        return len(self.tokenizer)
+        size: int = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        return size
 
     def render_chat(
         self,
@@ -77,7 +89,13 @@ class TextModel:
         return self.chat_template
 
     def _specials(self) -> dict[str, Any]:
-        return {f"{k}_token": getattr(self.tokenizer, f"{k}_token", None) for k in ("bos", "eos", "unk", "pad")}
+        return {f"{k}_token": self.special_tokens.get(k) for k in _TEMPLATE_SPECIALS}
+
+
+def _clean_up(text: str) -> str:
+    for before, after in _CLEAN_UP.items():
+        text = text.replace(before, after)
+    return text
 
 
 @contextmanager
@@ -92,30 +110,94 @@ def _template_errors(name: str) -> Iterator[None]:
         raise InvalidRequest(f"the model's chat template rejected the messages: {e}", param="messages") from None
 
 
-# transformers resolves its names lazily, and two threads doing that for the first time at once can see
-# a half-initialised module (ImportError under a burst of first requests).
-_IMPORT_LOCK = threading.Lock()
-
-
 def load_text_model(path: Path) -> TextModel:
-    with _IMPORT_LOCK:
-        from transformers import AutoTokenizer
+    """The model's tokenizer as transformers' ``AutoTokenizer`` would load it from ``tokenizer.json``."""
+    tokenizer = _read_tokenizer(path)
+    # special_tokens_map.json is the older home of the special tokens: tokenizer_config.json wins.
+    config = read_json(path / "special_tokens_map.json") | read_json(path / "tokenizer_config.json")
+    named = _named_specials(config)
+    # Like transformers: every special token is a special added token (never split, skipped when
+    # decoding), even one that tokenizer.json lists only in its vocabulary, or lacks altogether.
+    tokenizer.add_special_tokens([*named.values(), *_extra_specials(config)])
+    names = {name: token.content for name, token in named.items()}
+    _apply_add_flags(tokenizer, config, names)
+    # The clean-up was written for word-level tokenizers; transformers skips it for BPE, where it would
+    # eat spaces the model produced on purpose.
+    clean_up = config.get("clean_up_tokenization_spaces") is True and not isinstance(tokenizer.model, models.BPE)
+    eos_ids = _eos_ids(path, tokenizer.token_to_id(names["eos"]) if "eos" in names else None)
+    return TextModel(tokenizer, find_chat_template(path), eos_ids, names, clean_up)
 
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    template = tokenizer.chat_template
-    if isinstance(template, dict):  # several named templates: the default one answers chat
-        template = template.get("default")
-    return TextModel(tokenizer, template, _eos_ids(path, tokenizer))
+
+def _read_tokenizer(path: Path) -> Tokenizer:
+    file = path / "tokenizer.json"
+    if not file.is_file():
+        raise EngineFailed(
+            "the model has no tokenizer.json, and the server reads fast-tokenizer files only (not a "
+            "SentencePiece tokenizer.model or vocab files alone): upload the model again with the "
+            "tokenizer saved by transformers' tokenizer.save_pretrained(folder), which writes tokenizer.json"
+        )
+    try:
+        tokenizer = Tokenizer.from_file(str(file))
+    except Exception as e:  # the Rust side raises plain Exceptions for any malformed file
+        raise EngineFailed(f"the model's tokenizer.json could not be read: {e}") from None
+    # Padding and truncation saved in tokenizer.json are for training batches; transformers turns them
+    # off unless a call asks, and the limits here are the server's own.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
-def _eos_ids(path: Path, tokenizer: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gen = path / "generation_config.json"
-    if gen.is_file():
-        value = json.loads(gen.read_text()).get("eos_token_id")
-        ids.update(int(v) for v in (value if isinstance(value, list) else [value]) if v is not None)
+def _named_specials(config: Mapping[str, Any]) -> dict[str, AddedToken]:
+    """Every ``*_token`` entry holding a token, keyed by its name (``bos``, ``eos``, ``image``...):
+    transformers counts model-specific names as special tokens too."""
+    found = {key.removesuffix("_token"): _added_token(value) for key, value in config.items() if key.endswith("_token")}
+    return {name: token for name, token in found.items() if token is not None}
+
+
+def _extra_specials(config: Mapping[str, Any]) -> list[AddedToken]:
+    """The unnamed special tokens: ``additional_special_tokens`` (``extra_special_tokens`` since transformers 5)."""
+    values = config.get("extra_special_tokens") or config.get("additional_special_tokens")
+    tokens = [_added_token(value) for value in (values if isinstance(values, list) else [])]
+    return [token for token in tokens if token is not None]
+
+
+def _added_token(value: Any) -> AddedToken | None:
+    if isinstance(value, str):
+        return AddedToken(value, special=True, normalized=False)
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        flags = {k: bool(value[k]) for k in ("single_word", "lstrip", "rstrip", "normalized") if k in value}
+        return AddedToken(value["content"], special=True, **flags)
+    return None
+
+
+def _apply_add_flags(tokenizer: Tokenizer, config: Mapping[str, Any], names: Mapping[str, str]) -> None:
+    """Llama-style configs say whether to add BOS and EOS (``add_bos_token``, ``add_eos_token``). Where
+    that disagrees with what tokenizer.json's post-processor adds, the config wins, as it did for
+    transformers' Llama tokenizers; configs are what people edit, and save_pretrained keeps both in step."""
+    bos, eos = names.get("bos"), names.get("eos")
+    bos_id, eos_id = (tokenizer.token_to_id(t) if t else None for t in (bos, eos))
+    probe = tokenizer.encode("", add_special_tokens=True).ids
+    adds_bos = bos_id is not None and probe[:1] == [bos_id]
+    adds_eos = eos_id is not None and len(probe) > adds_bos and probe[-1] == eos_id
+    want_bos = _flag(config, "add_bos_token", adds_bos) and bos_id is not None
+    want_eos = _flag(config, "add_eos_token", adds_eos) and eos_id is not None
+    if (want_bos, want_eos) == (adds_bos, adds_eos):
+        return
+    # As transformers' ``update_post_processor`` builds it (pieces as a list: a token may hold spaces).
+    single = [bos] * want_bos + ["$A"] + [eos] * want_eos
+    used = [(bos, bos_id)] * want_bos + [(eos, eos_id)] * want_eos
+    tokenizer.post_processor = processors.TemplateProcessing(single=single, special_tokens=used)
+
+
+def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key)
+    return value if isinstance(value, bool) else default  # absent, or null: as tokenizer.json does it
+
+
+def _eos_ids(path: Path, eos_id: int | None) -> frozenset[int]:
+    ids: set[int] = {eos_id} if eos_id is not None else set()
+    value = read_json(path / "generation_config.json").get("eos_token_id")
+    ids.update(int(v) for v in (value if isinstance(value, list) else [value]) if v is not None)
     return frozenset(ids)
 
 
