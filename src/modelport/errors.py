@@ -16,7 +16,9 @@ OpenAI's ``type`` belong to the dialect, not here.
     ├── DatabaseUnavailable         503 database_unavailable (a lost connection, raised for it by api/errors.py)
     ├── BlobUnavailable             503 blob_store_unavailable (the blob store lost a blob or stopped answering)
     ├── EngineOverloaded            503 engine_overloaded    (too much queued work or no memory for another
-    │                                                          model; the client should retry)
+    │   │                                                      model; the client should retry)
+    │   └── EngineRestarted         503 engine_restarted     (the engine worker serving it died mid-request and
+    │                                                          is restarting; the client should retry)
     ├── EngineFailed                500 engine_error         (a model or adapter could not be loaded or run)
     ├── Conflict                    409 conflict
     │   └── ModelNameTaken          409 model_name_taken
@@ -126,6 +128,14 @@ class EngineOverloaded(ModelportError):
 
     status_code = 503
     code = "engine_overloaded"
+
+
+class EngineRestarted(EngineOverloaded):
+    """The engine process serving a request died (a crash, the OOM killer) and is being restarted:
+    what was in flight there ends with this, never a hang."""
+
+    code = "engine_restarted"
+    retry_after = 1
 
 
 class EngineFailed(ModelportError):
@@ -258,3 +268,15 @@ class AdmissionFailed(IngestError):
 
     def __init__(self, problems: list[str]) -> None:
         super().__init__("the model did not pass its admission test: " + "; ".join(problems), problems=problems)
+
+
+def from_code(code: str, message: str, *, param: str | None = None) -> ModelportError:
+    """The error of the tree whose ``code`` this is, for errors that crossed a process boundary (an engine
+    worker's refusal reaches the client as the same error, status and code). Unknown codes: ``EngineFailed``."""
+    pending: list[type[ModelportError]] = [ModelportError]
+    while pending:
+        cls = pending.pop()
+        if cls.code == code and cls.__init__ is ModelportError.__init__:
+            return cls(message, param=param)
+        pending.extend(cls.__subclasses__())
+    return EngineFailed(message, param=param)

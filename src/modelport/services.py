@@ -35,9 +35,8 @@ from modelport.jobs.store import JobStore
 from modelport.jobs.worker import JobHandler, Worker, WorkerPool
 from modelport.metrics import Metrics, WorkerLoad
 from modelport.serving.artifacts import ArtifactCache
-from modelport.serving.engine import Engine
-from modelport.serving.engines import open_engine
 from modelport.serving.observe import Observers
+from modelport.serving.pool import EnginePool
 from modelport.serving.service import InferenceService
 from modelport.serving.usage import UsageLedger
 from modelport.settings import Settings
@@ -49,9 +48,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Serving:
-    """Inference: the shared engine ("serverless") and dedicated endpoints. Absent in ``modelport worker``."""
+    """Inference: the serverless engine processes and dedicated endpoints. Absent in ``modelport worker``."""
 
-    engine: Engine
+    engine: EnginePool
     inference: InferenceService
     endpoints: EndpointService
     supervisor: Supervisor
@@ -183,7 +182,7 @@ def _serving(
     inventory = hardware.detect(settings.endpoint_memory_bytes)
     supervisor = Supervisor(settings, db, catalog, artifacts, inventory)
     endpoints = EndpointService(settings, db, catalog, blobs, inventory, on_change=supervisor.wake)
-    engine = open_engine(settings)
+    engine = EnginePool(settings)
     inference = InferenceService(
         catalog,
         artifacts,
@@ -192,7 +191,9 @@ def _serving(
         routing=EndpointRouting(endpoints, supervisor),
         observer=Observers(metrics.inference, usage),
     )
-    # Scrapes read the shared engine (the one worker there is; engine worker processes would add
-    # theirs) and the endpoints' replicas.
-    metrics.watch_serving([lambda: [WorkerLoad.from_stats("api", engine.stats())]], supervisor.replica_loads)
+    # Scrapes ask each serverless engine process for its load, and read the endpoints' replicas.
+    metrics.watch_serving(
+        [lambda: [WorkerLoad.from_stats(label, stats) for label, stats in engine.worker_stats()]],
+        supervisor.replica_loads,
+    )
     return Serving(engine, inference, endpoints, supervisor)

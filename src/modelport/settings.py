@@ -226,6 +226,27 @@ class Settings(BaseSettings):
         default="transformers",
         description="Inference engine: transformers (embedded, CPU or CUDA) or fake (tests and demos, no weights).",
     )
+    engine_fake_token_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="With MODELPORT_ENGINE=fake: seconds between the tokens it makes up, to watch streams, "
+        "cancellations and load in tests and demos.",
+    )
+    engine_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Engine processes that serve serverless models (the API process runs none itself). A request "
+        "goes to one that has its model and adapter loaded, else to the least loaded; the default memory budgets "
+        "are shared equally, and on CPU each gets an equal share of the cores (OMP_NUM_THREADS) unless that is set.",
+    )
+    engine_sockets: str = Field(
+        default="",
+        description="Comma-separated Unix socket paths of engine processes started separately (`modelport engine "
+        "--socket PATH` on this host, with the same MODELPORT_DATA_DIR); when set, the server serves serverless "
+        "models on those and starts none of its own (MODELPORT_ENGINE_WORKERS is ignored).",
+    )
     engine_device: str = Field(default="auto", description="Device for the embedded engine: auto, cpu, cuda, cuda:1…")
     engine_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
@@ -234,8 +255,8 @@ class Settings(BaseSettings):
     engine_memory_bytes: int = Field(
         default=0,
         ge=0,
-        description="Weights the engine keeps loaded before evicting idle models (LRU); 0 means half the RAM "
-        "on CPU, 80% of the GPU's memory on CUDA.",
+        description="Weights each engine process keeps loaded before evicting idle models (LRU); 0 means half the "
+        "RAM on CPU, 80% of the GPU's memory on CUDA, shared equally by the MODELPORT_ENGINE_WORKERS.",
     )
     max_num_seqs: int = Field(
         default=32, ge=1, description="Sequences decoded together per model; further requests queue."
@@ -263,7 +284,7 @@ class Settings(BaseSettings):
         description="Memory the engine gives running sequences (KV caches and forward-pass scratch), all loaded "
         "models together, beside MODELPORT_ENGINE_MEMORY_BYTES for weights. A prompt that could not fit even "
         "alone gets 400 context_length_exceeded before anything is allocated; others wait for room. 0 means a "
-        "quarter of the RAM on CPU, 10% of the GPU's memory on CUDA.",
+        "quarter of the RAM on CPU, 10% of the GPU's memory on CUDA, shared equally by the MODELPORT_ENGINE_WORKERS.",
     )
     max_prompt_bytes: int = Field(
         default=4 * 2**20,

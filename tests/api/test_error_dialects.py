@@ -38,6 +38,7 @@ OPENAI_TYPES = {
     "DatabaseUnavailable": "server_error",
     "BlobUnavailable": "server_error",
     "EngineOverloaded": "server_error",
+    "EngineRestarted": "server_error",
     "EngineFailed": "server_error",
     "Conflict": "conflict_error",
     "ModelNameTaken": "conflict_error",

@@ -20,7 +20,6 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelport.app import create_app
-from modelport.serving.engines.fake import FakeEngine
 from modelport.settings import Settings
 from tests.api.conftest import minilm_files
 from tests.conftest import database, make_settings
@@ -50,7 +49,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, hub: FakeHub, tiny_llama: P
     """Two uploads that complete and one that fails (a repository with no model in it)."""
     tmp = tmp_path_factory.mktemp("metrics")
     with database(tmp) as url:
-        app = create_app(make_settings(tmp, url, hub.url, engine="fake"), run_workers=False, supervise=False)
+        # The fake engine, in an engine process, 20 ms per token: streams last long enough to scrape during.
+        settings = make_settings(tmp, url, hub.url, engine="fake", engine_fake_token_delay_s=0.02)
+        app = create_app(settings, run_workers=False, supervise=False)
         services = app.state.services
         services.prepare()
         admin = services.accounts.create_key("ops", admin=True)
@@ -155,36 +156,32 @@ def test_counters_match_the_requests_made(server: Server) -> None:
     assert value(after, "modelport_time_to_first_token_seconds_bucket", model=LLAMA, le="+Inf") == value(
         after, "modelport_time_to_first_token_seconds_count", model=LLAMA
     )
-    assert value(after, "modelport_worker_running_sequences", worker="api", engine="fake") == 0
+    # Asked of the engine process itself, over its socket.
+    assert value(after, "modelport_worker_running_sequences", worker="worker-0", engine="fake") == 0
 
 
 @pytest.mark.db_agnostic
 def test_a_stream_is_counted_when_it_ends(server: Server) -> None:
-    inference = server.app.state.services.live.inference
-    engine, inference.engine = inference.engine, FakeEngine(token_delay_s=0.05)  # 20 tokens: about 1 s
-    try:
-        before = scrape(server.url)
-        body = {"model": "tiny", "prompt": "a b c", "max_tokens": 20, "stream": True}
-        with (
-            httpx.Client(timeout=30) as client,
-            client.stream("POST", f"{server.url}/v1/completions", json=body, headers=server.headers) as resp,
-        ):
-            lines = resp.iter_lines()
-            assert next(lines).startswith("data: ")
-            during = scrape(server.url)
-            assert requests(during, "/v1/completions", 200) == requests(before, "/v1/completions", 200)
-            assert all(line == "" or line.startswith("data: ") for line in lines)
-        after = scrape(server.url)
-    finally:
-        inference.engine = engine
+    before = scrape(server.url)
+    body = {"model": "tiny", "prompt": "a b c", "max_tokens": 30, "stream": True}  # 20 ms per token: 0.6 s
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", f"{server.url}/v1/completions", json=body, headers=server.headers) as resp,
+    ):
+        lines = resp.iter_lines()
+        assert next(lines).startswith("data: ")
+        during = scrape(server.url)
+        assert requests(during, "/v1/completions", 200) == requests(before, "/v1/completions", 200)
+        assert all(line == "" or line.startswith("data: ") for line in lines)
+    after = scrape(server.url)
     assert requests(after, "/v1/completions", 200) == requests(before, "/v1/completions", 200) + 1
     seconds = delta(
         before, after, "modelport_http_request_duration_seconds_sum", route="/v1/completions", method="POST"
     )
     assert seconds >= 0.5  # to the stream's last byte, not to its first
-    assert delta(before, after, "modelport_inter_token_latency_seconds_count", model=LLAMA) == 19
-    # The gaps are the engine's 50 ms, not a clock reading: all of them fall in the buckets up to 0.25 s.
-    assert delta(before, after, "modelport_inter_token_latency_seconds_bucket", model=LLAMA, le="0.25") == 19
+    assert delta(before, after, "modelport_inter_token_latency_seconds_count", model=LLAMA) == 29
+    # The gaps are the engine's 20 ms, not a clock reading: all of them fall in the buckets up to 0.25 s.
+    assert delta(before, after, "modelport_inter_token_latency_seconds_bucket", model=LLAMA, le="0.25") == 29
 
 
 def test_jobs_by_state_and_stage_durations(server: Server) -> None:

@@ -31,7 +31,7 @@ def replicas_of(live: Live, endpoint_id: str) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmdline = p.info["cmdline"] or []
-        if "replica" in cmdline and any(endpoint_id in part for part in cmdline):
+        if "engine" in cmdline and any(endpoint_id in part for part in cmdline):
             found.append(p)
     return found
 

@@ -136,6 +136,8 @@ CODE_HINTS = {
     "model_type_mismatch": _TYPES,
     "engine_overloaded": "the model is busy: try again in a moment, or give it its own endpoint with "
     "`modelport endpoints create --model {ref}`",
+    "engine_restarted": "the engine process serving the model stopped and is restarting: try again in a "
+    "moment; if it keeps happening, the server's engine logs (data dir, engines/) say why",
     "engine_error": "the model failed while answering; the server's log says why",
     "request_timeout": "the request arrived too slowly; check the network and try again",
     "method_not_allowed": "this CLI and the server may be different versions: compare `modelport --version`",

@@ -60,10 +60,12 @@ def cli() -> None:
 @click.option("--workers", type=int, default=None, help="Ingest worker threads (default: MODELPORT_WORKERS).")
 @click.option("--log-level", default="info", show_default=True, help="debug, info, warning or error.")
 def serve(host: str, port: int, workers: int | None, log_level: str) -> None:
-    """Start the API server: uploads with ingest workers inside it, and inference on the embedded engine.
+    """Start the API server: uploads with ingest workers inside it, and inference in engine processes.
 
-    Models load on their first request (MODELPORT_ENGINE_DEVICE, MODELPORT_MAX_NUM_SEQS, MODELPORT_MAX_LORAS
-    and the other engine settings are in docs/configuration.md).
+    The server starts MODELPORT_ENGINE_WORKERS engine processes with the first request that needs one and
+    restarts any that dies (or uses those in MODELPORT_ENGINE_SOCKETS, see `modelport engine`); models
+    load there on their first request (MODELPORT_ENGINE_DEVICE, MODELPORT_MAX_NUM_SEQS,
+    MODELPORT_MAX_LORAS and the other engine settings are in docs/configuration.md).
     """
     import uvicorn
 
@@ -90,15 +92,23 @@ def serve(host: str, port: int, workers: int | None, log_level: str) -> None:
     )
 
 
-@cli.command(hidden=True)
-@click.option("--spec", "spec_path", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--port", required=True, type=int)
-def replica(spec_path: Path, port: int) -> None:
-    """Internal: one endpoint replica, started by the server's endpoint supervisor."""
-    from modelport.endpoints.replica import run
+@cli.command()
+@click.option(
+    "--socket", "socket_path", required=True, type=click.Path(path_type=Path), help="Unix socket to serve on."
+)
+@click.option("--spec", "spec_path", type=click.Path(exists=True, path_type=Path), hidden=True)
+@click.option("--log-level", default="warning", show_default=True)
+def engine(socket_path: Path, spec_path: Path | None, log_level: str) -> None:
+    """Run one engine process: the models of serverless requests load and run here.
 
-    _setup_logging("warning")
-    run(spec_path, port)
+    `modelport serve` starts its own (MODELPORT_ENGINE_WORKERS). Start them yourself instead, on the same
+    host and with the same MODELPORT_DATA_DIR and engine settings, and list their sockets in the server's
+    MODELPORT_ENGINE_SOCKETS: the server then routes to them and starts none.
+    """
+    from modelport.serving.host import run
+
+    _setup_logging(log_level)
+    run(spec_path, socket_path)
 
 
 def _first_start_key(accounts: AccountService, settings: Settings) -> None:
@@ -163,5 +173,5 @@ cli.add_command(demo)
 cli.add_command(db)
 
 
-if __name__ == "__main__":  # `python -m modelport.cli.main`, how the supervisor starts replicas
+if __name__ == "__main__":  # `python -m modelport.cli.main`, how the server starts its engine processes
     cli()

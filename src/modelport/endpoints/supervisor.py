@@ -9,34 +9,30 @@ hardware released), stops replicas of endpoints asked to stop, deleted, or idle 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
-import sys
+import tempfile
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import select
 
 from modelport.catalog.service import Catalog
 from modelport.endpoints.hardware import HardwareConfig, Inventory
-from modelport.endpoints.remote import RemoteEngine
 from modelport.endpoints.service import replica_count
 from modelport.endpoints.states import RUNNING_STATES, EndpointState, move
-from modelport.endpoints.wire import artifact_to_json, pooling_to_json
 from modelport.errors import EndpointNotRunning, EngineOverloaded
 from modelport.manifest import ModelType, context_length_of
 from modelport.serving.artifacts import ArtifactCache
 from modelport.serving.engine import Artifact, Pooling
+from modelport.serving.host import EngineSpec, engine_settings, exit_reason, log_tail, spawn, terminate
+from modelport.serving.ipc import EngineClient, probe
 from modelport.serving.service import read_pooling
 from modelport.settings import Settings
 from modelport.storage.db.engine import Database
@@ -45,36 +41,6 @@ from modelport.storage.db.tables import Endpoint, Model, utcnow
 log = logging.getLogger(__name__)
 
 STABLE_S = 600.0  # replicas up this long forgive earlier crashes
-
-
-@dataclass(frozen=True)
-class ReplicaSpec:
-    """What one replica process runs. ``to_json`` is the file ``modelport replica --spec`` reads
-    (``replica.create_replica_app``); ``env`` is set on top of the server's environment."""
-
-    parent_pid: int  # the replica exits when this process (the API server) goes away
-    data_dir: Path
-    device: str  # "cpu" or "cuda"
-    memory_bytes: int
-    max_num_seqs: int
-    max_loras: int
-    model: Artifact
-    context_length: int
-    pooling: Pooling | None  # embedding models only
-    env: Mapping[str, str]  # CUDA_VISIBLE_DEVICES (its share of the reserved GPUs) or OMP_NUM_THREADS
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "parent_pid": self.parent_pid,
-            "data_dir": str(self.data_dir),
-            "device": self.device,
-            "memory_bytes": self.memory_bytes,
-            "max_num_seqs": self.max_num_seqs,
-            "max_loras": self.max_loras,
-            "model": artifact_to_json(self.model),
-            "context_length": self.context_length,
-            "pooling": pooling_to_json(self.pooling) if self.pooling is not None else None,
-        }
 
 
 def replica_spec(
@@ -86,16 +52,15 @@ def replica_spec(
     index: int,
     pooling: Pooling | None,
     parent_pid: int,
-) -> ReplicaSpec:
-    """Replica ``index`` of ``endpoint`` on ``config``, from what its reservation holds. No I/O."""
+) -> EngineSpec:
+    """Replica ``index`` of ``endpoint`` on ``config``, from what its reservation holds. No I/O.
+
+    A replica is an engine process like a serverless worker, with its own device and memory budget, that
+    loads ``artifact`` before it answers."""
     device, memory, env = _placement(config, endpoint.reservation or {}, index)
-    return ReplicaSpec(
+    return EngineSpec(
         parent_pid=parent_pid,
-        data_dir=settings.data_dir,
-        device=device,
-        memory_bytes=memory,
-        max_num_seqs=settings.max_num_seqs,
-        max_loras=settings.max_loras,
+        settings=engine_settings(settings, engine_device=device, engine_memory_bytes=memory, engine_workers=1),
         model=artifact,
         context_length=context_length_of(model.manifest, settings.max_model_len),
         pooling=pooling,
@@ -117,16 +82,12 @@ class Replica:
     endpoint_id: str
     index: int
     proc: subprocess.Popen[bytes]
-    port: int
+    socket: Path
     log_path: Path
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     ready_at: float = 0.0
-    engine: RemoteEngine | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    engine: EngineClient | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +119,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._touched: dict[str, float] = {}
+        self._sockets: Path | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -176,8 +138,10 @@ class Supervisor:
         with self._lock:
             for replicas in self.replicas.values():
                 for r in replicas:
-                    _terminate(r.proc)
+                    terminate(r.proc)
             self.replicas.clear()
+        if self._sockets is not None:
+            shutil.rmtree(self._sockets, ignore_errors=True)
 
     def ready_replicas(self, endpoint_id: str) -> int:
         with self._lock:
@@ -194,7 +158,7 @@ class Supervisor:
         ]
 
     # --- routing -----------------------------------------------------------------------------------
-    def engine_for(self, endpoint: Endpoint) -> RemoteEngine:
+    def engine_for(self, endpoint: Endpoint) -> EngineClient:
         """The least-loaded ready replica of a started endpoint."""
         if endpoint.state != EndpointState.STARTED:
             raise EndpointNotRunning(
@@ -272,7 +236,7 @@ class Supervisor:
         while len(replicas) > want:  # scaled down
             with self._lock:
                 extra = replicas.pop()
-            _terminate(extra.proc)
+            terminate(extra.proc)
         while len(replicas) < want:
             replicas.append(self._launch(endpoint, len(replicas)))
         all_ready = len(replicas) == want and all(r.ready for r in replicas)
@@ -285,28 +249,26 @@ class Supervisor:
 
     def _crashed(self, endpoint: Endpoint, replica: Replica, code: int) -> bool:
         """Count the crash; False when this pass must leave the endpoint: it failed for good, or moved meanwhile."""
-        reason = _exit_reason(code)
+        reason = exit_reason(code)
         restarts = endpoint.restarts + 1
         log.warning("endpoint %s replica %d %s (crash %d)", endpoint.name, replica.index, reason, restarts)
         if restarts > self.settings.replica_max_restarts:
             self._stop_replicas(endpoint.id)
-            tail = _tail(replica.log_path)
+            tail = log_tail(replica.log_path)
             error = f"replica {reason} {restarts} times" + (f"; last output: {tail}" if tail else "")
             self._move(endpoint, EndpointState.ERROR, error=error, restarts=restarts)
             return False
         return self._move(endpoint, EndpointState.STARTING, restarts=restarts)
 
     def _check_ready(self, endpoint: Endpoint, replica: Replica) -> None:
-        try:
-            ok = httpx.get(replica.url + "/health", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            ok = False
-        if ok:
-            replica.ready, replica.ready_at, replica.engine = True, time.monotonic(), RemoteEngine(replica.url)
-            log.info("endpoint %s replica %d ready on %s", endpoint.name, replica.index, replica.url)
+        if probe(replica.socket) is not None:  # it answers only once its model is loaded
+            label = f"endpoint {endpoint.name} replica {replica.index}"
+            client = EngineClient(replica.socket, self.settings.engine, label)
+            replica.ready, replica.ready_at, replica.engine = True, time.monotonic(), client
+            log.info("endpoint %s replica %d ready", endpoint.name, replica.index)
         elif time.monotonic() - replica.started > self.settings.replica_start_timeout_s:
             log.warning("endpoint %s replica %d did not start in time", endpoint.name, replica.index)
-            _terminate(replica.proc)
+            terminate(replica.proc)
 
     def _launch(self, endpoint: Endpoint, index: int) -> Replica:
         with self.db.session() as s:
@@ -318,29 +280,27 @@ class Supervisor:
         spec = replica_spec(endpoint, model, artifact, self.settings, config, index, pooling, os.getpid())
         return self._spawn(endpoint, index, spec)
 
-    def _spawn(self, endpoint: Endpoint, index: int, spec: ReplicaSpec) -> Replica:
-        """Write the spec file and start the replica process on a free loopback port."""
+    def _spawn(self, endpoint: Endpoint, index: int, spec: EngineSpec) -> Replica:
+        """Start the replica's engine process; its spec and log live in the endpoint's folder."""
         folder = self.settings.data_dir / "endpoints" / endpoint.id
         folder.mkdir(parents=True, exist_ok=True)
-        spec_path = folder / f"replica-{index}.json"
-        spec_path.write_text(json.dumps(spec.to_json()))
-        port = _free_port()
+        sock = self._socket_dir() / f"{endpoint.id}-{index}.sock"
         log_path = folder / f"replica-{index}.log"
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "modelport.cli.main", "replica", "--spec", str(spec_path), "--port", str(port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **spec.env},
-            )
-        log.info("endpoint %s: launched replica %d (pid %d, port %d)", endpoint.name, index, proc.pid, port)
-        return Replica(endpoint.id, index, proc, port, log_path)
+        proc = spawn(spec, folder / f"replica-{index}.json", sock, log_path)
+        log.info("endpoint %s: launched replica %d (pid %d)", endpoint.name, index, proc.pid)
+        return Replica(endpoint.id, index, proc, sock, log_path)
+
+    def _socket_dir(self) -> Path:
+        # Unix socket paths are short (108 bytes): a private folder of their own under /tmp.
+        if self._sockets is None:
+            self._sockets = Path(tempfile.mkdtemp(prefix="modelport-replicas-"))
+        return self._sockets
 
     def _stop_replicas(self, endpoint_id: str) -> None:
         with self._lock:
             replicas = self.replicas.pop(endpoint_id, [])
         for r in replicas:
-            _terminate(r.proc)
+            terminate(r.proc)
 
     def _move(
         self, seen: Endpoint, to: EndpointState, *, error: str | None = None, restarts: int | None = None
@@ -360,39 +320,3 @@ class Supervisor:
             move(row, to, error=error, restarts=restarts)
         move(seen, to, error=error, restarts=restarts)
         return True
-
-
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _exit_reason(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with status {code}"
-
-
-def _tail(path: Path, chars: int = 400) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return " ".join(text[-chars:].split())
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from modelport.manifest import Manifest
 
@@ -103,3 +103,10 @@ class Engine(Protocol):
     def stats(self) -> dict[str, Any]:
         """Loaded models, adapters, queue depths: for logs, health and benchmarks."""
         ...
+
+
+@runtime_checkable
+class Preloading(Protocol):
+    """An engine that can load a model before any request: an endpoint replica's, before it answers."""
+
+    def preload(self, artifact: Artifact, context_length: int) -> None: ...

@@ -50,9 +50,10 @@ def _device(name: str) -> torch.device:
 def _budget(settings: Settings, device: torch.device) -> int:
     if settings.engine_memory_bytes:
         return settings.engine_memory_bytes
+    # The default is the host's (or GPU's) share for all serverless engine processes together.
     if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory * 0.8)
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.8) // settings.engine_workers
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5) // settings.engine_workers
 
 
 def _sequence_budget(settings: Settings, device: torch.device) -> int:
@@ -61,8 +62,8 @@ def _sequence_budget(settings: Settings, device: torch.device) -> int:
     if settings.engine_sequence_memory_bytes:
         return settings.engine_sequence_memory_bytes
     if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory * 0.1)
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.25)
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.1) // settings.engine_workers
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.25) // settings.engine_workers
 
 
 class _Loaded:

@@ -1,0 +1,289 @@
+"""``EnginePool``: the serverless engine, as ``MODELPORT_ENGINE_WORKERS`` engine processes.
+
+To the inference service the pool is one ``Engine``. Behind it, each request goes to a worker process
+(``host.py``) over the engine protocol (``ipc.py``), chosen like Ray Serve's model multiplexing or
+SGLang's cache-aware router choose theirs:
+
+1. a worker that already has the request's base model *and* adapter loaded, the least loaded of them;
+2. else one that has the base model (an adapter loads in milliseconds next to a base model's seconds);
+3. else, or when those are all at their ``max_num_seqs``, the least loaded worker (of equals, the one with
+   the fewest models), which loads it.
+
+The pool remembers what it sent where; a worker's own memory budget may evict a model, which then
+just loads again. The workers start with the first request that needs one (a server that only ingests
+or routes to dedicated endpoints never starts them) and are watched by a thread: one that exits is
+started again at once, its in-flight requests having already failed with ``engine_restarted`` (their
+connections ended with it); one that keeps failing to start fails requests with its log's last lines
+instead of making them wait. With ``MODELPORT_ENGINE_SOCKETS`` the pool starts none: it routes to the
+processes listed there (started by hand or by a supervisor of the operator's) and only asks each, every
+second, whether it still answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelport.errors import EngineFailed, EngineOverloaded
+from modelport.serving.engine import Artifact, GenerationRequest, Pooling, TokenStep
+from modelport.serving.host import EngineSpec, engine_settings, exit_reason, log_tail, spawn, terminate
+from modelport.serving.ipc import EngineClient, probe
+from modelport.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WATCH_S = 0.1  # how often the watcher looks at the processes it started
+PROBE_S = 1.0  # how often it asks processes started by others whether they still answer
+EXTERNAL_WAIT_S = 5.0  # how long a request waits for one of those to answer
+FAILED_STARTS = 3  # a worker that exits this many times in a row before it ever answered is broken
+
+
+@dataclass
+class _Worker:
+    index: int
+    socket: Path
+    log_path: Path | None  # None: started by someone else (MODELPORT_ENGINE_SOCKETS), not watched as a process
+    proc: subprocess.Popen[bytes] | None = None
+    client: EngineClient | None = None  # set once the process answers; None while (re)starting
+    launched: float = 0.0  # or, for a process started by others, when it was last asked
+    restarts: int = 0
+    failed_starts: int = 0  # exits before it answered, in a row
+    bases: set[str] = field(default_factory=set)  # what the pool has sent here: the affinity
+    adapters: set[str] = field(default_factory=set)
+
+    @property
+    def load(self) -> int:
+        return self.client.in_flight if self.client is not None else 0
+
+    @property
+    def alive(self) -> bool:
+        """Not yet seen dead: between a crash and the watcher's next look, requests must not be sent here
+        (``poll`` reaps an exited child at once; a process started by others is asked by the watcher)."""
+        return self.proc is None or self.proc.poll() is None
+
+    def has(self, base: str, adapter: str | None) -> bool:
+        return base in self.bases and (adapter is None or adapter in self.adapters)
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """One worker as ``stats()`` and ``/metrics`` show it."""
+
+    label: str
+    pid: int | None
+    ready: bool
+    in_flight: int
+    restarts: int
+
+
+class EnginePool:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.name: str = settings.engine
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sockets: Path | None = None
+        self._broken: str | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Nothing yet: the workers start with the first request that needs one."""
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            workers, self._workers = self._workers, []
+        for w in workers:
+            if w.proc is not None:
+                terminate(w.proc)
+        if self._sockets is not None:
+            shutil.rmtree(self._sockets, ignore_errors=True)
+
+    def _ensure_started(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._stopping.is_set():
+                return
+            self._workers = self._external() or self._own()
+            self._thread = threading.Thread(target=self._watch, name="engine-pool", daemon=True)
+            self._thread.start()
+
+    def _external(self) -> list[_Worker]:
+        paths = [p.strip() for p in self.settings.engine_sockets.split(",") if p.strip()]
+        return [_Worker(i, Path(p), None) for i, p in enumerate(paths)]
+
+    def _own(self) -> list[_Worker]:
+        # Unix socket paths are short (108 bytes): a private folder of their own under /tmp.
+        self._sockets = Path(tempfile.mkdtemp(prefix="modelport-engines-"))
+        logs = self.settings.data_dir / "engines"
+        logs.mkdir(parents=True, exist_ok=True)
+        return [
+            _Worker(i, self._sockets / f"w{i}.sock", logs / f"worker-{i}.log")
+            for i in range(self.settings.engine_workers)
+        ]
+
+    # --- the watcher -------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            for w in list(self._workers):
+                try:
+                    self._tend(w)
+                except Exception:
+                    log.exception("engine worker %d: watching it failed; retrying", w.index)
+            self._stopping.wait(WATCH_S)
+
+    def _tend(self, w: _Worker) -> None:
+        if w.log_path is None:
+            self._ask(w)
+        elif w.proc is None:
+            self._launch(w)
+        elif (code := w.proc.poll()) is not None:
+            self._died(w, code)
+        elif w.client is None:
+            self._check_ready(w)
+
+    def _ask(self, w: _Worker) -> None:
+        """A process started by others: ready while it answers; gone (its affinity with it) when it stops."""
+        if w.client is not None and time.monotonic() - w.launched < PROBE_S:
+            return
+        w.launched = time.monotonic()
+        answers = probe(w.socket, timeout=0.5) is not None
+        if answers and w.client is None:
+            with self._lock:
+                w.client = EngineClient(w.socket, self.name, f"engine at {w.socket}")
+            log.info("engine at %s: ready", w.socket)
+        elif not answers and w.client is not None:
+            with self._lock:
+                w.client = None
+                w.bases.clear()
+                w.adapters.clear()
+            w.restarts += 1
+            log.warning("engine at %s stopped answering", w.socket)
+
+    def _launch(self, w: _Worker) -> None:
+        assert self._sockets is not None and w.log_path is not None
+        spec = EngineSpec(os.getpid(), engine_settings(self.settings), env=self._env())
+        w.proc = spawn(spec, self._sockets / f"w{w.index}.json", w.socket, w.log_path)
+        w.launched = time.monotonic()
+        log.info("engine worker %d: started (pid %d)", w.index, w.proc.pid)
+
+    def _env(self) -> dict[str, str]:
+        """On CPU, an equal share of the cores per worker: N torch processes each using every core would
+        fight over them (the user's own OMP_NUM_THREADS wins)."""
+        if self.settings.engine_workers == 1 or "OMP_NUM_THREADS" in os.environ:
+            return {}
+        cores = len(os.sched_getaffinity(0))
+        return {"OMP_NUM_THREADS": str(max(1, cores // self.settings.engine_workers))}
+
+    def _died(self, w: _Worker, code: int) -> None:
+        was_ready = w.client is not None
+        with self._lock:
+            w.client, w.proc = None, None
+            w.bases.clear()
+            w.adapters.clear()
+        w.restarts += 1
+        w.failed_starts = 0 if was_ready else w.failed_starts + 1
+        log.warning("engine worker %d %s; starting it again", w.index, exit_reason(code))
+        if w.failed_starts >= FAILED_STARTS:
+            tail = log_tail(w.log_path) if w.log_path is not None else ""
+            self._broken = f"engine worker {w.index} fails to start; its last output: {tail}"
+            log.error("%s", self._broken)
+            self._stopping.wait(min(30.0, float(w.failed_starts)))  # a crash loop must not spin
+        else:
+            self._broken = None
+
+    def _check_ready(self, w: _Worker) -> None:
+        if probe(w.socket, timeout=0.5) is not None:
+            with self._lock:
+                w.client = EngineClient(w.socket, self.name, f"worker {w.index}")
+            w.failed_starts, self._broken = 0, None
+            log.info("engine worker %d: ready", w.index)
+        elif time.monotonic() - w.launched > self.settings.replica_start_timeout_s and w.proc is not None:
+            log.warning("engine worker %d did not answer in time; killing it", w.index)
+            w.proc.kill()
+
+    # --- routing -----------------------------------------------------------------------------------
+    async def _route(self, base: str, adapter: str | None) -> EngineClient:
+        """The worker for ``base`` (and ``adapter``): one that has them, else the least loaded."""
+        self._ensure_started()
+        external = bool(self.settings.engine_sockets)
+        deadline = time.monotonic() + (EXTERNAL_WAIT_S if external else self.settings.replica_start_timeout_s)
+        while True:
+            with self._lock:
+                ready = [w for w in self._workers if w.client is not None and w.alive]
+                if ready:
+                    w = self._choose(ready, base, adapter)
+                    w.bases.add(base)
+                    if adapter is not None:
+                        w.adapters.add(adapter)
+                    assert w.client is not None
+                    return w.client
+            if self._broken is not None:
+                raise EngineFailed(self._broken)
+            if time.monotonic() > deadline or self._stopping.is_set():
+                where = " at MODELPORT_ENGINE_SOCKETS" if external else ""
+                raise EngineOverloaded(f"no engine process{where} is ready to serve; retry")
+            await asyncio.sleep(0.02)
+
+    def _choose(self, ready: list[_Worker], base: str, adapter: str | None) -> _Worker:
+        for hits in ([w for w in ready if w.has(base, adapter)], [w for w in ready if w.has(base, None)]):
+            best = min(hits, key=lambda w: w.load, default=None)
+            if best is not None and best.load < self.settings.max_num_seqs:
+                return best
+        # A model new to all of them: the least loaded, and of the idle ones the one holding the fewest
+        # models, so that models spread over the workers' memory rather than evict each other on one.
+        return min(ready, key=lambda w: (w.load, len(w.bases)))
+
+    # --- the Engine interface ----------------------------------------------------------------------
+    async def prepare(self, request: GenerationRequest) -> None:
+        client = await self._route(request.base.id, request.adapter.id if request.adapter else None)
+        await client.prepare(request)
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenStep, None]:
+        client = await self._route(request.base.id, request.adapter.id if request.adapter else None)
+        stream = client.generate(request)
+        try:
+            async for step in stream:
+                yield step
+        finally:
+            await stream.aclose()  # closing early must reach the worker: it frees the sequence's row
+
+    async def embed(self, model: Artifact, batch: list[list[int]], pooling: Pooling) -> list[list[float]]:
+        client = await self._route(model.id, None)
+        return await client.embed(model, batch, pooling)
+
+    # --- what it shows -----------------------------------------------------------------------------
+    def workers(self) -> list[WorkerState]:
+        with self._lock:
+            return [
+                WorkerState(
+                    f"worker-{w.index}",
+                    w.proc.pid if w.proc is not None else None,
+                    w.client is not None,
+                    w.load,
+                    w.restarts,
+                )
+                for w in self._workers
+            ]
+
+    def worker_stats(self) -> list[tuple[str, dict[str, Any]]]:
+        """Each ready worker's engine ``stats()``, asked over its socket (blocking: scrapes run in threads)."""
+        with self._lock:
+            ready = [(f"worker-{w.index}", w.socket) for w in self._workers if w.client is not None]
+        return [(label, stats) for label, path in ready if (stats := probe(path)) is not None]
+
+    def stats(self) -> dict[str, Any]:
+        return {"engine": self.name, "workers": [asdict(w) for w in self.workers()]}
