@@ -206,7 +206,7 @@ def poller(url: str, keys: dict[str, dict[str, str]], active: Any, finished: dic
     stop = time.perf_counter() + seconds
     with httpx.Client(timeout=60) as http:
         while time.perf_counter() < stop:
-            jobs = dict(active) or finished
+            jobs = active.copy() or finished  # one call: a key may leave between listing and reading
             for job_id, tenant in list(jobs.items())[:8]:
                 started = time.perf_counter()
                 resp = http.get(f"{url}/v1/jobs/{job_id}", headers=keys[tenant])

@@ -241,6 +241,14 @@ class Settings(BaseSettings):
         "goes to one that has its model and adapter loaded, else to the least loaded; the default memory budgets "
         "are shared equally, and on CPU each gets an equal share of the cores (OMP_NUM_THREADS) unless that is set.",
     )
+    engine_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness of the engine processes the server starts (serverless workers and endpoint "
+        "replicas): where they share the CPU with the API process, uploads, job polls and the console are "
+        "answered first and generation takes the rest; 0 gives them the API's priority.",
+    )
     engine_sockets: str = Field(
         default="",
         description="Comma-separated Unix socket paths of engine processes started separately (`modelport engine "

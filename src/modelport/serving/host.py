@@ -38,6 +38,7 @@ ENGINE_FIELDS = (
     "data_dir",
     "engine",
     "engine_fake_token_delay_s",
+    "engine_nice",
     "engine_workers",  # the default memory budgets are shared by this many processes
     "engine_device",
     "engine_dtype",
@@ -148,6 +149,7 @@ def run(spec_path: Path | None, socket_path: Path) -> None:
         spec = EngineSpec.from_json(json.loads(spec_path.read_text()))
         watch_parent(spec.parent_pid)
     settings = Settings(**spec.settings)
+    os.nice(settings.engine_nice)  # before any thread: torch's threads inherit it
     engine = ENGINES[settings.engine](settings)
     engine.start()
     if spec.model is not None and spec.pooling is None and isinstance(engine, Preloading):

@@ -23,6 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
+# Resolved here, once, as the engine process starts: transformers resolves its names lazily, and two
+# threads loading their first models at once can see a half-initialised module (ImportError).
+from transformers import AutoModelForCausalLM
+from transformers.utils import logging as hf_logging
+
 from modelport.errors import ContextLengthExceeded, EngineFailed, EngineOverloaded, ModelportError
 from modelport.serving.engine import (
     Artifact,
@@ -362,9 +367,6 @@ SMALL_BATCH = 4
 
 
 def _load_causal_lm(artifact: Artifact, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a bar per load fills the log
     model: nn.Module = AutoModelForCausalLM.from_pretrained(
         artifact.path, dtype=dtype, attn_implementation="sdpa", local_files_only=True, trust_remote_code=False

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoModel  # at import: see engine.py on transformers' lazy names
 
 from modelport.errors import ContextLengthExceeded
 from modelport.serving.engine import Pooling
@@ -29,8 +30,6 @@ class Embedder:
     def load(
         cls, path: Path, pooling: Pooling, device: torch.device, dtype: torch.dtype, max_len: int, ledger: MemoryLedger
     ) -> Embedder:
-        from transformers import AutoModel
-
         model: nn.Module = AutoModel.from_pretrained(path, dtype=dtype, local_files_only=True, trust_remote_code=False)
         model.to(device)
         model.eval()
