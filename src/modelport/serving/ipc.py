@@ -31,13 +31,14 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
-from modelport.errors import EngineRestarted, ModelportError, from_code
+from modelport.errors import EngineOverloaded, EngineRestarted, ModelportError, from_code
 from modelport.serving.engine import Artifact, Engine, GenerationRequest, Pooling, TokenStep
 from modelport.serving.wire import (
     artifact_from_json,
@@ -55,6 +56,10 @@ log = logging.getLogger(__name__)
 # A frame's size is checked before it is read: a corrupt length must not become a huge allocation.
 # The largest real frames are embedding batches (vectors of floats), far below this.
 MAX_FRAME = 1 << 30
+# Connections waiting to be accepted: a burst of requests (hundreds of streams starting at once) must
+# queue here, not be refused while the engine process is busy; the kernel caps it at somaxconn.
+BACKLOG = 4096
+CONNECT_PATIENCE_S = 5.0  # how long a client retries while that queue is full (EAGAIN)
 _LOST = (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError)
 
 
@@ -100,7 +105,7 @@ class EngineServer:
 
     async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
         self.path.unlink(missing_ok=True)
-        server = await asyncio.start_unix_server(self._handle, path=str(self.path))
+        server = await asyncio.start_unix_server(self._handle, path=str(self.path), backlog=BACKLOG)
         os.chmod(self.path, 0o600)  # its folder is private too: only this user's processes connect
         if on_ready is not None:
             on_ready()
@@ -187,10 +192,18 @@ class EngineClient:
         return probe(self.path) or {"engine": self.name, "models": {}}
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        try:
-            return await asyncio.open_unix_connection(str(self.path))
-        except OSError:
-            raise _restarted(self.label) from None
+        """A connection; a full accept queue (EAGAIN: the process is alive and busy) is waited out, while
+        a missing or refusing socket means the process is gone."""
+        deadline = time.monotonic() + CONNECT_PATIENCE_S
+        while True:
+            try:
+                return await asyncio.open_unix_connection(str(self.path))
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EngineOverloaded(f"the engine ({self.label}) accepts no more connections; retry") from None
+                await asyncio.sleep(0.01)
+            except OSError:
+                raise _restarted(self.label) from None
 
     async def _call(self, message: dict[str, Any]) -> dict[str, Any]:
         self.in_flight += 1
