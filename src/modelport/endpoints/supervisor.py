@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -228,6 +229,7 @@ class Supervisor:
             code = r.proc.poll()
             if code is not None:
                 replicas.remove(r)
+                r.socket.unlink(missing_ok=True)
                 if not self._crashed(endpoint, r, code):
                     return
             elif not r.ready:
@@ -235,10 +237,14 @@ class Supervisor:
         want = replica_count(endpoint)
         while len(replicas) > want:  # scaled down
             with self._lock:
-                extra = replicas.pop()
+                extra = max(replicas, key=lambda r: r.index)
+                replicas.remove(extra)
             terminate(extra.proc)
+            extra.socket.unlink(missing_ok=True)
         while len(replicas) < want:
-            replicas.append(self._launch(endpoint, len(replicas)))
+            # The lowest free index: a replacement takes the dead replica's GPUs, never a live one's.
+            index = min(set(range(want)) - {r.index for r in replicas})
+            replicas.append(self._launch(endpoint, index))
         all_ready = len(replicas) == want and all(r.ready for r in replicas)
         if all_ready and endpoint.restarts and all(time.monotonic() - r.ready_at > STABLE_S for r in replicas):
             # The crash budget counts crashes close together only.
@@ -284,7 +290,8 @@ class Supervisor:
         """Start the replica's engine process; its spec and log live in the endpoint's folder."""
         folder = self.settings.data_dir / "endpoints" / endpoint.id
         folder.mkdir(parents=True, exist_ok=True)
-        sock = self._socket_dir() / f"{endpoint.id}-{index}.sock"
+        # A name of its own per launch: a replacement must never unlink a live replica's socket.
+        sock = self._socket_dir() / f"{endpoint.id}-{index}-{uuid.uuid4().hex[:8]}.sock"
         log_path = folder / f"replica-{index}.log"
         proc = spawn(spec, folder / f"replica-{index}.json", sock, log_path)
         log.info("endpoint %s: launched replica %d (pid %d)", endpoint.name, index, proc.pid)

@@ -52,6 +52,20 @@ ENGINE_FIELDS = (
 )
 
 
+# What an engine process inherits of the server's environment: how to run Python and the native
+# libraries, and their tuning. Not MODELPORT_* (its settings come in the spec), and no credentials
+# (AWS_*, HF_TOKEN, the database URL): a model that runs code it should not finds nothing to steal.
+_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "PYTHONPATH"})
+_ENV_PREFIXES = ("CUDA_", "NVIDIA_", "OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "TORCH_", "PYTORCH_", "LD_")
+
+
+def engine_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment of an engine process: the allowed part of ours, ``extra`` on top."""
+    kept = {k: v for k, v in os.environ.items() if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES)}
+    # Nothing there may reach a hub: models are local folders.
+    return {**kept, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **extra}
+
+
 def engine_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """The engine's share of ``settings``, as JSON values, with ``overrides`` on top."""
     values = settings.model_dump(mode="json", include=set(ENGINE_FIELDS))
@@ -102,7 +116,7 @@ def spawn(spec: EngineSpec, spec_path: Path, socket_path: Path, log_path: Path) 
             [*command, "--socket", str(socket_path)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **spec.env},
+            env=engine_env(spec.env),
         )
 
 

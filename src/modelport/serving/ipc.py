@@ -28,6 +28,7 @@ of the tree (``errors.from_code``), so a worker's refusal reads exactly as it wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -38,7 +39,7 @@ from typing import Any
 
 import msgpack
 
-from modelport.errors import EngineOverloaded, EngineRestarted, ModelportError, from_code
+from modelport.errors import EngineFailed, EngineOverloaded, EngineRestarted, ModelportError, from_code
 from modelport.serving.engine import Artifact, Engine, GenerationRequest, Pooling, TokenStep
 from modelport.serving.wire import (
     artifact_from_json,
@@ -105,8 +106,11 @@ class EngineServer:
 
     async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
         self.path.unlink(missing_ok=True)
-        server = await asyncio.start_unix_server(self._handle, path=str(self.path), backlog=BACKLOG)
-        os.chmod(self.path, 0o600)  # its folder is private too: only this user's processes connect
+        umask = os.umask(0o177)  # the socket is born 0600: only this user's processes ever connect
+        try:
+            server = await asyncio.start_unix_server(self._handle, path=str(self.path), backlog=BACKLOG)
+        finally:
+            os.umask(umask)
         if on_ready is not None:
             on_ready()
         async with server:
@@ -115,19 +119,23 @@ class EngineServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             message = await read_frame(reader)
-            if message.get("op") == "generate":
-                await self._generate(request_from_json(message["request"]), reader, writer)
+            request = _generation(message)
+            if request is not None:
+                await self._generate(request, reader, writer)
             else:
                 writer.write(pack(await self._answer(message)))
                 await writer.drain()
         except _LOST:
             pass  # the client went away; nothing of its request is left running
-        except ProtocolError as e:
-            log.warning("engine protocol: %s", e)
+        except Exception as e:  # a frame that is not a request (another version's client?): say so
+            log.warning("engine protocol: %s: %s", type(e).__name__, e)
+            with contextlib.suppress(*_LOST):
+                writer.write(pack(_malformed(e)))
+                await writer.drain()
         finally:
             writer.close()
 
-    async def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
+    async def _answer(self, message: Any) -> dict[str, Any]:
         op = message.get("op")
         try:
             if op == "prepare":
@@ -170,7 +178,28 @@ class EngineServer:
             await stream.aclose()
 
 
+def _generation(message: Any) -> GenerationRequest | None:
+    """The request of a ``generate`` frame; None for any other operation. Raises on a malformed one."""
+    if not isinstance(message, dict):
+        raise ProtocolError(f"a request must be a map, not {type(message).__name__}")
+    return request_from_json(message["request"]) if message.get("op") == "generate" else None
+
+
+def _malformed(e: Exception) -> dict[str, Any]:
+    what = type(e).__name__
+    message = f"the engine process could not read the request ({what}): are the server and it one version?"
+    return {"error": {"code": "engine_error", "message": message, "param": None}}
+
+
 # --- the API server's side -------------------------------------------------------------------------
+# What an answer that cannot be read raises: not a crash to retry, a fault to report.
+_GARBLED = (ProtocolError, msgpack.UnpackException, ValueError, TypeError, KeyError)
+
+
+def _garbled(label: str, e: Exception) -> EngineFailed:
+    return EngineFailed(f"the engine ({label}) answered something unreadable ({type(e).__name__})")
+
+
 def _restarted(label: str) -> EngineRestarted:
     return EngineRestarted(f"the engine worker serving this request ({label}) stopped and is restarting; retry")
 
@@ -193,17 +222,29 @@ class EngineClient:
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection; a full accept queue (EAGAIN: the process is alive and busy) is waited out, while
-        a missing or refusing socket means the process is gone."""
+        a missing or refusing socket means the process is gone.
+
+        The socket connects by hand: asyncio's own connect takes EAGAIN for "in progress" and waits for
+        writability, which an unconnected Unix socket has at once, so a full queue would read as success
+        and fail at the first write."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
         deadline = time.monotonic() + CONNECT_PATIENCE_S
-        while True:
-            try:
-                return await asyncio.open_unix_connection(str(self.path))
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise EngineOverloaded(f"the engine ({self.label}) accepts no more connections; retry") from None
-                await asyncio.sleep(0.01)
-            except OSError:
-                raise _restarted(self.label) from None
+        try:
+            while True:
+                try:
+                    sock.connect(str(self.path))
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise EngineOverloaded(f"the engine ({self.label}) accepts no connections; retry") from None
+                    await asyncio.sleep(0.01)
+                except OSError:
+                    raise _restarted(self.label) from None
+            return await asyncio.open_unix_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
 
     async def _call(self, message: dict[str, Any]) -> dict[str, Any]:
         self.in_flight += 1
@@ -215,6 +256,8 @@ class EngineClient:
                 answer: dict[str, Any] = await read_frame(reader)
             except _LOST:
                 raise _restarted(self.label) from None
+            except _GARBLED as e:
+                raise _garbled(self.label, e) from None
             finally:
                 writer.close()
         finally:
@@ -243,6 +286,8 @@ class EngineClient:
                         return
             except _LOST:
                 raise _restarted(self.label) from None
+            except _GARBLED as e:
+                raise _garbled(self.label, e) from None
             finally:
                 writer.close()  # early, this is the cancellation: the worker sees end-of-file
         finally:

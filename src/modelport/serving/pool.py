@@ -43,27 +43,36 @@ from modelport.settings import Settings
 log = logging.getLogger(__name__)
 
 WATCH_S = 0.1  # how often the watcher looks at the processes it started
-PROBE_S = 1.0  # how often it asks processes started by others whether they still answer
-EXTERNAL_WAIT_S = 5.0  # how long a request waits for one of those to answer
+PROBE_S = 1.0  # how often it asks a ready process whether it still answers
+EXTERNAL_WAIT_S = 5.0  # how long a request waits for a process started by others to answer
+EXTERNAL_SILENCE_S = 3.0  # a process started by others that answers nothing this long is left out
+HUNG_S = 30.0  # a process of ours that answers nothing this long is stuck: it is killed and restarted
 FAILED_STARTS = 3  # a worker that exits this many times in a row before it ever answered is broken
 
 
 @dataclass
 class _Worker:
     index: int
-    socket: Path
-    log_path: Path | None  # None: started by someone else (MODELPORT_ENGINE_SOCKETS), not watched as a process
+    client: EngineClient  # one per socket for the worker's life: in-flight counts survive a restart
+    log_path: Path | None  # None: started by someone else (MODELPORT_ENGINE_SOCKETS), not ours to start
     proc: subprocess.Popen[bytes] | None = None
-    client: EngineClient | None = None  # set once the process answers; None while (re)starting
-    launched: float = 0.0  # or, for a process started by others, when it was last asked
+    ready: bool = False  # answers, and may be sent requests
+    launched: float = 0.0
+    next_launch: float = 0.0  # a worker in a crash loop waits before its next start
+    asked: float = 0.0  # the last time the watcher asked it whether it answers
+    silent_since: float | None = None  # since when it has answered nothing, while ready
     restarts: int = 0
     failed_starts: int = 0  # exits before it answered, in a row
     bases: set[str] = field(default_factory=set)  # what the pool has sent here: the affinity
     adapters: set[str] = field(default_factory=set)
 
     @property
+    def socket(self) -> Path:
+        return self.client.path
+
+    @property
     def load(self) -> int:
-        return self.client.in_flight if self.client is not None else 0
+        return self.client.in_flight
 
     @property
     def alive(self) -> bool:
@@ -73,6 +82,13 @@ class _Worker:
 
     def has(self, base: str, adapter: str | None) -> bool:
         return base in self.bases and (adapter is None or adapter in self.adapters)
+
+    def forget(self) -> None:
+        """Not ready, and nothing loaded any more as far as routing knows."""
+        self.ready = False
+        self.silent_since = None
+        self.bases.clear()
+        self.adapters.clear()
 
 
 @dataclass(frozen=True)
@@ -95,7 +111,7 @@ class EnginePool:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._sockets: Path | None = None
-        self._broken: str | None = None
+        self._broken = False  # every start of a worker ends before it answers
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -123,7 +139,7 @@ class EnginePool:
 
     def _external(self) -> list[_Worker]:
         paths = [p.strip() for p in self.settings.engine_sockets.split(",") if p.strip()]
-        return [_Worker(i, Path(p), None) for i, p in enumerate(paths)]
+        return [_Worker(i, EngineClient(Path(p), self.name, f"engine at {p}"), None) for i, p in enumerate(paths)]
 
     def _own(self) -> list[_Worker]:
         # Unix socket paths are short (108 bytes): a private folder of their own under /tmp.
@@ -131,7 +147,7 @@ class EnginePool:
         logs = self.settings.data_dir / "engines"
         logs.mkdir(parents=True, exist_ok=True)
         return [
-            _Worker(i, self._sockets / f"w{i}.sock", logs / f"worker-{i}.log")
+            _Worker(i, EngineClient(self._sockets / f"w{i}.sock", self.name, f"worker {i}"), logs / f"worker-{i}.log")
             for i in range(self.settings.engine_workers)
         ]
 
@@ -139,6 +155,8 @@ class EnginePool:
     def _watch(self) -> None:
         while not self._stopping.is_set():
             for w in list(self._workers):
+                if self._stopping.is_set():
+                    return
                 try:
                     self._tend(w)
                 except Exception:
@@ -146,37 +164,59 @@ class EnginePool:
             self._stopping.wait(WATCH_S)
 
     def _tend(self, w: _Worker) -> None:
+        now = time.monotonic()
         if w.log_path is None:
-            self._ask(w)
+            self._ask(w, now)
         elif w.proc is None:
-            self._launch(w)
+            if now >= w.next_launch:
+                self._launch(w)
         elif (code := w.proc.poll()) is not None:
             self._died(w, code)
-        elif w.client is None:
-            self._check_ready(w)
+        elif not w.ready:
+            self._check_ready(w, now)
+        else:
+            self._check_alive(w, now)
 
-    def _ask(self, w: _Worker) -> None:
-        """A process started by others: ready while it answers; gone (its affinity with it) when it stops."""
-        if w.client is not None and time.monotonic() - w.launched < PROBE_S:
+    def _ask(self, w: _Worker, now: float) -> None:
+        """A process started by others: ready while it answers; left out (its affinity with it) once it
+        has answered nothing for ``EXTERNAL_SILENCE_S``, one slow answer under load is not enough."""
+        if now - w.asked < PROBE_S:
             return
-        w.launched = time.monotonic()
-        answers = probe(w.socket, timeout=0.5) is not None
-        if answers and w.client is None:
+        w.asked = now
+        if probe(w.socket, timeout=0.5) is not None:
+            w.silent_since = None
+            if not w.ready:
+                w.ready = True
+                log.info("engine at %s: ready", w.socket)
+            return
+        w.silent_since = w.silent_since or now
+        if w.ready and now - w.silent_since >= EXTERNAL_SILENCE_S:
             with self._lock:
-                w.client = EngineClient(w.socket, self.name, f"engine at {w.socket}")
-            log.info("engine at %s: ready", w.socket)
-        elif not answers and w.client is not None:
-            with self._lock:
-                w.client = None
-                w.bases.clear()
-                w.adapters.clear()
+                w.forget()
             w.restarts += 1
             log.warning("engine at %s stopped answering", w.socket)
+
+    def _check_alive(self, w: _Worker, now: float) -> None:
+        """A ready process of ours that is alive but answers nothing (stopped, a hung device call) would
+        hold every request sent to it forever: past ``HUNG_S`` it is killed, and so restarted."""
+        if now - w.asked < PROBE_S:
+            return
+        w.asked = now
+        if probe(w.socket, timeout=PROBE_S) is not None:
+            w.silent_since = None
+            return
+        w.silent_since = w.silent_since or now
+        if now - w.silent_since >= HUNG_S and w.proc is not None:
+            log.warning("engine worker %d answered nothing for %.0f s; killing it", w.index, now - w.silent_since)
+            w.proc.kill()
 
     def _launch(self, w: _Worker) -> None:
         assert self._sockets is not None and w.log_path is not None
         spec = EngineSpec(os.getpid(), engine_settings(self.settings), env=self._env())
-        w.proc = spawn(spec, self._sockets / f"w{w.index}.json", w.socket, w.log_path)
+        with self._lock:  # stop() takes the workers under this lock: nothing starts after it
+            if self._stopping.is_set():
+                return
+            w.proc = spawn(spec, self._sockets / f"w{w.index}.json", w.socket, w.log_path)
         w.launched = time.monotonic()
         log.info("engine worker %d: started (pid %d)", w.index, w.proc.pid)
 
@@ -189,29 +229,27 @@ class EnginePool:
         return {"OMP_NUM_THREADS": str(max(1, cores // self.settings.engine_workers))}
 
     def _died(self, w: _Worker, code: int) -> None:
-        was_ready = w.client is not None
+        was_ready = w.ready
         with self._lock:
-            w.client, w.proc = None, None
-            w.bases.clear()
-            w.adapters.clear()
+            w.forget()
+            w.proc = None
         w.restarts += 1
         w.failed_starts = 0 if was_ready else w.failed_starts + 1
         log.warning("engine worker %d %s; starting it again", w.index, exit_reason(code))
         if w.failed_starts >= FAILED_STARTS:
+            # Its log may name other tenants' models: it goes to the server's log, not to a client.
+            self._broken = True
             tail = log_tail(w.log_path) if w.log_path is not None else ""
-            self._broken = f"engine worker {w.index} fails to start; its last output: {tail}"
-            log.error("%s", self._broken)
-            self._stopping.wait(min(30.0, float(w.failed_starts)))  # a crash loop must not spin
-        else:
-            self._broken = None
+            log.error("engine worker %d fails to start; its last output: %s", w.index, tail)
+            w.next_launch = time.monotonic() + min(30.0, float(w.failed_starts))  # a crash loop must not spin
 
-    def _check_ready(self, w: _Worker) -> None:
+    def _check_ready(self, w: _Worker, now: float) -> None:
         if probe(w.socket, timeout=0.5) is not None:
             with self._lock:
-                w.client = EngineClient(w.socket, self.name, f"worker {w.index}")
-            w.failed_starts, self._broken = 0, None
+                w.ready, w.asked, w.silent_since = True, now, None
+            w.failed_starts, self._broken = 0, False
             log.info("engine worker %d: ready", w.index)
-        elif time.monotonic() - w.launched > self.settings.replica_start_timeout_s and w.proc is not None:
+        elif now - w.launched > self.settings.replica_start_timeout_s and w.proc is not None:
             log.warning("engine worker %d did not answer in time; killing it", w.index)
             w.proc.kill()
 
@@ -223,16 +261,15 @@ class EnginePool:
         deadline = time.monotonic() + (EXTERNAL_WAIT_S if external else self.settings.replica_start_timeout_s)
         while True:
             with self._lock:
-                ready = [w for w in self._workers if w.client is not None and w.alive]
+                ready = [w for w in self._workers if w.ready and w.alive]
                 if ready:
                     w = self._choose(ready, base, adapter)
                     w.bases.add(base)
                     if adapter is not None:
                         w.adapters.add(adapter)
-                    assert w.client is not None
                     return w.client
-            if self._broken is not None:
-                raise EngineFailed(self._broken)
+            if self._broken:
+                raise EngineFailed("the engine processes fail to start; the server's log says why")
             if time.monotonic() > deadline or self._stopping.is_set():
                 where = " at MODELPORT_ENGINE_SOCKETS" if external else ""
                 raise EngineOverloaded(f"no engine process{where} is ready to serve; retry")
@@ -270,11 +307,7 @@ class EnginePool:
         with self._lock:
             return [
                 WorkerState(
-                    f"worker-{w.index}",
-                    w.proc.pid if w.proc is not None else None,
-                    w.client is not None,
-                    w.load,
-                    w.restarts,
+                    f"worker-{w.index}", w.proc.pid if w.proc is not None else None, w.ready, w.load, w.restarts
                 )
                 for w in self._workers
             ]
@@ -282,7 +315,7 @@ class EnginePool:
     def worker_stats(self) -> list[tuple[str, dict[str, Any]]]:
         """Each ready worker's engine ``stats()``, asked over its socket (blocking: scrapes run in threads)."""
         with self._lock:
-            ready = [(f"worker-{w.index}", w.socket) for w in self._workers if w.client is not None]
+            ready = [(f"worker-{w.index}", w.socket) for w in self._workers if w.ready]
         return [(label, stats) for label, path in ready if (stats := probe(path)) is not None]
 
     def stats(self) -> dict[str, Any]:

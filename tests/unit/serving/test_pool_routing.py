@@ -12,8 +12,7 @@ from modelport.settings import Settings
 def workers(tmp_path: Path, loads: list[int]) -> list[_Worker]:
     made = []
     for i, load in enumerate(loads):
-        w = _Worker(i, tmp_path / f"w{i}.sock", tmp_path / f"w{i}.log")
-        w.client = EngineClient(w.socket, "fake", f"worker {i}")
+        w = _Worker(i, EngineClient(tmp_path / f"w{i}.sock", "fake", f"worker {i}"), tmp_path / f"w{i}.log", ready=True)
         w.client.in_flight = load
         made.append(w)
     return made
