@@ -110,7 +110,9 @@ class Services:
         self.prepare()
         if self.serving:
             self.usage.start()
-            self.serving.engine.start()
+            # A server with models to serve starts its engine processes now, so that the first request
+            # after a restart does not wait for torch to import; a new install starts them on demand.
+            self.serving.engine.start(now=bool(self.catalog.model_ids()))
         self.pool.start()
         if self.serving and self.supervise:
             self.serving.supervisor.start()

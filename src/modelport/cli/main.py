@@ -62,10 +62,11 @@ def cli() -> None:
 def serve(host: str, port: int, workers: int | None, log_level: str) -> None:
     """Start the API server: uploads with ingest workers inside it, and inference in engine processes.
 
-    The server starts MODELPORT_ENGINE_WORKERS engine processes with the first request that needs one and
-    restarts any that dies (or uses those in MODELPORT_ENGINE_SOCKETS, see `modelport engine`); models
-    load there on their first request (MODELPORT_ENGINE_DEVICE, MODELPORT_MAX_NUM_SEQS,
-    MODELPORT_MAX_LORAS and the other engine settings are in docs/configuration.md).
+    The server starts MODELPORT_ENGINE_WORKERS engine processes (as it starts when it has models, else
+    with the first request that needs one) and restarts any that dies, or uses those listed in
+    MODELPORT_ENGINE_SOCKETS (see `modelport engine`). Models load there on their first request
+    (MODELPORT_ENGINE_DEVICE, MODELPORT_MAX_NUM_SEQS and the other engine settings are in
+    docs/configuration.md).
     """
     import uvicorn
 

@@ -10,8 +10,8 @@ SGLang's cache-aware router choose theirs:
    the fewest models), which loads it.
 
 The pool remembers what it sent where; a worker's own memory budget may evict a model, which then
-just loads again. The workers start with the first request that needs one (a server that only ingests
-or routes to dedicated endpoints never starts them) and are watched by a thread: one that exits is
+just loads again. The workers start with the server when it has models, else with the first request
+that needs one (a new install that only ingests never starts them), and are watched by a thread: one that exits is
 started again at once, its in-flight requests having already failed with ``engine_restarted`` (their
 connections ended with it); one that keeps failing to start fails requests with its log's last lines
 instead of making them wait. With ``MODELPORT_ENGINE_SOCKETS`` the pool starts none: it routes to the
@@ -114,8 +114,10 @@ class EnginePool:
         self._broken = False  # every start of a worker ends before it answers
 
     # --- lifecycle ---------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Nothing yet: the workers start with the first request that needs one."""
+    def start(self, *, now: bool = False) -> None:
+        """``now``: start the workers at once; otherwise they start with the first request that needs one."""
+        if now:
+            self._ensure_started()
 
     def stop(self) -> None:
         self._stopping.set()
