@@ -28,6 +28,9 @@ from tests.support.fakehub import FakeHub
 from tests.support.inproc import serve_in_thread
 from tests.support.tinymodels import files_of
 
+# Engine processes, not the database: the catalog only names the model.
+pytestmark = pytest.mark.db_agnostic
+
 
 class Recorder:
     """An inference observer that keeps what it is told."""

@@ -25,6 +25,9 @@ from tests.integration.helpers import stored_blobs, upload
 from tests.support.fakehub import FakeHub
 from tests.support.tinymodels import files_of, make_bert_embedder, make_llama
 
+# What ingest writes and serving reads back: the same on either database.
+pytestmark = pytest.mark.db_agnostic
+
 TEXTS = ["hello world", "The capital of France is Paris.", "  naïve café, 日本語 🙂  ", "a [MASK] b [SEP] c", ""]
 ENDOFTEXT = "<|endoftext|>"
 

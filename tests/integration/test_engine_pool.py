@@ -22,6 +22,9 @@ from modelport.serving.host import engine_env
 from modelport.serving.pool import EnginePool
 from modelport.settings import Settings
 
+# Engine processes and their watcher: no database involved.
+pytestmark = pytest.mark.db_agnostic
+
 ARTIFACT = Artifact("m", Path("/nowhere"), Manifest(kind=ModelKind.MODEL), 0)
 REQUEST = GenerationRequest("r", ARTIFACT, None, [1, 2, 3], SamplingParams(max_tokens=2), 64)
 
