@@ -75,7 +75,8 @@ class UsageLedger:
     def __init__(self, db: Database, interval_s: float, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.db, self.interval_s, self._clock = db, interval_s, clock
         self._pending: dict[Key, Counts] = {}
-        self._lock = threading.Lock()  # guards _pending, held only to update or swap it
+        self._flushing: dict[Key, Counts] = {}  # the batch a flush is writing: not written until it commits
+        self._lock = threading.Lock()  # guards _pending and _flushing, held only to update or swap them
         self._writing = threading.Lock()  # one flush at a time: the thread's, a query's, stop's
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -124,9 +125,13 @@ class UsageLedger:
 
     # --- writing -----------------------------------------------------------------------------------
     def pending(self) -> dict[Key, Counts]:
-        """A copy of the counts not yet written."""
+        """A copy of the counts not yet written, the batch a flush is writing included."""
+        merged: dict[Key, Counts] = {}
         with self._lock:
-            return {key: Counts(c.requests, c.prompt_tokens, c.completion_tokens) for key, c in self._pending.items()}
+            for source in (self._flushing, self._pending):
+                for key, counts in source.items():
+                    merged.setdefault(key, Counts()).add(counts)
+        return merged
 
     def flush(self) -> int:
         """Add every pending delta to the database in one transaction; return the rows written. On failure
@@ -134,17 +139,22 @@ class UsageLedger:
         with self._writing:
             with self._lock:
                 batch, self._pending = self._pending, {}
+                self._flushing = batch
             if not batch:
                 return 0
             try:
                 with self.db.session() as s:
-                    return self._write(s, batch)
+                    written = self._write(s, batch)
             except BaseException:
                 self._restore(batch)
                 raise
+            with self._lock:
+                self._flushing = {}
+            return written
 
     def _restore(self, batch: Mapping[Key, Counts]) -> None:
         with self._lock:
+            self._flushing = {}
             for key, counts in batch.items():
                 self._pending.setdefault(key, Counts()).add(counts)
 
