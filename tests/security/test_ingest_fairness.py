@@ -99,6 +99,14 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _timed_upload(services: Services, name: str, source: str) -> tuple[Principal, JobView, float]:
+    """Alice uploads ``source`` and its job runs to its end: who she is, the job, and the seconds it took."""
+    who = principal_for(services, "alice")
+    started = time.monotonic()
+    view = upload(services, who, name, source)
+    return who, view, time.monotonic() - started
+
+
 def _assert_failed_cleanly(services: Services, who: Principal, view: JobView, code: str, *phrases: str) -> None:
     assert view.job.status == "Failed" and view.job.error_code == code, (view.job.error_code, view.job.error_message)
     for phrase in phrases:
@@ -179,11 +187,8 @@ def test_a_dripping_archive_url_fails_too_slow_within_the_window(
 ) -> None:
     window = 2.0
     services = make_services(fetch_min_rate_window_s=window, fetch_timeout_s=5.0, fetch_retries=1)
-    who = principal_for(services, "alice")
     url = hostile.drip("drip.tar.gz", 10**7, every_s=0.5)
-    started = time.monotonic()
-    view = upload(services, who, "drip", url)
-    took = time.monotonic() - started
+    who, view, took = _timed_upload(services, "drip", url)
     _assert_failed_cleanly(services, who, view, "source_too_slow", "MODELPORT_FETCH_MIN_BYTES_PER_S", "bytes/s")
     # The floor is judged once `window` seconds were spent waiting; the next byte (0.5 s) reports it.
     assert window <= took < window + 3.0, f"failed after {took:.1f} s"
@@ -194,14 +199,11 @@ def test_a_steady_endless_download_fails_at_the_deadline(
 ) -> None:
     deadline = 3.0
     services = make_services(fetch_deadline_s=deadline, fetch_min_rate_window_s=1.0)
-    who = principal_for(services, "alice")
     header = tarfile.TarInfo("model.safetensors")
     header.size = 10**8
     # 64 KiB/s: four times the floor, so only the deadline can stop it (it would take 25 minutes).
     url = hostile.paced("endless.tar", 10**8, 64 * 2**10, prefix=header.tobuf(tarfile.USTAR_FORMAT))
-    started = time.monotonic()
-    view = upload(services, who, "endless", url)
-    took = time.monotonic() - started
+    who, view, took = _timed_upload(services, "endless", url)
     _assert_failed_cleanly(services, who, view, "source_too_slow", "MODELPORT_FETCH_DEADLINE_S")
     assert deadline <= took < deadline + 2.0, f"failed after {took:.1f} s"
 
@@ -213,10 +215,7 @@ def test_a_dripping_hub_fails_too_slow(make_services: Callable[..., Services], t
     slow_hub.start(free_port())
     try:
         services = make_services(slow_hub.url, fetch_min_rate_window_s=1.5)
-        who = principal_for(services, "alice")
-        started = time.monotonic()
-        view = upload(services, who, "slow", "org/slow")
-        took = time.monotonic() - started
+        who, view, took = _timed_upload(services, "slow", "org/slow")
         _assert_failed_cleanly(services, who, view, "source_too_slow", "MODELPORT_FETCH_MIN_BYTES_PER_S")
         assert took < 10.0, f"failed after {took:.1f} s"
     finally:
@@ -249,10 +248,7 @@ def test_a_hub_that_never_answers_fails_the_job_instead_of_holding_its_worker(
     silent = SilentServer()
     try:
         services = make_services(silent.url, fetch_timeout_s=1.0)
-        who = principal_for(services, "alice")
-        started = time.monotonic()
-        view = upload(services, who, "hung", "org/hung")
-        took = time.monotonic() - started
+        who, view, took = _timed_upload(services, "hung", "org/hung")
         _assert_failed_cleanly(services, who, view, "source_unavailable", "could not reach the Hugging Face hub")
         assert took < 15.0, f"failed after {took:.1f} s"
     finally:

@@ -33,7 +33,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,8 +196,15 @@ def _malformed(e: Exception) -> dict[str, Any]:
 _GARBLED = (ProtocolError, msgpack.UnpackException, ValueError, TypeError, KeyError)
 
 
-def _garbled(label: str, e: Exception) -> EngineFailed:
-    return EngineFailed(f"the engine ({label}) answered something unreadable ({type(e).__name__})")
+@contextlib.contextmanager
+def _read_errors(label: str) -> Iterator[None]:
+    """A connection that ends is the engine gone (retry); an answer that cannot be read is a fault."""
+    try:
+        yield
+    except _LOST:
+        raise _restarted(label) from None
+    except _GARBLED as e:
+        raise EngineFailed(f"the engine ({label}) answered something unreadable ({type(e).__name__})") from None
 
 
 def _restarted(label: str) -> EngineRestarted:
@@ -251,13 +258,10 @@ class EngineClient:
         try:
             reader, writer = await self._connect()
             try:
-                writer.write(pack(message))
-                await writer.drain()
-                answer: dict[str, Any] = await read_frame(reader)
-            except _LOST:
-                raise _restarted(self.label) from None
-            except _GARBLED as e:
-                raise _garbled(self.label, e) from None
+                with _read_errors(self.label):
+                    writer.write(pack(message))
+                    await writer.drain()
+                    answer: dict[str, Any] = await read_frame(reader)
             finally:
                 writer.close()
         finally:
@@ -274,20 +278,17 @@ class EngineClient:
         try:
             reader, writer = await self._connect()
             try:
-                writer.write(pack({"op": "generate", "request": request_to_json(request)}))
-                await writer.drain()
-                while True:
-                    frame = await read_frame(reader)
-                    if isinstance(frame, dict):
-                        raise error_from_wire(frame)
-                    step = step_from_wire(frame)
-                    yield step
-                    if step.finish_reason is not None:
-                        return
-            except _LOST:
-                raise _restarted(self.label) from None
-            except _GARBLED as e:
-                raise _garbled(self.label, e) from None
+                with _read_errors(self.label):
+                    writer.write(pack({"op": "generate", "request": request_to_json(request)}))
+                    await writer.drain()
+                    while True:
+                        frame = await read_frame(reader)
+                        if isinstance(frame, dict):
+                            raise error_from_wire(frame)
+                        step = step_from_wire(frame)
+                        yield step
+                        if step.finish_reason is not None:
+                            return
             finally:
                 writer.close()  # early, this is the cancellation: the worker sees end-of-file
         finally:
