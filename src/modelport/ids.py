@@ -26,3 +26,21 @@ def _uuid7() -> uuid.UUID:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{_uuid7()}"
+
+
+# Together's v2 wire names models ``ml_…`` and its CLI dispatches on that prefix; ours are ``model-<uuid>``.
+# The two forms map one to one, so every model answers to both without a second column.
+WIRE_MODEL_PREFIX = "ml_"
+
+
+def wire_model_id(model_id: str) -> str:
+    """``model-0192…-…`` -> ``ml_0192…`` (the UUID's 32 hex digits)."""
+    return WIRE_MODEL_PREFIX + uuid.UUID(model_id.removeprefix("model-")).hex
+
+
+def model_id_of_wire(wire_id: str) -> str:
+    """The inverse of ``wire_model_id``; an id that is not one gives "" (which names no model)."""
+    try:
+        return f"model-{uuid.UUID(hex=wire_id.removeprefix(WIRE_MODEL_PREFIX))}"
+    except ValueError:
+        return ""

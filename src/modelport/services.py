@@ -69,7 +69,7 @@ class Housekeeping:
 
     def __call__(self) -> None:
         collect_garbage(self.db, self.blobs, self.settings)
-        self.artifacts.prune(self.catalog.model_ids())
+        self.artifacts.prune(self.catalog.artifact_ids())
 
 
 @dataclass
@@ -112,7 +112,7 @@ class Services:
             self.usage.start()
             # A server with models to serve starts its engine processes now, so that the first request
             # after a restart does not wait for torch to import; a new install starts them on demand.
-            self.serving.engine.start(now=bool(self.catalog.model_ids()))
+            self.serving.engine.start(now=self.catalog.has_models())
         self.pool.start()
         if self.serving and self.supervise:
             self.serving.supervisor.start()

@@ -32,9 +32,9 @@ from sqlalchemy.orm import Session
 
 from modelport.errors import QuotaExceeded, RateLimited, StorageQuotaFull
 from modelport.humanize import human_bytes
-from modelport.jobs.states import JobStatus, ModelStatus
+from modelport.jobs.states import JobStatus, RevisionStatus
 from modelport.settings import Settings
-from modelport.storage.db.tables import Account, Job, Model, Upload
+from modelport.storage.db.tables import Account, Job, Model, ModelRevision, Upload
 
 # A full job queue drains at the speed of ingestion; a client told to come back sooner only polls.
 ACTIVE_JOBS_RETRY_AFTER_S = 30
@@ -53,9 +53,17 @@ def stored_bytes(s: Session, account_id: str, *, replacing: str | None = None) -
 
     ``replacing``: an upload about to become a model, counted as that model rather than beside it.
     """
-    models = s.scalar(select(func.coalesce(func.sum(Model.total_bytes), 0)).where(Model.account_id == account_id))
-    made_into_models = select(Model.source).where(
-        Model.account_id == account_id, Model.source_kind == UPLOAD_SOURCE, Model.status == ModelStatus.READY
+    # Every ready revision counts (pending ones are counted as their jobs store them, failed ones hold none).
+    ready = (Model.account_id == account_id) & (ModelRevision.status == RevisionStatus.READY)
+    models = s.scalar(
+        select(func.coalesce(func.sum(ModelRevision.total_bytes), 0))
+        .join(Model, Model.id == ModelRevision.model_id)
+        .where(ready)
+    )
+    made_into_models = (
+        select(ModelRevision.source)
+        .join(Model, Model.id == ModelRevision.model_id)
+        .where(ready, ModelRevision.source_kind == UPLOAD_SOURCE)
     )
     uploads = select(func.coalesce(func.sum(Upload.size), 0)).where(
         Upload.account_id == account_id, Upload.id.not_in(made_into_models)
@@ -65,12 +73,15 @@ def stored_bytes(s: Session, account_id: str, *, replacing: str | None = None) -
     return int(models or 0) + int(s.scalar(uploads) or 0)
 
 
-def check_submission(s: Session, settings: Settings, account_id: str, *, from_upload: str | None = None) -> None:
-    """Before a new model and its job are added (the caller holds ``lock_account``).
+def check_submission(
+    s: Session, settings: Settings, account_id: str, *, from_upload: str | None = None, new_model: bool = True
+) -> None:
+    """Before a new model (or a new revision of one, ``new_model=False``) and its job are added (the
+    caller holds ``lock_account``).
 
     ``from_upload``: the upload the model is made from; its bytes are about to become the model's.
     """
-    if settings.quota_models:
+    if settings.quota_models and new_model:
         count = s.scalar(select(func.count()).select_from(Model).where(Model.account_id == account_id)) or 0
         if count >= settings.quota_models:
             raise QuotaExceeded(
@@ -99,16 +110,22 @@ def check_submission(s: Session, settings: Settings, account_id: str, *, from_up
         )
 
 
-def check_storage(s: Session, settings: Settings, account_id: str, adding: int, *, model_id: str | None = None) -> None:
+def check_storage(
+    s: Session, settings: Settings, account_id: str, adding: int, *, revision_id: str | None = None
+) -> None:
     """Before a job stores (and again when it registers) ``adding`` bytes for the account.
 
-    ``model_id``: the model being stored; an upload it is made from is counted as this model, not beside it.
+    ``revision_id``: the revision being stored; an upload it is made from is counted as it, not beside it.
     """
     if not settings.quota_stored_bytes:
         return
     source = None
-    if model_id is not None:
-        source = s.scalar(select(Model.source).where(Model.id == model_id, Model.source_kind == UPLOAD_SOURCE))
+    if revision_id is not None:
+        source = s.scalar(
+            select(ModelRevision.source).where(
+                ModelRevision.id == revision_id, ModelRevision.source_kind == UPLOAD_SOURCE
+            )
+        )
     used = stored_bytes(s, account_id, replacing=source)
     if used + adding > settings.quota_stored_bytes:
         raise StorageQuotaFull(

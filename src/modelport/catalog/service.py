@@ -12,17 +12,18 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from modelport import revisions
 from modelport.accounts import quotas
 from modelport.accounts.service import Principal
 from modelport.catalog import preflight as checks
 from modelport.catalog.names import qualify
 from modelport.catalog.preflight import Preflight
 from modelport.errors import BaseModelNotFound, Conflict, InvalidSource, NotFound
-from modelport.ids import new_id
+from modelport.ids import WIRE_MODEL_PREFIX, model_id_of_wire, new_id
 from modelport.ingest import peek
 from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
 from modelport.ingest.uploads import archive_path
-from modelport.jobs.states import JobStatus, JobType, ModelStatus
+from modelport.jobs.states import JobStatus, JobType, ModelStatus, RevisionStatus
 from modelport.jobs.store import add_update
 from modelport.manifest import ModelKind
 from modelport.settings import Settings
@@ -34,7 +35,8 @@ from modelport.storage.db.tables import (
     JobSecret,
     JobStatusUpdate,
     Model,
-    ModelFile,
+    ModelRevision,
+    RevisionFile,
     Upload,
     model_name_key,
 )
@@ -57,6 +59,7 @@ class Submitted:
     model_id: str
     model_name: str
     source: SourceSpec
+    revision_id: str
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class Catalog:
         return Preflight(name, model_type, detected, base, source)
 
     def submit_upload(self, who: Principal, req: UploadRequest) -> Submitted:
+        """A new model (or adapter) and the job that makes its first revision."""
         checked = self.preflight(
             who, req.model_name, req.model_type, req.base_model, req.model_source, lora_model=req.lora_model
         )
@@ -104,16 +108,7 @@ class Catalog:
         assert source is not None
         if source.kind == SourceKind.UPLOAD:
             self._check_archive_kind(source.url, req.model_type)
-        model_id, job_id = new_id("model"), new_id("job")
-        args = {
-            "modelName": name,
-            "modelSource": source.display,
-            "modelType": req.model_type,
-            "description": req.description or "",
-            # The resolved full name, which the job looks up again (``find_base``) when it runs.
-            "baseModel": checked.base_model,
-            "loraModel": req.lora_model,
-        }
+        model_id = new_id("model")
         try:
             with self.db.session() as s:
                 quotas.lock_account(s, who.account_id)
@@ -133,24 +128,165 @@ class Catalog:
                     )
                 )
                 s.flush()
-                s.add(
-                    Job(
-                        id=job_id,
-                        account_id=who.account_id,
-                        type=JobType.for_upload(req.model_type),
-                        status=JobStatus.QUEUED,
-                        model_id=model_id,
-                        args=args,
-                    )
-                )
-                s.flush()
-                s.add(JobSecret(job_id=job_id, source=source.url, hf_token=req.hf_token or None))
-                add_update(s, job_id, JobStatus.QUEUED, f"job created for {name} from {source.display}")
+                job_id, revision_id = self._enqueue(s, who, model_id, name, source, req, checked.base_model)
         except IntegrityError:
             # Two uploads raced for one name: the unique index let exactly one commit.
             raise checks.name_taken(name, still_uploading=True) from None
         self.on_submit()
-        return Submitted(job_id, model_id, name, source)
+        return Submitted(job_id, model_id, name, source, revision_id)
+
+    def submit_revision(self, who: Principal, ref: str, model_source: str, hf_token: str | None = None) -> Submitted:
+        """A job that makes a new revision of an existing model from ``model_source``; the model keeps
+        serving its head until the new revision is ready, and keeps it if the new one fails."""
+        model = self.get_model(who, ref, created=True)
+        source = parse_source(model_source, self.settings)
+        if source.kind == SourceKind.UPLOAD:
+            self._check_upload(who, source.url)
+            self._check_archive_kind(source.url, model.kind)
+        base = self.base_name(model) if model.kind == ModelKind.ADAPTER else None
+        req = UploadRequest(model.name, model_source, model.kind, hf_token, model.description, base)
+        try:
+            with self.db.session() as s:
+                quotas.lock_account(s, who.account_id)
+                from_upload = source.url if source.kind == SourceKind.UPLOAD else None
+                quotas.check_submission(s, self.settings, who.account_id, from_upload=from_upload, new_model=False)
+                job_id, revision_id = self._enqueue(s, who, model.id, model.name, source, req, base)
+        except IntegrityError:
+            raise Conflict(f"another revision of {model.name} was submitted at the same moment; try again") from None
+        self.on_submit()
+        return Submitted(job_id, model.id, model.name, source, revision_id)
+
+    def _enqueue(
+        self,
+        s: Session,
+        who: Principal,
+        model_id: str,
+        name: str,
+        source: SourceSpec,
+        req: UploadRequest,
+        base_model: str | None,
+    ) -> tuple[str, str]:
+        """Add the pending revision, its job and the job's secrets; returns ``(job id, revision id)``."""
+        job_id, revision_id = new_id("job"), new_id("rev")
+        number = revisions.next_number(s, model_id)
+        s.add(
+            ModelRevision(
+                id=revision_id,
+                model_id=model_id,
+                number=number,
+                status=RevisionStatus.PENDING,
+                source_kind=source.kind,
+                source=source.display,
+                job_id=job_id,
+            )
+        )
+        args = {
+            "modelName": name,
+            "modelSource": source.display,
+            "modelType": req.model_type,
+            "description": req.description or "",
+            # The resolved full name, which the job looks up again (``find_base``) when it runs.
+            "baseModel": base_model,
+            "loraModel": req.lora_model,
+            "revisionId": revision_id,
+            "revision": number,
+        }
+        s.add(
+            Job(
+                id=job_id,
+                account_id=who.account_id,
+                type=JobType.for_upload(req.model_type),
+                status=JobStatus.QUEUED,
+                model_id=model_id,
+                args=args,
+            )
+        )
+        s.flush()
+        s.add(JobSecret(job_id=job_id, source=source.url, hf_token=req.hf_token or None))
+        what = f"{name}" if number == 1 else f"revision {number} of {name}"
+        add_update(s, job_id, JobStatus.QUEUED, f"job created for {what} from {source.display}")
+        return job_id, revision_id
+
+    def create_model(
+        self, who: Principal, model_name: str, model_type: str, base_model: str | None, description: str | None
+    ) -> Model:
+        """A model with no revision yet (Together v2 ``POST …/models``): it holds its name and is listed,
+        and serves once an upload to it makes a ready revision."""
+        checked = self.preflight(who, model_name, model_type, base_model)
+        model = Model(
+            id=new_id("model"),
+            account_id=who.account_id,
+            name=checked.model_name,
+            kind=model_type,
+            status=ModelStatus.CREATED,
+            description=description,
+            source_kind="none",
+            source="",
+        )
+        try:
+            with self.db.session() as s:
+                quotas.lock_account(s, who.account_id)
+                quotas.check_submission(s, self.settings, who.account_id)
+                self._check_name_free(s, checked.model_name)
+                if checked.base_model:
+                    base = _find(s, who, checked.base_model, (ModelStatus.READY,))
+                    model.base_model_id = base.id if base else None
+                s.add(model)
+        except IntegrityError:
+            raise checks.name_taken(checked.model_name, still_uploading=False) from None
+        return self.get_model(who, model.id, created=True)
+
+    def update_model(self, who: Principal, ref: str, *, description: str | None) -> Model:
+        model = self.get_model(who, ref, created=True)
+        with self.db.session() as s:
+            row = s.get(Model, model.id)
+            if row is not None:
+                row.description = description
+        return self.get_model(who, model.id, created=True)
+
+    # --- revisions ---------------------------------------------------------------------------------
+    def revisions(self, who: Principal, ref: str) -> list[ModelRevision]:
+        model = self.get_model(who, ref, created=True)
+        with self.db.read() as s:
+            return revisions.listed(s, model.id)
+
+    def revision(self, who: Principal, ref: str, revision: str) -> ModelRevision:
+        model = self.get_model(who, ref, created=True)
+        with self.db.read() as s:
+            return revisions.require(s, model, revision)
+
+    def revision_files(self, revision: ModelRevision) -> list[RevisionFile]:
+        with self.db.read() as s:
+            return revisions.files(s, revision.id)
+
+    def delete_revision(self, who: Principal, ref: str, revision: str) -> ModelRevision:
+        """Refused while an endpoint pins it, while it is being made, and for a model's last ready
+        revision (delete the model instead). Deleting the head makes the previous ready one the head."""
+        model = self.get_model(who, ref, created=True)
+        with self.db.session() as s:
+            row = revisions.require(s, model, revision)
+            if row.status == RevisionStatus.PENDING:
+                raise Conflict(f"revision {row.number} of {model.name} is still being made ({row.job_id})")
+            pinned = list(s.scalars(select(Endpoint.name).where(Endpoint.revision_id == row.id)))
+            if pinned:
+                raise Conflict(
+                    f"revision {row.number} of {model.name} is pinned by endpoint {', '.join(pinned)}; "
+                    "delete those endpoints or move them to another revision first",
+                    param="revision",
+                )
+            others = [r for r in revisions.listed(s, model.id) if r.id != row.id and r.status == RevisionStatus.READY]
+            if row.status == RevisionStatus.READY and not others:
+                raise Conflict(
+                    f"revision {row.number} is the only ready revision of {model.name}; delete the model instead",
+                    param="revision",
+                )
+            s.delete(row)
+            s.flush()
+            held = s.get(Model, model.id)
+            if held is not None:
+                revisions.move_head(s, held)
+        # The blobs go with the next cleanup pass, once no revision references them.
+        return row
 
     def _check_upload(self, who: Principal, upload_id: str) -> None:
         with self.db.read() as s:
@@ -173,12 +309,12 @@ class Catalog:
         are one name under case folding and normalisation (``model_name_key``): the holder's spelling is named."""
         held = s.execute(select(Model.name, Model.status).where(Model.name_key == model_name_key(name))).first()
         if held is not None:
-            raise checks.name_taken(held.name, still_uploading=held.status != ModelStatus.READY)
+            raise checks.name_taken(held.name, still_uploading=held.status == ModelStatus.UPLOADING)
 
     @staticmethod
     def _resolve_base(s: Session, who: Principal, ref: str) -> str:
         """The base's full name, found by ``get_model``'s rule; it must be a ready full model."""
-        model = _find_ready(s, who, ref)
+        model = _find(s, who, ref, (ModelStatus.READY,))
         if model is None:
             pending = s.scalar(
                 select(Model.name).where(Model.account_id == who.account_id, Model.name.in_(_ref_names(who, ref)))
@@ -221,23 +357,36 @@ class Catalog:
                 updates[u.job_id].append(u)
         return [JobView(j, updates[j.id]) for j in jobs]
 
-    def list_models(self, who: Principal) -> list[Model]:
+    def list_models(self, who: Principal, *, created: bool = False) -> list[Model]:
+        """The caller's models that serve; ``created=True`` adds those with no ready revision yet."""
+        statuses = (ModelStatus.READY, ModelStatus.CREATED) if created else (ModelStatus.READY,)
         with self.db.read() as s:
             return list(
                 s.scalars(
                     select(Model)
-                    .where(Model.account_id == who.account_id, Model.status == ModelStatus.READY)
+                    .where(Model.account_id == who.account_id, Model.status.in_(statuses))
                     .order_by(Model.created_at)
                 )
             )
 
-    def get_model(self, who: Principal, ref: str) -> Model:
-        """``ref`` is a model id, a full name, or a name within the caller's namespace."""
+    def get_model(self, who: Principal, ref: str, *, created: bool = False) -> Model:
+        """``ref`` is a model id, a full name, or a name within the caller's namespace, optionally pinned
+        to a revision (``name@3``, ``name@rev-…``; see ``revisions``). ``created=True`` also finds a
+        model that has no ready revision yet (to upload to it, list or delete it)."""
+        parsed = revisions.Ref.parse(ref)
+        statuses = (ModelStatus.READY, ModelStatus.CREATED) if created else (ModelStatus.READY,)
         with self.db.read() as s:
-            model = _find_ready(s, who, ref)
-        if model is None:
-            raise NotFound(f"model {ref!r} not found", param="model")
-        return model
+            model = _find(s, who, parsed.model, statuses)
+            if model is None:
+                raise NotFound(f"model {parsed.model!r} not found", param="model")
+            if parsed.revision is None:
+                return model
+            pinned = revisions.require(s, model, parsed.revision)
+        if pinned.status != RevisionStatus.READY:
+            raise NotFound(
+                f"revision {pinned.number} of {model.name} is {pinned.status}: it cannot serve", param="model"
+            )
+        return revisions.at(model, pinned)
 
     def find_base(self, account_id: str, ref: str) -> Model | None:
         """The ready full model ``ref`` names in the account, by ``get_model``'s rule: for the ingest
@@ -247,11 +396,16 @@ class Catalog:
             if account is None:
                 return None
             who = Principal(account_id, account.name, key_id="")
-            model = _find_ready(s, who, ref)
+            model = _find(s, who, ref, (ModelStatus.READY,))
         return model if model is not None and model.kind == ModelKind.MODEL else None
 
     def delete_model(self, who: Principal, ref: str) -> Model:
-        model = self.get_model(who, ref)
+        """The model with all its revisions; ``name@3`` deletes only that revision (``delete_revision``)."""
+        parsed = revisions.Ref.parse(ref)
+        if parsed.revision is not None:
+            self.delete_revision(who, parsed.model, parsed.revision)
+            return self.get_model(who, parsed.model, created=True)
+        model = self.get_model(who, ref, created=True)
         with self.db.session() as s:
             dependants = list(s.scalars(select(Model.name).where(Model.base_model_id == model.id)))
             if dependants:
@@ -281,14 +435,29 @@ class Catalog:
             raise NotFound(f"the base model of adapter {model.name} is no longer available", param="model")
         return base, model
 
-    def model_ids(self) -> set[str]:
-        """Every model's id, in any account and state: what the artifact cache may keep."""
+    def model_at(self, model_id: str, revision_id: str | None) -> Model | None:
+        """A model as of one of its revisions (its head when ``revision_id`` is None or not its own), for
+        parts that already hold the id and its account's permission: endpoints and their replicas."""
         with self.db.read() as s:
-            return set(s.scalars(select(Model.id)))
+            model = s.get(Model, model_id)
+            pinned = s.get(ModelRevision, revision_id) if revision_id else None
+        if model is None or pinned is None or pinned.model_id != model.id or pinned.status != RevisionStatus.READY:
+            return model
+        return revisions.at(model, pinned)
 
-    def files(self, model: Model) -> list[ModelFile]:
+    def artifact_ids(self) -> set[str]:
+        """Every revision's id, in any account and state: what the artifact cache may keep."""
         with self.db.read() as s:
-            return list(s.scalars(select(ModelFile).where(ModelFile.model_id == model.id).order_by(ModelFile.path)))
+            return set(s.scalars(select(ModelRevision.id)))
+
+    def has_models(self) -> bool:
+        with self.db.read() as s:
+            return s.scalar(select(Model.id).where(Model.status == ModelStatus.READY).limit(1)) is not None
+
+    def files(self, model: Model) -> list[RevisionFile]:
+        """The files of the revision ``model`` stands for: its head, or the one a reference pinned."""
+        with self.db.read() as s:
+            return revisions.files(s, model.revision_id)
 
     def base_name(self, model: Model) -> str | None:
         if not model.base_model_id:
@@ -301,12 +470,14 @@ def _ref_names(who: Principal, ref: str) -> list[str]:
     return [ref] if "/" in ref else [ref, f"{who.account_name}/{ref}"]
 
 
-def _find_ready(s: Session, who: Principal, ref: str) -> Model | None:
-    """The one rule for naming a model: its id, its full name, or its name in the caller's namespace."""
+def _find(s: Session, who: Principal, ref: str, statuses: Sequence[str]) -> Model | None:
+    """The one rule for naming a model: its id (or its v2 ``ml_`` form), its full name, or its name in
+    the caller's namespace."""
+    ids = [ref, model_id_of_wire(ref)] if ref.startswith(WIRE_MODEL_PREFIX) else [ref]
     return s.scalars(
         select(Model).where(
             Model.account_id == who.account_id,
-            Model.status == ModelStatus.READY,
-            (Model.id == ref) | Model.name.in_(_ref_names(who, ref)),
+            Model.status.in_(statuses),
+            Model.id.in_(ids) | Model.name.in_(_ref_names(who, ref)),
         )
     ).first()

@@ -144,6 +144,17 @@ class Client:
         result: dict[str, Any] = self.call("DELETE", f"/v1/models/{_segment(ref)}", resource="model", ref=ref)
         return result
 
+    def list_revisions(self, ref: str) -> dict[str, Any]:
+        path = f"/api/v1/models/{_segment(ref)}/revisions"
+        result: dict[str, Any] = self.call("GET", path, resource="model", ref=ref)
+        return result
+
+    def add_revision(self, ref: str, model_source: str, hf_token: str | None = None) -> dict[str, Any]:
+        body = {"model_source": model_source, "hf_token": hf_token}
+        path = f"/api/v1/models/{_segment(ref)}/revisions"
+        result: dict[str, Any] = self.call("POST", path, json=body, resource="model", ref=ref)
+        return result
+
     def list_jobs(self, status: str | None = None) -> list[dict[str, Any]]:
         params = {"status": status} if status else {}
         result: list[dict[str, Any]] = self.call("GET", "/v1/jobs", params=params)["data"]

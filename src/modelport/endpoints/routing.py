@@ -20,7 +20,7 @@ class EndpointRouting:
             return None
         return endpoint, self.supervisor.engine_for(endpoint)
 
-    def for_model(self, model_id: str) -> Engine | None:
-        """A model (or an adapter's base) with a started endpoint runs there."""
-        endpoint = self.endpoints.started_for_model(model_id)
+    def for_model(self, model_id: str, revision_id: str | None) -> Engine | None:
+        """A model (or an adapter's base) with a started endpoint serving that revision runs there."""
+        endpoint = self.endpoints.started_for_model(model_id, revision_id)
         return self.supervisor.engine_for(endpoint) if endpoint is not None else None

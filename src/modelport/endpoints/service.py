@@ -200,6 +200,7 @@ class EndpointService:
             name=f"{who.account_name}/{short}-{secrets.token_hex(4)}",
             display_name=spec.display_name or f"{short} on {config.id}",
             model_id=model.id,
+            revision_id=model.revision_id,  # the head, or the revision ``spec.model`` pinned (``name@3``)
             hardware=config.id,
             min_replicas=spec.min_replicas,
             max_replicas=spec.max_replicas,
@@ -283,10 +284,15 @@ class EndpointService:
                 )
             ).first()
 
-    def started_for_model(self, model_id: str) -> Endpoint | None:
+    def started_for_model(self, model_id: str, revision_id: str | None) -> Endpoint | None:
+        """A started endpoint that serves this revision of the model."""
         with self.db.read() as s:
             return s.scalars(
-                select(Endpoint).where(Endpoint.model_id == model_id, Endpoint.state == EndpointState.STARTED)
+                select(Endpoint).where(
+                    Endpoint.model_id == model_id,
+                    Endpoint.revision_id == revision_id,
+                    Endpoint.state == EndpointState.STARTED,
+                )
             ).first()
 
     def touch(self, endpoint_id: str) -> None:

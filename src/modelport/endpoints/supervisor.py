@@ -277,8 +277,7 @@ class Supervisor:
             terminate(replica.proc)
 
     def _launch(self, endpoint: Endpoint, index: int) -> Replica:
-        with self.db.session() as s:
-            model = s.get(Model, endpoint.model_id)
+        model = self.catalog.model_at(endpoint.model_id, endpoint.revision_id)
         assert model is not None, "a model with endpoints cannot be deleted"
         artifact = self.artifacts.get(model, self.catalog.files(model))
         config = next(c for c in self.inventory.configs({}) if c.id == endpoint.hardware)

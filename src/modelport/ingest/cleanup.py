@@ -14,7 +14,7 @@ from modelport.jobs.states import JobStatus
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore
 from modelport.storage.db.engine import Database
-from modelport.storage.db.tables import Job, JobSecret, ModelFile, Upload, utcnow
+from modelport.storage.db.tables import Job, JobSecret, RevisionFile, Upload, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _clean_blobs(db: Database, blobs: BlobStore, settings: Settings) -> int:
     # Blobs younger than the grace period may belong to an ingest between "stored" and "registered".
     cutoff = utcnow() - timedelta(seconds=settings.blob_gc_grace_s)
     with db.session() as s:
-        referenced = set(s.scalars(select(ModelFile.sha256).distinct()))
+        referenced = set(s.scalars(select(RevisionFile.sha256).distinct()))
     removed = 0
     for sha, modified in list(blobs.iter_blobs()):
         if sha not in referenced and modified < cutoff:

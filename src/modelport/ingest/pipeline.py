@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelport import revisions
 from modelport.accounts import quotas
 from modelport.errors import IngestError
 from modelport.ingest import checker
@@ -26,12 +27,11 @@ from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
 from modelport.ingest.sources.base import Source
 from modelport.ingest.staging import Progress, Reporter, StagedFile
 from modelport.ingest.validate import MAX_CONFIG_BYTES
-from modelport.jobs.states import ModelStatus
 from modelport.manifest import AdmissionReport, Manifest, ModelKind
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore
 from modelport.storage.db.engine import Database
-from modelport.storage.db.tables import Job, JobSecret, Model, ModelFile
+from modelport.storage.db.tables import Job, JobSecret, Model, ModelRevision, RevisionFile
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 class JobInput:
     job: Job
     model: Model
+    revision: ModelRevision
     source: SourceSpec
     hf_token: str | None
 
@@ -73,10 +74,10 @@ class Pipeline:
             manifest = checked.manifest  # it lists the derived files too, stored here like uploaded ones
             with self.db.read() as s:  # before the upload to the blob store; again at registration
                 quotas.check_storage(
-                    s, self.settings, inp.model.account_id, manifest.total_bytes, model_id=inp.model.id
+                    s, self.settings, inp.model.account_id, manifest.total_bytes, revision_id=inp.revision.id
                 )
             self._store(files + checked.derived, progress)
-            progress.stage("registering", f"registering {inp.model.name}")
+            progress.stage("registering", f"registering {_what(inp)}")
             self._register(inp, progress, manifest, base)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -86,9 +87,11 @@ class Pipeline:
             job = s.get(Job, job_id)
             secret = s.get(JobSecret, job_id)
             model = s.get(Model, job.model_id) if job and job.model_id else None
-        if job is None or secret is None or model is None:
+            revision = s.get(ModelRevision, job.args.get("revisionId")) if job else None
+        if job is None or secret is None or model is None or revision is None:
             raise IngestError("the job's inputs are gone (was the model deleted?)")
-        return JobInput(job, model, parse_source(secret.source, self.settings, submission=False), secret.hf_token)
+        source = parse_source(secret.source, self.settings, submission=False)
+        return JobInput(job, model, revision, source, secret.hf_token)
 
     def _check(
         self, inp: JobInput, files: list[StagedFile], not_fetched: list[str], staging: Path, progress: Progress
@@ -141,20 +144,37 @@ class Pipeline:
             progress.bytes(done, total)
 
     def _register(self, inp: JobInput, progress: Reporter, manifest: Manifest, base: Model | None) -> None:
+        """The revision's files, the revision ready, the model's head moved to it (if it is the newest
+        ready one) and the job complete: one transaction."""
         with self.db.session() as s:
             # First, as before any other lock: the job row (``JobLost`` if another worker took it).
-            progress.complete(s, f"{inp.model.name} is ready ({manifest.total_bytes} bytes)")
+            progress.complete(s, f"{_what(inp)} is ready ({manifest.total_bytes} bytes)")
             model = s.get(Model, inp.model.id)
-            if model is None:
+            revision = s.get(ModelRevision, inp.revision.id)
+            if model is None or revision is None:
                 raise IngestError("the model was deleted while it was uploading")
             quotas.lock_account(s, model.account_id)
-            quotas.check_storage(s, self.settings, model.account_id, manifest.total_bytes, model_id=model.id)
+            quotas.check_storage(s, self.settings, model.account_id, manifest.total_bytes, revision_id=revision.id)
             for entry in manifest.files:
-                s.add(ModelFile(model_id=model.id, path=entry.path, size=entry.size, sha256=entry.sha256))
-            model.status, model.manifest = ModelStatus.READY, manifest
-            model.type = manifest.type
-            model.total_bytes = manifest.total_bytes
-            model.base_model_id = base.id if base else None
+                s.add(
+                    RevisionFile(
+                        revision_id=revision.id,
+                        path=entry.path,
+                        size=entry.size,
+                        sha256=entry.sha256,
+                    )
+                )
+            revision.manifest = manifest
+            revisions.mark_ready(revision, manifest.total_bytes)
+            s.flush()
+            if model.base_model_id is None and base is not None:
+                model.base_model_id = base.id
+            revisions.move_head(s, model)
+
+
+def _what(inp: JobInput) -> str:
+    number = inp.revision.number
+    return inp.model.name if number == 1 else f"revision {number} of {inp.model.name}"
 
 
 def _admission_summary(report: AdmissionReport) -> str:

@@ -28,4 +28,11 @@ class JobType(StrEnum):
 
 class ModelStatus(StrEnum):
     UPLOADING = "uploading"  # reserves the name; invisible to every API
-    READY = "ready"
+    CREATED = "created"  # made empty (Together v2 ``POST …/models``); no revision has become ready yet
+    READY = "ready"  # has a head revision that serves
+
+
+class RevisionStatus(StrEnum):
+    PENDING = "pending"  # its job runs
+    READY = "ready"  # validated and admitted: it can serve
+    FAILED = "failed"  # the checks refused it; ``problems`` says why, and it holds no files

@@ -20,9 +20,9 @@ from typing import Any
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session, aliased
 
-from modelport.jobs.states import JobStatus
+from modelport.jobs.states import JobStatus, ModelStatus, RevisionStatus
 from modelport.storage.db.engine import Database, scrub_after_commit
-from modelport.storage.db.tables import Account, Job, JobSecret, JobStatusUpdate, Model, utcnow
+from modelport.storage.db.tables import Account, Job, JobSecret, JobStatusUpdate, Model, ModelRevision, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +167,21 @@ class JobStore:
             add_update(s, job.id, JobStatus.FAILED, message)
         s.execute(delete(JobSecret).where(JobSecret.job_id == job.id))
         scrub_after_commit(s)  # the token and signature leave the database files too
+        # The revision the job was making keeps its problems (``revisions`` lists them); a first upload's
+        # model, which only held the name, goes with it.
+        revision_id = job.args.get("revisionId")
+        if revision_id:
+            s.execute(
+                update(ModelRevision)
+                .where(ModelRevision.id == revision_id, ModelRevision.status == RevisionStatus.PENDING)
+                .values(status=RevisionStatus.FAILED, problems=problems or [message], validated_at=utcnow())
+            )
         if job.model_id:
-            model_id, job.model_id = job.model_id, None
+            model_id = job.model_id
             s.flush()
-            s.execute(delete(Model).where(Model.id == model_id, Model.status == "uploading"))
+            gone = s.execute(delete(Model).where(Model.id == model_id, Model.status == ModelStatus.UPLOADING))
+            if gone.rowcount:  # type: ignore[attr-defined]
+                job.model_id = None
 
     def requeue(self, job_id: str, worker_id: str, reason: str, max_attempts: int) -> None:
         """Give a job back to the queue after a transient failure (its worker keeps running), or fail

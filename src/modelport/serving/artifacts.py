@@ -1,7 +1,7 @@
 """Stored models as local folders: what engines and tokenizers load from.
 
-A model's files are materialized from the blob store (hard links on local disk, downloads from S3)
-into ``<data_dir>/cache/models/<model id>`` once, through a temporary folder renamed into place, so a
+A revision's files are materialized from the blob store (hard links on local disk, downloads from S3)
+into ``<data_dir>/cache/models/<revision id>`` once, through a temporary folder renamed into place, so a
 crash never leaves a half-filled folder that looks complete.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from modelport.errors import EngineFailed
 from modelport.serving.engine import Artifact
 from modelport.storage.blobs import BlobStore
-from modelport.storage.db.tables import Model, ModelFile
+from modelport.storage.db.tables import Model, RevisionFile
 
 
 class ArtifactCache:
@@ -24,22 +24,24 @@ class ArtifactCache:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def get(self, model: Model, files: list[ModelFile]) -> Artifact:
+    def get(self, model: Model, files: list[RevisionFile]) -> Artifact:
         """Blocking (it may download): call it from a worker thread."""
         manifest = model.manifest
         if manifest is None:  # only ready models reach here, and ingest gives each its manifest
             raise EngineFailed(f"model {model.id} has no manifest: it is not ready to serve")
-        folder = self.root / model.id
+        # Keyed by revision: a new revision of a model is another folder, and another model to the engines.
+        key = model.revision_id or model.id
+        folder = self.root / key
         if not folder.is_dir():
             with self._guard:
-                lock = self._locks.setdefault(model.id, threading.Lock())
+                lock = self._locks.setdefault(key, threading.Lock())
             with lock:
                 if not folder.is_dir():
                     self._materialize(folder, files)
         weights = sum(f.size for f in files if f.path.endswith(".safetensors"))
-        return Artifact(model.id, folder, manifest, weights)
+        return Artifact(key, folder, manifest, weights)
 
-    def _materialize(self, folder: Path, files: list[ModelFile]) -> None:
+    def _materialize(self, folder: Path, files: list[RevisionFile]) -> None:
         tmp = self.root / f".incoming-{folder.name}-{uuid.uuid4().hex[:8]}"
         try:
             for f in files:
@@ -52,7 +54,7 @@ class ArtifactCache:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def prune(self, live_ids: set[str]) -> int:
-        """Remove folders of models that no longer exist (cleanup calls this)."""
+        """Remove folders of revisions that no longer exist (cleanup calls this)."""
         if not self.root.is_dir():
             return 0
         removed = 0

@@ -22,7 +22,7 @@ from modelport.accounts.quotas import RateLimiter
 from modelport.accounts.service import Principal
 from modelport.catalog.service import Catalog
 from modelport.chat_template_workers import TemplateBudget, TemplateRenderer
-from modelport.errors import ContextLengthExceeded, InvalidRequest, WrongModelType
+from modelport.errors import ContextLengthExceeded, InvalidRequest, NotFound, WrongModelType
 from modelport.manifest import ModelType, context_length_of
 from modelport.serving.artifacts import ArtifactCache
 from modelport.serving.engine import Artifact, Engine, GenerationRequest, Pooling, SamplingParams, TokenStep
@@ -154,7 +154,7 @@ class Routing(Protocol):
 
     def by_name(self, who: Principal, name: str) -> tuple[Endpoint, Engine] | None: ...
 
-    def for_model(self, model_id: str) -> Engine | None: ...
+    def for_model(self, model_id: str, revision_id: str | None) -> Engine | None: ...
 
 
 @dataclass(frozen=True)
@@ -195,9 +195,12 @@ class InferenceService:
             hit = self.routing.by_name(who, name)
             if hit is not None:
                 endpoint, remote = hit
-                return Target(self.catalog.get_model(who, endpoint.model_id), None, remote, endpoint.name)
+                model = self.catalog.model_at(endpoint.model_id, endpoint.revision_id)
+                if model is None:  # the model is deleted only once its endpoints are
+                    raise NotFound(f"endpoint {endpoint.name} has no model", param="model")
+                return Target(model, None, remote, endpoint.name)
         model, adapter = self.catalog.serving_target(who, name)
-        dedicated = self.routing.for_model(model.id) if self.routing is not None else None
+        dedicated = self.routing.for_model(model.id, model.revision_id) if self.routing is not None else None
         return Target(model, adapter, dedicated or self.engine, (adapter or model).name)
 
     # --- text generation ---------------------------------------------------------------------------

@@ -162,6 +162,7 @@ def model_page(request: Request, ref: str, who: Who, key: Key) -> Response:
     return page(
         request, "model.html", key, who,
         model=views.model_detail(model, catalog.base_name(model)),
+        revisions=[views.revision_row(r, model.revision_id) for r in reversed(catalog.revisions(who, model.id))],
         hardware=[views.hardware_row(a) for a in hardware],
         endpoints=deployed,
     )  # fmt: skip

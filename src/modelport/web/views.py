@@ -13,7 +13,7 @@ from modelport.endpoints.service import Availability
 from modelport.errors import InvalidRequest, ModelportError
 from modelport.ingest.uploads import UploadView
 from modelport.manifest import Manifest, ModelKind
-from modelport.storage.db.tables import Endpoint, Model
+from modelport.storage.db.tables import Endpoint, Model, ModelRevision
 
 
 def when(value: datetime | None) -> str:
@@ -132,6 +132,20 @@ def model_detail(m: Model, base_name: str | None) -> dict[str, Any]:
         "adapter": manifest.adapter,
         "files": manifest.files,
         "admission": manifest.admission,
+    }
+
+
+def revision_row(r: ModelRevision, head: str | None) -> dict[str, Any]:
+    return {
+        "number": r.number,
+        "id": r.id,
+        "status": r.status,
+        "head": r.id == head,
+        "size": r.total_bytes,
+        "source": r.source,
+        "job_id": r.job_id,
+        "problems": r.problems or [],
+        "created": r.created_at,
     }
 
 

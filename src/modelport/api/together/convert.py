@@ -55,4 +55,5 @@ def model_item(m: Model, base_name: str | None, max_model_len: int) -> ModelItem
 
 def model_detail(m: Model, base_name: str | None, max_model_len: int) -> ModelDetail:
     manifest = m.manifest.to_json() if m.manifest else {}
-    return ModelDetail(**model_item(m, base_name, max_model_len).model_dump(), model_id=m.id, manifest=manifest)
+    item = model_item(m, base_name, max_model_len).model_dump()
+    return ModelDetail(**item, model_id=m.id, revision_id=m.revision_id, manifest=manifest)

@@ -91,4 +91,5 @@ class ModelItem(BaseModel):
 
 class ModelDetail(ModelItem):
     model_id: str
+    revision_id: str | None = None  # modelport: the revision shown (the head, or the one ``name@N`` pinned)
     manifest: dict[str, Any]  # ``modelport.manifest.Manifest`` in its JSON form (``to_json``), as stored

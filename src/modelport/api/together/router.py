@@ -105,7 +105,8 @@ def get_model(model_ref: str, who: PrincipalDep, catalog: CatalogDep) -> ModelDe
 @router.delete("/models/{model_ref:path}")
 def delete_model(model_ref: str, who: PrincipalDep, catalog: CatalogDep) -> dict[str, Any]:
     model = catalog.delete_model(who, model_ref)
-    return {"id": model.name, "object": "model", "deleted": True}
+    _, at, revision = model_ref.partition("@")  # ``name@3``: only that revision went
+    return {"id": f"{model.name}{at}{revision}", "object": "model.revision" if at else "model", "deleted": True}
 
 
 def whoami(who: PrincipalDep) -> dict[str, Any]:

@@ -51,11 +51,19 @@ def models() -> None:
 @click.option("--description", default=None, help="Free text shown with the model.")
 @click.option("--wait/--no-wait", default=False, help="Show progress until the job is Complete or Failed.")
 @click.option(
+    "--new-revision",
+    is_flag=True,
+    help="Add a revision to the existing model --model-name instead of creating a model; it serves once "
+    "ready (the previous revision serves until then, and stays if the new one fails).",
+)
+@click.option(
     "--yes", "-y", is_flag=True, help=f"Do not ask before sending more than {human_bytes(CONFIRM_ABOVE_BYTES)}."
 )
 @connection_options
 @pass_app
-def models_upload(app: AppContext, /, wait: bool, yes: bool, model_source: str, **fields: Any) -> None:
+def models_upload(
+    app: AppContext, /, wait: bool, yes: bool, new_revision: bool, model_source: str, **fields: Any
+) -> None:
     """Upload a model or adapter and print its job id.
 
     A local folder must be the model's own: only the files the server keeps (configs, safetensors
@@ -67,9 +75,12 @@ def models_upload(app: AppContext, /, wait: bool, yes: bool, model_source: str, 
     path = local_path(model_source)  # every local refusal comes before the server is asked anything
     local = inspect_local(path, model_source, fields["model_type"]) if path else None
     out, client = app.output, app.client()
-    _preflight(client, fields, None if local else model_source, local)
+    if new_revision:
+        client.get_model(fields["model_name"])  # a missing model is said before any byte moves
+    else:
+        _preflight(client, fields, None if local else model_source, local)
     upload_id = _local_source(client, local, out, yes) if local else None
-    created = _submit(client, upload_id or model_source, fields, upload_id)
+    created = _submit(client, upload_id or model_source, fields, upload_id, new_revision)
     job_id = created["job_id"]
     out.message(f"{created['model_name']}: job {job_id} created")
     if not app.json:
@@ -127,8 +138,12 @@ def _preflight(client: Client, fields: dict[str, Any], remote: str | None, local
         raise _in_cli_terms(e) from e
 
 
-def _submit(client: Client, source: str, fields: dict[str, Any], upload_id: str | None) -> dict[str, Any]:
+def _submit(
+    client: Client, source: str, fields: dict[str, Any], upload_id: str | None, new_revision: bool
+) -> dict[str, Any]:
     try:
+        if new_revision:
+            return client.add_revision(fields["model_name"], source, fields["hf_token"])
         created: dict[str, Any] = client.create_model(model_source=source, **fields)["data"]
         return created
     except ClientError as e:
@@ -222,6 +237,7 @@ def models_get(app: AppContext, model: str) -> None:
         [
             ("name", m["id"]),
             ("id", m.get("model_id")),
+            ("revision", m.get("revision_id")),
             ("kind", m.get("kind")),
             ("type", m.get("type")),
             ("base model", m.get("base_model")),
@@ -242,6 +258,34 @@ def models_get(app: AppContext, model: str) -> None:
     out.table(("FILE", "SIZE", "SHA256"), files, "")
 
 
+@models.command("revisions")
+@click.argument("model")
+@connection_options
+@pass_app
+def models_revisions(app: AppContext, model: str) -> None:
+    """List a model's revisions, oldest first: the head (*) serves unless a request names another
+    (MODEL@N). `modelport models upload --new-revision` adds one; `modelport models delete MODEL@N`
+    deletes one."""
+    listed = app.client().list_revisions(model)
+    out = app.output
+    if app.json:
+        return out.json(listed)
+    rows = [
+        (
+            f"{r['number']}{' *' if r['head'] else ''}",
+            r["id"],
+            r["status"],
+            human_bytes(r.get("bytes")),
+            r.get("source"),
+            r.get("created_at"),
+            "; ".join(r.get("problems") or []) or None,
+        )
+        for r in listed["data"]
+    ]
+    cols = ("REV", "ID", "STATUS", "SIZE", "SOURCE", "CREATED", "PROBLEMS")
+    out.table(cols, rows, empty=f"{listed['model']} has no revisions yet: upload one with --new-revision.")
+
+
 def _manifest(model: dict[str, Any]) -> Manifest:
     """The manifest in ``GET /v1/models/{id}``'s JSON; an empty one while the model has none (``{}``)."""
     match model:
@@ -257,7 +301,8 @@ def _manifest(model: dict[str, Any]) -> Manifest:
 @connection_options
 @pass_app
 def models_delete(app: AppContext, model: str, yes: bool) -> None:
-    """Delete a model or adapter (refused while endpoints serve it). Asks first, unless --yes."""
+    """Delete a model or adapter (refused while endpoints serve it), or one revision of it (MODEL@N:
+    refused while an endpoint pins it, or when it is the last ready one). Asks first, unless --yes."""
     if not yes and not sys.stdin.isatty():
         raise CliFailure(
             f"not deleting {model}: there is no terminal to ask for confirmation",

@@ -69,8 +69,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent; safe with several processes on PostgreSQL)."""
+def migrate(engine: Engine, to: str = "head") -> None:
+    """Bring the schema to the newest revision (idempotent; safe with several processes on PostgreSQL).
+    ``to``: an older revision, for tests of a migration's data step."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
@@ -78,7 +79,7 @@ def migrate(engine: Engine) -> None:
             # Serialise concurrent starts: two servers migrating at once would race on DDL.
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7342001)")
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, to)
 
 
 def current_revision(engine: Engine) -> str | None:

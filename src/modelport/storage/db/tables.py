@@ -6,7 +6,19 @@ import unicodedata
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Date, ForeignKey, Index, Integer, String, Text, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from modelport.manifest import Manifest
@@ -55,7 +67,14 @@ class ApiKey(Base):
 
 
 class Model(Base):
-    """A model or adapter. Rows in status ``uploading`` only reserve the name; no API shows them."""
+    """A model or adapter: a name with an ordered list of immutable revisions (``ModelRevision``).
+
+    Rows in status ``uploading`` only reserve the name (its first upload is running); no API shows them.
+    ``created`` rows (made by Together's v2 ``POST …/models``) have no ready revision yet. ``revision_id``
+    is the head, the newest ready revision, which serves unless a request or an endpoint pins another;
+    ``manifest``, ``type`` and ``total_bytes`` are copied from it in the transaction that moves the head,
+    so lists and the serving path read one row.
+    """
 
     __tablename__ = "models"
 
@@ -74,16 +93,47 @@ class Model(Base):
     source: Mapped[str] = mapped_column(Text)
     manifest: Mapped[Manifest | None] = mapped_column(ManifestJSON, default=None)
     total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The head revision; no foreign key, as revisions point at their model (a cycle SQLite cannot drop).
+    revision_id: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class ModelFile(Base):
-    __tablename__ = "model_files"
+class ModelRevision(Base):
+    """One immutable file set of a model, numbered from 1 in the order revisions were submitted.
 
-    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    ``status``: ``pending`` while its job runs, ``ready`` once validated and admitted (it can serve),
+    ``failed`` with every problem the checks found in ``problems`` (it holds no files).
+    """
+
+    __tablename__ = "model_revisions"
+    __table_args__ = (UniqueConstraint("model_id", "number", name="uq_model_revisions_number"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    manifest: Mapped[Manifest | None] = mapped_column(ManifestJSON, default=None)
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    source_kind: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(Text)  # redacted, as shown (``SourceSpec.display``)
+    job_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    problems: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    validated_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class RevisionFile(Base):
+    """A file of a revision. Bytes live in the blob store under ``sha256``, shared by every revision
+    (of any model) that holds the same bytes. ``etag`` is its S3 multipart ETag at Together's 20 MiB
+    parts, what the v2 upload protocol names files by (``ingest/etags.py``)."""
+
+    __tablename__ = "revision_files"
+
+    revision_id: Mapped[str] = mapped_column(ForeignKey("model_revisions.id", ondelete="CASCADE"), primary_key=True)
     path: Mapped[str] = mapped_column(String(1024), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
+    etag: Mapped[str | None] = mapped_column(String(48), default=None, index=True)
 
 
 class Job(Base):
@@ -144,6 +194,9 @@ class Endpoint(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     display_name: Mapped[str] = mapped_column(String(200))
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    # The revision the replicas serve, pinned when the endpoint is created: a new upload to the model
+    # does not change what a running endpoint answers with.
+    revision_id: Mapped[str | None] = mapped_column(String(64), default=None)
     hardware: Mapped[str] = mapped_column(String(128))
     state: Mapped[str] = mapped_column(String(16))
     desired: Mapped[str] = mapped_column(String(16))
