@@ -11,6 +11,8 @@ import re
 import time
 import uuid
 
+# The files of a direct multipart upload, as its ingest job names them (``ingest/multipart.py``).
+PLAN_ID_PREFIX = "parts-"
 # An uploaded file's id (``new_id("file")``), as a model source names it.
 UPLOAD_ID = re.compile(r"^file-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 

@@ -21,12 +21,14 @@ from modelport.accounts.quotas import RateLimiter
 from modelport.accounts.service import AccountService
 from modelport.accounts.sessions import SessionSigner
 from modelport.catalog.service import Catalog
+from modelport.catalog.transfers import Transfers
 from modelport.endpoints import hardware
 from modelport.endpoints.routing import EndpointRouting
 from modelport.endpoints.service import EndpointService
 from modelport.endpoints.supervisor import Supervisor
 from modelport.ingest import checker
 from modelport.ingest.cleanup import collect_garbage
+from modelport.ingest.multipart import PartStore
 from modelport.ingest.pipeline import Pipeline
 from modelport.ingest.sources.registry import open_sources
 from modelport.ingest.uploads import Uploads
@@ -66,10 +68,12 @@ class Housekeeping:
     blobs: BlobStore
     catalog: Catalog
     artifacts: ArtifactCache
+    parts: PartStore
 
     def __call__(self) -> None:
         collect_garbage(self.db, self.blobs, self.settings)
         self.artifacts.prune(self.catalog.artifact_ids())
+        self.parts.prune()
 
 
 @dataclass
@@ -79,6 +83,7 @@ class Services:
     blobs: BlobStore
     accounts: AccountService
     catalog: Catalog
+    transfers: Transfers  # Together v2's signed-URL uploads and downloads
     uploads: Uploads
     artifacts: ArtifactCache
     worker: Callable[[str], Worker]  # a job worker by name: the pool's threads, or one a test runs in place
@@ -145,10 +150,12 @@ def build_services(
     usage = UsageLedger(db, settings.usage_flush_interval_s)
     wake = threading.Event()  # set by the catalog when it queues a job; the pool's workers wait on it
     catalog = Catalog(settings, db, on_submit=wake.set)
-    pipeline = Pipeline(settings, db, blobs, open_sources(settings), catalog.find_base)
+    parts = PartStore(settings.multipart_dir, settings.upload_ttl_s)
+    transfers = Transfers(settings, db, blobs, catalog, parts)
+    pipeline = Pipeline(settings, db, blobs, open_sources(settings, parts, blobs), catalog.find_base)
     handlers: dict[str, JobHandler] = {JobType.MODEL_UPLOAD: pipeline.run, JobType.ADAPTER_UPLOAD: pipeline.run}
     jobs, artifacts = JobStore(db), ArtifactCache(settings.model_cache_dir, blobs)
-    housekeeping = Housekeeping(settings, db, blobs, catalog, artifacts)
+    housekeeping = Housekeeping(settings, db, blobs, catalog, artifacts, parts)
 
     def worker(name: str) -> Worker:
         return Worker(settings, jobs, handlers, name, housekeeping, metrics.jobs.stage_ended)
@@ -161,6 +168,7 @@ def build_services(
         blobs=blobs,
         accounts=AccountService(db, SessionSigner.in_dir(settings.data_dir, settings.web_session_ttl_s)),
         catalog=catalog,
+        transfers=transfers,
         uploads=Uploads(settings, db),
         artifacts=artifacts,
         worker=worker,

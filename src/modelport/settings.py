@@ -169,7 +169,17 @@ class Settings(BaseSettings):
         "looks local: use key.",
     )
     upload_ttl_s: float = Field(
-        default=7 * 86400.0, gt=0, description="Uploads older than this are removed by cleanup (unless in use)."
+        default=7 * 86400.0,
+        gt=0,
+        description="Uploads older than this are removed by cleanup (unless in use); so are the parts of a "
+        "direct multipart upload (Together v2) that was never completed.",
+    )
+    signed_url_ttl_s: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        le=7 * 86400.0,
+        description="How long the signed part URLs of a direct upload or a download (Together v2) stay valid. "
+        "They carry no API key: each is good for one part of one file (upload) or one file (download).",
     )
     quota_models: int = Field(
         default=0, ge=0, description="Models and adapters one account may have (any status); 0 means no limit."
@@ -372,6 +382,11 @@ class Settings(BaseSettings):
     def uploads_dir(self) -> Path:
         """Archives sent straight to the API, whole or in parts, until they are ingested or expire."""
         return self.data_dir / "uploads"
+
+    @property
+    def multipart_dir(self) -> Path:
+        """Parts of direct multipart uploads (Together v2), until their revision is made or they expire."""
+        return self.data_dir / "multipart"
 
     @property
     def staging_dir(self) -> Path:

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from modelport.accounts.service import AccountService, Principal
 from modelport.api.session import SESSION_COOKIE, cookie_session
 from modelport.catalog.service import Catalog
+from modelport.catalog.transfers import Transfers
 from modelport.endpoints.service import EndpointService
 from modelport.endpoints.supervisor import Supervisor
 from modelport.errors import AuthenticationError
@@ -76,6 +77,10 @@ def get_inference(request: Request) -> InferenceService:
     return get_services(request).live.inference
 
 
+def get_transfers(request: Request) -> Transfers:
+    return get_services(request).transfers
+
+
 def get_uploads(request: Request) -> Uploads:
     return get_services(request).uploads
 
@@ -120,6 +125,7 @@ async def web_principal(request: Request, key: Annotated[str, Depends(session_ke
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+TransfersDep = Annotated[Transfers, Depends(get_transfers)]
 InferenceDep = Annotated[InferenceService, Depends(get_inference)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 UploadsDep = Annotated[Uploads, Depends(get_uploads)]

@@ -52,6 +52,7 @@ Handler = Callable[[Request, Exception], Response]
 DIALECTS: dict[str, Dialect] = {
     "/v0/": NEBIUS,
     "/v1/": OPENAI,
+    "/v2/": OPENAI,  # Together 3.x's project-scoped management API
     "/v3/": OPENAI,  # Together's newer base URL
     "/api/": OPENAI,  # native: the same envelope, which the CLI reads
     "/health": OPENAI,

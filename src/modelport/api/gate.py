@@ -47,7 +47,9 @@ from modelport.api.deps import (
 from modelport.api.native.uploads import put_part
 from modelport.api.nebius.router import upload_model_file
 from modelport.api.openai.router import chat_completions, completions, embeddings
+from modelport.api.together.v2 import put_upload_part
 from modelport.errors import RequestTooLarge, UploadTooLarge
+from modelport.ingest.etags import PART_BYTES
 from modelport.settings import Settings
 
 MULTIPART_FRAMING = 64 * 1024  # a multipart body's boundaries and part headers around the file itself
@@ -82,6 +84,8 @@ class Caps:
                 settings.max_upload_bytes + MULTIPART_FRAMING, "MODELPORT_MAX_UPLOAD_BYTES", UploadTooLarge
             ),
             put_part: Cap(settings.upload_part_max_bytes, "MODELPORT_UPLOAD_PART_MAX_BYTES", UploadTooLarge),
+            # Together v2's parts are fixed at 20 MiB; the URL's signature is checked before any is read.
+            put_upload_part: Cap(PART_BYTES, "the 20 MiB part size of Together's upload protocol", UploadTooLarge),
         }
 
 

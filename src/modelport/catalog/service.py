@@ -135,16 +135,19 @@ class Catalog:
         self.on_submit()
         return Submitted(job_id, model_id, name, source, revision_id)
 
-    def submit_revision(self, who: Principal, ref: str, model_source: str, hf_token: str | None = None) -> Submitted:
-        """A job that makes a new revision of an existing model from ``model_source``; the model keeps
-        serving its head until the new revision is ready, and keeps it if the new one fails."""
+    def submit_revision(
+        self, who: Principal, ref: str, model_source: str | SourceSpec, hf_token: str | None = None
+    ) -> Submitted:
+        """A job that makes a new revision of an existing model from ``model_source`` (as a user gives
+        it, or a source another service made: a direct upload's parts); the model keeps serving its head
+        until the new revision is ready, and keeps it if the new one fails."""
         model = self.get_model(who, ref, created=True)
-        source = parse_source(model_source, self.settings)
+        source = model_source if isinstance(model_source, SourceSpec) else parse_source(model_source, self.settings)
         if source.kind == SourceKind.UPLOAD:
             self._check_upload(who, source.url)
             self._check_archive_kind(source.url, model.kind)
         base = self.base_name(model) if model.kind == ModelKind.ADAPTER else None
-        req = UploadRequest(model.name, model_source, model.kind, hf_token, model.description, base)
+        req = UploadRequest(model.name, source.display, model.kind, hf_token, model.description, base)
         try:
             with self.db.session() as s:
                 quotas.lock_account(s, who.account_id)

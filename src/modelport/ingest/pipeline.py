@@ -78,7 +78,7 @@ class Pipeline:
                 )
             self._store(files + checked.derived, progress)
             progress.stage("registering", f"registering {_what(inp)}")
-            self._register(inp, progress, manifest, base)
+            self._register(inp, progress, manifest, base, fetched.etags)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -143,7 +143,9 @@ class Pipeline:
             done += f.size
             progress.bytes(done, total)
 
-    def _register(self, inp: JobInput, progress: Reporter, manifest: Manifest, base: Model | None) -> None:
+    def _register(
+        self, inp: JobInput, progress: Reporter, manifest: Manifest, base: Model | None, etags: dict[str, str]
+    ) -> None:
         """The revision's files, the revision ready, the model's head moved to it (if it is the newest
         ready one) and the job complete: one transaction."""
         with self.db.session() as s:
@@ -162,6 +164,7 @@ class Pipeline:
                         path=entry.path,
                         size=entry.size,
                         sha256=entry.sha256,
+                        etag=etags.get(entry.path),
                     )
                 )
             revision.manifest = manifest

@@ -63,8 +63,12 @@ def envelope(message: str, type_: str, code: str | None, param: str | None = Non
 
 
 def openai_envelope(status: int, message: str, type_: str, code: str | None, param: str | None = None) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(envelope(message, type_, code, param), status_code=status, headers=headers)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if status == 409:
+        # Together's 3.x SDK retries a 409 unless told not to; ours are real conflicts (a name taken, a
+        # revision pinned), which the same request meets again.
+        headers["x-should-retry"] = "false"
+    return JSONResponse(envelope(message, type_, code, param), status_code=status, headers=headers or None)
 
 
 def stream_error(exc: Exception) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from modelport.settings import Settings
 class Fetched:
     files: list[StagedFile]
     not_fetched: list[str] = field(default_factory=list)  # names a source chose to leave (a hub's extras)
+    etags: dict[str, str] = field(default_factory=dict)  # multipart ETags the source already knows, by path
 
 
 class Source(Protocol):

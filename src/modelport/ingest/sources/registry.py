@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from modelport.ingest.multipart import PartStore
 from modelport.ingest.sources.base import Source
 from modelport.ingest.sources.guard import FetchPolicy
 from modelport.ingest.sources.spec import SourceKind
 from modelport.settings import Settings
+from modelport.storage.blobs import BlobStore
 
 
 def _huggingface(settings: Settings, policy: FetchPolicy) -> Source:
@@ -38,7 +40,11 @@ SOURCES: dict[SourceKind, Callable[[Settings, FetchPolicy], Source]] = {
 }
 
 
-def open_sources(settings: Settings) -> dict[SourceKind, Source]:
+def open_sources(settings: Settings, parts: PartStore, blobs: BlobStore) -> dict[SourceKind, Source]:
     """One source per kind, sharing the fetch policy (``Settings.fetch_allow`` and friends)."""
+    from modelport.ingest.sources.parts import PartsSource
+
     policy = FetchPolicy.from_settings(settings)
-    return {kind: make(settings, policy) for kind, make in SOURCES.items()}
+    sources = {kind: make(settings, policy) for kind, make in SOURCES.items()}
+    sources[SourceKind.PARTS] = PartsSource(parts, blobs)  # the one source that reads the blob store
+    return sources

@@ -21,7 +21,7 @@ from enum import StrEnum
 from urllib.parse import ParseResult, parse_qs, urlparse, urlunparse
 
 from modelport.errors import FetchRefused, InvalidSource, PresignedUrlExpiring
-from modelport.ids import UPLOAD_ID
+from modelport.ids import PLAN_ID_PREFIX, UPLOAD_ID
 from modelport.settings import MIN_PRESIGNED_VALIDITY_S, Settings
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -34,6 +34,7 @@ class SourceKind(StrEnum):
     HUGGINGFACE = "huggingface"
     REMOTE_ARCHIVE = "remote_archive"
     UPLOAD = "upload"  # a file-… id from /v0/models/upload or the resumable upload API
+    PARTS = "parts"  # a parts-… plan of a direct multipart upload (Together v2); never named by users
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ def parse_source(raw: str, settings: Settings, *, submission: bool = True) -> So
         raise InvalidSource("model_source is empty", param="model_source")
     if UPLOAD_ID.match(raw):
         return SourceSpec(SourceKind.UPLOAD, raw, raw)
+    if raw.startswith(PLAN_ID_PREFIX) and not submission:  # made by ``upload/complete``, read by its job
+        return SourceSpec(SourceKind.PARTS, raw, "direct upload")
     if "://" not in raw:
         return _hf_repo(raw, raw)
     parts = _parse_url(raw, submission)
