@@ -42,7 +42,7 @@ from modelport.serving.pool import EnginePool
 from modelport.serving.service import InferenceService
 from modelport.serving.usage import UsageLedger
 from modelport.settings import Settings
-from modelport.storage.blobs import BlobStore, open_blob_store
+from modelport.storage.blobs import BlobStore, DirectTransfer, open_blob_store
 from modelport.storage.db.engine import Database, migrate
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,8 @@ def build_services(
     usage = UsageLedger(db, settings.usage_flush_interval_s)
     wake = threading.Event()  # set by the catalog when it queues a job; the pool's workers wait on it
     catalog = Catalog(settings, db, on_submit=wake.set)
-    parts = PartStore(settings.multipart_dir, settings.upload_ttl_s)
+    direct = blobs if isinstance(blobs, DirectTransfer) else None  # S3: parts go straight to the bucket
+    parts = PartStore(settings.multipart_dir, settings.upload_ttl_s, direct)
     transfers = Transfers(settings, db, blobs, catalog, parts)
     pipeline = Pipeline(settings, db, blobs, open_sources(settings, parts, blobs), catalog.find_base)
     handlers: dict[str, JobHandler] = {JobType.MODEL_UPLOAD: pipeline.run, JobType.ADAPTER_UPLOAD: pipeline.run}

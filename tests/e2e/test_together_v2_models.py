@@ -14,13 +14,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Live
+from tests.e2e.conftest import Live, server_env
 from tests.support.fakehub import FakeHub
+from tests.support.procs import start_modelport
 from tests.support.tinymodels import files_of, make_llama
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db_agnostic]
 
 V3 = "3.1.1"
+KEY = "mp-e2e-bootstrap-key-0123456789abcdef"
 
 
 def sha256s(root: Path) -> dict[str, str]:
@@ -148,3 +150,44 @@ def test_signed_urls_and_projects_belong_to_their_owner(live: Live, tmp_path: Pa
     # Another project's routes are missing, not forbidden; so is the upload under another key.
     assert httpx.get(f"{live.url}/v2/projects/proj-other/models", headers=headers).status_code == 404
     assert httpx.get(f"{live.url}/v2/projects/null/models", headers=headers).status_code == 200
+
+
+def test_with_an_s3_blob_store_parts_and_downloads_go_straight_to_the_bucket(
+    tmp_path: Path, db_url: str, hub: FakeHub, s3_server: str, bucket: str
+) -> None:
+    env = server_env(
+        tmp_path,
+        db_url,
+        hub,
+        KEY,
+        MODELPORT_BLOB_URL=f"s3://{bucket}/blobs",
+        MODELPORT_S3_ENDPOINT_URL=s3_server,
+        MODELPORT_S3_ACCESS_KEY_ID="testing",
+        MODELPORT_S3_SECRET_ACCESS_KEY="testing",
+    )
+    proc, url = start_modelport(env, tmp_path / "server.log")
+    live = Live(url, KEY, proc, env)
+    try:
+        project = live.get("/v3/whoami")["project"]["id"]
+        folder = make_llama(tmp_path / "big", seed=7, hidden=384, layers=4, heads=6, kv_heads=6, intermediate=1024)
+        assert (folder / "model.safetensors").stat().st_size > 20 * 2**20  # two parts, the first signed at 20 MiB
+        model_id = tg(live, "models", "create", "--name", "big", "--base-model", "ml_" + "0" * 32, project=project)[
+            "id"
+        ]
+        first = tg(live, "models", "upload", model_id, str(folder), project=project)["revisionId"]
+        assert wait_revision(live, project, model_id, first)["validationStatus"] == "REVISION_VALIDATION_STATUS_SUCCESS"
+        # No byte of any part reached this server's disk: the bucket had them all.
+        assert not list((tmp_path / "data" / "multipart").glob("upload-*/*.part"))
+        assert tg(live, "models", "upload", model_id, str(folder), project=project)["revisionId"] == first
+
+        plan = httpx.post(
+            f"{url}/v2/projects/{project}/models/download",
+            json={"objectId": model_id, "paths": ["model.safetensors"]},
+            headers={"Authorization": f"Bearer {KEY}"},
+        ).json()
+        assert plan["files"][0]["parts"][0]["url"].startswith(s3_server)  # a presigned URL of the bucket
+        got = tmp_path / "download"
+        tg(live, "models", "download", model_id, str(got), project=project)
+        assert sha256s(got) == sha256s(folder)
+    finally:
+        proc.stop()

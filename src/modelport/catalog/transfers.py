@@ -62,11 +62,12 @@ class UrlSigner:
 
 @dataclass(frozen=True)
 class FileToSend:
-    """``upload/create``'s answer for one file: skipped (stored already), or its session and part count."""
+    """``upload/create``'s answer for one file: skipped (stored already), or its session and part URLs."""
 
     path: str
     skip: bool
     session: UploadSession | None = None
+    urls: list[str] = field(default_factory=list)  # part n's at [n - 1]
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,12 @@ class Transfers:
         self.signer = UrlSigner(load_or_create_secret(settings.data_dir / SECRET_FILE), settings.signed_url_ttl_s)
 
     # --- upload ------------------------------------------------------------------------------------
-    def create_upload(self, who: Principal, ref: str, files: Sequence[tuple[str, str, int]]) -> list[FileToSend]:
+    def create_upload(
+        self, who: Principal, ref: str, files: Sequence[tuple[str, str, int]], base_url: str
+    ) -> list[FileToSend]:
         """``files``: (path, ETag, part count) as the client computed them. A file whose content the account
-        already stores is skipped (never another account's: that would say what they store)."""
+        already stores is skipped (never another account's: that would say what they store). ``base_url``:
+        this server as the client reaches it, for part URLs it serves itself."""
         model = self.catalog.get_model(who, ref, created=True)
         self._check_listing([p for p, _, _ in files])
         declared = sum((n - 1) * etags.PART_BYTES + 1 for _, _, n in files)
@@ -100,9 +104,20 @@ class Transfers:
         for path, etag, num_parts in files:
             if etag in stored:
                 answer.append(FileToSend(path, skip=True))
-            else:
-                answer.append(FileToSend(path, False, self.parts.open(who.account_id, model.id, path, etag, num_parts)))
+                continue
+            session = self.parts.open(who.account_id, model.id, path, etag, num_parts)
+            urls = [self._part_url(base_url, session, n) for n in range(1, num_parts + 1)]
+            answer.append(FileToSend(path, False, session, urls))
         return answer
+
+    def _part_url(self, base_url: str, session: UploadSession, number: int) -> str:
+        direct = self.parts.direct
+        if direct is not None and session.remote is not None:
+            # Every part but the last is exactly PART_BYTES: signed in, so the store refuses any other size.
+            length = etags.PART_BYTES if number < session.num_parts else None
+            return direct.part_url(session.upload_id, session.remote, number, length, self.signer.ttl_s)
+        query = self.signer.query("put", session.upload_id, number)
+        return f"{base_url}/v2/transfer/parts/{session.upload_id}/{number}?{query}"
 
     def _check_listing(self, paths: Sequence[str]) -> None:
         if not paths:
@@ -194,7 +209,10 @@ class Transfers:
             return etags.of_stream(f)
 
     def download_url(self, base: str, revision_id: str, f: FileToFetch) -> str:
-        """The signed URL of one file of a revision (``GET``, with a ``Range`` per part)."""
+        """The signed URL of one file of a revision (``GET``, with a ``Range`` per part): the store's own
+        presigned URL where it has one, else this server's."""
+        if self.parts.direct is not None:
+            return self.parts.direct.blob_url(f.sha256, self.signer.ttl_s)
         return f"{base}/v2/transfer/files/{revision_id}/{quote(f.path)}?{self.signer.query('get', revision_id, f.path)}"
 
     def file_for_download(self, revision_id: str, path: str, expires: int, signature: str) -> RevisionFile:

@@ -4,7 +4,12 @@ Each file being uploaded is a session, ``<data_dir>/multipart/<upload id>/``: ``
 it is, which model, the path, the ETag the client announced, the part count) and one file per part
 received, ``<n>.part`` with its MD5 in ``<n>.md5``, written under a temporary name and renamed, so a
 part is there whole or not at all. Parts are ``etags.PART_BYTES`` long except the last; a part longer
-than that is cut off at its limit and refused. Completion checks every part's MD5 against what the
+than that is cut off at its limit and refused.
+
+With a store clients can write to directly (S3, ``DirectTransfer``) the parts go there instead, by
+presigned URLs, and never cross this server: the session records the store's upload id (``remote``),
+full parts are signed with their exact length, and completion joins them in the store and checks
+the object's ETag and size. Completion checks every part's MD5 against what the
 client says it got back, and the parts' combined ETag against the file's, then writes a *plan*
 (``plans/<parts-id>.json``) that the ``parts`` source (``sources/parts.py``) turns into a staging tree
 for the ordinary ingest job. Sessions and plans older than their time to live are removed by
@@ -27,6 +32,7 @@ from typing import Any
 from modelport.errors import InvalidRequest, NotFound
 from modelport.ids import PLAN_ID_PREFIX, new_id
 from modelport.ingest import etags
+from modelport.storage.blobs import DirectTransfer
 
 MAX_PARTS = 10_000  # S3's own limit on parts per upload
 
@@ -40,6 +46,7 @@ class UploadSession:
     etag: str
     num_parts: int
     created: float
+    remote: str | None = None  # the store's multipart upload id, when parts go straight to the store
 
 
 @dataclass(frozen=True)
@@ -69,14 +76,16 @@ def check_path(path: str) -> str:
 
 
 class PartStore:
-    def __init__(self, root: Path, ttl_s: float) -> None:
-        self.root, self.ttl_s = root, ttl_s
+    def __init__(self, root: Path, ttl_s: float, direct: DirectTransfer | None = None) -> None:
+        self.root, self.ttl_s, self.direct = root, ttl_s, direct
 
     # --- sessions ----------------------------------------------------------------------------------
     def open(self, account_id: str, model_id: str, path: str, etag: str, num_parts: int) -> UploadSession:
         if not 1 <= num_parts <= MAX_PARTS:
             raise InvalidRequest(f"numParts of {path} must be between 1 and {MAX_PARTS}", param="numParts")
-        session = UploadSession(new_id("upload"), account_id, model_id, check_path(path), etag, num_parts, time.time())
+        upload_id = new_id("upload")
+        remote = self.direct.start_upload(upload_id) if self.direct else None
+        session = UploadSession(upload_id, account_id, model_id, check_path(path), etag, num_parts, time.time(), remote)
         folder = self.root / session.upload_id
         folder.mkdir(parents=True)
         _write_json(folder / "session.json", asdict(session))
@@ -126,6 +135,8 @@ class PartStore:
                 f"{session.path}: completion lists parts {sorted(numbers)[:8]}…, the upload has {session.num_parts}",
                 param="parts",
             )
+        if session.remote is not None:
+            return self._verify_in_store(session, parts, file_etag)
         folder, size, md5s = self.root / session.upload_id, 0, []
         for number, claimed in sorted(parts):
             try:
@@ -143,10 +154,42 @@ class PartStore:
             raise InvalidRequest(f"{session.path}: the parts received do not make the file hash {file_etag}")
         return size
 
-    def part_paths(self, upload_id: str) -> list[Path]:
+    def _verify_in_store(self, session: UploadSession, parts: Sequence[tuple[int, str]], file_etag: str) -> int:
+        """Join the parts in the store (once: a repeated completion reads what the first one found)."""
+        assert self.direct is not None and session.remote is not None
+        claimed = [etag.strip('"').lower() for _, etag in sorted(parts)]
+        if etags.combine(claimed) != file_etag.strip('"').lower() or file_etag != session.etag:
+            raise InvalidRequest(f"{session.path}: the parts' ETags do not make the file hash {file_etag}")
+        done = self.root / session.upload_id / "joined.json"
+        if done.exists():
+            joined = json.loads(done.read_text())
+        else:
+            etag, size = self.direct.finish_upload(session.upload_id, session.remote, sorted(parts))
+            joined = {"etag": etag, "size": size}
+            _write_json(done, joined)
+        # S3 names a multipart object md5(part digests)-N, even for one part.
+        digests = b"".join(bytes.fromhex(h) for h in claimed)
+        expected = f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(claimed)}"
+        longest = session.num_parts * etags.PART_BYTES
+        if joined["etag"] != expected or not longest - etags.PART_BYTES < joined["size"] <= longest:
+            raise InvalidRequest(f"{session.path}: the parts the store holds are not the ones the client sent")
+        return int(joined["size"])
+
+    def assemble(self, upload_id: str, dest: Path) -> str:
+        """Write the uploaded file to ``dest``; returns its sha256."""
         folder = self.root / upload_id
-        count = UploadSession(**json.loads((folder / "session.json").read_text())).num_parts
-        return [folder / f"{n}.part" for n in range(1, count + 1)]
+        session = UploadSession(**json.loads((folder / "session.json").read_text()))
+        if session.remote is not None and self.direct is not None:
+            self.direct.fetch_upload(upload_id, dest)
+            return _sha256_of(dest)
+        digest = hashlib.sha256()
+        with open(dest, "wb") as out:
+            for n in range(1, session.num_parts + 1):
+                with open(folder / f"{n}.part", "rb") as f:
+                    while chunk := f.read(etags.READ):
+                        digest.update(chunk)
+                        out.write(chunk)
+        return digest.hexdigest()
 
     # --- plans -------------------------------------------------------------------------------------
     def write_plan(self, files: Sequence[PlannedFile]) -> str:
@@ -174,9 +217,26 @@ class PartStore:
             except OSError:
                 continue
             if age > self.ttl_s:
+                self._drop_remote(entry)
                 shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+    def _drop_remote(self, entry: Path) -> None:
+        try:
+            remote = json.loads((entry / "session.json").read_text()).get("remote") if entry.is_dir() else None
+        except (OSError, ValueError):
+            return
+        if remote and self.direct is not None:
+            self.direct.drop_upload(entry.name, remote)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(etags.READ):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_json(path: Path, value: Any) -> None:

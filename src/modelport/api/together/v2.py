@@ -328,23 +328,14 @@ class CreateUpload(Camel):
 @router.post("/projects/{project_id}/models/upload/create")
 def create_upload(body: CreateUpload, request: Request, who: ProjectDep, transfers: TransfersDep) -> dict[str, Any]:
     listing = [(f.path, f.hash, f.num_parts) for f in body.files]
-    planned = transfers.create_upload(who, body.object_id, listing)
-    base = str(request.base_url).rstrip("/")
-    answer = []
+    planned = transfers.create_upload(who, body.object_id, listing, str(request.base_url).rstrip("/"))
+    answer: list[dict[str, Any]] = []
     for f in planned:
         if f.skip or f.session is None:
             answer.append({"path": f.path, "skipUpload": True})
             continue
-        upload_id = f.session.upload_id
-        parts = [
-            {
-                "partNumber": n,
-                "url": f"{base}/v2/transfer/parts/{upload_id}/{n}?{transfers.signer.query('put', upload_id, n)}",
-                "headers": {},
-            }
-            for n in range(1, f.session.num_parts + 1)
-        ]
-        answer.append({"path": f.path, "uploadId": upload_id, "skipUpload": False, "parts": parts})
+        parts = [{"partNumber": n, "url": url, "headers": {}} for n, url in enumerate(f.urls, start=1)]
+        answer.append({"path": f.path, "uploadId": f.session.upload_id, "skipUpload": False, "parts": parts})
     return {"files": answer}
 
 

@@ -4,17 +4,14 @@ the blob store. The ordinary checks and admission then run on the tree as on any
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from modelport.errors import NotFound, SourceUnavailable
-from modelport.ingest.multipart import PartStore, PlannedFile
+from modelport.ingest.multipart import PartStore
 from modelport.ingest.sources.base import Fetched
 from modelport.ingest.sources.spec import SourceSpec
 from modelport.ingest.staging import Progress, StagedFile, hash_file
 from modelport.storage.blobs import BlobStore
-
-COPY = 1 << 20
 
 
 class PartsSource:
@@ -34,7 +31,7 @@ class PartsSource:
             dest = tree / entry.path
             dest.parent.mkdir(parents=True, exist_ok=True)
             if entry.upload_id is not None:
-                sha256 = self._join(entry, dest)
+                sha256 = self._assemble(entry.upload_id, entry.path, dest)
             else:
                 assert entry.sha256 is not None  # a skipped file names its stored blob
                 self.blobs.materialize(entry.sha256, dest)
@@ -45,16 +42,8 @@ class PartsSource:
             progress.bytes(done, total or done)
         return Fetched(files, etags={f.path: f.etag for f in planned})
 
-    def _join(self, entry: PlannedFile, dest: Path) -> str:
-        assert entry.upload_id is not None
-        digest = hashlib.sha256()
+    def _assemble(self, upload_id: str, path: str, dest: Path) -> str:
         try:
-            with open(dest, "wb") as out:
-                for part in self.parts.part_paths(entry.upload_id):
-                    with open(part, "rb") as f:
-                        while chunk := f.read(COPY):
-                            digest.update(chunk)
-                            out.write(chunk)
-        except OSError:
-            raise SourceUnavailable(f"the uploaded parts of {entry.path} are gone (expired); upload again") from None
-        return digest.hexdigest()
+            return self.parts.assemble(upload_id, dest)
+        except (OSError, ValueError):
+            raise SourceUnavailable(f"the uploaded parts of {path} are gone (expired); upload again") from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from modelport.settings import Settings
-from modelport.storage.blobs.base import BlobStore
+from modelport.storage.blobs.base import BlobStore, DirectTransfer
 from modelport.storage.blobs.local import LocalBlobStore
 
 
@@ -15,4 +15,4 @@ def open_blob_store(settings: Settings) -> BlobStore:
     return LocalBlobStore.from_url(settings.blob_url)
 
 
-__all__ = ["BlobStore", "LocalBlobStore", "open_blob_store"]
+__all__ = ["BlobStore", "DirectTransfer", "LocalBlobStore", "open_blob_store"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 
 class BlobStore(Protocol):
@@ -35,3 +35,31 @@ class BlobStore(Protocol):
         ...
 
     def describe(self) -> str: ...
+
+
+@runtime_checkable
+class DirectTransfer(Protocol):
+    """A store that clients can write to and read from without the bytes crossing this server (S3 and
+    its presigned URLs). ``name`` is an upload session's id; its object lives outside the blobs."""
+
+    def start_upload(self, name: str) -> str:
+        """Begin a multipart upload of ``name``; returns the store's upload id."""
+        ...
+
+    def part_url(self, name: str, upload: str, number: int, length: int | None, ttl_s: float) -> str:
+        """A presigned URL for one part; ``length``: its exact size, signed in, when known."""
+        ...
+
+    def finish_upload(self, name: str, upload: str, parts: list[tuple[int, str]]) -> tuple[str, int]:
+        """Complete the upload from its parts' ETags; returns the object's ETag and size."""
+        ...
+
+    def fetch_upload(self, name: str, dest: Path) -> None: ...
+
+    def drop_upload(self, name: str, upload: str) -> None:
+        """Abort the multipart upload and delete its object, whichever exists."""
+        ...
+
+    def blob_url(self, sha256: str, ttl_s: float) -> str:
+        """A presigned GET of a blob (ranges allowed)."""
+        ...

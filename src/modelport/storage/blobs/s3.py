@@ -122,3 +122,49 @@ class S3BlobStore:
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
+
+    # --- DirectTransfer: clients move bytes straight to and from the bucket ---------------------------
+    def _upload_key(self, name: str) -> str:
+        return f"{self.prefix}/multipart/{name}" if self.prefix else f"multipart/{name}"
+
+    def start_upload(self, name: str) -> str:
+        try:
+            return str(self.client.create_multipart_upload(Bucket=self.bucket, Key=self._upload_key(name))["UploadId"])
+        except (BotoCoreError, ClientError) as e:
+            raise BlobUnavailable(f"could not start an upload in s3://{self.bucket}: {e}") from e
+
+    def part_url(self, name: str, upload: str, number: int, length: int | None, ttl_s: float) -> str:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._upload_key(name), "UploadId": upload}
+        params["PartNumber"] = number
+        if length is not None:  # signed in: the part must be exactly that long
+            params["ContentLength"] = length
+        return str(self.client.generate_presigned_url("upload_part", Params=params, ExpiresIn=int(ttl_s)))
+
+    def finish_upload(self, name: str, upload: str, parts: list[tuple[int, str]]) -> tuple[str, int]:
+        key = self._upload_key(name)
+        listing = {"Parts": [{"PartNumber": n, "ETag": f'"{etag.strip(chr(34))}"'} for n, etag in sorted(parts)]}
+        try:
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload, MultipartUpload=listing)
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as e:
+            raise BlobUnavailable(f"the parts could not be joined in s3://{self.bucket}: {e}") from e
+        return str(head["ETag"]).strip('"'), int(head["ContentLength"])
+
+    def fetch_upload(self, name: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(self.bucket, self._upload_key(name), str(dest), Config=_TRANSFER)
+        except (BotoCoreError, ClientError) as e:
+            raise BlobUnavailable(f"could not read the uploaded file {name}: {e}") from e
+
+    def drop_upload(self, name: str, upload: str) -> None:
+        key = self._upload_key(name)
+        for call, extra in (("abort_multipart_upload", {"UploadId": upload}), ("delete_object", {})):
+            try:
+                getattr(self.client, call)(Bucket=self.bucket, Key=key, **extra)
+            except ClientError:
+                log.debug("%s of %s: nothing to do", call, key)
+
+    def blob_url(self, sha256: str, ttl_s: float) -> str:
+        params = {"Bucket": self.bucket, "Key": self._key(sha256)}
+        return str(self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=int(ttl_s)))
