@@ -28,6 +28,7 @@ from modelport.api.together.router import identity_router
 from modelport.api.together.router import router as together_router
 from modelport.api.together.v2 import router as together_v2_router
 from modelport.api.together.v2 import transfer_router
+from modelport.api.together.v2_supported import router as together_supported_router
 from modelport.services import Services, build_services
 from modelport.settings import Settings
 from modelport.web.errors import PAGES
@@ -68,6 +69,7 @@ def create_app(
     app.include_router(metrics_router)
     app.include_router(together_router, prefix="/v1")
     app.include_router(together_v2_router, prefix="/v2")
+    app.include_router(together_supported_router, prefix="/v2")
     app.include_router(transfer_router)
     app.include_router(openai_router, prefix="/v1")
     app.include_router(endpoints_router, prefix="/v1")

@@ -17,7 +17,7 @@ import pytest
 from tests.e2e.conftest import Live, server_env
 from tests.support.fakehub import FakeHub
 from tests.support.procs import start_modelport
-from tests.support.tinymodels import files_of, make_llama
+from tests.support.tinymodels import files_of, make_llama, make_lora
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db_agnostic]
 
@@ -107,6 +107,23 @@ print(json.dumps({{
     tg(live, "models", "download", "devuser/mine", str(hf), "--format", "hf", project=project)
     [snapshot] = hf.glob("models--*/snapshots/*")
     assert snapshot.name == first and sha256s(snapshot) == sha256s(folder)
+
+    # An adapter on it: `--base-model` by name goes through /v2/supported-models, as the CLI resolves it.
+    lora = make_lora(tmp_path / "lora", folder, seed=8)
+    adapter = tg(
+        live, "models", "create", "--name", "mine-lora", "--base-model", "devuser/mine", "--type", "adapter",
+        project=project,
+    )  # fmt: skip
+    assert adapter["weights"]["type"] == "WEIGHTS_TYPE_ADAPTER" and adapter["baseModelId"] == model_id
+    lora_revision = tg(live, "models", "upload", adapter["id"], str(lora), project=project)["revisionId"]
+    assert wait_revision(live, project, adapter["id"], lora_revision)["validationStatus"].endswith("SUCCESS")
+    chat = httpx.post(
+        f"{live.url}/v1/chat/completions",
+        json={"model": "devuser/mine-lora", "messages": [{"role": "user", "content": "the"}], "max_tokens": 2},
+        headers={"Authorization": f"Bearer {live.key}"},
+        timeout=60,
+    )
+    assert chat.status_code == 200, chat.text
 
     # A second revision, imported from the hub, with its events; the newest ready revision then serves.
     hub.add("acme/mine-v2", files_of(make_llama(tmp_path / "v2", seed=6)))
