@@ -5,10 +5,12 @@ checks kept as the revision's validation errors, ranges served exactly."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -18,6 +20,7 @@ from tests.api.conftest import Served
 from tests.conftest import database, make_settings
 from tests.integration.helpers import run_all_jobs
 from tests.support.fakehub import FakeHub
+from tests.support.inproc import serve_in_thread
 from tests.support.tinymodels import files_of, make_llama
 
 pytestmark = pytest.mark.db_agnostic
@@ -210,3 +213,25 @@ def test_downloads_serve_exact_ranges_by_signed_url(acme: Project, model_files: 
     assert acme.client.get(url.replace("config.json", "model.safetensors")).status_code == 401  # signed per file
     missing = acme.call("POST", "/models/download", {"objectId": model, "paths": ["nope.bin"]})
     assert missing.status_code == 404
+
+
+def test_many_parts_at_once_as_the_client_sends_them(acme: Project, served: Served) -> None:
+    """The 3.x client sends up to 16 files and 256 parts at once: every one is stored, and the server
+    answers other requests meanwhile."""
+    model = acme.create("concurrent")
+    files = {f"shard-{i:02d}.bin": bytes([i]) * (256 * 1024 + i) for i in range(48)}
+    planned = acme.plan(model, files)
+
+    async def send_all(url: str) -> tuple[list[int], int]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            puts = [
+                client.put(f["parts"][0]["url"].replace("http://testserver", url), content=files[path])
+                for path, f in planned.items()
+            ]
+            health = client.get(f"{url}/health")
+            *answers, ok = await asyncio.gather(*puts, health)
+        return [a.status_code for a in answers], ok.status_code
+
+    with serve_in_thread(served.client.app) as url:
+        statuses, health = asyncio.run(send_all(url))
+    assert statuses == [200] * len(files) and health == 200
