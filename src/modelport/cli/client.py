@@ -8,7 +8,7 @@ status, machine code and the resource it was about), ``NotFoundError`` (a 404, n
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -187,6 +187,15 @@ class Client:
         result: dict[str, Any] = self.call(
             "POST", "/api/v1/models/preflight", json=body, resource="model", ref=model_name
         )
+        return result
+
+    def download_plan(self, ref: str, paths: Sequence[str] = (), revision: str | None = None) -> dict[str, Any]:
+        """Together v2's download plan (``cli/download.py`` fetches it): ``{revisionId, files: [{path, hash,
+        sizeBytes, parts: [{partNumber, sizeBytes, url, headers}]}]}``. ``ref`` is an id or a name, where
+        ``name@N`` pins revision N; ``paths`` empty means every file; project ``null`` is the caller's own."""
+        body = {"objectId": ref, "paths": list(paths), "revisionId": revision}
+        path = "/v2/projects/null/models/download"
+        result: dict[str, Any] = self.call("POST", path, json=body, resource="model", ref=ref)
         return result
 
     # --- uploads ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
+from modelport.cli import download
 from modelport.cli.base import AppContext, connection_options, pass_app
 from modelport.cli.client import ApiError, Client, ClientError, NotFoundError
 from modelport.cli.errors import CliFailure, Explained, explain, in_flags
@@ -25,6 +26,7 @@ from modelport.manifest import Manifest, ModelKind
 # Above this, `models upload` asks before sending (on a terminal, without --yes).
 CONFIRM_ABOVE_BYTES = 2 * 2**30
 # Where an upload's next step differs from the table's (cli/errors.py), keyed by the error's code.
+DISK_HINT = "check the folder's permissions and free space, then run the same command again"
 UPLOAD_HINTS = {
     "model_type_mismatch": "--model-type adapter is for a LoRA adapter's folder, with --base-model naming "
     "the model it was trained on; a full model's folder is --model-type model",
@@ -33,7 +35,7 @@ UPLOAD_HINTS = {
 
 @click.group()
 def models() -> None:
-    """Upload, list, inspect and delete models and adapters."""
+    """Upload, list, inspect, download and delete models and adapters."""
 
 
 @models.command("upload")
@@ -109,13 +111,16 @@ def _local_source(client: Client, local: LocalSource, out: Output, yes: bool) ->
         if local.selection is not None:
             archive = pack(local.selection.files, Path(tmp) / f"{local.path.resolve().name}.tar")
         size = archive.stat().st_size
-        columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-        bar = Progress("{task.description}", *columns, console=out.err, transient=True)
-        with bar:
+        with _transfer_bar(out) as bar:
             task = bar.add_task(f"uploading {archive.name}", total=size)
             file_id = upload_file(client, archive, lambda n: bar.advance(task, n))
     out.message(f"uploaded {local.shown} ({human_bytes(size)}) as {file_id}")
     return file_id
+
+
+def _transfer_bar(out: Output) -> Progress:
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    return Progress("{task.description}", *columns, console=out.err, transient=True)
 
 
 def _on_terminal() -> bool:
@@ -313,6 +318,70 @@ def models_delete(app: AppContext, model: str, yes: bool) -> None:
         click.confirm(f"Delete {model}? Its files are removed", abort=True, err=True)
     result = app.client().delete_model(model)
     app.output.json(result) if app.json else app.output.success(f"deleted {result['id']}")
+
+
+@models.command("download")
+@click.argument("model")
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--revision", metavar="REV", default=None, help="The revision, by number or id (as MODEL@REV); default the head."
+)
+@click.option(
+    "--files", metavar="PATHS", default=None, help="Only these files, comma-separated, e.g. config.json,tokenizer.json."
+)
+@connection_options
+@pass_app
+def models_download(app: AppContext, model: str, directory: Path, revision: str | None, files: str | None) -> None:
+    """Download a model's files (its head revision, or MODEL@REV) into DIR.
+
+    Each file is written under a temporary name in DIR and renamed into place once its size and hash
+    match; a file already there with the same size and hash is skipped, so the same command run again
+    after an interruption fetches only what is missing. --json prints {revisionId, path, files, bytes,
+    skipped}: files and bytes count what was downloaded, skipped the files already there.
+    """
+    if revision and "@" in model:
+        raise click.UsageError(f"name the revision once: {model} or --revision {revision}")
+    paths = [p.strip() for p in (files or "").split(",") if p.strip()]
+    out, client = app.output, app.client()
+    plan = download.fetch_plan(client, model, paths, revision)
+    placed = download.place(plan, directory)  # refuses before anything is written
+    try:
+        todo = _download_all(out, directory, placed)
+    except OSError as e:
+        raise CliFailure(f"cannot write {e.filename or directory}: {e.strerror or e}", hint=DISK_HINT) from e
+    got, skipped = sum(p.file.size for p in todo), len(plan.files) - len(todo)
+    if app.json:
+        where = str(directory.resolve())
+        return out.json(
+            {"revisionId": plan.revision_id, "path": where, "files": len(todo), "bytes": got, "skipped": skipped}
+        )
+    out.success(
+        f"{model}: revision {plan.revision_id} in {directory}: downloaded {_files(len(todo))} ({human_bytes(got)}), "
+        f"skipped {skipped} already there"
+    )
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
+def _download_all(out: Output, directory: Path, placed: list[download.Placed]) -> list[download.Placed]:
+    """Download the files not already there, with a progress bar; returns those downloaded."""
+    directory.mkdir(parents=True, exist_ok=True)
+    todo = []
+    for p in placed:
+        if download.is_current(p):
+            out.message(f"{p.file.path}: already here (same size and hash), skipped")
+        else:
+            todo.append(p)
+    if not todo:
+        return todo
+    with _transfer_bar(out) as bar, download.signed_url_client() as http:
+        task = bar.add_task("downloading", total=sum(p.file.size for p in todo))
+        for p in todo:
+            bar.update(task, description=f"downloading {p.file.path}")
+            download.fetch(http, p, lambda n: bar.advance(task, n))
+    return todo
 
 
 @click.group()
