@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from modelport.errors import NotFound
@@ -30,17 +30,28 @@ class Ref:
         return cls(model, revision) if at and revision else cls(model)
 
 
+def lock(s: Session, model_id: str) -> Model | None:
+    """The model's row, locked until the transaction ends: what moves its head or numbers its revisions
+    takes it first, so two of them never interleave (a no-op lock on SQLite, which runs one writer)."""
+    return s.get(Model, model_id, with_for_update=True)
+
+
 def next_number(s: Session, model_id: str) -> int:
-    """The number the model's next revision takes; the unique key refuses a racing duplicate."""
-    highest = s.scalar(select(func.max(ModelRevision.number)).where(ModelRevision.model_id == model_id))
-    return int(highest or 0) + 1
+    """The number the model's next revision takes: one past the highest ever given, deleted ones
+    included, so a number always names one file set."""
+    model = lock(s, model_id)
+    if model is None:
+        raise NotFound("the model was deleted", param="model")
+    model.last_revision = (model.last_revision or 0) + 1
+    return model.last_revision
 
 
 def find(s: Session, model: Model, ref: str) -> ModelRevision | None:
     """The model's revision by id or number."""
     query = select(ModelRevision).where(ModelRevision.model_id == model.id)
-    if ref.isdigit():
-        return s.scalars(query.where(ModelRevision.number == int(ref))).first()
+    if ref.isascii() and ref.isdigit():
+        number = int(ref)
+        return s.scalars(query.where(ModelRevision.number == number)).first() if number < 2**31 else None
     return s.scalars(query.where(ModelRevision.id == ref)).first()
 
 

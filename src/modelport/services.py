@@ -68,12 +68,13 @@ class Housekeeping:
     blobs: BlobStore
     catalog: Catalog
     artifacts: ArtifactCache
-    parts: PartStore
+    transfers: Transfers
 
     def __call__(self) -> None:
         collect_garbage(self.db, self.blobs, self.settings)
         self.artifacts.prune(self.catalog.artifact_ids())
-        self.parts.prune()
+        self.transfers.parts.prune()
+        self.transfers.backfill_etags()
 
 
 @dataclass
@@ -156,7 +157,7 @@ def build_services(
     pipeline = Pipeline(settings, db, blobs, open_sources(settings, parts, blobs), catalog.find_base)
     handlers: dict[str, JobHandler] = {JobType.MODEL_UPLOAD: pipeline.run, JobType.ADAPTER_UPLOAD: pipeline.run}
     jobs, artifacts = JobStore(db), ArtifactCache(settings.model_cache_dir, blobs)
-    housekeeping = Housekeeping(settings, db, blobs, catalog, artifacts, parts)
+    housekeeping = Housekeeping(settings, db, blobs, catalog, artifacts, transfers)
 
     def worker(name: str) -> Worker:
         return Worker(settings, jobs, handlers, name, housekeeping, metrics.jobs.stage_ended)

@@ -174,6 +174,12 @@ class Settings(BaseSettings):
         description="Uploads older than this are removed by cleanup (unless in use); so are the parts of a "
         "direct multipart upload (Together v2) that was never completed.",
     )
+    public_url: str = Field(
+        default="",
+        description="The URL clients reach this server at, when a proxy stands in between (https://models.example."
+        "com): the signed part URLs of direct uploads and downloads (Together v2) are built on it. Empty: the URL "
+        "each request came to.",
+    )
     signed_url_ttl_s: float = Field(
         default=6 * 3600.0,
         gt=0,

@@ -69,7 +69,7 @@ def _greedy(served: Served, model: str) -> str:
 
 
 def test_a_new_revision_serves_once_ready_and_older_ones_stay_reachable_by_number(served: Served) -> None:
-    before = _greedy(served, "acme/chat")
+    before, adapter_before = _greedy(served, "acme/chat"), _greedy(served, "acme/lora")
     [first] = _revisions(served, "acme/chat")
     assert (first["number"], first["status"], first["head"]) == (1, "ready", True)
     assert first["source"] == "acme/chat" and first["bytes"] > 0
@@ -92,8 +92,8 @@ def test_a_new_revision_serves_once_ready_and_older_ones_stay_reachable_by_numbe
     assert _greedy(served, "acme/chat@1") == before
     assert _greedy(served, f"acme/chat@{one['id']}") == before
     assert _greedy(served, "acme/chat@2") == after
-    # An adapter runs on its base's head.
-    assert served.post("/v1/completions", {"model": "acme/lora", "prompt": "the", "max_tokens": 2}).status_code == 200
+    # The adapter runs on the base revision it was checked against, not on the new head.
+    assert _greedy(served, "acme/lora") == adapter_before
 
     files = served.client.get(f"/api/v1/models/acme/chat/revisions/{two['id']}", headers=served.headers).json()
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {f["path"] for f in files["files"]}
@@ -134,14 +134,20 @@ def test_deleting_revisions_is_refused_while_pinned_or_last(served: Served) -> N
     deleted = served.client.delete(f"/v1/models/acme/chat@{head['number']}", headers=served.headers)
     assert deleted.json() == {"id": f"acme/chat@{head['number']}", "object": "model.revision", "deleted": True}
     assert next(r for r in _revisions(served, "acme/chat") if r["head"])["number"] < head["number"]
+    # Numbers are never given twice: name@N always means one file set.
+    again = _add_revision(served, "acme/chat", "acme/chat-v3")
+    assert again["job"]["args"]["revision"] == head["number"] + 1
 
     assert served.client.delete(f"/v1/endpoints/{endpoint.json()['id']}", headers=served.headers).is_success
+    refused = served.client.delete(f"/v1/models/acme/chat@{oldest}", headers=served.headers)
+    assert refused.status_code == 409 and "base of adapters acme/lora" in refused.json()["error"]["message"]
+    assert served.client.delete("/v1/models/acme/lora", headers=served.headers).status_code == 200
     for r in _revisions(served, "acme/chat")[:-1]:
         assert served.client.delete(f"/v1/models/acme/chat@{r['id']}", headers=served.headers).status_code == 200
     [last] = _revisions(served, "acme/chat")
     refused = served.client.delete(f"/v1/models/acme/chat@{last['number']}", headers=served.headers)
     assert refused.status_code == 409 and "delete the model instead" in refused.json()["error"]["message"]
-    assert _greedy(served, "acme/chat")  # the one left still serves
+    _greedy(served, "acme/chat")  # the one left still serves (it answers 200)
 
 
 def test_revisions_are_the_owners_alone(served: Served) -> None:

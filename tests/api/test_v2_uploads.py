@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -235,3 +236,58 @@ def test_many_parts_at_once_as_the_client_sends_them(acme: Project, served: Serv
     with serve_in_thread(served.client.app) as url:
         statuses, health = asyncio.run(send_all(url))
     assert statuses == [200] * len(files) and health == 200
+
+
+@pytest.mark.parametrize("path", ["../../escape.txt", "/tmp/absolute.txt", ".hidden/x.txt"])
+def test_skipped_files_are_held_to_the_same_paths_as_sent_ones(
+    acme: Project, model_files: dict[str, bytes], path: str
+) -> None:
+    """A file the account already stores, named by a path outside the model folder, is refused at
+    completion: the job would otherwise copy the stored bytes there."""
+    model = acme.create(f"skip-{hashlib.md5(path.encode()).hexdigest()[:6]}")
+    stored = {"path": path, "hash": etag_of(model_files["config.json"]), "skipUpload": True}
+    resp = acme.call("POST", "/models/upload/complete", {"objectId": model, "files": [stored]})
+    assert resp.status_code == 400 and "inside the model folder" in resp.json()["error"]["message"]
+    listing = [{"path": path, "hash": etag_of(model_files["config.json"]), "numParts": 1}]
+    assert acme.call("POST", "/models/upload/create", {"objectId": model, "files": listing}).status_code == 400
+
+
+def test_a_completed_upload_is_closed_and_completing_it_again_answers_the_same_revision(
+    acme: Project, model_files: dict[str, bytes]
+) -> None:
+    model = acme.create("once")
+    files = {**model_files, "config.json": model_files["config.json"] + b"\n\n\n"}  # not stored yet
+    planned = acme.plan(model, files)
+    done = []
+    for path, f in planned.items():
+        if f["skipUpload"]:
+            done.append({"path": path, "hash": etag_of(files[path]), "skipUpload": True})
+            continue
+        put = acme.client.put(f["parts"][0]["url"], content=files[path])
+        details = {"uploadId": f["uploadId"], "parts": [{"partNumber": 1, "hash": put.headers["etag"]}]}
+        done.append({"path": path, "hash": etag_of(files[path]), "uploadDetails": details})
+    body = {"objectId": model, "files": done}
+    first = acme.call("POST", "/models/upload/complete", body).json()["revisionId"]
+    assert acme.call("POST", "/models/upload/complete", body).json()["revisionId"] == first  # a client's retry
+    assert len(acme.call("GET", f"/models/{model}/revisions").json()["data"]) == 1
+    config = planned["config.json"]
+    late = acme.client.put(config["parts"][0]["url"], content=b"{}")
+    assert late.status_code == 409 and late.headers["x-should-retry"] == "false"
+
+
+def test_open_uploads_count_against_the_storage_quota(served: Served, hub: FakeHub, tmp_path: Path) -> None:
+    with database(tmp_path) as url:
+        settings = make_settings(tmp_path, url, hub.url, quota_stored_bytes=30 * 2**20)
+        app = create_app(settings, run_workers=False)
+        with TestClient(app) as client:
+            key = app.state.services.accounts.create_key("small")
+            small = Project(Served(client, {"Authorization": f"Bearer {key}"}, key), key)
+            model = small.create("big")
+            big = [{"path": "model.safetensors", "hash": "0" * 32 + "-2", "numParts": 2}]  # 20 MiB and more
+            assert small.call("POST", "/models/upload/create", {"objectId": model, "files": big}).status_code == 200
+            again = [{"path": "other.safetensors", "hash": "1" * 32 + "-1", "numParts": 1}]
+            resp = small.call("POST", "/models/upload/create", {"objectId": model, "files": again})
+            assert resp.status_code == 200  # 20 MiB + 1 byte declared so far: still under 30 MiB
+            third = [{"path": "third.safetensors", "hash": "2" * 32 + "-2", "numParts": 2}]
+            resp = small.call("POST", "/models/upload/create", {"objectId": model, "files": third})
+            assert resp.status_code == 422 and resp.json()["error"]["code"] == "quota_exceeded"

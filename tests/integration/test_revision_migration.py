@@ -37,9 +37,17 @@ def _insert_0006_rows(conn: object) -> None:
         "max_replicas, disable_speculative_decoding, disable_prompt_cache, restarts, created_at, updated_at) VALUES "
         "('ep', 'acc', 'acme/chat-1', 'chat', 'model-1', 'cpu', 'STOPPED', 'STOPPED', 1, 1, false, false, 0, "
         ":now, :now)",
+        "INSERT INTO jobs (id, account_id, type, status, model_id, args, attempts, created_at, updated_at) VALUES "
+        "('job-1', 'acc', 'model_upload', 'Queued', 'model-2', :args, 0, :now, :now)",
     ]
     for sql in rows:
-        conn.execute(text(sql), {"now": NOW, "manifest": json.dumps(manifest), "sha": "ab" * 32})  # type: ignore[attr-defined]
+        values = {
+            "now": NOW,
+            "manifest": json.dumps(manifest),
+            "sha": "ab" * 32,
+            "args": json.dumps({"modelName": "x"}),
+        }
+        conn.execute(text(sql), values)  # type: ignore[attr-defined]
 
 
 def test_ready_models_become_revision_one_with_their_files_and_endpoints(tmp_path: Path) -> None:
@@ -51,9 +59,13 @@ def test_ready_models_become_revision_one_with_their_files_and_endpoints(tmp_pat
                 _insert_0006_rows(conn)
             migrate(engine)
             with engine.connect() as conn:
-                [rev] = conn.execute(
-                    text("SELECT id, model_id, number, status, total_bytes, source, manifest FROM model_revisions")
-                ).all()
+                query = "SELECT id, model_id, number, status, total_bytes, source, manifest FROM model_revisions"
+                [rev, pending] = conn.execute(text(query + " ORDER BY model_id")).all()
+                # A job queued across the upgrade makes its model's revision 1, named in its arguments.
+                assert (pending.model_id, pending.number, pending.status) == ("model-2", 1, "pending")
+                args = conn.execute(text("SELECT args FROM jobs WHERE id = 'job-1'")).scalar()
+                args = args if isinstance(args, dict) else json.loads(args)
+                assert args == {"modelName": "x", "revisionId": pending.id, "revision": 1}
                 assert rev.id.startswith("rev-") and (rev.model_id, rev.number, rev.status) == ("model-1", 1, "ready")
                 assert (rev.total_bytes, rev.source) == (10, "acme/chat")
                 manifest = rev.manifest if isinstance(rev.manifest, dict) else json.loads(rev.manifest)

@@ -13,6 +13,10 @@
   upload that fits the quota, whether it keeps the upload afterwards (the API allows it; uploads
   expire after ``upload_ttl_s``) or deletes it (the CLI does, once the job ends). The cost of this
   choice: a kept archive of a ready model is on disk uncounted until it expires or is deleted.
+- A model's bytes are the distinct contents of its ready revisions: a new revision that changes one
+  file of a large model adds that file, as the blob store keeps it. (A job's checks count the whole new
+  revision, so they err on the side of refusing.) A direct upload's parts (Together v2) count while
+  their sessions are open: ``Transfers.create_upload`` adds what they hold to the declared size.
 - Model storage is known only once a model is unpacked: submission refuses an account that is
   already full, and the job checks again before it stores anything and when it registers the model.
 - Inference is rate limited in process by a token bucket per account: ``quota_requests_per_minute``
@@ -34,7 +38,7 @@ from modelport.errors import QuotaExceeded, RateLimited, StorageQuotaFull
 from modelport.humanize import human_bytes
 from modelport.jobs.states import JobStatus, RevisionStatus
 from modelport.settings import Settings
-from modelport.storage.db.tables import Account, Job, Model, ModelRevision, Upload
+from modelport.storage.db.tables import Account, Job, Model, ModelRevision, RevisionFile, Upload
 
 # A full job queue drains at the speed of ingestion; a client told to come back sooner only polls.
 ACTIVE_JOBS_RETRY_AFTER_S = 30
@@ -53,13 +57,19 @@ def stored_bytes(s: Session, account_id: str, *, replacing: str | None = None) -
 
     ``replacing``: an upload about to become a model, counted as that model rather than beside it.
     """
-    # Every ready revision counts (pending ones are counted as their jobs store them, failed ones hold none).
+    # The distinct contents of its ready revisions: a revision that changes one file of a large model
+    # adds that file, as the blob store keeps it (failed revisions hold nothing; pending ones are counted
+    # as their jobs store them).
     ready = (Model.account_id == account_id) & (ModelRevision.status == RevisionStatus.READY)
-    models = s.scalar(
-        select(func.coalesce(func.sum(ModelRevision.total_bytes), 0))
+    contents = (
+        select(RevisionFile.sha256, RevisionFile.size)
+        .join(ModelRevision, ModelRevision.id == RevisionFile.revision_id)
         .join(Model, Model.id == ModelRevision.model_id)
         .where(ready)
+        .distinct()
+        .subquery()
     )
+    models = s.scalar(select(func.coalesce(func.sum(contents.c.size), 0)))
     made_into_models = (
         select(ModelRevision.source)
         .join(Model, Model.id == ModelRevision.model_id)

@@ -193,6 +193,7 @@ class Catalog:
             "loraModel": req.lora_model,
             "revisionId": revision_id,
             "revision": number,
+            "sourceKind": source.kind,
         }
         s.add(
             Job(
@@ -263,10 +264,12 @@ class Catalog:
             return revisions.files(s, revision.id)
 
     def delete_revision(self, who: Principal, ref: str, revision: str) -> ModelRevision:
-        """Refused while an endpoint pins it, while it is being made, and for a model's last ready
-        revision (delete the model instead). Deleting the head makes the previous ready one the head."""
+        """Refused while an endpoint pins it, while adapters run on it, while it is being made, and for a
+        model's last ready revision (delete the model instead). Deleting the head makes the previous ready
+        one the head."""
         model = self.get_model(who, ref, created=True)
         with self.db.session() as s:
+            revisions.lock(s, model.id)  # against a racing delete or registration of the same model
             row = revisions.require(s, model, revision)
             if row.status == RevisionStatus.PENDING:
                 raise Conflict(f"revision {row.number} of {model.name} is still being made ({row.job_id})")
@@ -274,7 +277,21 @@ class Catalog:
             if pinned:
                 raise Conflict(
                     f"revision {row.number} of {model.name} is pinned by endpoint {', '.join(pinned)}; "
-                    "delete those endpoints or move them to another revision first",
+                    "delete those endpoints first",
+                    param="revision",
+                )
+            adapters = list(
+                s.scalars(
+                    select(Model.name)
+                    .join(ModelRevision, ModelRevision.model_id == Model.id)
+                    .where(ModelRevision.base_revision_id == row.id)
+                    .distinct()
+                )
+            )
+            if adapters:
+                raise Conflict(
+                    f"revision {row.number} of {model.name} is the base of adapters {', '.join(adapters)}; "
+                    "delete those adapters (or their revisions on it) first",
                     param="revision",
                 )
             others = [r for r in revisions.listed(s, model.id) if r.id != row.id and r.status == RevisionStatus.READY]
@@ -428,24 +445,30 @@ class Catalog:
         return model
 
     def serving_target(self, who: Principal, ref: str) -> tuple[Model, Model | None]:
-        """``(model to load, adapter to apply or None)`` for ``ref``; an adapter runs on its base."""
+        """``(model to load, adapter to apply or None)`` for ``ref``; an adapter's revision runs on the base
+        revision it was validated against (a newer base revision does not change what it runs on)."""
         model = self.get_model(who, ref)
         if model.kind != ModelKind.ADAPTER:
             return model, None
         with self.db.read() as s:
-            base = s.get(Model, model.base_model_id) if model.base_model_id else None
+            served = s.get(ModelRevision, model.revision_id) if model.revision_id else None
+        base_revision = served.base_revision_id if served else None
+        base = self.model_at(model.base_model_id, base_revision) if model.base_model_id else None
         if base is None or base.status != ModelStatus.READY:
             raise NotFound(f"the base model of adapter {model.name} is no longer available", param="model")
         return base, model
 
     def model_at(self, model_id: str, revision_id: str | None) -> Model | None:
-        """A model as of one of its revisions (its head when ``revision_id`` is None or not its own), for
-        parts that already hold the id and its account's permission: endpoints and their replicas."""
+        """A model as of one of its revisions (its head when ``revision_id`` is None), for parts that already
+        hold the id and its account's permission: endpoints, their replicas, an adapter's base. None when
+        either is gone (deletion refuses a revision anything pins, so that is a model deleted meanwhile)."""
         with self.db.read() as s:
             model = s.get(Model, model_id)
             pinned = s.get(ModelRevision, revision_id) if revision_id else None
-        if model is None or pinned is None or pinned.model_id != model.id or pinned.status != RevisionStatus.READY:
+        if model is None or revision_id is None:
             return model
+        if pinned is None or pinned.model_id != model.id or pinned.status != RevisionStatus.READY:
+            return None
         return revisions.at(model, pinned)
 
     def artifact_ids(self) -> set[str]:

@@ -15,19 +15,21 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from sqlalchemy import select
+from anyio.to_thread import run_sync
+from sqlalchemy import select, update
 
 from modelport import revisions
+from modelport.accounts import quotas
 from modelport.accounts.service import Principal
 from modelport.accounts.sessions import load_or_create_secret
 from modelport.catalog.service import Catalog
-from modelport.errors import AuthenticationError, InvalidRequest, NotFound
+from modelport.errors import AuthenticationError, InvalidRequest, NotFound, QuotaExceeded
 from modelport.ingest import etags
-from modelport.ingest.multipart import PartStore, PlannedFile, UploadSession
+from modelport.ingest.multipart import MAX_PARTS, PartStore, PlannedFile, UploadSession, check_path, normalize_etag
 from modelport.ingest.sources import SourceKind, SourceSpec
 from modelport.jobs.states import RevisionStatus
 from modelport.settings import Settings
@@ -36,6 +38,7 @@ from modelport.storage.db.engine import Database
 from modelport.storage.db.tables import Model, ModelRevision, RevisionFile
 
 SECRET_FILE = "transfer-secret"
+INLINE_ETAG_BYTES = 64 * 2**20  # missing ETags a request may compute itself
 # A file sent in parts, as ``upload/complete`` lists it: (path, ETag, upload id, [(part number, part ETag)]).
 Uploaded = tuple[str, str, str, list[tuple[int, str]]]
 
@@ -90,25 +93,50 @@ class Transfers:
     ) -> list[FileToSend]:
         """``files``: (path, ETag, part count) as the client computed them. A file whose content the account
         already stores is skipped (never another account's: that would say what they store). ``base_url``:
-        this server as the client reaches it, for part URLs it serves itself."""
+        this server as the client reaches it, for part URLs it serves itself.
+
+        Everything is checked before any session exists: the paths, the number of files, their least
+        possible size against the per-model limit and, with the account locked, against its storage quota
+        (with the parts its open sessions already hold) and its cap on open sessions."""
         model = self.catalog.get_model(who, ref, created=True)
         self._check_listing([p for p, _, _ in files])
-        declared = sum((n - 1) * etags.PART_BYTES + 1 for _, _, n in files)
-        if declared > self.settings.max_artifact_bytes:
-            raise InvalidRequest(
-                f"these files are at least {declared} bytes, past this server's limit of "
-                f"{self.settings.max_artifact_bytes} bytes per model"
-            )
-        stored = self._stored_etags(who, [h for _, h, _ in files])
+        for path, _, num_parts in files:
+            if not 1 <= num_parts <= MAX_PARTS:
+                raise InvalidRequest(f"numParts of {path} must be between 1 and {MAX_PARTS}", param="numParts")
+        stored = self._stored_etags(who, [normalize_etag(h) for _, h, _ in files])
+        todo = [(p, normalize_etag(h), n) for p, h, n in files if normalize_etag(h) not in stored]
+        declared = sum((n - 1) * etags.PART_BYTES + 1 for _, _, n in todo)
+        self._check_size(declared, "these files are at least")
+        with self.db.session() as s:
+            quotas.lock_account(s, who.account_id)  # two creates at once see each other's sessions
+            sessions, held = self.parts.open_sessions(who.account_id)
+            if sessions + len(todo) > self.max_open_sessions:
+                raise QuotaExceeded(
+                    f"this account has {sessions} file uploads open; at most {self.max_open_sessions} may be: "
+                    "complete them, or wait for them to expire"
+                )
+            quotas.check_storage(s, self.settings, who.account_id, held + declared)
+            opened = {p: self.parts.open(who.account_id, model.id, p, h, n) for p, h, n in todo}
         answer = []
-        for path, etag, num_parts in files:
-            if etag in stored:
+        for path, _, num_parts in files:
+            session = opened.get(path)
+            if session is None:
                 answer.append(FileToSend(path, skip=True))
                 continue
-            session = self.parts.open(who.account_id, model.id, path, etag, num_parts)
             urls = [self._part_url(base_url, session, n) for n in range(1, num_parts + 1)]
             answer.append(FileToSend(path, False, session, urls))
         return answer
+
+    @property
+    def max_open_sessions(self) -> int:
+        """Files one account may have uploading at once: two models' worth at the most files a model has."""
+        return 2 * self.settings.max_archive_members
+
+    def _check_size(self, size: int, what: str) -> None:
+        if size > self.settings.max_artifact_bytes:
+            raise InvalidRequest(
+                f"{what} {size} bytes, past this server's limit of {self.settings.max_artifact_bytes} bytes per model"
+            )
 
     def _part_url(self, base_url: str, session: UploadSession, number: int) -> str:
         direct = self.parts.direct
@@ -117,9 +145,15 @@ class Transfers:
             length = etags.PART_BYTES if number < session.num_parts else None
             return direct.part_url(session.upload_id, session.remote, number, length, self.signer.ttl_s)
         query = self.signer.query("put", session.upload_id, number)
-        return f"{base_url}/v2/transfer/parts/{session.upload_id}/{number}?{query}"
+        return f"{self._base(base_url)}/v2/transfer/parts/{session.upload_id}/{number}?{query}"
+
+    def _base(self, base_url: str) -> str:
+        """Where clients reach this server: ``MODELPORT_PUBLIC_URL`` when set (behind a proxy), else the
+        URL the request came to."""
+        return (self.settings.public_url or base_url).rstrip("/")
 
     def _check_listing(self, paths: Sequence[str]) -> None:
+        """Every path safe (relative, inside the model folder, no hidden parts), none twice, not too many."""
         if not paths:
             raise InvalidRequest("files must not be empty", param="files")
         if len(paths) > self.settings.max_archive_members:
@@ -127,20 +161,34 @@ class Transfers:
                 f"{len(paths)} files is more than this server takes per model ({self.settings.max_archive_members})",
                 param="files",
             )
+        for path in paths:
+            check_path(path)
         if len(set(paths)) != len(paths):
             raise InvalidRequest("a path is listed twice", param="files")
 
     def _stored_etags(self, who: Principal, wanted: Sequence[str]) -> dict[str, RevisionFile]:
+        """The account's stored files with these ETags, in ready revisions (whose blobs are kept)."""
         with self.db.read() as s:
             rows = s.scalars(
                 select(RevisionFile)
                 .join(ModelRevision, ModelRevision.id == RevisionFile.revision_id)
                 .join(Model, Model.id == ModelRevision.model_id)
-                .where(Model.account_id == who.account_id, RevisionFile.etag.in_(list(wanted)))
+                .where(
+                    Model.account_id == who.account_id,
+                    ModelRevision.status == RevisionStatus.READY,
+                    RevisionFile.etag.in_(list(wanted)),
+                )
             )
             return {f.etag: f for f in rows if f.etag}
 
-    def session_for_part(self, upload_id: str, number: int, expires: int, signature: str) -> UploadSession:
+    async def receive_part(
+        self, upload_id: str, number: int, expires: int, signature: str, body: AsyncIterator[bytes]
+    ) -> str:
+        """One part by its signed URL; returns its MD5, the ETag the client echoes at completion."""
+        session = await run_sync(self._session_for_part, upload_id, number, expires, signature)
+        return await self.parts.write_part(session, number, body)
+
+    def _session_for_part(self, upload_id: str, number: int, expires: int, signature: str) -> UploadSession:
         self.signer.check(("put", upload_id, number), expires, signature)
         return self.parts.session(upload_id)
 
@@ -149,28 +197,42 @@ class Transfers:
     ) -> str:
         """``uploaded``: (path, ETag, upload id, [(part number, part ETag)]); ``skipped``: (path, ETag).
         Returns the revision the files make: a new one, pending until its job has checked it, or the
-        head itself when every file is the head's (an upload of what is already there changes nothing)."""
-        model = self.catalog.get_model(who, ref, created=True)
+        head itself when every file is the head's (an upload of what is already there changes nothing).
+        Completing the same sessions again (a client's retry) answers the revision the first time made."""
+        model = self.catalog.get_model(who, revisions.Ref.parse(ref).model, created=True)
         self._check_listing([p for p, *_ in uploaded] + [p for p, _ in skipped])
+        sessions = [self._own_session(who, model, path, upload_id) for path, _, upload_id, _ in uploaded]
+        made = {self.parts.completed(s.upload_id) for s in sessions}
+        if sessions and len(made) == 1 and None not in made:
+            return str(made.pop())
         planned = []
-        for path, etag, upload_id, parts in uploaded:
-            session = self.parts.session(upload_id)
-            if session.account_id != who.account_id or session.model_id != model.id or session.path != path:
-                raise NotFound(f"upload {upload_id!r} not found for {path}", param="uploadId")
-            size = self.parts.verify(session, parts, etag)
-            planned.append(PlannedFile(path, etag, upload_id=upload_id, size=size))
-        stored = self._stored_etags(who, [etag for _, etag in skipped])
+        for session, (path, etag, upload_id, parts) in zip(sessions, uploaded, strict=True):
+            size, md5s = self.parts.verify(session, parts, etag)
+            planned.append(PlannedFile(path, normalize_etag(etag), upload_id=upload_id, size=size, md5s=md5s))
+        stored = self._stored_etags(who, [normalize_etag(etag) for _, etag in skipped])
         for path, etag in skipped:
-            row = stored.get(etag)
+            row = stored.get(normalize_etag(etag))
             if row is None:
                 raise InvalidRequest(f"{path} was marked skipUpload, but no stored file has hash {etag}")
-            planned.append(PlannedFile(path, etag, sha256=row.sha256, size=row.size))
+            planned.append(PlannedFile(path, normalize_etag(etag), sha256=row.sha256, size=row.size))
+        total = sum(f.size or 0 for f in planned)
+        self._check_size(total, "these files hold")
+        with self.db.read() as s:
+            quotas.check_storage(s, self.settings, who.account_id, total)
         same = self._head_if_same(model, planned)
         if same is not None:
             return same
         plan_id = self.parts.write_plan(planned)
         spec = SourceSpec(SourceKind.PARTS, plan_id, f"direct upload of {len(planned)} files")
-        return self.catalog.submit_revision(who, model.id, spec).revision_id
+        revision = self.catalog.submit_revision(who, model.id, spec).revision_id
+        self.parts.mark_completed([s.upload_id for s in sessions], revision)
+        return revision
+
+    def _own_session(self, who: Principal, model: Model, path: str, upload_id: str) -> UploadSession:
+        session = self.parts.session(upload_id)
+        if session.account_id != who.account_id or session.model_id != model.id or session.path != path:
+            raise NotFound(f"upload {upload_id!r} not found for {path}", param="uploadId")
+        return session
 
     def _head_if_same(self, model: Model, planned: Sequence[PlannedFile]) -> str | None:
         if model.revision_id is None or any(f.upload_id for f in planned):
@@ -191,29 +253,50 @@ class Transfers:
             return model, revisions.require(s, model, model.revision_id)
 
     def files(self, revision: ModelRevision) -> list[FileToFetch]:
-        """The revision's files with their ETags, computed (once, then stored) for files that came from
-        a source that does not give them."""
+        """The revision's files with their ETags. Ingest computes them; files stored before it did get
+        theirs from housekeeping (``backfill_etags``), or here when they are small, so a request never
+        reads much. Until then a file's hash is "" (a client then cannot skip it, and downloads it)."""
         if revision.status != RevisionStatus.READY:
             return []
         with self.db.read() as s:
             rows = revisions.files(s, revision.id)
-        missing = {f.path: self._etag_of(f.sha256) for f in rows if not f.etag}
-        if missing:
-            with self.db.session() as s:
-                for f in s.scalars(select(RevisionFile).where(RevisionFile.revision_id == revision.id)):
-                    f.etag = f.etag or missing.get(f.path)
-        return [FileToFetch(f.path, f.etag or missing[f.path], f.size, f.sha256, _ranges(f.size)) for f in rows]
+        if sum(f.size for f in rows if not f.etag) <= INLINE_ETAG_BYTES:
+            self._fill_etags([f for f in rows if not f.etag])
+        return [FileToFetch(f.path, f.etag or "", f.size, f.sha256, _ranges(f.size)) for f in rows]
 
-    def _etag_of(self, sha256: str) -> str:
-        with self.blobs.open(sha256) as f:
-            return etags.of_stream(f)
+    def backfill_etags(self, budget_bytes: int = 4 * 2**30) -> int:
+        """Compute the ETags of stored files that have none, up to about ``budget_bytes`` read; returns
+        how many (housekeeping calls it on each pass)."""
+        with self.db.read() as s:
+            rows = list(s.scalars(select(RevisionFile).where(RevisionFile.etag.is_(None)).limit(1000)))
+        chosen, read = [], 0
+        for f in rows:
+            if read and read + f.size > budget_bytes:
+                break
+            chosen.append(f)
+            read += f.size
+        return self._fill_etags(chosen)
+
+    def _fill_etags(self, rows: Sequence[RevisionFile]) -> int:
+        computed: dict[str, str] = {}
+        for f in rows:
+            if f.sha256 not in computed:
+                with self.blobs.open(f.sha256) as stream:
+                    computed[f.sha256] = etags.of_stream(stream)
+            f.etag = computed[f.sha256]
+        if computed:
+            with self.db.session() as s:
+                for sha256, etag in computed.items():
+                    s.execute(update(RevisionFile).where(RevisionFile.sha256 == sha256).values(etag=etag))
+        return len(rows)
 
     def download_url(self, base: str, revision_id: str, f: FileToFetch) -> str:
         """The signed URL of one file of a revision (``GET``, with a ``Range`` per part): the store's own
         presigned URL where it has one, else this server's."""
         if self.parts.direct is not None:
             return self.parts.direct.blob_url(f.sha256, self.signer.ttl_s)
-        return f"{base}/v2/transfer/files/{revision_id}/{quote(f.path)}?{self.signer.query('get', revision_id, f.path)}"
+        query = self.signer.query("get", revision_id, f.path)
+        return f"{self._base(base)}/v2/transfer/files/{revision_id}/{quote(f.path)}?{query}"
 
     def file_for_download(self, revision_id: str, path: str, expires: int, signature: str) -> RevisionFile:
         self.signer.check(("get", revision_id, path), expires, signature)

@@ -145,7 +145,8 @@ def is_current(placed: Placed) -> bool:
     """The local file is already this one: same size and ETag."""
     dest, f = placed.dest, placed.file
     try:
-        return dest.is_file() and dest.stat().st_size == f.size and etags.of_file(dest) == f.etag
+        # No hash yet (the server computes it for older files in the background): nothing to compare.
+        return bool(f.etag) and dest.is_file() and dest.stat().st_size == f.size and etags.of_file(dest) == f.etag
     except OSError:
         return False
 
@@ -244,7 +245,7 @@ def _verify(tmp: Path, f: RemoteFile) -> None:
     size = tmp.stat().st_size
     if size != f.size:
         raise CliFailure(f"{f.path}: downloaded {size} bytes, not {f.size}", hint=AGAIN)
-    if (etag := etags.of_file(tmp)) != f.etag:
+    if f.etag and (etag := etags.of_file(tmp)) != f.etag:
         raise CliFailure(
             f"{f.path}: the downloaded bytes do not match its hash (ETag {etag}, not {f.etag})",
             hint=f"{AGAIN}; if it happens again, the server's stored copy may be damaged",

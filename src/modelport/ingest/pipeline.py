@@ -15,16 +15,17 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelport import revisions
 from modelport.accounts import quotas
 from modelport.errors import IngestError
-from modelport.ingest import checker
+from modelport.ingest import checker, etags
 from modelport.ingest.safetensors_header import SafetensorsError, TensorInfo, parse_header
 from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
-from modelport.ingest.sources.base import Source
+from modelport.ingest.sources.base import Fetched, Source
 from modelport.ingest.staging import Progress, Reporter, StagedFile
 from modelport.ingest.validate import MAX_CONFIG_BYTES
 from modelport.manifest import AdmissionReport, Manifest, ModelKind
@@ -66,19 +67,34 @@ class Pipeline:
         staging = self.settings.staging_dir / job_id
         shutil.rmtree(staging, ignore_errors=True)  # a resumed job starts from a clean tree
         staging.mkdir(parents=True)
+        fetched: Fetched | None = None
         try:
             inp = self._load(job_id)
             fetched = self.sources[inp.source.kind].fetch(inp.source, staging, progress, token=inp.hf_token)
             files, not_fetched = fetched.files, fetched.not_fetched
-            checked, base = self._check(inp, files, not_fetched, staging, progress)
-            manifest = checked.manifest  # it lists the derived files too, stored here like uploaded ones
-            with self.db.read() as s:  # before the upload to the blob store; again at registration
-                quotas.check_storage(
-                    s, self.settings, inp.model.account_id, manifest.total_bytes, revision_id=inp.revision.id
-                )
-            self._store(files + checked.derived, progress)
+            with ThreadPoolExecutor(1, thread_name_prefix="etags") as hashing:
+                # The files' multipart ETags (what Together v2 names content by), read while the checks
+                # run in their child process: the second core is otherwise idle then.
+                known = fetched.etags
+                pending = hashing.submit(lambda: {f.path: known.get(f.path) or etags.of_file(f.local) for f in files})
+                checked, base = self._check(inp, files, not_fetched, staging, progress)
+                manifest = checked.manifest  # it lists the derived files too, stored here like uploaded ones
+                with self.db.read() as s:  # before the upload to the blob store; again at registration
+                    quotas.check_storage(
+                        s, self.settings, inp.model.account_id, manifest.total_bytes, revision_id=inp.revision.id
+                    )
+                self._store(files + checked.derived, progress)
+                computed = pending.result()
+            computed.update({f.path: etags.of_file(f.local) for f in checked.derived})
             progress.stage("registering", f"registering {_what(inp)}")
-            self._register(inp, progress, manifest, base, fetched.etags)
+            self._register(inp, progress, manifest, base, computed)
+        except IngestError:
+            if fetched is not None and fetched.release is not None:
+                fetched.release()  # refused for good: its parts can go
+            raise
+        else:
+            if fetched.release is not None:
+                fetched.release()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -151,7 +167,7 @@ class Pipeline:
         with self.db.session() as s:
             # First, as before any other lock: the job row (``JobLost`` if another worker took it).
             progress.complete(s, f"{_what(inp)} is ready ({manifest.total_bytes} bytes)")
-            model = s.get(Model, inp.model.id)
+            model = revisions.lock(s, inp.model.id)
             revision = s.get(ModelRevision, inp.revision.id)
             if model is None or revision is None:
                 raise IngestError("the model was deleted while it was uploading")
@@ -168,6 +184,7 @@ class Pipeline:
                     )
                 )
             revision.manifest = manifest
+            revision.base_revision_id = base.revision_id if base else None  # what it was checked against
             revisions.mark_ready(revision, manifest.total_bytes)
             s.flush()
             if model.base_model_id is None and base is not None:

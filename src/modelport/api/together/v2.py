@@ -18,7 +18,6 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
-from starlette.concurrency import run_in_threadpool
 
 from modelport.accounts.service import Principal
 from modelport.api.deps import CatalogDep, PrincipalDep, TransfersDep, get_principal
@@ -27,6 +26,7 @@ from modelport.catalog.service import Catalog, JobView
 from modelport.errors import InvalidRequest, NotFound
 from modelport.ids import wire_model_id
 from modelport.ingest import etags
+from modelport.ingest.sources import SourceKind
 from modelport.jobs.states import JobStatus, RevisionStatus
 from modelport.manifest import ModelKind
 from modelport.storage.db.tables import Model, ModelRevision
@@ -172,7 +172,9 @@ def create_remote_upload(body: CreateRemoteUpload, who: ProjectDep, catalog: Cat
 
 
 def _remote_uploads(catalog: Catalog, who: Principal) -> list[JobView]:
-    return [v for v in catalog.list_jobs(who, limit=MAX_PAGE) if v.job.args.get("revisionId")]
+    """Jobs that make a revision from a remote source (not direct uploads, which have no remote URL)."""
+    jobs = catalog.list_jobs(who, limit=MAX_PAGE)
+    return [v for v in jobs if v.job.args.get("revisionId") and v.job.args.get("sourceKind") != SourceKind.PARTS]
 
 
 @router.get("/projects/{project_id}/models/uploads")
@@ -380,8 +382,7 @@ async def put_upload_part(
     upload_id: str, part_number: int, request: Request, transfers: TransfersDep, expires: int = 0, signature: str = ""
 ) -> Response:
     """One part of a direct upload: answered 200 with its MD5 as ``ETag``, as S3 answers ``UploadPart``."""
-    session = await run_in_threadpool(transfers.session_for_part, upload_id, part_number, expires, signature)
-    md5 = await transfers.parts.write_part(session, part_number, request.stream())
+    md5 = await transfers.receive_part(upload_id, part_number, expires, signature, request.stream())
     return Response(status_code=200, headers={"ETag": f'"{md5}"'})
 
 
@@ -410,7 +411,8 @@ def download(body: Download, request: Request, who: ProjectDep, transfers: Trans
                 "partNumber": n,
                 "sizeBytes": str(length),
                 "url": url,
-                "headers": {"Range": f"bytes={start}-{start + length - 1}"},
+                # An empty file has one empty part, fetched whole: "bytes=0--1" is no range at all.
+                "headers": {"Range": f"bytes={start}-{start + length - 1}"} if length else {},
             }
             for n, start, length in f.parts
         ]

@@ -78,7 +78,7 @@ def models_upload(
     local = inspect_local(path, model_source, fields["model_type"]) if path else None
     out, client = app.output, app.client()
     if new_revision:
-        client.get_model(fields["model_name"])  # a missing model is said before any byte moves
+        client.list_revisions(fields["model_name"])  # a missing model is said before any byte moves
     else:
         _preflight(client, fields, None if local else model_source, local)
     upload_id = _local_source(client, local, out, yes) if local else None

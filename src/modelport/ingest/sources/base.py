@@ -8,6 +8,7 @@ raises ``SourceUnavailable`` or ``ArchiveRejected`` with a message the user can 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +24,8 @@ class Fetched:
     files: list[StagedFile]
     not_fetched: list[str] = field(default_factory=list)  # names a source chose to leave (a hub's extras)
     etags: dict[str, str] = field(default_factory=dict)  # multipart ETags the source already knows, by path
+    # What to drop once the job has registered the files or refused them (a direct upload's parts).
+    release: Callable[[], None] | None = None
 
 
 class Source(Protocol):

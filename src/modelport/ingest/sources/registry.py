@@ -46,5 +46,5 @@ def open_sources(settings: Settings, parts: PartStore, blobs: BlobStore) -> dict
 
     policy = FetchPolicy.from_settings(settings)
     sources = {kind: make(settings, policy) for kind, make in SOURCES.items()}
-    sources[SourceKind.PARTS] = PartsSource(parts, blobs)  # the one source that reads the blob store
+    sources[SourceKind.PARTS] = PartsSource(settings, parts, blobs)  # the one source that reads the blob store
     return sources

@@ -95,6 +95,8 @@ class Model(Base):
     total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     # The head revision; no foreign key, as revisions point at their model (a cycle SQLite cannot drop).
     revision_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The highest revision number ever given: numbers are never reused, so ``name@3`` always means one file set.
+    last_revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -118,6 +120,8 @@ class ModelRevision(Base):
     source: Mapped[str] = mapped_column(Text)  # redacted, as shown (``SourceSpec.display``)
     job_id: Mapped[str | None] = mapped_column(String(64), default=None)
     problems: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    # An adapter's revision runs on the base revision it was validated against, not on whatever is newest.
+    base_revision_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     validated_at: Mapped[datetime | None] = mapped_column(default=None)
 

@@ -8,6 +8,7 @@ Every ready model becomes its own revision 1 (its manifest, size and source), an
 names the head; ``endpoints.revision_id`` the revision an endpoint serves, its model's head here.
 """
 
+import json
 import os
 import time
 import uuid
@@ -42,6 +43,7 @@ def upgrade() -> None:
         sa.Column("source", sa.Text(), nullable=False),
         sa.Column("job_id", sa.String(length=64), nullable=True),
         sa.Column("problems", sa.JSON(), nullable=True),
+        sa.Column("base_revision_id", sa.String(length=64), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("validated_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["model_id"], ["models.id"], ondelete="CASCADE"),
@@ -50,6 +52,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("model_revisions", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_model_revisions_model_id"), ["model_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_model_revisions_base_revision_id"), ["base_revision_id"], unique=False)
     op.create_table(
         "revision_files",
         sa.Column("revision_id", sa.String(length=64), nullable=False),
@@ -65,9 +68,12 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_revision_files_etag"), ["etag"], unique=False)
     with op.batch_alter_table("models", schema=None) as batch_op:
         batch_op.add_column(sa.Column("revision_id", sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column("last_revision", sa.Integer(), server_default="0", nullable=False))
     with op.batch_alter_table("endpoints", schema=None) as batch_op:
         batch_op.add_column(sa.Column("revision_id", sa.String(length=64), nullable=True))
     _move_files_to_revisions()
+    _pin_adapters_to_their_bases()
+    _give_running_jobs_their_revision()
     with op.batch_alter_table("model_files", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_model_files_sha256"))
     op.drop_table("model_files")
@@ -94,8 +100,50 @@ def _move_files_to_revisions() -> None:
             ),
             params,
         )
-        conn.execute(sa.text("UPDATE models SET revision_id = :rev WHERE id = :model"), params)
+        conn.execute(sa.text("UPDATE models SET revision_id = :rev, last_revision = 1 WHERE id = :model"), params)
         conn.execute(sa.text("UPDATE endpoints SET revision_id = :rev WHERE model_id = :model"), params)
+
+
+def _pin_adapters_to_their_bases() -> None:
+    op.get_bind().execute(
+        sa.text(
+            "UPDATE model_revisions SET base_revision_id = (SELECT b.revision_id FROM models a JOIN models b "
+            "ON b.id = a.base_model_id WHERE a.id = model_revisions.model_id)"
+        )
+    )
+
+
+def _give_running_jobs_their_revision() -> None:
+    """A job queued or running across the upgrade makes its model's revision 1: the job finds it in its
+    arguments (``revisionId``), as jobs submitted after the upgrade do."""
+    conn = op.get_bind()
+    jobs = sa.table("jobs", sa.column("id", sa.String), sa.column("args", sa.JSON))
+    rows = conn.execute(
+        sa.text(
+            "SELECT j.id, j.model_id, m.source_kind, m.source, m.created_at FROM jobs j JOIN models m "
+            "ON m.id = j.model_id WHERE j.status IN ('Queued', 'Running') AND m.status = 'uploading'"
+        )
+    ).all()
+    for job_id, model_id, source_kind, source, created_at in rows:
+        rev = _revision_id()
+        conn.execute(
+            sa.text(
+                "INSERT INTO model_revisions (id, model_id, number, status, total_bytes, source_kind, source, "
+                "job_id, created_at) VALUES (:rev, :model, 1, 'pending', 0, :kind, :source, :job, :created)"
+            ),
+            {
+                "rev": rev,
+                "model": model_id,
+                "kind": source_kind,
+                "source": source,
+                "job": job_id,
+                "created": created_at,
+            },
+        )
+        conn.execute(sa.text("UPDATE models SET last_revision = 1 WHERE id = :model"), {"model": model_id})
+        args = conn.execute(sa.select(jobs.c.args).where(jobs.c.id == job_id)).scalar_one()
+        args = json.loads(args) if isinstance(args, str) else dict(args)
+        conn.execute(jobs.update().where(jobs.c.id == job_id).values(args={**args, "revisionId": rev, "revision": 1}))
 
 
 def downgrade() -> None:
@@ -117,9 +165,13 @@ def downgrade() -> None:
     with op.batch_alter_table("endpoints", schema=None) as batch_op:
         batch_op.drop_column("revision_id")
     with op.batch_alter_table("models", schema=None) as batch_op:
+        batch_op.drop_column("last_revision")
         batch_op.drop_column("revision_id")
     with op.batch_alter_table("revision_files", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_revision_files_etag"))
         batch_op.drop_index(batch_op.f("ix_revision_files_sha256"))
     op.drop_table("revision_files")
+    with op.batch_alter_table("model_revisions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_model_revisions_base_revision_id"))
+        batch_op.drop_index(batch_op.f("ix_model_revisions_model_id"))
     op.drop_table("model_revisions")
