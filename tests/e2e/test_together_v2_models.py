@@ -17,7 +17,7 @@ import pytest
 from tests.e2e.conftest import Live, server_env
 from tests.support.fakehub import FakeHub
 from tests.support.procs import start_modelport
-from tests.support.tinymodels import files_of, make_llama, make_lora
+from tests.support.tinymodels import archive_bytes, files_of, make_llama, make_lora
 
 pytestmark = [pytest.mark.e2e, pytest.mark.db_agnostic]
 
@@ -170,7 +170,7 @@ def test_signed_urls_and_projects_belong_to_their_owner(live: Live, tmp_path: Pa
 
 
 def test_with_an_s3_blob_store_parts_and_downloads_go_straight_to_the_bucket(
-    tmp_path: Path, db_url: str, hub: FakeHub, s3_server: str, bucket: str
+    tmp_path: Path, db_url: str, hub: FakeHub, s3_server: str, s3: Any, bucket: str
 ) -> None:
     env = server_env(
         tmp_path,
@@ -206,5 +206,24 @@ def test_with_an_s3_blob_store_parts_and_downloads_go_straight_to_the_bucket(
         got = tmp_path / "download"
         tg(live, "models", "download", model_id, str(got), project=project)
         assert sha256s(got) == sha256s(folder)
+
+        # A remote upload from a presigned archive URL: its events, then a second revision.
+        s3.put_object(
+            Bucket=bucket, Key="small.tar.gz", Body=archive_bytes(files_of(make_llama(tmp_path / "s")), "tar.gz")
+        )
+        presigned = s3.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": "small.tar.gz"}, ExpiresIn=7200
+        )
+        remote = sdk(
+            live,
+            project,
+            f"up = client.models.remote_uploads.create(model_id={model_id!r}, remote_url={presigned!r})\n"
+            "print(json.dumps({'id': up.id, 'url': up.remote_url}))",
+        )
+        assert "Signature" not in remote["url"] and "small.tar.gz" in remote["url"]  # shown without its signature
+        assert live.wait_job(remote["id"])["status"] == "Complete"
+        events = live.get(f"/v2/projects/{project}/models/uploads/{remote['id']}/events")["data"]
+        assert {"downloading", "extracting", "validating", "Complete"} <= {e["type"] for e in events}
+        assert len(live.get(f"/v2/projects/{project}/models/{model_id}/revisions")["data"]) == 2
     finally:
         proc.stop()
