@@ -42,7 +42,7 @@ def test_chat_output_matches_plain_transformers(client: openai.OpenAI, served: S
     """Greedy chat through the API equals ``generate`` on the stored files, tokens and text."""
     app = served.client.app
     model = app.state.services.catalog.get_model(app.state.services.accounts.authenticate(served.key), "chat")  # type: ignore[attr-defined]
-    folder = app.state.services.settings.model_cache_dir / model.id  # type: ignore[attr-defined]
+    folder = app.state.services.settings.model_cache_dir / model.revision_id  # type: ignore[attr-defined,operator]
     client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "a"}], max_tokens=1)
     tok = AutoTokenizer.from_pretrained(folder)
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
