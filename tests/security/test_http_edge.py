@@ -44,6 +44,11 @@ HUGE = 400 * MiB
 # Routes that check their caller themselves, with a rule the gate does not know: a GET with no body, so
 # the gate only caps it like a public route. /metrics: MODELPORT_METRICS_ACCESS (tests/api/test_metrics.py).
 OWN_ACCESS_RULE = {("GET", "/metrics")}
+# Together v2's transfer URLs: no key, their signature is the permission (``catalog/transfers.py``).
+SIGNED = {
+    ("PUT", "/v2/transfer/parts/{upload_id}/{part_number}"),
+    ("GET", "/v2/transfer/files/{revision_id}/{path:path}"),
+}
 RSS_BUDGET = 64 * MiB  # growth allowed while a 400 MB body is refused (before: +1.2 GB)
 WHOAMI_BOUND_S = 2.0  # another tenant's request while it happens (idle: a few ms)
 
@@ -238,8 +243,12 @@ def test_every_route_that_needs_a_caller_is_authenticated_by_the_gate(small_caps
             continue
         policy = policy_of(ctx.original_route, caps)
         public = all((m, ctx.path) in PUBLIC | OWN_ACCESS_RULE for m in ctx.methods or ())
-        assert (policy.authenticate is None) == public, (ctx.path, ctx.methods)
-        assert policy.cap == caps.anonymous if public else policy.cap.bytes >= caps.json.bytes, ctx.path
+        signed = all((m, ctx.path) in SIGNED for m in ctx.methods or ())
+        assert (policy.authenticate is None) == (public or signed), (ctx.path, ctx.methods)
+        if signed:  # a part's body has its own cap; a download sends none
+            assert policy.cap == caps.uploads.get(ctx.endpoint, caps.anonymous), ctx.path
+        else:
+            assert policy.cap == caps.anonymous if public else policy.cap.bytes >= caps.json.bytes, ctx.path
         endpoints.add(ctx.endpoint)
     assert set(caps.uploads) | INFERENCE_ENDPOINTS <= endpoints
 

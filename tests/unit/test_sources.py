@@ -95,8 +95,11 @@ def test_redaction_drops_signatures_and_credentials() -> None:
 
 
 def test_every_source_kind_has_a_source_that_fetches(tmp_path: Path) -> None:
+    from modelport.ingest.multipart import PartStore
     from modelport.ingest.sources.registry import SOURCES, open_sources
+    from modelport.storage.blobs import LocalBlobStore
 
     assert set(SOURCES) == set(SourceKind)
-    sources = open_sources(Settings(data_dir=tmp_path))
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    sources = open_sources(Settings(data_dir=tmp_path), PartStore(tmp_path / "parts", 60), blobs)
     assert all(callable(getattr(source, "fetch", None)) for source in sources.values())

@@ -6,6 +6,7 @@ Factories import their module when called: the hub client costs an import nobody
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from modelport.ingest.multipart import PartStore
 from modelport.ingest.sources.base import Source
@@ -15,36 +16,49 @@ from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore
 
 
-def _huggingface(settings: Settings, policy: FetchPolicy) -> Source:
+@dataclass(frozen=True)
+class Needs:
+    """What sources are built from; each takes what it uses."""
+
+    settings: Settings
+    policy: FetchPolicy  # ``Settings.fetch_allow`` and friends, shared by the sources that fetch
+    parts: PartStore  # direct uploads' parts (Together v2)
+    blobs: BlobStore
+
+
+def _huggingface(needs: Needs) -> Source:
     from modelport.ingest.sources.huggingface import HuggingFaceSource
 
-    return HuggingFaceSource(settings, policy)
+    return HuggingFaceSource(needs.settings, needs.policy)
 
 
-def _archive_url(settings: Settings, policy: FetchPolicy) -> Source:
+def _archive_url(needs: Needs) -> Source:
     from modelport.ingest.sources.archive_url import ArchiveUrlSource
 
-    return ArchiveUrlSource(settings, policy)
+    return ArchiveUrlSource(needs.settings, needs.policy)
 
 
-def _upload(settings: Settings, policy: FetchPolicy) -> Source:
+def _upload(needs: Needs) -> Source:
     from modelport.ingest.sources.upload import UploadSource
 
-    return UploadSource(settings)
+    return UploadSource(needs.settings)
 
 
-SOURCES: dict[SourceKind, Callable[[Settings, FetchPolicy], Source]] = {
+def _parts(needs: Needs) -> Source:
+    from modelport.ingest.sources.parts import PartsSource
+
+    return PartsSource(needs.settings, needs.parts, needs.blobs)
+
+
+SOURCES: dict[SourceKind, Callable[[Needs], Source]] = {
     SourceKind.HUGGINGFACE: _huggingface,
     SourceKind.REMOTE_ARCHIVE: _archive_url,
     SourceKind.UPLOAD: _upload,
+    SourceKind.PARTS: _parts,
 }
 
 
 def open_sources(settings: Settings, parts: PartStore, blobs: BlobStore) -> dict[SourceKind, Source]:
-    """One source per kind, sharing the fetch policy (``Settings.fetch_allow`` and friends)."""
-    from modelport.ingest.sources.parts import PartsSource
-
-    policy = FetchPolicy.from_settings(settings)
-    sources = {kind: make(settings, policy) for kind, make in SOURCES.items()}
-    sources[SourceKind.PARTS] = PartsSource(settings, parts, blobs)  # the one source that reads the blob store
-    return sources
+    """One source per kind."""
+    needs = Needs(settings, FetchPolicy.from_settings(settings), parts, blobs)
+    return {kind: make(needs) for kind, make in SOURCES.items()}
