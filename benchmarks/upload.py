@@ -1,6 +1,8 @@
-"""Direct-upload benchmark: a ~1 GiB model archive sent to a live `modelport serve`, two ways:
-Nebius' multipart `POST /v0/models/upload`, and the resumable API (`modelport models upload`'s
-client, 64 MiB parts), each followed by `POST /v1/models` from the file id until the job is Complete.
+"""Direct-upload benchmark: a ~1 GiB model sent to a live `modelport serve`, three ways: its archive by
+Nebius' multipart `POST /v0/models/upload`, and by the resumable API (`modelport models upload`'s
+client, 64 MiB parts), each followed by `POST /v1/models` from the file id until the job is Complete;
+and its folder by Together 3.1.1's `tg models upload` (the v2 protocol: 20 MiB parts by signed URLs,
+16 files and 256 parts at once) until its revision is validated, then `tg models download` of it.
 
 It reports the time to send, the time to Complete, and the server's peak resident memory (RSS) while
 receiving, against a baseline from the same run: `curl` uploading the same file to the same server's
@@ -12,6 +14,8 @@ resumable part route as one raw body (the transfer cost on loopback, with no mod
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from ingest import KEY, RssSampler, make_archive, make_model  # noqa: E402
+from tests.e2e.conftest import together_venv  # noqa: E402
 from tests.support.procs import free_port, start_modelport  # noqa: E402
 
 from modelport.cli.client import Client  # noqa: E402
@@ -67,8 +72,6 @@ def multipart(url: str, pid: int, archive: Path) -> dict[str, Any]:
             check=True,
         )
         sent = time.monotonic() - started
-    import json
-
     file_id = json.loads(out.stdout)["id"]
     return {"send_s": sent, "peak_rss": rss.peak, "ingest_s": ingest(url, "via-multipart", file_id)}
 
@@ -110,6 +113,38 @@ def baseline(url: str, archive: Path) -> float:
     return elapsed
 
 
+def together(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "TOGETHER_BASE_URL": url,
+        "TOGETHER_API_KEY": KEY,
+        "TOGETHER_TELEMETRY_DISABLED": "1",
+        "TOGETHER_DISABLE_VERSION_CHECK": "1",
+    }
+    tg = together_venv("3.1.1") / "bin" / "tg"
+    return subprocess.run([str(tg), *args, "--json"], env=env, capture_output=True, text=True, check=True)
+
+
+def v2(url: str, pid: int, model: Path, work: Path) -> dict[str, Any]:
+    """``tg models upload`` of the folder, its revision validated, then ``tg models download`` of it."""
+    project = httpx.get(f"{url}/v3/whoami", headers=AUTH).json()["project"]["id"]
+    created = httpx.post(f"{url}/v2/projects/{project}/models", headers=AUTH, json={"name": "via-v2"}).json()
+    with RssSampler(pid) as rss:
+        started = time.monotonic()
+        out = together("models", "upload", created["id"], str(model), "--project", project, url=url)
+        sent = time.monotonic() - started
+    revision = json.loads(out.stdout)["revisionId"]
+    listing = f"{url}/v2/projects/{project}/models/{created['id']}/revisions"
+    while (r := httpx.get(listing, headers=AUTH).json()["data"][0])["validationStatus"].endswith("PENDING"):
+        time.sleep(0.1)
+    if not r["validationStatus"].endswith("SUCCESS") or r["revisionId"] != revision:
+        raise SystemExit(f"the v2 upload failed: {r}")
+    validated = time.monotonic() - started - sent
+    started = time.monotonic()
+    together("models", "download", created["id"], str(work / "downloaded"), "--project", project, url=url)
+    return {"send_s": sent, "peak_rss": rss.peak, "ingest_s": validated, "download_s": time.monotonic() - started}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=None)
@@ -131,6 +166,7 @@ def main() -> None:
         rows = {
             "multipart": multipart(url, proc.popen.pid, archive),
             "resumable": resumable(url, proc.popen.pid, archive),
+            "v2 (tg)": v2(url, proc.popen.pid, work / "model", work),
         }
     finally:
         proc.stop()
@@ -142,6 +178,8 @@ def main() -> None:
             f"{name}: sent in {r['send_s']:.1f} s ({r['send_s'] / base:.2f}x baseline), job Complete "
             f"{r['ingest_s']:.1f} s later; server peak RSS while receiving {r['peak_rss'] / 2**20:.0f} MiB"
         )
+        if "download_s" in r:
+            print(f"{name}: downloaded in {r['download_s']:.1f} s ({r['download_s'] / base:.2f}x baseline)")
 
 
 if __name__ == "__main__":
