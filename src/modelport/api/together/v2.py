@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -424,10 +424,15 @@ def download(body: Download, request: Request, who: ProjectDep, transfers: Trans
 def get_file(
     revision_id: str, path: str, request: Request, transfers: TransfersDep, expires: int = 0, signature: str = ""
 ) -> Response:
-    """A stored file by a signed URL, whole or one ``Range`` of it (206)."""
+    """A stored file by a signed URL, whole or one ``Range`` of it (206). A blob on this machine's disk is
+    sent by Starlette's ``FileResponse`` (ranges, sendfile-sized reads); others are streamed."""
     row = transfers.file_for_download(revision_id, path, expires, signature)
-    start, end = _range(request.headers.get("range"), row.size)
+    start, end = _range(request.headers.get("range"), row.size)  # a bad range is 400 in either case
+    etag = f'"{row.etag or row.sha256}"'
     blobs = transfers.blobs
+    local = blobs.local_path(row.sha256)
+    if local is not None:
+        return FileResponse(local, media_type="application/octet-stream", headers={"ETag": etag})
 
     def chunks() -> Any:
         with blobs.open(row.sha256) as f:
@@ -437,7 +442,7 @@ def get_file(
                 left -= len(chunk)
                 yield chunk
 
-    headers = {"Content-Length": str(end - start + 1), "ETag": f'"{row.etag or row.sha256}"', "Accept-Ranges": "bytes"}
+    headers = {"Content-Length": str(end - start + 1), "ETag": etag, "Accept-Ranges": "bytes"}
     partial = (start, end) != (0, row.size - 1)
     if partial:
         headers["Content-Range"] = f"bytes {start}-{end}/{row.size}"

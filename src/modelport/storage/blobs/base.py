@@ -36,6 +36,10 @@ class BlobStore(Protocol):
 
     def describe(self) -> str: ...
 
+    def local_path(self, sha256: str) -> Path | None:
+        """The blob's file on this machine, where the store keeps one (local disk), else None."""
+        ...
+
 
 @runtime_checkable
 class DirectTransfer(Protocol):

@@ -34,6 +34,9 @@ class LocalBlobStore:
         _check_hash(sha256)
         return self.root / "sha256" / sha256[:2] / sha256
 
+    def local_path(self, sha256: str) -> Path | None:
+        return self._path(sha256)
+
     def put(self, staged: Path, sha256: str) -> None:
         final = self._path(sha256)
         if final.exists():

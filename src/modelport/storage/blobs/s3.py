@@ -123,6 +123,9 @@ class S3BlobStore:
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
+    def local_path(self, sha256: str) -> Path | None:
+        return None
+
     # --- DirectTransfer: clients move bytes straight to and from the bucket ---------------------------
     def _upload_key(self, name: str) -> str:
         return f"{self.prefix}/multipart/{name}" if self.prefix else f"multipart/{name}"
