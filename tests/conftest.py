@@ -28,6 +28,16 @@ PG_ADMIN_URL = os.environ.get("MODELPORT_TEST_PG_URL", "postgresql+psycopg://pos
 USE_PG = os.environ.get("MODELPORT_TEST_DATABASE", "sqlite") == "postgresql"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One OpenMP thread per process, in this one and in every process the tests start (servers, their
+    checkers and engines inherit it), unless the caller chose a number. The tests' models are tiny: a
+    second thread gains nothing on them, and on a 2-core machine that runs the test process, a server,
+    its checker and an engine at once, OpenMP threads that spin waiting for a core another process holds
+    made forward passes many times slower (``test_batching.py``'s preemption test: 6 s with one thread,
+    71 s with two, under the load of a whole run). Set before any test module imports torch."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_report_header() -> str:
     return f"modelport database under test: {'PostgreSQL at ' + PG_ADMIN_URL if USE_PG else 'SQLite'}"
 

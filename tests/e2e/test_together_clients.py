@@ -49,11 +49,11 @@ def test_cli_1_5_uploads_from_a_presigned_url(live: Live, presign: Any, tiny_lla
     ).stdout
     assert "Model upload job created successfully" in out and "devuser/tiny" in out
     job_id = _job_id(out)
-    status = {"status": ""}
-    for _ in range(300):
-        status = live.sdk("2.42.0", STATUS_SDK.format(job_id=job_id))
-        if status["status"] in ("Complete", "Failed"):
-            break
+    # The SDK reads the job while it runs and once it is done; in between, polling it would start a
+    # Python process importing the SDK every second, taking a core from the job it waits for.
+    assert live.sdk("2.42.0", STATUS_SDK.format(job_id=job_id))["status"] in ("Queued", "Running", "Complete")
+    live.wait_job(job_id, timeout=300)
+    status = live.sdk("2.42.0", STATUS_SDK.format(job_id=job_id))
     assert status["status"] == "Complete", status
     assert live.together("1.5.35", "models", "list").stdout.count("devuser/tiny") == 1
     models = json.loads(live.together("1.5.35", "models", "list", "--json").stdout)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
 import signal
 import threading
@@ -30,14 +29,9 @@ if TYPE_CHECKING:  # the server's modules load only for `serve` and `worker`: cl
 
 
 def _setup_logging(level: str) -> None:
-    from modelport.redact import RedactingFilter
+    from modelport.logs import setup
 
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    setup(level)
 
 
 EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<4} {what}" for code, what in EXIT_CODES.items())

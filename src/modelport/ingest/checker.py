@@ -4,24 +4,28 @@ Why a child: the checks import torch and transformers (hundreds of MB that a lon
 should not carry), parse files an attacker wrote, and load weights into native code. A crash, a
 hang or a memory spike there ends the child, never the worker; the job then fails with a reason.
 
-Each check is a fork of a fork server that has torch and transformers imported already, so it
-starts in milliseconds. The child sends ``{"stage", "message"}`` as it goes, then one
+Each check is a child of the server's fork server (``modelport/forkserver.py``, which the engine
+processes are forked from too), which has torch and transformers imported already, so it starts in
+milliseconds, and with an environment that holds no secret. Over a socket pair, in JSON lines, the
+child reads its request, sends ``{"stage", "message"}`` as it goes, then one
 ``{"result": manifest, "derived": [files]}`` (the manifest's JSON form, ``Manifest.to_json``, and the files
 the check wrote into the staging tree, encoded as the request's files are) or
-``{"error": {"code", "message", "problems"}}`` over a pipe.
+``{"error": {"code", "message", "problems"}}``.
 """
 
 from __future__ import annotations
 
-import functools
-import multiprocessing
+import contextlib
+import json
+import socket
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from modelport import forkserver
 from modelport.errors import IngestError
 from modelport.ingest import admission, validate
 from modelport.ingest.safetensors_header import TensorInfo, read_file_header
@@ -85,63 +89,83 @@ def _decode_file(raw: dict[str, Any]) -> StagedFile:
 
 # ---- parent side ----------------------------------------------------------------------------------------
 
-# The fork server imports these once; every check is a fresh fork of it, isolated but quick to start.
-PRELOAD = [
-    "modelport.ingest.checker",
-    # Each child re-runs the parent's __main__ (the `modelport` script): make its imports free.
-    "modelport.cli.main",
-    "torch",
-    "transformers",
-    "transformers.models.auto.modeling_auto",
-    "transformers.models.auto.configuration_auto",
-    "peft",
-    "safetensors",
-]
-
-
-@functools.cache
-def _context() -> Any:
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    return ctx
-
 
 def warm_up() -> None:
     """Start the fork server now (it imports torch, seconds) rather than during the first job."""
-    child = _context().Process(target=_noop, name="modelport-check-warmup", daemon=True)
-    child.start()
-    child.join()
-
-
-def _noop() -> None:
-    pass
+    forkserver.warm_up()
 
 
 def run_checks(request: CheckRequest, on_stage: Callable[[str, str], None], *, timeout_s: float) -> Checked:
     """Run the checks in a child process; returns what they found or raises the child's ``IngestError``."""
-    receiver, sender = _context().Pipe(duplex=False)
-    child = _context().Process(target=_child, args=(asdict(request), sender), name="modelport-check", daemon=True)
-    child.start()
-    sender.close()
-    deadline = time.monotonic() + timeout_s
-    outcome: dict[str, Any] | None = None
-    try:
-        while outcome is None and receiver.poll(max(0.0, deadline - time.monotonic())):
+    ours, theirs = socket.socketpair()
+    with ours:
+        try:  # ForkFailed, a fork server that cannot start, is the server's failure: not an IngestError
+            child = forkserver.server().fork(
+                f"{__name__}:_child", [], env=forkserver.child_env({}), fds=[theirs.fileno()]
+            )
+        finally:
+            theirs.close()  # the child's now: end-of-file here is the child's end
+        deadline = time.monotonic() + timeout_s
+        outcome: dict[str, Any] | None = None
+        try:
+            messages = _Lines(ours, deadline)
+            messages.send(_encode_request(request))
+            while outcome is None and (message := messages.next()) is not None:
+                if "stage" in message:
+                    on_stage(message["stage"], message["message"])
+                else:
+                    outcome = message
+        finally:
+            timed_out = outcome is None and time.monotonic() >= deadline
+            if outcome is None and child.poll() is None:
+                child.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(10)
+    return _outcome(outcome, child.returncode, timed_out, timeout_s)
+
+
+class _Lines:
+    """JSON lines over a socket, each read within the check's deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock, self.deadline, self.buffer = sock, deadline, b""
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sock.settimeout(max(0.001, self.deadline - time.monotonic()))
+        # A child that died or stalled before it read its request: what it leaves behind says why.
+        with contextlib.suppress(OSError):
+            self.sock.sendall(json.dumps(message).encode() + b"\n")
+
+    def next(self) -> dict[str, Any] | None:
+        """The next message; None when the child has ended without one or the deadline has passed."""
+        while b"\n" not in self.buffer:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
             try:
-                message = receiver.recv()
-            except EOFError:  # the child died without a word
-                break
-            if "stage" in message:
-                on_stage(message["stage"], message["message"])
-            else:
-                outcome = message
-    finally:
-        timed_out = outcome is None and time.monotonic() >= deadline
-        if child.is_alive() and (timed_out or outcome is None):
-            child.kill()
-        child.join(10)
-        receiver.close()
-    return _outcome(outcome, child.exitcode, timed_out, timeout_s)
+                chunk = self.sock.recv(65536)
+            except (TimeoutError, OSError):
+                return None
+            if not chunk:  # the child died without a word
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+
+def _encode_request(request: CheckRequest) -> dict[str, Any]:
+    raw = asdict(request)
+    if request.base is not None:
+        raw["base"]["manifest"] = request.base.manifest.to_json()
+    return raw
+
+
+def _decode_request(raw: dict[str, Any]) -> CheckRequest:
+    base = raw.get("base")
+    spec = BaseSpec(**{**base, "manifest": Manifest.from_json(base["manifest"])}) if base else None
+    return CheckRequest(**{**raw, "base": spec})
 
 
 def _outcome(outcome: dict[str, Any] | None, exitcode: int | None, timed_out: bool, timeout_s: float) -> Checked:
@@ -168,18 +192,25 @@ def _error(code: str, message: str, problems: list[str] | None = None) -> Ingest
 # ---- child side -----------------------------------------------------------------------------------------
 
 
-def _child(raw: dict[str, Any], conn: Connection) -> None:
-    """Entry point of the forked checker: report stages, then the manifest or the error."""
-    base = BaseSpec(**raw["base"]) if raw.get("base") else None
-    request = CheckRequest(**{**raw, "base": base})
-    try:
-        checked = check(request, lambda stage, message: conn.send({"stage": stage, "message": message}))
-    except IngestError as e:
-        conn.send({"error": {"code": e.code, "message": e.message, "problems": e.problems}})
-    else:
-        conn.send({"result": checked.manifest.to_json(), "derived": [_encode_file(f) for f in checked.derived]})
-    finally:
-        conn.close()
+def _child(fd: int) -> None:
+    """Entry point of the forked checker (the fork server runs it): read the request, report stages,
+    then the manifest or the error."""
+    with socket.socket(fileno=fd) as conn:
+        lines = _Lines(conn, time.monotonic() + 60.0)  # the request is sent at once
+
+        def send(message: dict[str, Any]) -> None:
+            conn.settimeout(None)
+            conn.sendall(json.dumps(message).encode() + b"\n")
+
+        raw = lines.next()
+        if raw is None:
+            return
+        try:
+            checked = check(_decode_request(raw), lambda stage, message: send({"stage": stage, "message": message}))
+        except IngestError as e:
+            send({"error": {"code": e.code, "message": e.message, "problems": e.problems}})
+        else:
+            send({"result": checked.manifest.to_json(), "derived": [_encode_file(f) for f in checked.derived]})
 
 
 def check(request: CheckRequest, on_stage: Callable[[str, str], None]) -> Checked:

@@ -4,7 +4,8 @@ The API server never runs a model itself. It starts engine processes and speaks 
 engine protocol (``ipc.py``): the serverless pool's workers (``pool.py``), which load whatever model or
 adapter they are sent, and each dedicated endpoint's replicas (``endpoints/supervisor.py``), which load
 their one model before they answer at all. Both are this module, told apart by their spec only, so the
-router treats "a serverless worker" and "a replica of endpoint X" alike.
+router treats "a serverless worker" and "a replica of endpoint X" alike. ``spawn`` starts one as a new
+program (``modelport engine``), importing torch; ``fork_engine`` forks one from the fork server, which has.
 
 A crash here (out of memory, a fault in native code, SIGKILL) ends this process only: the parent sees
 the exit, fails what was in flight with ``engine_restarted`` and starts another. The process exits
@@ -25,8 +26,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from modelport import forkserver
 from modelport.serving.engine import Artifact, Pooling, Preloading
 from modelport.serving.wire import artifact_from_json, artifact_to_json, pooling_from_json, pooling_to_json
 from modelport.settings import Settings
@@ -52,18 +54,10 @@ ENGINE_FIELDS = (
 )
 
 
-# What an engine process inherits of the server's environment: how to run Python and the native
-# libraries, and their tuning. Not MODELPORT_* (its settings come in the spec), and no credentials
-# (AWS_*, HF_TOKEN, the database URL): a model that runs code it should not finds nothing to steal.
-_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "PYTHONPATH"})
-_ENV_PREFIXES = ("CUDA_", "NVIDIA_", "OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "TORCH_", "PYTORCH_", "LD_")
-
-
 def engine_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """The environment of an engine process: the allowed part of ours, ``extra`` on top."""
-    kept = {k: v for k, v in os.environ.items() if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES)}
-    # Nothing there may reach a hub: models are local folders.
-    return {**kept, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **extra}
+    """The environment of an engine process: the allowed part of ours (``forkserver.child_env``: not
+    MODELPORT_*, its settings come in the spec, and no credentials), ``extra`` on top."""
+    return forkserver.child_env(extra)
 
 
 def engine_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -104,12 +98,33 @@ class EngineSpec:
         )
 
 
-def spawn(spec: EngineSpec, spec_path: Path, socket_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """Write the spec and start the process; its output goes to ``log_path``. It answers on
-    ``socket_path`` once it is ready (``ipc.probe``)."""
+class EngineProcess(Protocol):
+    """An engine process as its starter watches it: ``subprocess.Popen`` (``spawn``) or a child of the
+    fork server (``fork_engine``). ``returncode`` is negative for a signal, as Popen's."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+def prepare(spec: EngineSpec, spec_path: Path, socket_path: Path) -> None:
+    """Write the spec where the process reads it, and clear the way for its socket."""
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec.to_json()))
     socket_path.unlink(missing_ok=True)  # a stale socket must not pass for a ready process
+
+
+def spawn(spec: EngineSpec, spec_path: Path, socket_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Write the spec and start the process as a program, importing everything from scratch (seconds
+    for torch; ``fork_engine`` does not); its output goes to ``log_path``. It answers on ``socket_path``
+    once it is ready (``ipc.probe``)."""
+    prepare(spec, spec_path, socket_path)
     command = [sys.executable, "-m", "modelport.cli.main", "engine", "--spec", str(spec_path)]
     with open(log_path, "ab") as out:
         return subprocess.Popen(
@@ -120,7 +135,19 @@ def spawn(spec: EngineSpec, spec_path: Path, socket_path: Path, log_path: Path) 
         )
 
 
-def terminate(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+def fork_engine(
+    spec: EngineSpec, spec_path: Path, socket_path: Path, log_path: Path, *, timeout: float
+) -> forkserver.Forked:
+    """``spawn``, forked from the server's fork server (``modelport/forkserver.py``), which has torch
+    and the engines imported: the same process in milliseconds, once the fork server is up (``timeout``
+    bounds that wait)."""
+    prepare(spec, spec_path, socket_path)
+    target = f"{__name__}:run_forked"
+    args = [str(spec_path), str(socket_path)]
+    return forkserver.server().fork(target, args, env=engine_env(spec.env), log=log_path, timeout=timeout)
+
+
+def terminate(proc: EngineProcess, grace_s: float = 10.0) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -150,18 +177,33 @@ def log_tail(path: Path, chars: int = 400) -> str:
 
 
 def run(spec_path: Path | None, socket_path: Path) -> None:
-    """The engine process's main: build the engine, load the replica's model, then serve until killed.
+    """The engine process's main (``modelport engine``): build the engine, load the replica's model, then
+    serve until killed.
 
     Without a spec, the process was started by hand (``MODELPORT_ENGINE_SOCKETS``): its engine settings
     come from the environment, and it outlives whoever started it."""
-    from modelport.serving.engines import ENGINES
-    from modelport.serving.ipc import EngineServer
-
     if spec_path is None:
         spec = EngineSpec(0, engine_settings(Settings()))
     else:
         spec = EngineSpec.from_json(json.loads(spec_path.read_text()))
         watch_parent(spec.parent_pid)
+    serve(spec, socket_path)
+
+
+def run_forked(spec_path: str, socket_path: str) -> None:
+    """The main of an engine process forked by the fork server (``fork_engine``). Its parent is the fork
+    server, not the API server the spec names; the fork server exits when the API server does."""
+    from modelport.logs import setup
+
+    setup("warning")  # ``modelport engine``'s default
+    watch_parent(os.getppid())
+    serve(EngineSpec.from_json(json.loads(Path(spec_path).read_text())), Path(socket_path))
+
+
+def serve(spec: EngineSpec, socket_path: Path) -> None:
+    from modelport.serving.engines import ENGINES
+    from modelport.serving.ipc import EngineServer
+
     settings = Settings(**spec.settings)
     os.nice(settings.engine_nice)  # before any thread: torch's threads inherit it
     engine = ENGINES[settings.engine](settings)

@@ -10,8 +10,10 @@ SGLang's cache-aware router choose theirs:
    the fewest models), which loads it.
 
 The pool remembers what it sent where; a worker's own memory budget may evict a model, which then
-just loads again. The workers start with the server when it has models, else with the first request
-that needs one (a new install that only ingests never starts them), and are watched by a thread: one that exits is
+just loads again. The workers are forked from the server's fork server (``modelport/forkserver.py``),
+which has torch and transformers imported: a start or a restart takes milliseconds, not the seconds of
+those imports. They start with the server when it has models, else with the first request that needs
+one (a new install that only ingests never starts them), and are watched by a thread: one that exits is
 started again at once, its in-flight requests having already failed with ``engine_restarted`` (their
 connections ended with it); one that keeps failing to start fails requests with its log's last lines
 instead of making them wait. With ``MODELPORT_ENGINE_SOCKETS`` the pool starts none: it routes to the
@@ -25,7 +27,6 @@ import asyncio
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -35,8 +36,17 @@ from pathlib import Path
 from typing import Any
 
 from modelport.errors import EngineFailed, EngineOverloaded
+from modelport.forkserver import ForkFailed
 from modelport.serving.engine import Artifact, GenerationRequest, Pooling, TokenStep
-from modelport.serving.host import EngineSpec, engine_settings, exit_reason, log_tail, spawn, terminate
+from modelport.serving.host import (
+    EngineProcess,
+    EngineSpec,
+    engine_settings,
+    exit_reason,
+    fork_engine,
+    log_tail,
+    terminate,
+)
 from modelport.serving.ipc import EngineClient, probe
 from modelport.settings import Settings
 
@@ -55,7 +65,7 @@ class _Worker:
     index: int
     client: EngineClient  # one per socket for the worker's life: in-flight counts survive a restart
     log_path: Path | None  # None: started by someone else (MODELPORT_ENGINE_SOCKETS), not ours to start
-    proc: subprocess.Popen[bytes] | None = None
+    proc: EngineProcess | None = None
     ready: bool = False  # answers, and may be sent requests
     launched: float = 0.0
     next_launch: float = 0.0  # a worker in a crash loop waits before its next start
@@ -215,12 +225,23 @@ class EnginePool:
     def _launch(self, w: _Worker) -> None:
         assert self._sockets is not None and w.log_path is not None
         spec = EngineSpec(os.getpid(), engine_settings(self.settings), env=self._env())
+        try:
+            # Not under the lock: the first fork waits seconds while the fork server imports torch.
+            timeout = self.settings.replica_start_timeout_s
+            proc = fork_engine(spec, self._sockets / f"w{w.index}.json", w.socket, w.log_path, timeout=timeout)
+        except ForkFailed as e:
+            log.warning("engine worker %d: %s", w.index, e)
+            self._start_failed(w, f"{e} (the server's log above says why)")
+            return
         with self._lock:  # stop() takes the workers under this lock: nothing starts after it
-            if self._stopping.is_set():
-                return
-            w.proc = spawn(spec, self._sockets / f"w{w.index}.json", w.socket, w.log_path)
+            stopped = self._stopping.is_set()
+            if not stopped:
+                w.proc = proc
+        if stopped:
+            terminate(proc)
+            return
         w.launched = time.monotonic()
-        log.info("engine worker %d: started (pid %d)", w.index, w.proc.pid)
+        log.info("engine worker %d: started (pid %d)", w.index, proc.pid)
 
     def _env(self) -> dict[str, str]:
         """On CPU, an equal share of the cores per worker: N torch processes each using every core would
@@ -236,13 +257,18 @@ class EnginePool:
             w.forget()
             w.proc = None
         w.restarts += 1
-        w.failed_starts = 0 if was_ready else w.failed_starts + 1
         log.warning("engine worker %d %s; starting it again", w.index, exit_reason(code))
+        if was_ready:
+            w.failed_starts = 0
+        else:
+            self._start_failed(w, "its last output: " + (log_tail(w.log_path) if w.log_path is not None else ""))
+
+    def _start_failed(self, w: _Worker, why: str) -> None:
+        w.failed_starts += 1
         if w.failed_starts >= FAILED_STARTS:
             # Its log may name other tenants' models: it goes to the server's log, not to a client.
             self._broken = True
-            tail = log_tail(w.log_path) if w.log_path is not None else ""
-            log.error("engine worker %d fails to start; its last output: %s", w.index, tail)
+            log.error("engine worker %d fails to start; %s", w.index, why)
             w.next_launch = time.monotonic() + min(30.0, float(w.failed_starts))  # a crash loop must not spin
 
     def _check_ready(self, w: _Worker, now: float) -> None:
