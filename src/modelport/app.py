@@ -28,6 +28,10 @@ from modelport.api.together.router import identity_router
 from modelport.api.together.router import router as together_router
 from modelport.api.together.v2 import router as together_v2_router
 from modelport.api.together.v2 import transfer_router
+from modelport.api.together.v2_adapters import router as together_adapters_router
+from modelport.api.together.v2_endpoints import router as together_v2_endpoints_router
+from modelport.api.together.v2_experiments import router as together_experiments_router
+from modelport.api.together.v2_rollouts import router as together_rollouts_router
 from modelport.api.together.v2_supported import router as together_supported_router
 from modelport.services import Services, build_services
 from modelport.settings import Settings
@@ -68,7 +72,11 @@ def create_app(
     app.include_router(identity_router)
     app.include_router(metrics_router)
     app.include_router(together_router, prefix="/v1")
-    app.include_router(together_v2_router, prefix="/v2")
+    app.include_router(together_v2_endpoints_router, prefix="/v2")
+    app.include_router(together_experiments_router, prefix="/v2")
+    app.include_router(together_adapters_router, prefix="/v2")
+    app.include_router(together_rollouts_router, prefix="/v2")
+    app.include_router(together_v2_router, prefix="/v2")  # last: its {model_id:path} routes match widely
     app.include_router(together_supported_router, prefix="/v2")
     app.include_router(transfer_router)
     app.include_router(openai_router, prefix="/v1")

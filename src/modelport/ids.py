@@ -35,14 +35,42 @@ def new_id(prefix: str) -> str:
 WIRE_MODEL_PREFIX = "ml_"
 
 
+def _to_wire(wire_prefix: str, our_prefix: str, our_id: str) -> str:
+    return wire_prefix + uuid.UUID(our_id.removeprefix(our_prefix)).hex
+
+
+def _of_wire(wire_prefix: str, our_prefix: str, wire_id: str) -> str:
+    """Our id for a wire id; one that is not of that form gives "" (which names nothing)."""
+    try:
+        return f"{our_prefix}{uuid.UUID(hex=wire_id.removeprefix(wire_prefix))}"
+    except ValueError:
+        return ""
+
+
 def wire_model_id(model_id: str) -> str:
     """``model-0192…-…`` -> ``ml_0192…`` (the UUID's 32 hex digits)."""
-    return WIRE_MODEL_PREFIX + uuid.UUID(model_id.removeprefix("model-")).hex
+    return _to_wire(WIRE_MODEL_PREFIX, "model-", model_id)
 
 
 def model_id_of_wire(wire_id: str) -> str:
-    """The inverse of ``wire_model_id``; an id that is not one gives "" (which names no model)."""
-    try:
-        return f"model-{uuid.UUID(hex=wire_id.removeprefix(WIRE_MODEL_PREFIX))}"
-    except ValueError:
-        return ""
+    """The inverse of ``wire_model_id``."""
+    return _of_wire(WIRE_MODEL_PREFIX, "model-", wire_id)
+
+
+# A deployment is an endpoints row (``endpoint-<uuid>``); Together's v2 wire names it ``dep_<hex>``.
+WIRE_DEPLOYMENT_PREFIX = "dep_"
+
+
+def wire_deployment_id(endpoint_id: str) -> str:
+    return _to_wire(WIRE_DEPLOYMENT_PREFIX, "endpoint-", endpoint_id)
+
+
+def deployment_id_of_wire(wire_id: str) -> str:
+    """``dep_…`` -> ``endpoint-…``."""
+    return _of_wire(WIRE_DEPLOYMENT_PREFIX, "endpoint-", wire_id)
+
+
+def new_wire_id(prefix: str) -> str:
+    """Ids that exist only on the v2 wire (``ep_``, ``rol_``, ``abx_``, ``exp_``, ``dad_``, ``evt_``):
+    the prefix and a UUIDv7's hex, sortable by creation."""
+    return f"{prefix}_{_uuid7().hex}"

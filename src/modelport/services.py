@@ -23,9 +23,16 @@ from modelport.accounts.sessions import SessionSigner
 from modelport.catalog.service import Catalog
 from modelport.catalog.transfers import Transfers
 from modelport.endpoints import hardware
+from modelport.endpoints.adapters import DeploymentAdapters
+from modelport.endpoints.events import Events
+from modelport.endpoints.experiments import Experiments
+from modelport.endpoints.rollout_driver import RolloutController
+from modelport.endpoints.rollouts import Rollouts
+from modelport.endpoints.routes import Routes
 from modelport.endpoints.routing import EndpointRouting
 from modelport.endpoints.service import EndpointService
 from modelport.endpoints.supervisor import Supervisor
+from modelport.endpoints.traffic import TrafficStats
 from modelport.ingest import checker
 from modelport.ingest.cleanup import collect_garbage
 from modelport.ingest.multipart import PartStore
@@ -56,6 +63,13 @@ class Serving:
     inference: InferenceService
     endpoints: EndpointService
     supervisor: Supervisor
+    routes: Routes
+    events: Events
+    routing: EndpointRouting
+    experiments: Experiments  # A/B and shadow experiments on a route (Together v2)
+    adapters: DeploymentAdapters  # LoRA adapters attached to a deployment (Together v2)
+    rollouts: Rollouts  # moving a route's traffic between deployments in steps (Together v2)
+    rollout_controller: RolloutController  # the thread that advances rollouts; runs with the supervisor
 
 
 @dataclass
@@ -122,9 +136,11 @@ class Services:
         self.pool.start()
         if self.serving and self.supervise:
             self.serving.supervisor.start()
+            self.serving.rollout_controller.start()
 
     def stop(self) -> None:
         if self.serving and self.supervise:
+            self.serving.rollout_controller.stop()  # first: it moves traffic and scales deployments
             self.serving.supervisor.stop()
         self.pool.stop()
         if self.serving:
@@ -192,15 +208,19 @@ def _serving(
     usage: UsageLedger,
 ) -> Serving:
     inventory = hardware.detect(settings.endpoint_memory_bytes)
-    supervisor = Supervisor(settings, db, catalog, artifacts, inventory)
+    events, stats = Events(db), TrafficStats()
+    supervisor = Supervisor(settings, db, catalog, artifacts, inventory, events)
     endpoints = EndpointService(settings, db, catalog, blobs, inventory, on_change=supervisor.wake)
+    supervisor.rescale = endpoints.rescale
+    routes = Routes(db, endpoints, events, on_change=supervisor.wake)
+    routing = EndpointRouting(settings, db, endpoints, routes, supervisor, catalog, artifacts, events, stats)
     engine = EnginePool(settings)
     inference = InferenceService(
         catalog,
         artifacts,
         engine,
         limiter=RateLimiter(settings.quota_requests_per_minute),
-        routing=EndpointRouting(endpoints, supervisor),
+        routing=routing,
         observer=Observers(metrics.inference, usage),
     )
     # Scrapes ask each serverless engine process for its load, and read the endpoints' replicas.
@@ -208,4 +228,21 @@ def _serving(
         [lambda: [WorkerLoad.from_stats(label, stats) for label, stats in engine.worker_stats()]],
         supervisor.replica_loads,
     )
-    return Serving(engine, inference, endpoints, supervisor)
+    experiments = Experiments(db, routes, events)
+    routes.forgetters.append(experiments.forget_deployment)
+    adapters = DeploymentAdapters(settings, db, catalog, supervisor, events)
+    rollouts = Rollouts(db, routes, events, stats, supervisor)
+    routes.forgetters.append(rollouts.forget_deployment)
+    return Serving(
+        engine,
+        inference,
+        endpoints,
+        supervisor,
+        routes,
+        events,
+        routing,
+        experiments=experiments,
+        adapters=adapters,
+        rollouts=rollouts,
+        rollout_controller=RolloutController(rollouts.driver, settings.rollout_interval_s),
+    )

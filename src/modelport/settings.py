@@ -348,6 +348,14 @@ class Settings(BaseSettings):
         ge=0,
         description="RAM that CPU endpoint replicas may reserve together; 0 means half the host's RAM.",
     )
+    endpoint_adapter_slots: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="LoRA adapters one deployment may have attached (Together v2's POST …/deployments/{d}/adapters); "
+        "when all are taken an attach is refused with 409, unless it passes force, which detaches the least "
+        "recently used. Its replicas load attached adapters on demand, MODELPORT_MAX_LORAS at a time.",
+    )
     hardware_prices: dict[str, float] = Field(
         default_factory=dict,
         description='Cents per minute by hardware id, shown by GET /v1/hardware (JSON: {"2x_cpu_8gb": 1.5}); '
@@ -358,6 +366,14 @@ class Settings(BaseSettings):
     )
     replica_start_timeout_s: float = Field(
         default=600.0, gt=0, description="A replica that has not loaded its model after this long counts as crashed."
+    )
+    rollout_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the rollout controller checks each active rollout's step and gates."
+    )
+    fault_delays: dict[str, float] = Field(
+        default_factory=dict,
+        description="Fault injection, for testing rollout gates: a JSON object of deployment names and the seconds "
+        'of latency the router adds before each request reaches them, e.g. {"canary": 0.5}.',
     )
 
     @model_validator(mode="after")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,17 @@ class Served:
         run_all_jobs(self.client.app.state.services)  # type: ignore[attr-defined]
         job = self.client.get(f"/v1/jobs/{resp.json()['data']['job_id']}", headers=self.headers).json()
         assert job["status"] == "Complete", job
+
+
+@contextmanager
+def idle_app(tmp: Path, hub: FakeHub, **overrides: Any) -> Iterator[Served]:
+    """An app whose ingest workers and endpoint supervisor do not run (the test drives them), with a key
+    for ``acme``. ``overrides``: settings."""
+    with database(tmp) as url:
+        app = create_app(make_settings(tmp, url, hub.url, **overrides), run_workers=False, supervise=False)
+        with TestClient(app) as client:
+            key = app.state.services.accounts.create_key("acme")
+            yield Served(client, {"Authorization": f"Bearer {key}"}, key)
 
 
 def minilm_files() -> dict[str, bytes]:

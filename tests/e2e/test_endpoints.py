@@ -32,7 +32,13 @@ def replicas_of(live: Live, endpoint_id: str) -> list[psutil.Process]:
     for p in psutil.process_iter(["cmdline"]):
         cmdline = p.info["cmdline"] or []
         if "engine" in cmdline and any(endpoint_id in part for part in cmdline):
-            found.append(p)
+            found.append(p)  # started as a program (``modelport engine --spec …``)
+            continue
+        try:  # forked from the fork server, whose command line it shows: known by its log file
+            if any(f"/endpoints/{endpoint_id}/replica-" in f.path for f in p.open_files()):
+                found.append(p)
+        except psutil.Error:
+            pass
     return found
 
 

@@ -13,6 +13,11 @@ from modelport.accounts.service import AccountService, Principal
 from modelport.api.session import SESSION_COOKIE, cookie_session
 from modelport.catalog.service import Catalog
 from modelport.catalog.transfers import Transfers
+from modelport.endpoints.adapters import DeploymentAdapters
+from modelport.endpoints.events import Events
+from modelport.endpoints.experiments import Experiments
+from modelport.endpoints.routes import Routes
+from modelport.endpoints.routing import EndpointRouting
 from modelport.endpoints.service import EndpointService
 from modelport.endpoints.supervisor import Supervisor
 from modelport.errors import AuthenticationError
@@ -67,6 +72,26 @@ def get_endpoints(request: Request) -> EndpointService:
 
 def get_supervisor(request: Request) -> Supervisor:
     return get_services(request).live.supervisor
+
+
+def get_routes(request: Request) -> Routes:
+    return get_services(request).live.routes
+
+
+def get_events(request: Request) -> Events:
+    return get_services(request).live.events
+
+
+def get_routing(request: Request) -> EndpointRouting:
+    return get_services(request).live.routing
+
+
+def get_experiments(request: Request) -> Experiments:
+    return get_services(request).live.experiments
+
+
+def get_adapters(request: Request) -> DeploymentAdapters:
+    return get_services(request).live.adapters
 
 
 def get_catalog(request: Request) -> Catalog:

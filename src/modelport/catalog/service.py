@@ -30,6 +30,7 @@ from modelport.settings import Settings
 from modelport.storage.db.engine import Database
 from modelport.storage.db.tables import (
     Account,
+    DeploymentAdapter,
     Endpoint,
     Job,
     JobSecret,
@@ -274,6 +275,8 @@ class Catalog:
             if row.status == RevisionStatus.PENDING:
                 raise Conflict(f"revision {row.number} of {model.name} is still being made ({row.job_id})")
             pinned = list(s.scalars(select(Endpoint.name).where(Endpoint.revision_id == row.id)))
+            attached = select(Endpoint.name).join(DeploymentAdapter, DeploymentAdapter.deployment_id == Endpoint.id)
+            pinned += list(s.scalars(attached.where(DeploymentAdapter.revision_id == row.id)))
             if pinned:
                 raise Conflict(
                     f"revision {row.number} of {model.name} is pinned by endpoint {', '.join(pinned)}; "
@@ -434,6 +437,8 @@ class Catalog:
                     param="model",
                 )
             endpoints = list(s.scalars(select(Endpoint.name).where(Endpoint.model_id == model.id)))
+            attached = select(Endpoint.name).join(DeploymentAdapter, DeploymentAdapter.deployment_id == Endpoint.id)
+            endpoints += list(s.scalars(attached.where(DeploymentAdapter.adapter_model_id == model.id)))
             if endpoints:
                 raise Conflict(
                     f"{model.name} is deployed on {', '.join(endpoints)}; delete those endpoints first", param="model"

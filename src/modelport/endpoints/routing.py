@@ -1,26 +1,194 @@
-"""Which engine answers a request: a started endpoint's replicas, or the server's own engine."""
+"""Which engine answers a request: a deployment of the endpoint it names, or the server's own engine.
+
+A request naming an endpoint (a route) goes to one of its live deployments, picked at random by the
+traffic split (with A/B experiments applied, ``traffic.shares``), preferring deployments that can answer
+right now; active shadow experiments copy it to their targets. A request naming a model or adapter goes
+to a started deployment of that revision (for an adapter: one it is attached to first), or to the
+shared engine. Every routed request is timed against its deployment (``traffic.MeteredEngine``).
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import select
+
 from modelport.accounts.service import Principal
+from modelport.catalog.service import Catalog
+from modelport.endpoints.events import Events, Level
+from modelport.endpoints.routes import LIVE, Routes
 from modelport.endpoints.service import EndpointService
+from modelport.endpoints.states import RUNNING_STATES
 from modelport.endpoints.supervisor import Supervisor
-from modelport.serving.engine import Engine
-from modelport.storage.db.tables import Endpoint
+from modelport.endpoints.traffic import MeteredEngine, Mirror, TrafficStats, pick, sampled, shares
+from modelport.errors import EndpointNotRunning, ModelportError
+from modelport.ids import wire_deployment_id
+from modelport.manifest import context_length_of
+from modelport.serving.artifacts import ArtifactCache
+from modelport.serving.engine import Artifact
+from modelport.serving.service import Routed
+from modelport.settings import Settings
+from modelport.storage.db.engine import Database
+from modelport.storage.db.tables import DeploymentAdapter, Endpoint, Experiment, Route, utcnow
+
+log = logging.getLogger(__name__)
+
+SHADOW_ACTIVE = "SHADOW_EXPERIMENT_STATE_ACTIVE"
+COMPARE_EVERY = 20  # mirrored requests between two shadow.compared events
+COMPARE_WINDOW_S = 300.0
 
 
 class EndpointRouting:
-    def __init__(self, endpoints: EndpointService, supervisor: Supervisor) -> None:
-        self.endpoints, self.supervisor = endpoints, supervisor
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        endpoints: EndpointService,
+        routes: Routes,
+        supervisor: Supervisor,
+        catalog: Catalog,
+        artifacts: ArtifactCache,
+        events: Events,
+        stats: TrafficStats,
+    ) -> None:
+        self.settings, self.db, self.endpoints, self.routes, self.supervisor = (
+            settings,
+            db,
+            endpoints,
+            routes,
+            supervisor,
+        )
+        self.catalog, self.artifacts, self.events, self.stats = catalog, artifacts, events, stats
+        self._mirrored: dict[tuple[str, str], int] = {}  # (experiment, target) -> copies sent
+        self._lock = threading.Lock()
 
-    def by_name(self, who: Principal, name: str) -> tuple[Endpoint, Engine] | None:
-        """``name`` is one of the caller's endpoints: its least-loaded replica (or a clear error)."""
-        endpoint = self.endpoints.find_for_request(who, name)
+    def mirrored(self, experiment_id: str, deployment_id: str) -> int:
+        with self._lock:
+            return self._mirrored.get((experiment_id, deployment_id), 0)
+
+    # --- by the endpoint's name ---------------------------------------------------------------------
+    def by_name(self, who: Principal, name: str) -> Routed | None:
+        route = self.routes.find(who, name)
+        if route is None:
+            # A deployment's own full name (``acme/ep/blue``) or id reaches it directly, bypassing the split.
+            endpoint = self.endpoints.find_for_request(who, name)
+            return self._routed(endpoint, endpoint.name) if endpoint is not None else None
+        deployments = {d.id: d for d in self.routes.deployments(route.id)}
+        experiments = self._experiments(route.id)
+        live = {d.id for d in deployments.values() if d.traffic_mode == LIVE}
+        weights = shares(route.traffic, live, experiments)
+        if not weights:
+            raise EndpointNotRunning(
+                f"endpoint {route.name} sends no traffic to any deployment; deploy one or set its traffic split",
+                param="model",
+            )
+        answering = {d: w for d, w in weights.items() if self._answers(deployments[d])}
+        chosen = deployments[pick(answering) or pick(weights) or next(iter(weights))]
+        return self._routed(chosen, route.name, self._mirrors(route, experiments, deployments, chosen))
+
+    def _answers(self, deployment: Endpoint) -> bool:
+        return deployment.state in RUNNING_STATES and self.supervisor.ready_replicas(deployment.id) > 0
+
+    def _routed(self, deployment: Endpoint, name: str, mirrors: list[Mirror] | None = None) -> Routed:
+        engine = self.supervisor.engine_for(deployment)  # a clear error when it cannot answer
+        delay = float(self.settings.fault_delays.get(deployment.label, 0.0))
+        metered = MeteredEngine(engine, deployment.id, self.stats, delay=delay, mirrors=mirrors or [])
+        return Routed(deployment.model_id, deployment.revision_id, name, metered, wire_deployment_id(deployment.id))
+
+    def _experiments(self, route_id: str) -> list[Experiment]:
+        with self.db.read() as s:
+            return list(s.scalars(select(Experiment).where(Experiment.route_id == route_id)))
+
+    # --- shadow copies ------------------------------------------------------------------------------
+    def _mirrors(
+        self, route: Route, experiments: list[Experiment], deployments: dict[str, Endpoint], chosen: Endpoint
+    ) -> list[Mirror]:
+        mirrors = []
+        for x in experiments:
+            if x.kind != "shadow" or x.state != SHADOW_ACTIVE or not x.targets:
+                continue
+            if not sampled(x.source.get("endpoint", {}).get("sampling", {}), None):
+                continue
+            for target in x.targets:
+                deployment = deployments.get(target["target_deployment_id"])
+                if deployment is None or deployment.id == chosen.id or not self._answers(deployment):
+                    continue
+                mirrors.append(self._mirror(route, x, deployment, chosen))
+        return mirrors
+
+    def _mirror(self, route: Route, x: Experiment, target: Endpoint, source: Endpoint) -> Mirror:
+        model = self.catalog.model_at(target.model_id, target.revision_id)
+        assert model is not None
+
+        def artifact() -> Artifact:
+            return self.artifacts.get(model, self.catalog.files(model))
+
+        def done(experiment_id: str, deployment_id: str, seconds: float, ok: bool) -> None:
+            self.stats.record(deployment_id, seconds, ok)
+            with self._lock:
+                count = self._mirrored.get((experiment_id, deployment_id), 0) + 1
+                self._mirrored[(experiment_id, deployment_id)] = count
+            if count == 1 or count % COMPARE_EVERY == 0:
+                self._compare(route.id, x.name, target, source, count)
+
+        context = context_length_of(model.manifest, self.settings.max_model_len)
+        return Mirror(x.id, target.id, self.supervisor.engine_for(target), artifact, context, done)
+
+    def _compare(self, route_id: str, experiment: str, target: Endpoint, source: Endpoint, count: int) -> None:
+        """An event that sets the shadow's latency and errors beside its source's, over the last minutes."""
+        mine, theirs = self.stats.summary(target.id, COMPARE_WINDOW_S), self.stats.summary(source.id, COMPARE_WINDOW_S)
+        level = Level.WARN if mine.error_rate > theirs.error_rate else Level.INFO
+        self.events.record(
+            route_id,
+            "shadow.compared",
+            f"shadow experiment {experiment}: {count} copies sent to {target.label}; "
+            f"{target.label} p50 {_ms(mine.p50)} p95 {_ms(mine.p95)} errors {mine.errors}/{mine.requests}, "
+            f"{source.label} p50 {_ms(theirs.p50)} p95 {_ms(theirs.p95)} errors {theirs.errors}/{theirs.requests}",
+            level=level,
+            deployment_id=target.id,
+        )
+
+    # --- by model or adapter ------------------------------------------------------------------------
+    def for_model(self, model_id: str, revision_id: str | None, adapter_id: str | None) -> Routed | None:
+        """A started deployment serving this revision (for an adapter: one it is attached to, first)."""
+        if adapter_id is not None:
+            attached = self._attached(adapter_id, model_id, revision_id)
+            if attached is not None:
+                return attached
+        endpoint = self.endpoints.started_for_model(model_id, revision_id)
         if endpoint is None:
             return None
-        return endpoint, self.supervisor.engine_for(endpoint)
+        try:
+            return self._routed(endpoint, endpoint.name)
+        except ModelportError:
+            return None  # restarting: the shared engine answers meanwhile
 
-    def for_model(self, model_id: str, revision_id: str | None) -> Engine | None:
-        """A model (or an adapter's base) with a started endpoint serving that revision runs there."""
-        endpoint = self.endpoints.started_for_model(model_id, revision_id)
-        return self.supervisor.engine_for(endpoint) if endpoint is not None else None
+    def _attached(self, adapter_id: str, model_id: str, revision_id: str | None) -> Routed | None:
+        """A started deployment of this base revision with the adapter attached: it runs the attachment's
+        revision of the adapter (which shares that base revision, checked when it was attached)."""
+        with self.db.session() as s:
+            rows: list[Any] = list(
+                s.execute(
+                    select(DeploymentAdapter, Endpoint)
+                    .join(Endpoint, Endpoint.id == DeploymentAdapter.deployment_id)
+                    .where(
+                        DeploymentAdapter.adapter_model_id == adapter_id,
+                        Endpoint.model_id == model_id,
+                        Endpoint.revision_id == revision_id,
+                    )
+                ).all()
+            )
+            for attachment, deployment in rows:
+                if self._answers(deployment):
+                    attachment.last_used_at = utcnow()  # the adapter slots evict the least recently used
+                    return replace(
+                        self._routed(deployment, deployment.name), adapter_revision_id=attachment.revision_id
+                    )
+        return None
+
+
+def _ms(seconds: float | None) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds is not None else "n/a"

@@ -31,12 +31,12 @@ from modelport.endpoints.hardware import (
 )
 from modelport.endpoints.states import RUNNING_STATES, EndpointState, initialize, move, on_request
 from modelport.errors import HardwareUnavailable, InvalidRequest, NotFound, QuotaExceeded
-from modelport.ids import new_id
+from modelport.ids import new_id, new_wire_id
 from modelport.manifest import Manifest, ModelKind, context_length_of
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore
 from modelport.storage.db.engine import Database
-from modelport.storage.db.tables import Endpoint, Model, utcnow
+from modelport.storage.db.tables import Endpoint, Model, Route, utcnow
 
 _DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1}
 
@@ -52,6 +52,12 @@ class EndpointSpec:
     disable_prompt_cache: bool = False
     state: str = EndpointState.STARTED
     inactive_timeout: int | None = None
+    # A v2 deployment names its route (endpoint) and its name there; a v1 endpoint gets a route of its own.
+    route_id: str | None = None
+    label: str | None = None
+    traffic_mode: str = "TRAFFIC_MODE_LIVE"
+    max_concurrent: int | None = None
+    autoscaling: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,8 @@ class EndpointService:
         )
 
     # --- CRUD -----------------------------------------------------------------------------------
-    def create(self, who: Principal, spec: EndpointSpec) -> Endpoint:
+    def validate(self, who: Principal, spec: EndpointSpec) -> tuple[Model, HardwareConfig]:
+        """Every check ``create`` makes before it writes: the model, the hardware, the replica counts."""
         model = self.catalog.get_model(who, spec.model)
         if model.kind == ModelKind.ADAPTER:
             raise InvalidRequest(
@@ -193,12 +200,18 @@ class EndpointService:
                 param="hardware",
             )
         _check_replicas(spec.min_replicas, spec.max_replicas)
+        return model, config
+
+    def create(self, who: Principal, spec: EndpointSpec) -> Endpoint:
+        model, config = self.validate(who, spec)
         short = model.name.partition("/")[2] or model.name
+        route = self._route_of(who, spec, short)
+        name = f"{route.name}/{spec.label}" if spec.label and spec.route_id else route.name
         endpoint = Endpoint(
             id=new_id("endpoint"),
             account_id=who.account_id,
-            name=f"{who.account_name}/{short}-{secrets.token_hex(4)}",
-            display_name=spec.display_name or f"{short} on {config.id}",
+            name=name,
+            display_name=spec.display_name or (spec.label if spec.route_id else f"{short} on {config.id}") or name,
             model_id=model.id,
             revision_id=model.revision_id,  # the head, or the revision ``spec.model`` pinned (``name@3``)
             hardware=config.id,
@@ -207,15 +220,46 @@ class EndpointService:
             disable_speculative_decoding=spec.disable_speculative_decoding,
             disable_prompt_cache=spec.disable_prompt_cache,
             inactive_timeout=spec.inactive_timeout or None,
+            route_id=route.id,
+            label=spec.label or name.rpartition("/")[2],
+            traffic_mode=spec.traffic_mode,
+            max_concurrent=spec.max_concurrent,
+            autoscaling=spec.autoscaling,
+            replicas=initial_replicas(spec.min_replicas, spec.max_replicas),
+            etag=new_etag(),
         )
         initialize(endpoint)
         with self._lock, self.db.session() as s:
-            if spec.state == EndpointState.STARTED:
+            if spec.route_id is None:  # a v1 endpoint: a route of its own that sends it everything
+                route.traffic = [{"deployment_id": endpoint.id, "weight": 1.0}]
+                s.add(route)
+                s.flush()
+            if spec.state == EndpointState.STARTED and spec.max_replicas > 0:
                 self._reserve(s, endpoint)
                 move(endpoint, EndpointState.PENDING)
             s.add(endpoint)
         self.on_change()
         return self.get(who, endpoint.id)
+
+    def _route_of(self, who: Principal, spec: EndpointSpec, short: str) -> Route:
+        """The route a new deployment joins: the named one, or (v1) a new one named like the endpoint."""
+        if spec.route_id is not None:
+            with self.db.read() as s:
+                route = s.get(Route, spec.route_id)
+            if route is None or route.account_id != who.account_id:
+                raise NotFound(f"endpoint {spec.route_id!r} not found", param="endpointId")
+            return route
+        now = utcnow()
+        name = f"{who.account_name}/{short}-{secrets.token_hex(4)}"
+        return Route(
+            id=new_wire_id("ep"),
+            account_id=who.account_id,
+            name=name,
+            traffic=[],
+            etag=new_etag(),
+            created_at=now,
+            updated_at=now,
+        )
 
     def list(self, who: Principal) -> list[Endpoint]:
         with self.db.read() as s:
@@ -248,12 +292,24 @@ class EndpointService:
                 high = int(autoscaling.get("max_replicas", endpoint.max_replicas))
                 _check_replicas(low, high)
                 endpoint.min_replicas, endpoint.max_replicas = low, high
-                if endpoint.state in RUNNING_STATES:  # rescale: re-reserve for the new count
+                endpoint.replicas = min(max(endpoint.replicas, low, 1), high)
+                if high == 0:  # 0/0: the wire's way to stop a deployment
+                    changes["state"] = EndpointState.STOPPED
+                elif endpoint.state in RUNNING_STATES:  # rescale: re-reserve for the new count
                     endpoint.reservation = None
                     s.flush()
                     self._reserve(s, endpoint)
+                elif changes.get("start_if_scaled"):
+                    changes["state"] = EndpointState.STARTED
+            if "max_concurrent" in changes:
+                endpoint.max_concurrent = changes["max_concurrent"]
+            if "autoscaling_spec" in changes:
+                endpoint.autoscaling = changes["autoscaling_spec"]
+            if changes.get("label") and endpoint.name.endswith(f"/{endpoint.label}"):  # a v2 deployment's name
+                endpoint.name = f"{endpoint.name.rpartition('/')[0]}/{changes['label']}"
+                endpoint.label = changes["label"]
             self._apply_state(s, endpoint, changes.get("state"))
-            endpoint.updated_at = utcnow()
+            endpoint.updated_at, endpoint.etag = utcnow(), new_etag()
         self.on_change()
         return self.get(who, endpoint_id)
 
@@ -266,12 +322,39 @@ class EndpointService:
         if target is not None:
             move(endpoint, target)
 
+    def rescale(self, endpoint_id: str, replicas: int) -> None:
+        """The autoscaler's move: run ``replicas`` now, re-reserving hardware for them (or raise)."""
+        with self._lock, self.db.session() as s:
+            endpoint = s.get(Endpoint, endpoint_id)
+            if endpoint is None or endpoint.state not in RUNNING_STATES or endpoint.replicas == replicas:
+                return
+            held, endpoint.replicas = endpoint.replicas, replicas
+            endpoint.reservation = None
+            s.flush()
+            try:
+                self._reserve(s, endpoint)
+            except Exception:
+                endpoint.replicas = held
+                self._reserve(s, endpoint)
+                raise
+            endpoint.updated_at = utcnow()
+
     def delete(self, who: Principal, ref: str) -> None:
+        """Delete a deployment: out of its route's traffic, and (a v1 endpoint's own route) the route too."""
         endpoint_id = self.get(who, ref).id
         with self.db.session() as s:
             endpoint = s.get(Endpoint, endpoint_id)
-            if endpoint is not None:
-                s.delete(endpoint)  # the supervisor stops replicas whose endpoint is gone
+            if endpoint is None:
+                return
+            route = s.get(Route, endpoint.route_id) if endpoint.route_id else None
+            s.delete(endpoint)  # the supervisor stops replicas whose endpoint is gone
+            s.flush()
+            if route is not None:
+                route.traffic = [t for t in route.traffic if t["deployment_id"] != endpoint_id]
+                route.etag, route.updated_at = new_etag(), utcnow()
+                left = s.scalars(select(Endpoint.id).where(Endpoint.route_id == route.id)).first()
+                if left is None and route.name == endpoint.name:
+                    s.delete(route)
         self.on_change()
 
     # --- routing --------------------------------------------------------------------------------
@@ -292,6 +375,7 @@ class EndpointService:
                     Endpoint.model_id == model_id,
                     Endpoint.revision_id == revision_id,
                     Endpoint.state == EndpointState.STARTED,
+                    Endpoint.traffic_mode == "TRAFFIC_MODE_LIVE",  # a shadow's answers never reach a client
                 )
             ).first()
 
@@ -321,12 +405,19 @@ def _holders(holding: list[Endpoint], account_id: str) -> str:
 
 
 def replica_count(endpoint: Endpoint) -> int:
-    """Replicas to run while started: min_replicas, at least one (scale-to-zero is not implemented)."""
-    return max(1, min(endpoint.min_replicas, endpoint.max_replicas))
+    """Replicas to run while started: the autoscaler's count, within min and max (0 once scaled to zero)."""
+    return max(endpoint.min_replicas, min(endpoint.replicas, endpoint.max_replicas))
+
+
+def initial_replicas(low: int, high: int) -> int:
+    """A new deployment starts with min_replicas, and with one when it may scale to zero."""
+    return min(max(low, 1), high)
+
+
+def new_etag() -> str:
+    return secrets.token_hex(8)
 
 
 def _check_replicas(low: int, high: int) -> None:
-    if low < 0 or high < 1 or low > high:
-        raise InvalidRequest(
-            "autoscaling needs 0 <= min_replicas <= max_replicas and max_replicas >= 1", param="autoscaling"
-        )
+    if low < 0 or high < 0 or low > high:
+        raise InvalidRequest("autoscaling needs 0 <= min_replicas <= max_replicas", param="autoscaling")

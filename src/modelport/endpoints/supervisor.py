@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -25,14 +25,26 @@ from typing import Any
 from sqlalchemy import select
 
 from modelport.catalog.service import Catalog
+from modelport.endpoints.autoscale import Policy, Pressure, decide
+from modelport.endpoints.events import Events, Level
 from modelport.endpoints.hardware import HardwareConfig, Inventory
 from modelport.endpoints.service import replica_count
 from modelport.endpoints.states import RUNNING_STATES, EndpointState, move
-from modelport.errors import EndpointNotRunning, EngineOverloaded
+from modelport.errors import EndpointNotRunning, EngineOverloaded, ModelportError
+from modelport.forkserver import ForkFailed
 from modelport.manifest import ModelType, context_length_of
 from modelport.serving.artifacts import ArtifactCache
 from modelport.serving.engine import Artifact, Pooling
-from modelport.serving.host import EngineSpec, engine_settings, exit_reason, log_tail, spawn, terminate
+from modelport.serving.host import (
+    EngineProcess,
+    EngineSpec,
+    engine_settings,
+    exit_reason,
+    fork_engine,
+    log_tail,
+    spawn,
+    terminate,
+)
 from modelport.serving.ipc import EngineClient, probe
 from modelport.serving.service import read_pooling
 from modelport.settings import Settings
@@ -42,6 +54,7 @@ from modelport.storage.db.tables import Endpoint, Model, utcnow
 log = logging.getLogger(__name__)
 
 STABLE_S = 600.0  # replicas up this long forgive earlier crashes
+DRAIN_S = 60.0  # a replica scaled away or stopped may take this long to answer what it has in flight
 
 
 def replica_spec(
@@ -82,7 +95,7 @@ def _placement(config: HardwareConfig, held: dict[str, Any], index: int) -> tupl
 class Replica:
     endpoint_id: str
     index: int
-    proc: subprocess.Popen[bytes]
+    proc: EngineProcess
     socket: Path
     log_path: Path
     started: float = field(default_factory=time.monotonic)
@@ -104,7 +117,13 @@ class ReplicaLoad:
 
 class Supervisor:
     def __init__(
-        self, settings: Settings, db: Database, catalog: Catalog, artifacts: ArtifactCache, inventory: Inventory
+        self,
+        settings: Settings,
+        db: Database,
+        catalog: Catalog,
+        artifacts: ArtifactCache,
+        inventory: Inventory,
+        events: Events | None = None,
     ) -> None:
         self.settings, self.db, self.catalog, self.artifacts, self.inventory = (
             settings,
@@ -113,7 +132,12 @@ class Supervisor:
             artifacts,
             inventory,
         )
+        self.events = events or Events(db)
+        # The autoscaler's moves go through the endpoint service, which re-reserves hardware for them.
+        self.rescale: Callable[[str, int], None] = lambda endpoint_id, replicas: None
         self.replicas: dict[str, list[Replica]] = {}
+        self._retired: list[tuple[Replica, float]] = []  # replicas scaled away, finishing their requests
+        self._pressure: dict[str, Pressure] = {}
         self.interval = 0.5
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -141,6 +165,9 @@ class Supervisor:
                 for r in replicas:
                     terminate(r.proc)
             self.replicas.clear()
+            for r, _ in self._retired:
+                terminate(r.proc)
+            self._retired.clear()
         if self._sockets is not None:
             shutil.rmtree(self._sockets, ignore_errors=True)
 
@@ -160,8 +187,11 @@ class Supervisor:
 
     # --- routing -----------------------------------------------------------------------------------
     def engine_for(self, endpoint: Endpoint) -> EngineClient:
-        """The least-loaded ready replica of a started endpoint."""
-        if endpoint.state != EndpointState.STARTED:
+        """The least-loaded ready replica of a started endpoint (or of one still starting some replicas,
+        scaling up or replacing a crashed one, while others answer)."""
+        with self._lock:
+            ready = [r.engine for r in self.replicas.get(endpoint.id, []) if r.ready and r.engine is not None]
+        if endpoint.state != EndpointState.STARTED and not (ready and endpoint.state in RUNNING_STATES):
             raise EndpointNotRunning(
                 f"endpoint {endpoint.name} is {endpoint.state}"
                 + (f" ({endpoint.error})" if endpoint.error else "")
@@ -170,17 +200,26 @@ class Supervisor:
                 + "; it serves requests once it is started",
                 param="model",
             )
-        with self._lock:
-            ready = [r.engine for r in self.replicas.get(endpoint.id, []) if r.ready and r.engine is not None]
         if not ready:
+            if endpoint.replicas == 0:  # scaled to zero: this request wakes it
+                self._wake_from_zero(endpoint)
+                raise EngineOverloaded(f"endpoint {endpoint.name} is scaling up from zero replicas; retry shortly")
             raise EngineOverloaded(f"endpoint {endpoint.name} has no ready replica right now (restarting); retry")
         self._touch(endpoint.id)
         return min(ready, key=lambda e: e.in_flight)
 
-    def _touch(self, endpoint_id: str) -> None:
+    def _wake_from_zero(self, endpoint: Endpoint) -> None:
+        self._touch(endpoint.id, force=True)
+        try:
+            self.rescale(endpoint.id, 1)
+        except ModelportError as e:
+            self.events.record(endpoint.route_id, "deployment.scale_failed", str(e), level=Level.WARN)
+        self.wake()
+
+    def _touch(self, endpoint_id: str, force: bool = False) -> None:
         # At most one write per endpoint every 10 s: inactive_timeout counts in minutes.
         now = time.monotonic()
-        if now - self._touched.get(endpoint_id, 0.0) > 10:
+        if force or now - self._touched.get(endpoint_id, 0.0) > 10:
             self._touched[endpoint_id] = now
             with self.db.session() as s:
                 endpoint = s.get(Endpoint, endpoint_id)
@@ -198,6 +237,7 @@ class Supervisor:
             self._wake.clear()
 
     def reconcile(self) -> None:
+        self._drain()
         with self.db.session() as s:
             endpoints = {e.id: e for e in s.scalars(select(Endpoint))}
         for endpoint_id in list(self.replicas):
@@ -234,13 +274,16 @@ class Supervisor:
                     return
             elif not r.ready:
                 self._check_ready(endpoint, r)
+        self._autoscale(endpoint, replicas)
         want = replica_count(endpoint)
-        while len(replicas) > want:  # scaled down
+        while len(replicas) > want:  # scaled down: it stops taking requests, and ends once it has answered
             with self._lock:
                 extra = max(replicas, key=lambda r: r.index)
                 replicas.remove(extra)
-            terminate(extra.proc)
-            extra.socket.unlink(missing_ok=True)
+                self._retired.append((extra, time.monotonic()))
+        if len(replicas) < want and endpoint.state == EndpointState.STARTED and not any(r.ready for r in replicas):
+            # Nothing answers (a server restart): say so before the launch, which may wait for the fork server.
+            self._move(endpoint, EndpointState.STARTING)
         while len(replicas) < want:
             # The lowest free index: a replacement takes the dead replica's GPUs, never a live one's.
             index = min(set(range(want)) - {r.index for r in replicas})
@@ -291,8 +334,14 @@ class Supervisor:
         folder.mkdir(parents=True, exist_ok=True)
         # A name of its own per launch: a replacement must never unlink a live replica's socket.
         sock = self._socket_dir() / f"{endpoint.id}-{index}-{uuid.uuid4().hex[:8]}.sock"
-        log_path = folder / f"replica-{index}.log"
-        proc = spawn(spec, folder / f"replica-{index}.json", sock, log_path)
+        log_path, spec_path = folder / f"replica-{index}.log", folder / f"replica-{index}.json"
+        proc: EngineProcess
+        try:
+            # Forked from the fork server, which has torch imported: milliseconds, not seconds.
+            proc = fork_engine(spec, spec_path, sock, log_path, timeout=self.settings.replica_start_timeout_s)
+        except ForkFailed as e:
+            log.warning("endpoint %s: %s; starting replica %d as a program instead", endpoint.name, e, index)
+            proc = spawn(spec, spec_path, sock, log_path)
         log.info("endpoint %s: launched replica %d (pid %d)", endpoint.name, index, proc.pid)
         return Replica(endpoint.id, index, proc, sock, log_path)
 
@@ -303,10 +352,53 @@ class Supervisor:
         return self._sockets
 
     def _stop_replicas(self, endpoint_id: str) -> None:
+        """Stop taking requests; each replica ends once its requests are answered (``_drain``)."""
         with self._lock:
             replicas = self.replicas.pop(endpoint_id, [])
-        for r in replicas:
+            self._retired.extend((r, time.monotonic()) for r in replicas)
+        self._drain()
+
+    def _drain(self) -> None:
+        """End retired replicas with nothing in flight, or that took longer than ``DRAIN_S`` to finish."""
+        now = time.monotonic()
+        with self._lock:
+            done = [
+                (r, at)
+                for r, at in self._retired
+                if r.engine is None or r.engine.in_flight == 0 or now - at > DRAIN_S or r.proc.poll() is not None
+            ]
+            self._retired = [item for item in self._retired if item not in done]
+        for r, _ in done:
             terminate(r.proc)
+            r.socket.unlink(missing_ok=True)
+
+    def _autoscale(self, endpoint: Endpoint, replicas: list[Replica]) -> None:
+        """Move the deployment's replica count with its load (``autoscale.py``); hardware permitting."""
+        if endpoint.state != EndpointState.STARTED:
+            return
+        policy = Policy.of(endpoint.min_replicas, endpoint.max_replicas, endpoint.max_concurrent, endpoint.autoscaling)
+        in_flight = sum(r.engine.in_flight for r in replicas if r.engine is not None)
+        since = endpoint.last_request_at or endpoint.updated_at
+        idle_s = (utcnow() - since).total_seconds()
+        pressure = self._pressure.setdefault(endpoint.id, Pressure())
+        current = replica_count(endpoint)
+        wanted = decide(policy, current, in_flight, idle_s, pressure, time.monotonic())
+        if wanted == current:
+            return
+        try:
+            self.rescale(endpoint.id, wanted)
+        except ModelportError as e:
+            self.events.record(
+                endpoint.route_id, "deployment.scale_failed", str(e), level=Level.WARN, deployment_id=endpoint.id
+            )
+            return
+        endpoint.replicas = wanted
+        self.events.record(
+            endpoint.route_id,
+            "deployment.scaled",
+            f"{endpoint.label}: {current} -> {wanted} replicas ({in_flight} requests in flight)",
+            deployment_id=endpoint.id,
+        )
 
     def _move(
         self, seen: Endpoint, to: EndpointState, *, error: str | None = None, restarts: int | None = None
@@ -316,6 +408,7 @@ class Supervisor:
         A user's request may have moved it since (stopped, or started again after a stop): then the next
         pass decides, from the row as it is. False when the row was left alone.
         """
+        seen_state = seen.state
         with self.db.session() as s:
             row = s.get(Endpoint, seen.id)
             if row is None:  # deleted: the next pass stops its replicas
@@ -325,4 +418,8 @@ class Supervisor:
                 return False
             move(row, to, error=error, restarts=restarts)
         move(seen, to, error=error, restarts=restarts)
+        if to != seen_state:
+            level = Level.ERROR if to == EndpointState.ERROR else Level.INFO
+            message = f"{seen.label or seen.name} is {to}" + (f": {error}" if error else "")
+            self.events.record(seen.route_id, f"deployment.{to.lower()}", message, level=level, deployment_id=seen.id)
         return True

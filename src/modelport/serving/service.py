@@ -29,7 +29,7 @@ from modelport.serving.engine import Artifact, Engine, GenerationRequest, Poolin
 from modelport.serving.limits import PromptLimits, TokenizerLanes, messages_text
 from modelport.serving.observe import Kind, Observer, Observers, Outcome, Served
 from modelport.serving.text import Detokenizer, TextModel, TextModels
-from modelport.storage.db.tables import Endpoint, Model
+from modelport.storage.db.tables import Model
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class Generation:
     _account_id: str
     _observer: Observer
     _accepted: float = field(default_factory=time.monotonic)
+    deployment: str | None = None  # the dedicated deployment that answers (its wire id), if any
 
     async def deltas(self) -> AsyncIterator[Delta]:
         queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
@@ -149,12 +150,24 @@ class Generation:
         return TokenInfo(decode([step.token_id]), step.logprob if step.logprob is not None else 0.0, top)
 
 
+@dataclass(frozen=True)
+class Routed:
+    """A dedicated deployment chosen for one request: what it serves and the engine to send it to."""
+
+    model_id: str
+    revision_id: str | None
+    name: str  # the name answers carry: the endpoint's
+    engine: Engine
+    deployment: str  # the deployment's wire id (``dep_…``)
+    adapter_revision_id: str | None = None  # an adapter attached to it at this revision
+
+
 class Routing(Protocol):
     """Dedicated endpoints (``endpoints/routing.py``), seen from here without importing them."""
 
-    def by_name(self, who: Principal, name: str) -> tuple[Endpoint, Engine] | None: ...
+    def by_name(self, who: Principal, name: str) -> Routed | None: ...
 
-    def for_model(self, model_id: str, revision_id: str | None) -> Engine | None: ...
+    def for_model(self, model_id: str, revision_id: str | None, adapter_id: str | None) -> Routed | None: ...
 
 
 @dataclass(frozen=True)
@@ -163,6 +176,7 @@ class Target:
     adapter: Model | None
     engine: Engine
     name: str
+    deployment: str | None = None
 
 
 class InferenceService:
@@ -194,14 +208,19 @@ class InferenceService:
         if self.routing is not None:
             hit = self.routing.by_name(who, name)
             if hit is not None:
-                endpoint, remote = hit
-                model = self.catalog.model_at(endpoint.model_id, endpoint.revision_id)
+                model = self.catalog.model_at(hit.model_id, hit.revision_id)
                 if model is None:  # the model is deleted only once its endpoints are
-                    raise NotFound(f"endpoint {endpoint.name} has no model", param="model")
-                return Target(model, None, remote, endpoint.name)
+                    raise NotFound(f"endpoint {hit.name} has no model", param="model")
+                return Target(model, None, hit.engine, hit.name, hit.deployment)
         model, adapter = self.catalog.serving_target(who, name)
-        dedicated = self.routing.for_model(model.id, model.revision_id) if self.routing is not None else None
-        return Target(model, adapter, dedicated or self.engine, (adapter or model).name)
+        adapter_id = adapter.id if adapter is not None else None
+        routing = self.routing
+        dedicated = routing.for_model(model.id, model.revision_id, adapter_id) if routing is not None else None
+        if dedicated is not None:
+            if adapter is not None and dedicated.adapter_revision_id not in (None, adapter.revision_id):
+                adapter = self.catalog.model_at(adapter.id, dedicated.adapter_revision_id) or adapter
+            return Target(model, adapter, dedicated.engine, (adapter or model).name, dedicated.deployment)
+        return Target(model, adapter, self.engine, (adapter or model).name)
 
     # --- text generation ---------------------------------------------------------------------------
     async def generate(self, who: Principal, req: TextRequest) -> Generation:
@@ -240,7 +259,16 @@ class InferenceService:
             choices.append((request, Detokenizer(text, prompt_ids, req.stop)))
         await target.engine.prepare(choices[0][0])
         return Generation(
-            target.name, prompt_text, len(prompt_ids), 0, choices, target.engine, text, who.account_id, self.observer
+            target.name,
+            prompt_text,
+            len(prompt_ids),
+            0,
+            choices,
+            target.engine,
+            text,
+            who.account_id,
+            self.observer,
+            deployment=target.deployment,
         )
 
     async def _prompt(
@@ -302,7 +330,7 @@ class InferenceService:
             elapsed = time.monotonic() - accepted
             name, engine = target.name, target.engine.name
             self.observer.finished(Served(who.account_id, name, Kind.EMBEDDING, engine, tokens, 0, outcome, elapsed))
-        return Embeddings(target.name, vectors, tokens)
+        return Embeddings(target.name, vectors, tokens, target.deployment)
 
     def _embedding_batch(
         self, model: Model, artifact: Artifact, text: TextModel, inputs: list[str] | list[list[int]]
@@ -335,6 +363,7 @@ class Embeddings:
     model_name: str
     vectors: list[list[float]]
     prompt_tokens: int
+    deployment: str | None = None
 
 
 def read_pooling(path: Path) -> Pooling:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 
 from modelport.api.deps import InferenceDep, PrincipalDep
@@ -26,7 +26,14 @@ def _note_unknown(body: Lenient, route: str) -> None:
         log.info("%s: ignoring unknown fields %s", route, ", ".join(unknown))
 
 
-def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+DEPLOYMENT_HEADER = "x-modelport-deployment"  # which dedicated deployment answered (a route splits traffic)
+
+
+def _headers(deployment: str | None) -> dict[str, str]:
+    return {DEPLOYMENT_HEADER: deployment} if deployment else {}
+
+
+def _sse(events: AsyncIterator[dict[str, Any]], deployment: str | None = None) -> StreamingResponse:
     async def body() -> AsyncIterator[str]:
         try:
             async for event in events:
@@ -36,12 +43,13 @@ def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
         yield "data: [DONE]\n\n"
 
     # Closing the response (client gone) closes ``events``, which cancels the engine sequences.
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    headers = {"Cache-Control": "no-cache"} | _headers(deployment)
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, who: PrincipalDep, inference: InferenceDep
+    body: ChatCompletionRequest, who: PrincipalDep, inference: InferenceDep, response: Response
 ) -> dict[str, Any] | StreamingResponse:
     _note_unknown(body, "chat/completions")
     request = convert.chat_request(body)
@@ -49,13 +57,14 @@ async def chat_completions(
     logprobs = request.params.logprobs is not None
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _sse(convert.chat_chunks(gen, request.n, logprobs, usage))
+        return _sse(convert.chat_chunks(gen, request.n, logprobs, usage), gen.deployment)
+    response.headers.update(_headers(gen.deployment))
     return await convert.chat_response(gen, request.n, logprobs)
 
 
 @router.post("/completions", response_model=None)
 async def completions(
-    body: CompletionRequest, who: PrincipalDep, inference: InferenceDep
+    body: CompletionRequest, who: PrincipalDep, inference: InferenceDep, response: Response
 ) -> dict[str, Any] | StreamingResponse:
     _note_unknown(body, "completions")
     request = convert.completion_request(body)
@@ -63,14 +72,18 @@ async def completions(
     logprobs = request.params.logprobs is not None
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _sse(convert.completion_chunks(gen, request.n, logprobs, request.echo, usage))
+        return _sse(convert.completion_chunks(gen, request.n, logprobs, request.echo, usage), gen.deployment)
+    response.headers.update(_headers(gen.deployment))
     return await convert.completion_response(gen, request.n, logprobs, request.echo)
 
 
 @router.post("/embeddings")
-async def embeddings(body: EmbeddingRequest, who: PrincipalDep, inference: InferenceDep) -> dict[str, Any]:
+async def embeddings(
+    body: EmbeddingRequest, who: PrincipalDep, inference: InferenceDep, response: Response
+) -> dict[str, Any]:
     _note_unknown(body, "embeddings")
     result = await inference.embed(who, body.model, convert.embedding_inputs(body))
+    response.headers.update(_headers(result.deployment))
     if body.dimensions is not None and result.vectors and body.dimensions != len(result.vectors[0]):
         raise UnsupportedParameter(
             f"{result.model_name} produces {len(result.vectors[0])}-dimensional embeddings; "

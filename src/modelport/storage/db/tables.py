@@ -184,11 +184,34 @@ class JobSecret(Base):
     hf_token: Mapped[str | None] = mapped_column(Text, default=None)
 
 
+class Route(Base):
+    """An endpoint's stable name (the ``model`` of a chat request) and how its traffic splits between its
+    deployments (``Endpoint`` rows). Together's v2 calls this the endpoint (``ep_…``); a v1 endpoint is a
+    route with one deployment, under the same name.
+
+    ``traffic`` is ``[{"deployment_id", "weight"}]``: a deployment missing from it, or at weight 0,
+    receives no live traffic. ``etag`` changes on every write, for the wire's optimistic concurrency.
+    """
+
+    __tablename__ = "routes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)  # "<account>/<name>"
+    visibility: Mapped[str] = mapped_column(String(32), default="VISIBILITY_PRIVATE")
+    traffic: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    etag: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Endpoint(Base):
-    """A dedicated endpoint: replicas of one model on reserved hardware, supervised by ``modelport serve``.
+    """A deployment: replicas of one model revision on reserved hardware, supervised by ``modelport serve``.
+    (The table keeps its v1 name: a v1 endpoint is a route with one of these.)
 
     ``state`` is the wire state; ``desired`` is what the user asked for (STARTED or STOPPED), which the
     supervisor drives ``state`` towards. ``reservation`` records what the running replicas hold.
+    ``replicas`` is the autoscaler's current count, between ``min_replicas`` and ``max_replicas``.
     """
 
     __tablename__ = "endpoints"
@@ -215,6 +238,93 @@ class Endpoint(Base):
     last_request_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    route_id: Mapped[str | None] = mapped_column(ForeignKey("routes.id"), index=True, default=None)
+    label: Mapped[str] = mapped_column(String(200), default="")  # the deployment's name under its route
+    traffic_mode: Mapped[str] = mapped_column(String(32), default="TRAFFIC_MODE_LIVE")
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, default=None)  # per replica; None: the engine's
+    autoscaling: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # the wire's windows and metrics
+    replicas: Mapped[int] = mapped_column(Integer, default=1)
+    etag: Mapped[str] = mapped_column(String(32), default="")
+
+
+class DeploymentAdapter(Base):
+    """An adapter revision attached to a running deployment, served by its replicas' multi-LoRA engine."""
+
+    __tablename__ = "deployment_adapters"
+    __table_args__ = (UniqueConstraint("deployment_id", "adapter_model_id", name="uq_deployment_adapters"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"), index=True)
+    adapter_model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    revision_id: Mapped[str] = mapped_column(String(64))
+    etag: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Rollout(Base):
+    """Moving a route's traffic from one deployment to another, step by step, behind metric gates.
+
+    ``spec`` is what was asked (strategy, steps, interval, gates, final replicas); ``steps`` the
+    wire's per-step status with each gate's verdict; ``conditions`` why it stopped, if it did.
+    """
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    route_id: Mapped[str] = mapped_column(ForeignKey("routes.id", ondelete="CASCADE"), index=True)
+    source_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    target_id: Mapped[str] = mapped_column(String(64))
+    strategy: Mapped[str] = mapped_column(String(48))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(48), index=True)
+    current_step: Mapped[int] = mapped_column(Integer, default=0)
+    traffic_percent: Mapped[int] = mapped_column(Integer, default=0)
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    conditions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    pause_info: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    step_started_at: Mapped[datetime | None] = mapped_column(default=None)
+    etag: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Experiment(Base):
+    """An A/B experiment (``kind`` "ab": ``members`` with percents) or a shadow experiment ("shadow":
+    ``source`` sampling and ``targets`` that receive mirrored copies) on a route."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (UniqueConstraint("route_id", "kind", "name", name="uq_experiments_name"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    route_id: Mapped[str] = mapped_column(ForeignKey("routes.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(48), default="")
+    members: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    source: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    targets: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    etag: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EndpointEvent(Base):
+    """Something that happened to a route or one of its deployments, for ``tg endpoints events``."""
+
+    __tablename__ = "endpoint_events"
+    __table_args__ = (Index("ix_endpoint_events_route_time", "route_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    route_id: Mapped[str] = mapped_column(ForeignKey("routes.id", ondelete="CASCADE"))
+    deployment_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    type: Mapped[str] = mapped_column(String(64))
+    level: Mapped[str] = mapped_column(String(16), default="LEVEL_INFO")
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Upload(Base):

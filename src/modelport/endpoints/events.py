@@ -1,0 +1,94 @@
+"""What happened to an endpoint (a route) and its deployments, as ``tg endpoints events`` lists it.
+
+Every party that changes a route writes here: the API (created, traffic changed), the supervisor
+(replicas up, crashed, scaled), the rollout controller (steps, gate verdicts) and the shadow mirror
+(comparisons). Events go with their route when it is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import select
+
+from modelport.ids import new_wire_id
+from modelport.storage.db.engine import Database
+from modelport.storage.db.tables import EndpointEvent, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Level(StrEnum):
+    DEBUG = "LEVEL_DEBUG"
+    INFO = "LEVEL_INFO"
+    WARN = "LEVEL_WARN"
+    ERROR = "LEVEL_ERROR"
+
+
+_ORDER = list(Level)
+MAX_LISTED = 1000
+
+
+def level_at_least(level: str, minimum: str | None) -> bool:
+    if not minimum or minimum not in _ORDER:
+        return True
+    return _ORDER.index(Level(level)) >= _ORDER.index(Level(minimum)) if level in _ORDER else True
+
+
+class Events:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def record(
+        self,
+        route_id: str | None,
+        type: str,
+        message: str,
+        *,
+        level: Level = Level.INFO,
+        deployment_id: str | None = None,
+    ) -> None:
+        """Write one event; never raises (an event lost is better than a request failed)."""
+        if route_id is None:
+            return
+        try:
+            with self.db.session() as s:
+                s.add(
+                    EndpointEvent(
+                        id=new_wire_id("evt"),
+                        route_id=route_id,
+                        deployment_id=deployment_id,
+                        type=type,
+                        level=level,
+                        message=message,
+                        created_at=utcnow(),
+                    )
+                )
+        except Exception:
+            log.exception("could not record endpoint event %s", type)
+
+    def list(
+        self,
+        route_id: str,
+        *,
+        deployment_ids: Sequence[str] = (),
+        min_level: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        types: Sequence[str] = (),
+    ) -> list[EndpointEvent]:
+        query = select(EndpointEvent).where(EndpointEvent.route_id == route_id)
+        if deployment_ids:
+            query = query.where(EndpointEvent.deployment_id.in_(list(deployment_ids)))
+        if since is not None:
+            query = query.where(EndpointEvent.created_at >= since)
+        if until is not None:
+            query = query.where(EndpointEvent.created_at <= until)
+        if types:
+            query = query.where(EndpointEvent.type.in_(list(types)))
+        with self.db.read() as s:
+            rows = list(s.scalars(query.order_by(EndpointEvent.created_at, EndpointEvent.id).limit(MAX_LISTED)))
+        return [e for e in rows if level_at_least(e.level, min_level)]

@@ -1,0 +1,267 @@
+"""Endpoints with several deployments (Together's v2): a route's name, its deployments and its traffic split.
+
+A **route** (``Route``, wire ``ep_…``) is the stable name clients send as ``model``. Each **deployment**
+under it is an ``Endpoint`` row (wire ``dep_…``): replicas of one pinned model revision on one hardware
+configuration, with its autoscaling, started and supervised exactly like a v1 endpoint (``service.py``,
+``supervisor.py``). The route's ``traffic`` weights say how live requests split between deployments
+(``traffic.py``); rollouts and experiments change it through ``set_traffic``.
+
+Every write changes the row's ``etag``; a write that names an etag which is no longer current is refused
+with 409 (``Conflict``), so two clients never overwrite each other unseen.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import select
+
+from modelport.accounts.service import Principal
+from modelport.endpoints.events import Events
+from modelport.endpoints.service import EndpointService, EndpointSpec, new_etag
+from modelport.endpoints.states import RUNNING_STATES
+from modelport.errors import Conflict, InvalidRequest, NotFound
+from modelport.ids import deployment_id_of_wire, new_wire_id
+from modelport.storage.db.engine import Database
+from modelport.storage.db.tables import Endpoint, Experiment, Rollout, Route, utcnow
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+LIVE, SHADOW = "TRAFFIC_MODE_LIVE", "TRAFFIC_MODE_SHADOW"
+ACTIVE_ROLLOUT_STATES = (
+    "ROLLOUT_STATE_PENDING",
+    "ROLLOUT_STATE_RUNNING",
+    "ROLLOUT_STATE_PAUSING",
+    "ROLLOUT_STATE_PAUSED",
+    "ROLLOUT_STATE_SYSTEM_PAUSED",
+    "ROLLOUT_STATE_STABILIZING",
+    "ROLLOUT_STATE_CANCELLING",
+)
+
+
+def check_etag(given: str | None, current: str, what: str) -> None:
+    """A write naming an old etag lost a race with another writer: refuse it (409, not retried)."""
+    if given and given != current:
+        raise Conflict(f"{what} was changed by another request (etag {given} is stale, now {current}); read it again")
+
+
+def check_name(name: str, what: str) -> str:
+    bare = name.rpartition("/")[2]
+    if not NAME.match(bare):
+        raise InvalidRequest(
+            f"{what} name {name!r} must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            param="name",
+        )
+    return bare
+
+
+class Routes:
+    def __init__(
+        self, db: Database, endpoints: EndpointService, events: Events, on_change: Callable[[], None] = lambda: None
+    ) -> None:
+        self.db, self.endpoints, self.events, self.on_change = db, endpoints, events, on_change
+        self._lock = threading.Lock()  # traffic changes are read-modify-write
+        # What must let go of a deployment before it is deleted: experiments, rollouts (set in services.py).
+        self.forgetters: list[Callable[[Route, str], None]] = []
+
+    # --- routes (v2 endpoints) ------------------------------------------------------------------
+    def create(self, who: Principal, name: str, visibility: str | None = None) -> Route:
+        bare = check_name(name, "endpoint")
+        full = f"{who.account_name}/{bare}"
+        now = utcnow()
+        with self.db.session() as s:
+            if s.scalars(select(Route.id).where(Route.name == full)).first() is not None:
+                raise Conflict(f"endpoint {full} already exists", param="name")
+            route = Route(
+                id=new_wire_id("ep"),
+                account_id=who.account_id,
+                name=full,
+                visibility=visibility or "VISIBILITY_PRIVATE",
+                traffic=[],
+                etag=new_etag(),
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(route)
+        self.events.record(route.id, "endpoint.created", f"endpoint {full} created")
+        return self.get(who, route.id)
+
+    def listed(self, who: Principal, name: str | None = None) -> list[Route]:
+        query = select(Route).where(Route.account_id == who.account_id)
+        if name:
+            query = query.where((Route.name == name) | (Route.name == f"{who.account_name}/{name}"))
+        with self.db.read() as s:
+            return list(s.scalars(query.order_by(Route.created_at)))
+
+    def get(self, who: Principal, ref: str) -> Route:
+        names = (ref, f"{who.account_name}/{ref}")
+        with self.db.read() as s:
+            route = s.scalars(
+                select(Route).where(Route.account_id == who.account_id, (Route.id == ref) | Route.name.in_(names))
+            ).first()
+        if route is None:
+            raise NotFound(f"endpoint {ref!r} not found", param="endpointId")
+        return route
+
+    def find(self, who: Principal, name: str) -> Route | None:
+        """The route a request's ``model`` names (its full name or id), in the caller's account."""
+        with self.db.read() as s:
+            return s.scalars(
+                select(Route).where(Route.account_id == who.account_id, (Route.name == name) | (Route.id == name))
+            ).first()
+
+    def update(self, who: Principal, ref: str, etag: str | None, changes: dict[str, Any]) -> Route:
+        route_id = self.get(who, ref).id
+        with self._lock, self.db.session() as s:
+            route = s.get(Route, route_id)
+            assert route is not None
+            check_etag(etag, route.etag, f"endpoint {route.name}")
+            if changes.get("name"):
+                full = f"{who.account_name}/{check_name(str(changes['name']), 'endpoint')}"
+                if full != route.name and s.scalars(select(Route.id).where(Route.name == full)).first():
+                    raise Conflict(f"endpoint {full} already exists", param="name")
+                route.name = full
+            if changes.get("visibility"):
+                route.visibility = str(changes["visibility"])
+            if "traffic" in changes:
+                deployments = list(s.scalars(select(Endpoint).where(Endpoint.route_id == route.id)))
+                route.traffic = _checked_split(changes["traffic"], deployments)
+            route.etag, route.updated_at = new_etag(), utcnow()
+        if "traffic" in changes:
+            self.events.record(route_id, "endpoint.traffic_changed", f"traffic split: {_describe(changes['traffic'])}")
+        return self.get(who, route_id)
+
+    def delete(self, who: Principal, ref: str, etag: str | None) -> None:
+        route = self.get(who, ref)
+        check_etag(etag, route.etag, f"endpoint {route.name}")
+        with self.db.session() as s:
+            left = list(s.scalars(select(Endpoint.label).where(Endpoint.route_id == route.id)))
+            if left:
+                raise Conflict(
+                    f"endpoint {route.name} still has deployments ({', '.join(left)}): scale them to 0 and delete "
+                    "them first (tg endpoints rm --force does both)",
+                    param="endpointId",
+                )
+            row = s.get(Route, route.id)
+            if row is not None:
+                s.delete(row)
+
+    def set_traffic(self, route_id: str, weights: dict[str, float], why: str) -> None:
+        """Rollouts and experiments move traffic here: ``weights`` replaces the named deployments' weights."""
+        with self._lock, self.db.session() as s:
+            route = s.get(Route, route_id)
+            if route is None:
+                return
+            split = {t["deployment_id"]: float(t["weight"]) for t in route.traffic}
+            split.update(weights)
+            route.traffic = [{"deployment_id": d, "weight": w} for d, w in split.items()]
+            route.etag, route.updated_at = new_etag(), utcnow()
+        self.events.record(route_id, "endpoint.traffic_changed", f"{why}: {_describe(route.traffic)}")
+
+    def _join(self, route_id: str, deployment: Endpoint) -> None:
+        """A new deployment enters the split: the first live one with all the traffic, later ones at 0.
+
+        The endpoint's etag stays: a client that read the endpoint, then added a deployment, then sets
+        its weight (``tg endpoints deploy --traffic-weight``) is not racing anyone."""
+        with self._lock, self.db.session() as s:
+            route = s.get(Route, route_id)
+            if route is None:
+                return
+            first = deployment.traffic_mode == LIVE and not any(float(t["weight"]) > 0 for t in route.traffic)
+            route.traffic = [*route.traffic, {"deployment_id": deployment.id, "weight": 1.0 if first else 0.0}]
+
+    def experiments(self, route_id: str) -> list[Experiment]:
+        with self.db.read() as s:
+            return list(s.scalars(select(Experiment).where(Experiment.route_id == route_id)))
+
+    def active_rollout(self, route_id: str) -> str | None:
+        """The route's one rollout that has not ended, if any."""
+        with self.db.read() as s:
+            query = select(Rollout.id).where(Rollout.route_id == route_id, Rollout.state.in_(ACTIVE_ROLLOUT_STATES))
+            return s.scalars(query.order_by(Rollout.created_at.desc())).first()
+
+    # --- deployments ----------------------------------------------------------------------------
+    def deployments(self, route_id: str) -> list[Endpoint]:
+        with self.db.read() as s:
+            query = select(Endpoint).where(Endpoint.route_id == route_id).order_by(Endpoint.created_at)
+            return list(s.scalars(query))
+
+    def deployment(self, who: Principal, route: Route, ref: str) -> Endpoint:
+        """A deployment of ``route`` by its ``dep_`` id, our id, its name, or its full name."""
+        ids = {ref, deployment_id_of_wire(ref)}
+        for d in self.deployments(route.id):
+            if d.account_id == who.account_id and (d.id in ids or ref in (d.label, d.name)):
+                return d
+        raise NotFound(f"deployment {ref!r} not found in endpoint {route.name}", param="deploymentId")
+
+    def create_deployment(
+        self, who: Principal, route: Route, spec: EndpointSpec, validate_only: bool = False
+    ) -> Endpoint | None:
+        """A new deployment of ``route``; None with ``validate_only`` (every check run, nothing created)."""
+        label = check_name(spec.label or "", "deployment")
+        if any(d.label == label for d in self.deployments(route.id)):
+            raise Conflict(f"deployment {label} already exists in endpoint {route.name}", param="name")
+        spec = replace(spec, route_id=route.id, label=label)
+        if validate_only:
+            self.endpoints.validate(who, spec)
+            return None
+        deployment = self.endpoints.create(who, spec)
+        self._join(route.id, deployment)
+        self.events.record(
+            route.id,
+            "deployment.created",
+            f"deployment {label} created: {spec.model} on {spec.hardware}, "
+            f"{spec.min_replicas}-{spec.max_replicas} replicas",
+            deployment_id=deployment.id,
+        )
+        return deployment
+
+    def update_deployment(
+        self, who: Principal, route: Route, ref: str, etag: str | None, changes: dict[str, Any]
+    ) -> Endpoint:
+        deployment = self.deployment(who, route, ref)
+        check_etag(etag, deployment.etag, f"deployment {deployment.label}")
+        if "label" in changes:
+            check_name(changes["label"], "deployment")
+        updated = self.endpoints.update(who, deployment.id, changes | {"start_if_scaled": True})
+        summary = ", ".join(f"{k}={v}" for k, v in changes.items() if k != "start_if_scaled")
+        self.events.record(route.id, "deployment.updated", summary, deployment_id=deployment.id)
+        return updated
+
+    def delete_deployment(self, who: Principal, route: Route, ref: str, etag: str | None) -> None:
+        deployment = self.deployment(who, route, ref)
+        check_etag(etag, deployment.etag, f"deployment {deployment.label}")
+        if deployment.state in RUNNING_STATES:  # STOPPING is fine: its replicas finish, then end
+            raise Conflict(
+                f"deployment {deployment.label} is {deployment.state}: scale it to 0/0 replicas first",
+                param="deploymentId",
+            )
+        for forget in self.forgetters:
+            forget(route, deployment.id)
+        self.endpoints.delete(who, deployment.id)
+        self.events.record(route.id, "deployment.deleted", f"deployment {deployment.label} deleted")
+
+
+def _checked_split(split: Sequence[dict[str, Any]], deployments: list[Endpoint]) -> list[dict[str, Any]]:
+    by_id = {d.id: d for d in deployments}
+    out: list[dict[str, Any]] = []
+    for item in split:
+        dep_id = deployment_id_of_wire(str(item.get("deployment_id", ""))) or str(item.get("deployment_id", ""))
+        weight = float(item.get("weight") or 0.0)
+        if dep_id not in by_id:
+            raise InvalidRequest(f"trafficSplit names {item.get('deployment_id')!r}, not a deployment here")
+        if weight < 0:
+            raise InvalidRequest("trafficSplit weights must be >= 0", param="trafficSplit")
+        if weight > 0 and by_id[dep_id].traffic_mode == SHADOW:
+            raise InvalidRequest(f"deployment {by_id[dep_id].label} is a shadow deployment: it takes no live traffic")
+        out.append({"deployment_id": dep_id, "weight": weight})
+    if len({t["deployment_id"] for t in out}) != len(out):
+        raise InvalidRequest("trafficSplit names a deployment twice", param="trafficSplit")
+    return out
+
+
+def _describe(split: Sequence[dict[str, Any]]) -> str:
+    return ", ".join(f"{t['deployment_id']}={float(t['weight']):g}" for t in split) or "empty"
