@@ -62,6 +62,10 @@ class Output:
             table.add_row(*(escape(cell(v)) for v in row))
         self.out.print(table)
 
+    def heading(self, text: str) -> None:
+        """A section's title in a view of several tables (``endpoints show``)."""
+        self.out.print(f"\n[bold]{escape(text)}[/bold]")
+
     def fields(self, pairs: Iterable[tuple[str, Any]]) -> None:
         pairs = [(k, v) for k, v in pairs if v not in (None, "", [], {})]
         width = max((len(k) for k, _ in pairs), default=0)

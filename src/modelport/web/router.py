@@ -19,19 +19,23 @@ from modelport.api.deps import (
     get_accounts,
     get_catalog,
     get_endpoints,
+    get_services,
     get_settings,
-    get_supervisor,
     get_uploads,
     session_key,
     web_principal,
 )
 from modelport.api.session import SESSION_COOKIE, csrf_ok, csrf_token, from_this_site
 from modelport.catalog.service import UploadRequest
+from modelport.endpoints.experiment_rules import AB, SHADOW_KIND, compare
+from modelport.endpoints.routes import LIVE
 from modelport.endpoints.service import EndpointSpec
+from modelport.endpoints.traffic import shares
 from modelport.errors import AuthenticationError, Conflict, ModelportError, NotFound, PermissionDenied
 from modelport.humanize import human_bytes, human_count
 from modelport.manifest import ModelKind, ModelType
-from modelport.web import views
+from modelport.storage.db.tables import Endpoint, Rollout, Route
+from modelport.web import endpoint_views, views
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 TEMPLATES.env.filters.update(bytes=human_bytes, count=human_count, when=views.when)
@@ -176,15 +180,33 @@ def delete_model(request: Request, ref: str, who: Who, key: Key, csrf_token: Ann
 
 
 # --- endpoints ----------------------------------------------------------------------------------
+RECENT_EVENTS = 20
+
+
 @router.get("/endpoints", response_class=HTMLResponse)
 def endpoints_page(request: Request, who: Who, key: Key) -> Response:
-    service, catalog = get_endpoints(request), get_catalog(request)
-    supervisor = get_supervisor(request)
-    rows = [
-        views.endpoint_row(e, catalog.get_model(who, e.model_id).name, supervisor.ready_replicas(e.id))
-        for e in service.list(who)
-    ]
+    """Every endpoint (a route: a v1 endpoint is one with a single deployment), with its split."""
+    routes = get_services(request).live.routes
+    rows = []
+    for route in routes.listed(who):
+        deployments = routes.deployments(route.id)
+        rows.append(endpoint_views.route_row(route, deployments, _measured(request, who, route, deployments)))
     return page(request, "endpoints.html", key, who, endpoints=rows)
+
+
+def _measured(
+    request: Request, who: Principal, route: Route, deployments: list[Endpoint], revisions: bool = False
+) -> endpoint_views.Measured:
+    """What the pages show beside the rows: shares, ready replicas, model names (and revision numbers)."""
+    live = get_services(request).live
+    effective = shares(
+        route.traffic, {d.id for d in deployments if d.traffic_mode == LIVE}, live.routes.experiments(route.id)
+    )
+    catalog = get_catalog(request)
+    models = {d.model_id: catalog.get_model(who, d.model_id).name for d in deployments}
+    numbers = {r.id: r.number for m in models for r in catalog.revisions(who, m)} if revisions else {}
+    ready = {d.id: live.supervisor.ready_replicas(d.id) for d in deployments}
+    return endpoint_views.Measured(effective, ready, models, numbers)
 
 
 @router.post("/endpoints")
@@ -204,24 +226,86 @@ def create_endpoint(request: Request, who: Who, key: Key, form: Annotated[views.
 
 @router.post("/endpoints/{ref:path}/{action}")
 def endpoint_action(
-    request: Request, ref: str, action: str, who: Who, key: Key, csrf_token: Annotated[str, Form()]
+    request: Request,
+    ref: str,
+    action: str,
+    who: Who,
+    key: Key,
+    csrf_token: Annotated[str, Form()],
+    next: Annotated[str, Form()] = "/endpoints",
 ) -> Response:
+    """Start, stop or delete one deployment (a v1 endpoint, or one of an endpoint's by its full name)."""
     check_csrf(key, csrf_token)
     service = get_endpoints(request)
     if action == "delete":
-        service.delete(who, ref)
+        _delete_deployment(request, who, ref)
     elif action in ("start", "stop"):
         service.update(who, ref, {"state": "STARTED" if action == "start" else "STOPPED"})
     else:
         raise NotFound(f"no action {action!r}")
-    return back("/endpoints")
+    return back(views.local_path(next))
+
+
+def _delete_deployment(request: Request, who: Principal, ref: str) -> None:
+    """A v1 endpoint goes with its route. One of several deployments goes through its route, which refuses
+    while it runs or while a rollout or an experiment names it (traffic must not point at nothing)."""
+    deployment = get_endpoints(request).get(who, ref)
+    routes = get_services(request).live.routes
+    route = routes.get(who, deployment.route_id) if deployment.route_id else None
+    if route is None or route.name == deployment.name:
+        get_endpoints(request).delete(who, ref)
+    else:
+        routes.delete_deployment(who, route, deployment.id, None)
+
+
+@router.get("/endpoints/{name:path}", response_class=HTMLResponse)
+def endpoint_page(request: Request, name: str, who: Who, key: Key) -> Response:
+    """One endpoint: its deployments and split, its rollout's progress, its experiments and events. After
+    the more specific ``/endpoints…`` routes: a name holds a ``/``."""
+    live = get_services(request).live
+    route = live.routes.get(who, name)
+    deployments = live.routes.deployments(route.id)
+    measured = _measured(request, who, route, deployments, revisions=True)
+    labels = endpoint_views.labels_of(deployments)
+    return page(
+        request, "endpoint.html", key, who,
+        endpoint=endpoint_views.route_row(route, deployments, measured),
+        deployments=endpoint_views.deployment_rows(route, deployments, measured),
+        rollout=endpoint_views.rollout_view(_rollout(request, route), labels),
+        ab=endpoint_views.ab_rows(live.experiments.list(route, AB), labels),
+        shadow=_shadow_rows(request, route, labels),
+        events=endpoint_views.event_rows(live.events.list(route.id)[-RECENT_EVENTS:], labels),
+    )  # fmt: skip
+
+
+def _rollout(request: Request, route: Route) -> Rollout | None:
+    """The rollout in progress, else the latest one (to show how it ended), else None."""
+    rollouts = get_services(request).live.rollouts
+    active = get_services(request).live.routes.active_rollout(route.id)
+    if active is not None:
+        return rollouts.get(route, active)
+    listed = rollouts.listed(route)
+    return listed[-1] if listed else None
+
+
+def _shadow_rows(request: Request, route: Route, labels: dict[str, str]) -> list[dict[str, Any]]:
+    live = get_services(request).live
+    sources = live.experiments.live_sources(route)
+    return endpoint_views.shadow_rows(
+        live.experiments.list(route, SHADOW_KIND),
+        labels,
+        live.routing.mirrored,
+        lambda deployment: compare(live.routing.stats, deployment, sources),
+    )
 
 
 # --- playground and keys ------------------------------------------------------------------------
 @router.get("/playground", response_class=HTMLResponse)
 def playground(request: Request, who: Who, key: Key, model: str = "") -> Response:
     targets = [m.name for m in get_catalog(request).list_models(who) if m.type != ModelType.EMBEDDING]
-    targets += [e.name for e in get_endpoints(request).list(who)]
+    # An endpoint's name splits requests between its deployments; a deployment's full name pins one.
+    targets += [r.name for r in get_services(request).live.routes.listed(who)]
+    targets += [e.name for e in get_endpoints(request).list(who) if e.name not in targets]
     return page(request, "playground.html", key, who, targets=targets, selected=model)
 
 

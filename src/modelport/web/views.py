@@ -13,7 +13,7 @@ from modelport.endpoints.service import Availability
 from modelport.errors import InvalidRequest, ModelportError
 from modelport.ingest.uploads import UploadView
 from modelport.manifest import Manifest, ModelKind
-from modelport.storage.db.tables import Endpoint, Model, ModelRevision
+from modelport.storage.db.tables import Model, ModelRevision
 
 
 def when(value: datetime | None) -> str:
@@ -182,20 +182,6 @@ def hardware_row(a: Availability) -> dict[str, Any]:
     c = a.config
     memory = c.gpu_memory_gb if c.is_cpu else c.gpu_memory_gb * c.gpu_count
     return {"id": c.id, "type": c.gpu_type, "count": c.gpu_count, "memory_gb": memory, "status": a.status or "-"}
-
-
-def endpoint_row(e: Endpoint, model_name: str, ready: int) -> dict[str, Any]:
-    return {
-        "id": e.id,
-        "name": e.name,
-        "display_name": e.display_name,
-        "model": model_name,
-        "hardware": e.hardware,
-        "state": e.state,
-        "replicas": f"{ready}/{e.min_replicas}" + (f"-{e.max_replicas}" if e.max_replicas != e.min_replicas else ""),
-        "error": e.error,
-        "created": e.created_at,
-    }
 
 
 def upload_row(view: UploadView) -> dict[str, Any]:

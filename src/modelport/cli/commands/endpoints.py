@@ -8,6 +8,8 @@ import click
 
 from modelport.cli.base import AppContext, connection_options, pass_app
 from modelport.cli.client import Client
+from modelport.cli.commands.deployments import endpoints_deploy, endpoints_events, endpoints_show, endpoints_split
+from modelport.cli.commands.rollouts import endpoints_rollout
 from modelport.cli.errors import CliFailure
 from modelport.cli.nextstep import next_step
 from modelport.cli.output import Output, human_bytes, when
@@ -19,7 +21,11 @@ GIB = 2**30  # a configuration's memory is in GiB (endpoints/hardware.py), whate
 
 @click.group()
 def endpoints() -> None:
-    """Dedicated endpoints: a model on reserved hardware, with its own replicas."""
+    """Dedicated endpoints: a model on reserved hardware, with its own replicas.
+
+    An endpoint can hold several deployments (each a model revision on its hardware) and split its
+    traffic between them: `show`, `deploy`, `split`, `rollout` and `events` work on those.
+    """
 
 
 @endpoints.command("hardware")
@@ -227,3 +233,8 @@ def endpoints_delete(app: AppContext, endpoint: str) -> None:
     """Delete an endpoint: its replicas stop and its hardware is released."""
     app.client().delete_endpoint(endpoint)
     app.output.success(f"deleted {endpoint}")
+
+
+# Together v2's view of endpoints (deployments, traffic split, rollouts), in their own modules.
+for _command in (endpoints_show, endpoints_deploy, endpoints_split, endpoints_rollout, endpoints_events):
+    endpoints.add_command(_command)
