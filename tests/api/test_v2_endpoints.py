@@ -17,7 +17,12 @@ from fastapi.testclient import TestClient
 from modelport.app import create_app
 from modelport.endpoints.autoscale import Policy, Pressure, decide, seconds
 from modelport.endpoints.hardware import GIB
+from modelport.endpoints.states import EndpointState, move
+from modelport.endpoints.supervisor import Replica
+from modelport.errors import EngineOverloaded
+from modelport.ids import deployment_id_of_wire
 from modelport.settings import Settings
+from modelport.storage.db.tables import Endpoint
 from tests.integration.helpers import run_all_jobs
 from tests.support.fakehub import FakeHub
 from tests.support.tinymodels import files_of
@@ -183,3 +188,62 @@ def test_the_autoscaler_waits_out_its_windows() -> None:
     assert decide(asleep, 1, 0, 299, Pressure(), now=0) == 1
     assert decide(asleep, 1, 0, 300, Pressure(), now=0) == 0
     assert seconds("1.5m", 0) == 90 and seconds(None, 7) == 7 and seconds("junk", 3) == 3
+
+
+class _Load:
+    def __init__(self) -> None:
+        self.in_flight = 0
+
+
+class _Running:
+    pid = 0
+
+    def poll(self) -> None:
+        return None
+
+
+def test_the_supervisor_scales_a_deployment_with_its_load_to_zero_and_back(
+    api: tuple[TestClient, dict[str, str]], tmp_path: Path
+) -> None:
+    client, headers = api
+    services = client.app.state.services  # type: ignore[attr-defined]
+    ep = client.post(f"{P}/endpoints", json={"name": "auto"}, headers=headers).json()
+    scaling = {"minReplicas": 1, "maxReplicas": 3, "scaleUpWindow": "0s", "scaleDownWindow": "0s"}
+    dep = _deploy(client, headers, ep["id"], "one", autoscaling=scaling, maxConcurrentRequestsPerReplica="2").json()
+    supervisor, endpoint_id = services.serving.supervisor, deployment_id_of_wire(dep["id"])
+    with services.db.session() as s:  # as the supervisor leaves it once its replica answers
+        move(s.get(Endpoint, endpoint_id), EndpointState.STARTED)
+    load = _Load()
+    replica = Replica(endpoint_id, 0, _Running(), tmp_path / "r.sock", tmp_path / "r.log", ready=True)  # type: ignore[arg-type]
+    replica.engine = load  # type: ignore[assignment]
+
+    def scale(in_flight: int) -> int:
+        load.in_flight = in_flight
+        with services.db.read() as s:
+            row = s.get(Endpoint, endpoint_id)
+        supervisor._autoscale(row, [replica])
+        with services.db.read() as s:
+            return int(s.get(Endpoint, endpoint_id).replicas)
+
+    assert scale(5) == 3  # 5 in flight, 2 per replica: 3 replicas (its maximum), hardware reserved for them
+    assert scale(2) == 1
+    events = client.get(f"{P}/endpoints/{ep['id']}/events", params={"types": "deployment.scaled"}, headers=headers)
+    assert [e["message"].split(": ")[1] for e in events.json()["data"]][:2] == [
+        "1 -> 3 replicas (5 requests in flight)",
+        "3 -> 1 replicas (2 requests in flight)",
+    ]
+    # Allowed to sleep: idle past its window, it stops every replica; the next request wakes it.
+    fetched = client.get(f"{P}/endpoints/{ep['id']}/deployments/one", headers=headers).json()
+    asleep = {"minReplicas": 0, "scaleToZeroWindow": "0s"}
+    body = {"autoscaling": asleep, "etag": fetched["etag"]}
+    patched = client.patch(
+        f"{P}/endpoints/{ep['id']}/deployments/one", params={"updateMask": "autoscaling"}, json=body, headers=headers
+    )
+    assert patched.status_code == 200, patched.text
+    assert scale(0) == 0
+    with services.db.read() as s:
+        row = s.get(Endpoint, endpoint_id)
+    with pytest.raises(EngineOverloaded, match="scaling up from zero"):
+        supervisor.engine_for(row)
+    with services.db.read() as s:
+        assert s.get(Endpoint, endpoint_id).replicas == 1

@@ -89,6 +89,8 @@ class Events:
             query = query.where(EndpointEvent.created_at <= until)
         if types:
             query = query.where(EndpointEvent.type.in_(list(types)))
+        newest = query.order_by(EndpointEvent.created_at.desc(), EndpointEvent.id.desc()).limit(MAX_LISTED)
         with self.db.read() as s:
-            rows = list(s.scalars(query.order_by(EndpointEvent.created_at, EndpointEvent.id).limit(MAX_LISTED)))
-        return [e for e in rows if level_at_least(e.level, min_level)]
+            rows = list(s.scalars(newest))
+        # The latest MAX_LISTED, oldest first: a busy endpoint's recent events are never cut off.
+        return [e for e in reversed(rows) if level_at_least(e.level, min_level)]

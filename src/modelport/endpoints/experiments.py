@@ -123,7 +123,11 @@ class Experiments:
                 raise Conflict(f"{_WHAT[kind]} {name} already exists in endpoint {route.name}", param="name")
             fill(s, x)
             s.add(x)
-        self.events.record(route.id, "experiment.created", f"{_WHAT[kind]} {name} created: {_describe(x)}")
+        self.events.record(
+            route.id,
+            "experiment.created",
+            f"{_WHAT[kind]} {name} created: {_describe(x, self.routes.labels(route.id))}",
+        )
         return self.get(route, kind, x.id)
 
     def _change(
@@ -170,7 +174,11 @@ class Experiments:
                 x.description = description
 
         x = self._change(route, AB, ref, etag, apply)
-        self.events.record(route.id, "experiment.updated", f"{_WHAT[AB]} {x.name} updated: {_describe(x)}")
+        self.events.record(
+            route.id,
+            "experiment.updated",
+            f"{_WHAT[AB]} {x.name} updated: {_describe(x, self.routes.labels(route.id))}",
+        )
         return x
 
     def _resolve(self, who: Principal, route: Route, refs: Iterable[str]) -> dict[str, Endpoint | str]:
@@ -222,7 +230,11 @@ class Experiments:
                 x.description = description
 
         x = self._change(route, SHADOW_KIND, ref, etag, apply)
-        self.events.record(route.id, "experiment.updated", f"{_WHAT[SHADOW_KIND]} {x.name} updated: {_describe(x)}")
+        self.events.record(
+            route.id,
+            "experiment.updated",
+            f"{_WHAT[SHADOW_KIND]} {x.name} updated: {_describe(x, self.routes.labels(route.id))}",
+        )
         return x
 
     # --- shadow targets -------------------------------------------------------------------------
@@ -364,8 +376,10 @@ def _set_mode(s: Session, deployment_id: str, mode: str) -> None:
         deployment.traffic_mode, deployment.etag, deployment.updated_at = mode, new_etag(), utcnow()
 
 
-def _describe(x: Experiment) -> str:
+def _describe(x: Experiment, labels: dict[str, str]) -> str:
     if x.kind == AB:
-        return ", ".join(f"{m['deployment_id']} {m['percent']}%" for m in x.members)
+        return ", ".join(f"{labels.get(m['deployment_id'], m['deployment_id'])} {m['percent']}%" for m in x.members)
     sampling = x.source.get("endpoint", {}).get("sampling", {})
-    return f"sampling {sampling}, {len(x.targets)} target(s)"
+    how = ", ".join(f"{kind} " + " ".join(f"{k}={v}" for k, v in args.items()) for kind, args in sampling.items())
+    targets = ", ".join(labels.get(t["target_deployment_id"], t["target_deployment_id"]) for t in x.targets)
+    return f"sampling {how or 'none'}; targets: {targets or 'none'}"

@@ -101,7 +101,8 @@ class Rollouts:
                 )
             s.add(row)
         ladder = ", ".join(f"{p}%" for p in planned.ladder)
-        self.driver.event(row, "rollout.created", f"{planned.strategy} from {source.label} to {target.label}: {ladder}")
+        strategy = planned.strategy.removeprefix("ROLLOUT_STRATEGY_TYPE_").lower().replace("_", "-")
+        self.driver.event(row, "rollout.created", f"{strategy} from {source.label} to {target.label}: {ladder}")
         return row
 
     def preview(self, who: Principal, route: Route, body: Mapping[str, Any]) -> Preview:

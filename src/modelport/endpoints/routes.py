@@ -131,7 +131,8 @@ class Routes:
                 route.traffic = _checked_split(changes["traffic"], deployments)
             route.etag, route.updated_at = new_etag(), utcnow()
         if "traffic" in changes:
-            self.events.record(route_id, "endpoint.traffic_changed", f"traffic split: {_describe(changes['traffic'])}")
+            split = _describe(changes["traffic"], self.labels(route_id))
+            self.events.record(route_id, "endpoint.traffic_changed", f"traffic split: {split}")
         return self.get(who, route_id)
 
     def delete(self, who: Principal, ref: str, etag: str | None) -> None:
@@ -159,7 +160,8 @@ class Routes:
             split.update(weights)
             route.traffic = [{"deployment_id": d, "weight": w} for d, w in split.items()]
             route.etag, route.updated_at = new_etag(), utcnow()
-        self.events.record(route_id, "endpoint.traffic_changed", f"{why}: {_describe(route.traffic)}")
+        described = _describe(route.traffic, self.labels(route_id))
+        self.events.record(route_id, "endpoint.traffic_changed", f"{why}: {described}")
 
     def _join(self, route_id: str, deployment: Endpoint) -> None:
         """A new deployment enters the split: the first live one with all the traffic, later ones at 0.
@@ -172,6 +174,10 @@ class Routes:
                 return
             first = deployment.traffic_mode == LIVE and not any(float(t["weight"]) > 0 for t in route.traffic)
             route.traffic = [*route.traffic, {"deployment_id": deployment.id, "weight": 1.0 if first else 0.0}]
+
+    def labels(self, route_id: str) -> dict[str, str]:
+        """Deployment id -> name, for messages people read."""
+        return {d.id: d.label for d in self.deployments(route_id)}
 
     def experiments(self, route_id: str) -> list[Experiment]:
         with self.db.read() as s:
@@ -210,10 +216,12 @@ class Routes:
             return None
         deployment = self.endpoints.create(who, spec)
         self._join(route.id, deployment)
+        served = self.endpoints.catalog.model_at(deployment.model_id, deployment.revision_id)
+        what = f"{served.name} ({deployment.revision_id})" if served is not None else deployment.model_id
         self.events.record(
             route.id,
             "deployment.created",
-            f"deployment {label} created: {spec.model} on {spec.hardware}, "
+            f"deployment {label} created: {what} on {deployment.hardware}, "
             f"{spec.min_replicas}-{spec.max_replicas} replicas",
             deployment_id=deployment.id,
         )
@@ -263,5 +271,6 @@ def _checked_split(split: Sequence[dict[str, Any]], deployments: list[Endpoint])
     return out
 
 
-def _describe(split: Sequence[dict[str, Any]]) -> str:
-    return ", ".join(f"{t['deployment_id']}={float(t['weight']):g}" for t in split) or "empty"
+def _describe(split: Sequence[dict[str, Any]], labels: dict[str, str]) -> str:
+    parts = [f"{labels.get(t['deployment_id'], t['deployment_id'])}={float(t['weight']):g}" for t in split]
+    return ", ".join(parts) or "empty"

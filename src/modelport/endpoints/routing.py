@@ -23,7 +23,7 @@ from modelport.endpoints.routes import LIVE, Routes
 from modelport.endpoints.service import EndpointService
 from modelport.endpoints.states import RUNNING_STATES
 from modelport.endpoints.supervisor import Supervisor
-from modelport.endpoints.traffic import MeteredEngine, Mirror, TrafficStats, pick, sampled, shares
+from modelport.endpoints.traffic import MeteredEngine, Mirror, QpsBudget, TrafficStats, pick, sampled, shares
 from modelport.errors import EndpointNotRunning, ModelportError
 from modelport.ids import wire_deployment_id
 from modelport.manifest import context_length_of
@@ -63,6 +63,7 @@ class EndpointRouting:
         )
         self.catalog, self.artifacts, self.events, self.stats = catalog, artifacts, events, stats
         self._mirrored: dict[tuple[str, str], int] = {}  # (experiment, target) -> copies sent
+        self.budget = QpsBudget()
         self._lock = threading.Lock()
 
     def mirrored(self, experiment_id: str, deployment_id: str) -> int:
@@ -110,7 +111,8 @@ class EndpointRouting:
         for x in experiments:
             if x.kind != "shadow" or x.state != SHADOW_ACTIVE or not x.targets:
                 continue
-            if not sampled(x.source.get("endpoint", {}).get("sampling", {}), None):
+            sampling = x.source.get("endpoint", {}).get("sampling", {})
+            if not sampled(sampling, None) or not self.budget.admit(x.id, sampling):
                 continue
             for target in x.targets:
                 deployment = deployments.get(target["target_deployment_id"])

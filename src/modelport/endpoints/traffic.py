@@ -66,16 +66,38 @@ def pick(weights: dict[str, float], rng: random.Random | None = None) -> str | N
 
 
 def sampled(sampling: dict[str, Any], key_value: str | None, rng: random.Random | None = None) -> bool:
-    """Whether a shadow experiment copies this request: ``uniform{rate}`` draws at random; ``keyBased``
-    hashes the request's key (a header's value), so one key is always copied or never."""
-    if "keyBased" in sampling:
-        rate = float(sampling["keyBased"].get("rate", 0))
-        digest = hashlib.sha256((key_value or "").encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < rate
-    rate = float((sampling.get("uniform") or {}).get("rate", 0))
+    """Whether a shadow experiment copies this request, by its ``rate``. ``keyBased`` hashes the request's
+    key, so one key is always copied or never; without a key it draws at random like ``uniform``. The
+    adaptive forms copy every request their QPS budget admits (``QpsBudget``)."""
     if "adaptiveUniform" in sampling or "adaptiveKeyBased" in sampling:
-        rate = 1.0  # the target QPS is enforced by the mirror's budget (``Mirror.admit``)
+        return True
+    spec = sampling.get("keyBased") or sampling.get("uniform") or {}
+    rate = float(spec.get("rate", 0))
+    if "keyBased" in sampling and key_value is not None:
+        digest = hashlib.sha256(key_value.encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < rate
     return (rng or random).random() < rate
+
+
+class QpsBudget:
+    """At most ``targetQps`` copies a second per shadow experiment (its adaptive sampling), as a token
+    bucket holding one second's worth."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}  # experiment -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def admit(self, experiment_id: str, sampling: dict[str, Any]) -> bool:
+        spec = sampling.get("adaptiveUniform") or sampling.get("adaptiveKeyBased")
+        if spec is None:
+            return True
+        qps, now = float(spec.get("targetQps", 0)), time.monotonic()
+        with self._lock:
+            tokens, then = self._buckets.get(experiment_id, (qps, now))
+            tokens = min(qps, tokens + (now - then) * qps)
+            admitted = tokens >= 1
+            self._buckets[experiment_id] = (tokens - 1 if admitted else tokens, now)
+        return admitted
 
 
 @dataclass(frozen=True)
