@@ -306,7 +306,7 @@ def test_deploy_a_base_model_attach_an_adapter_and_chat_with_both(stack: Stack) 
     assert "devuser/tiny-lora" in shown or stack.models["tiny-lora"] in shown
 
 
-def test_a_canary_rollout_reaches_100_percent_while_a_client_streams_without_one_failed_request(
+def test_a_canary_rollout_paused_resumed_and_promoted_while_a_client_streams_without_one_failed_request(
     stack: Stack,
 ) -> None:
     endpoint_id, blue = stack.deploy("tiny", "canary-ep", "blue", weight=1)
@@ -325,9 +325,10 @@ def test_a_canary_rollout_reaches_100_percent_while_a_client_streams_without_one
         assert rollout["strategy"] == "ROLLOUT_STRATEGY_TYPE_CANARY"
         assert rollout["state"] in ("ROLLOUT_STATE_PENDING", "ROLLOUT_STATE_RUNNING")
 
-        # Paused at once (well within the first 2 s step), it holds its split past a step's interval...
-        paused = stack.api("POST", f"/endpoints/{endpoint_id}/rollouts/{rollout_id}/pause", {"reason": "e2e"})
-        assert paused.status_code == 200, paused.text
+        # Paused at once by the target's name (well within the first 2 s step), it holds its split past a
+        # step's interval...
+        paused = stack.tg_json("endpoints", "rollout", green, "--pause")["rollout"]
+        assert paused["id"] == rollout_id
         held = stack.wait_rollout(endpoint_id, rollout_id, {PAUSED})
         assert stack.get(f"/endpoints/{endpoint_id}")["activeRolloutId"] == rollout_id
         time.sleep(2.5)
@@ -337,6 +338,13 @@ def test_a_canary_rollout_reaches_100_percent_while_a_client_streams_without_one
         resumed = stack.tg_json("endpoints", "rollout", endpoint_id, "--resume")["rollout"]
         assert resumed["id"] == rollout_id and resumed["state"] not in (PAUSED, "ROLLOUT_STATE_PAUSING")
 
+        # Once the target has 50%, `--promote` (by the endpoint's name) gives it everything at once.
+        deadline = time.monotonic() + 60
+        while stack.get(f"/endpoints/{endpoint_id}/rollouts/{rollout_id}").get("currentStep", 0) < 1:
+            assert time.monotonic() < deadline, "the rollout never reached its second step"
+            time.sleep(0.2)
+        promoted = stack.tg_json("endpoints", "rollout", "canary-ep", "--promote")["rollout"]
+        assert promoted["id"] == rollout_id
         done = stack.wait_rollout(endpoint_id, rollout_id, {COMPLETED})
         at_completion = load.count()
         load.wait_for(at_completion + 5)
