@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from modelport.app import create_app
 from modelport.endpoints.autoscale import Policy, Pressure, decide, seconds
+from modelport.endpoints.events import Events
 from modelport.endpoints.hardware import GIB
 from modelport.endpoints.states import EndpointState, move
 from modelport.endpoints.supervisor import Replica
@@ -247,3 +248,15 @@ def test_the_supervisor_scales_a_deployment_with_its_load_to_zero_and_back(
         supervisor.engine_for(row)
     with services.db.read() as s:
         assert s.get(Endpoint, endpoint_id).replicas == 1
+
+
+def test_an_endpoint_keeps_its_newest_events(api: tuple[TestClient, dict[str, str]]) -> None:
+    client, headers = api
+    services = client.app.state.services  # type: ignore[attr-defined]
+    ep = client.post(f"{P}/endpoints", json={"name": "busy"}, headers=headers).json()
+    events = Events(services.db, max_kept=10)
+    for i in range(25):
+        events.record(ep["id"], "test.tick", f"tick {i}")
+    events.prune(ep["id"])
+    kept = [e.message for e in events.list(ep["id"], types=["test.tick"])]
+    assert kept == [f"tick {i}" for i in range(15, 25)]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from modelport.ids import new_wire_id
 from modelport.storage.db.engine import Database
@@ -30,6 +30,9 @@ class Level(StrEnum):
 
 _ORDER = list(Level)
 MAX_LISTED = 1000
+# Events kept per endpoint: a busy one (shadow comparisons, scaling) must not grow its table forever.
+# Checked every PRUNE_EVERY writes to it.
+MAX_KEPT, PRUNE_EVERY = 5000, 200
 
 
 def level_at_least(level: str, minimum: str | None) -> bool:
@@ -39,8 +42,9 @@ def level_at_least(level: str, minimum: str | None) -> bool:
 
 
 class Events:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, db: Database, max_kept: int = MAX_KEPT) -> None:
+        self.db, self.max_kept = db, max_kept
+        self._writes: dict[str, int] = {}
 
     def record(
         self,
@@ -67,8 +71,26 @@ class Events:
                         created_at=utcnow(),
                     )
                 )
+            self._writes[route_id] = self._writes.get(route_id, 0) + 1
+            if self._writes[route_id] % PRUNE_EVERY == 1:
+                self.prune(route_id)
         except Exception:
             log.exception("could not record endpoint event %s", type)
+
+    def prune(self, route_id: str) -> None:
+        """Keep the endpoint's newest ``max_kept`` events (and any as old as the oldest of those)."""
+        mine = EndpointEvent.route_id == route_id
+        oldest_kept = (
+            select(EndpointEvent.created_at)
+            .where(mine)
+            .order_by(EndpointEvent.created_at.desc())
+            .offset(self.max_kept - 1)
+            .limit(1)
+        )
+        with self.db.session() as s:
+            cutoff = s.scalars(oldest_kept).first()
+            if cutoff is not None:
+                s.execute(delete(EndpointEvent).where(mine, EndpointEvent.created_at < cutoff))
 
     def list(
         self,
