@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 SHADOW_ACTIVE = "SHADOW_EXPERIMENT_STATE_ACTIVE"
 COMPARE_EVERY = 20  # mirrored requests between two shadow.compared events
 COMPARE_WINDOW_S = 300.0
+# Copies running on one shadow target at once: a slow shadow skips copies rather than queueing them
+# without end (its own time and errors are what the experiment measures, not a backlog).
+MAX_COPIES_IN_FLIGHT = 8
 
 
 class EndpointRouting:
@@ -64,6 +67,7 @@ class EndpointRouting:
         self.catalog, self.artifacts, self.events, self.stats = catalog, artifacts, events, stats
         self._mirrored: dict[tuple[str, str], int] = {}  # (experiment, target) -> copies sent
         self.budget = QpsBudget()
+        self._copies: dict[str, int] = {}  # shadow deployment -> copies running on it
         self._lock = threading.Lock()
 
     def mirrored(self, experiment_id: str, deployment_id: str) -> int:
@@ -131,13 +135,24 @@ class EndpointRouting:
         def done(experiment_id: str, deployment_id: str, seconds: float, ok: bool) -> None:
             self.stats.record(deployment_id, seconds, ok)
             with self._lock:
+                self._copies[deployment_id] -= 1
                 count = self._mirrored.get((experiment_id, deployment_id), 0) + 1
                 self._mirrored[(experiment_id, deployment_id)] = count
             if count == 1 or count % COMPARE_EVERY == 0:
                 self._compare(route.id, x.name, target, source, count)
 
+        def admit() -> bool:
+            """Counted from the copy's start to its ``done``: a request that fails before it generates
+            never sends its copies, and so holds no place."""
+            with self._lock:
+                if self._copies.get(target.id, 0) >= MAX_COPIES_IN_FLIGHT:
+                    return False
+                self._copies[target.id] = self._copies.get(target.id, 0) + 1
+                return True
+
         context = context_length_of(model.manifest, self.settings.max_model_len)
-        return Mirror(x.id, target.id, self.supervisor.engine_for(target), artifact, context, done)
+        engine = self.supervisor.engine_for(target)
+        return Mirror(x.id, target.id, engine, artifact, context, done, admit)
 
     def _compare(self, route_id: str, experiment: str, target: Endpoint, source: Endpoint, count: int) -> None:
         """An event that sets the shadow's latency and errors beside its source's, over the last minutes."""

@@ -172,6 +172,7 @@ class Mirror:
     artifact: Callable[[], Artifact]  # blocking (it may fetch files): called in a thread
     context_length: int
     on_done: Callable[[str, str, float, bool], None] = field(default=lambda *_: None)
+    admit: Callable[[], bool] = field(default=lambda: True)  # False: too many copies already running there
 
 
 class MeteredEngine:
@@ -252,6 +253,8 @@ def _background(coro: Awaitable[None]) -> None:
 
 async def _shadow(mirror: Mirror, request: GenerationRequest) -> None:
     """Run a copy of ``request`` on the shadow deployment, read every token, and drop the answer."""
+    if not mirror.admit():
+        return
     started, ok = time.monotonic(), False
     try:
         artifact = await asyncio.to_thread(mirror.artifact)
@@ -265,4 +268,6 @@ async def _shadow(mirror: Mirror, request: GenerationRequest) -> None:
     except Exception as e:  # a shadow's failure is recorded, never seen by the client
         log.info("shadow copy to %s failed: %s", mirror.deployment_id, e)
     finally:
-        mirror.on_done(mirror.experiment_id, mirror.deployment_id, time.monotonic() - started, ok)
+        # Off the event loop: every so often it writes a comparison event to the database.
+        seconds = time.monotonic() - started
+        await asyncio.to_thread(mirror.on_done, mirror.experiment_id, mirror.deployment_id, seconds, ok)

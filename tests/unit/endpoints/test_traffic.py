@@ -3,14 +3,28 @@ QPS budget, and the latency percentiles the gates read."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
+from collections.abc import AsyncGenerator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from modelport.endpoints import traffic
-from modelport.endpoints.traffic import QpsBudget, TrafficStats, percentile_of, pick, sampled, shares
+from modelport.endpoints.traffic import (
+    MeteredEngine,
+    Mirror,
+    QpsBudget,
+    TrafficStats,
+    percentile_of,
+    pick,
+    sampled,
+    shares,
+)
+from modelport.manifest import Manifest, ModelKind
+from modelport.serving.engine import Artifact, GenerationRequest, SamplingParams, TokenStep
 from modelport.storage.db.tables import Experiment
 
 
@@ -61,3 +75,53 @@ def test_stats_summarise_a_window() -> None:
     assert summary.p50 == pytest.approx(0.10) and summary.p95 == pytest.approx(0.19)
     assert stats.totals("a") == (20, 1) and stats.summary("b", 60).p50 is None
     assert percentile_of([], 50) is None and percentile_of([3.0], 99) == 3.0
+
+
+class _Engine:
+    """Two tokens per request; remembers what it was sent."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.sent: list[GenerationRequest] = []
+
+    async def prepare(self, request: GenerationRequest) -> None:
+        pass
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenStep, None]:
+        self.sent.append(request)
+        for token in (1, 2):
+            await asyncio.sleep(0)
+            yield TokenStep(token)
+
+
+def test_a_routed_request_is_timed_and_copied_to_shadows_that_have_room(tmp_path: Path) -> None:
+    base = Artifact("base", tmp_path, Manifest(kind=ModelKind.MODEL), 0)
+    shadow_model = Artifact("shadow", tmp_path, Manifest(kind=ModelKind.MODEL), 0)
+    request = GenerationRequest("gen-1", base, None, [5, 6, 7], SamplingParams(max_tokens=100), 2048)
+    live, roomy, full = _Engine(), _Engine(), _Engine()
+    finished: list[tuple[str, bool]] = []
+
+    def mirror(name: str, engine: _Engine, room: bool) -> Mirror:
+        def done(x: str, d: str, seconds: float, ok: bool) -> None:
+            finished.append((d, ok))
+
+        return Mirror("exp", name, engine, lambda: shadow_model, 8, done, lambda: room)  # type: ignore[arg-type]
+
+    stats = TrafficStats()
+    metered = MeteredEngine(live, "a", stats, mirrors=[mirror("c", roomy, True), mirror("d", full, False)])  # type: ignore[arg-type]
+
+    async def run() -> list[int]:
+        steps = [step.token_id async for step in metered.generate(request)]
+        for _ in range(100):  # the copies run in the background
+            await asyncio.sleep(0.01)
+            if finished:
+                break
+        return steps
+
+    assert asyncio.run(run()) == [1, 2]
+    assert stats.totals("a") == (1, 0) and finished == [("c", True)]
+    [copy] = roomy.sent
+    # The copy runs the shadow's own model on the same prompt, within its context, under another id.
+    assert copy.base is shadow_model and copy.prompt_ids == [5, 6, 7] and copy.params.max_tokens == 5
+    assert copy.request_id != request.request_id and full.sent == []
