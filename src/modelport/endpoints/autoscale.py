@@ -32,6 +32,45 @@ def seconds(value: Any, default: float) -> float:
     return float(match.group(1)) * _UNIT[match.group(2)] if match else default
 
 
+WINDOWS = ("scaleUpWindow", "scaleDownWindow", "scaleToZeroWindow")
+
+
+def problems(spec: Any) -> list[str]:
+    """What is wrong with a wire ``autoscaling`` object (beyond min/max), all at once; [] when fine."""
+    if not isinstance(spec, dict):
+        return ["autoscaling must be an object"]
+    found = [f"autoscaling.{k} must be a duration like '30s'" for k in WINDOWS if _bad_duration(spec.get(k))]
+    metrics = spec.get("scalingMetrics") or []
+    if not isinstance(metrics, list) or not all(isinstance(m, dict) for m in metrics):
+        return [*found, "autoscaling.scalingMetrics must be a list of objects"]
+    for i, metric in enumerate(metrics):
+        if not isinstance(metric.get("name"), str) or not metric["name"]:
+            found.append(f"autoscaling.scalingMetrics[{i}].name is required")
+        target = metric.get("target")
+        number = _number(target)
+        if target is not None and (number is None or number <= 0):
+            found.append(f"autoscaling.scalingMetrics[{i}].target must be a number above 0")
+    return found
+
+
+def _bad_duration(value: Any) -> bool:
+    if value is None or value == "":
+        return False
+    if isinstance(value, bool):
+        return True
+    return seconds(value, -1.0) < 0
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 @dataclass(frozen=True)
 class Policy:
     minimum: int
@@ -43,11 +82,15 @@ class Policy:
 
     @classmethod
     def of(cls, low: int, high: int, max_concurrent: int | None, spec: dict[str, Any] | None) -> Policy:
-        spec = spec or {}
+        spec = spec if isinstance(spec, dict) else {}  # checked at the API (``problems``); never trusted here
         target = float(max_concurrent or 0)
-        for metric in spec.get("scalingMetrics") or []:
-            if metric.get("name") in LOAD_METRICS and float(metric.get("target") or 0) > 0:
-                target = float(metric["target"])
+        metrics = spec.get("scalingMetrics")
+        for metric in metrics if isinstance(metrics, list) else []:
+            if not isinstance(metric, dict) or metric.get("name") not in LOAD_METRICS:
+                continue
+            wanted = _number(metric.get("target"))
+            if wanted is not None and wanted > 0:
+                target = wanted
         return cls(
             low,
             high,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -68,6 +69,7 @@ class EndpointRouting:
         self._mirrored: dict[tuple[str, str], int] = {}  # (experiment, target) -> copies sent
         self.budget = QpsBudget()
         self._copies: dict[str, int] = {}  # shadow deployment -> copies running on it
+        self._last_used: dict[str, float] = {}  # attachment -> when its last_used_at was written
         self._lock = threading.Lock()
 
     def mirrored(self, experiment_id: str, deployment_id: str) -> int:
@@ -186,10 +188,10 @@ class EndpointRouting:
     def _attached(self, adapter_id: str, model_id: str, revision_id: str | None) -> Routed | None:
         """A started deployment of this base revision with the adapter attached: it runs the attachment's
         revision of the adapter (which shares that base revision, checked when it was attached)."""
-        with self.db.session() as s:
+        with self.db.read() as s:
             rows: list[Any] = list(
                 s.execute(
-                    select(DeploymentAdapter, Endpoint)
+                    select(DeploymentAdapter.id, DeploymentAdapter.revision_id, Endpoint)
                     .join(Endpoint, Endpoint.id == DeploymentAdapter.deployment_id)
                     .where(
                         DeploymentAdapter.adapter_model_id == adapter_id,
@@ -198,13 +200,23 @@ class EndpointRouting:
                     )
                 ).all()
             )
-            for attachment, deployment in rows:
-                if self._answers(deployment):
-                    attachment.last_used_at = utcnow()  # the adapter slots evict the least recently used
-                    return replace(
-                        self._routed(deployment, deployment.name), adapter_revision_id=attachment.revision_id
-                    )
+        for attachment_id, adapter_revision, deployment in rows:
+            if self._answers(deployment):
+                routed = replace(self._routed(deployment, deployment.name), adapter_revision_id=adapter_revision)
+                self._used(attachment_id)
+                return routed
         return None
+
+    def _used(self, attachment_id: str) -> None:
+        """The adapter slots evict the least recently used: at most one write a minute per attachment."""
+        now = time.monotonic()
+        if now - self._last_used.get(attachment_id, 0.0) < 60:
+            return
+        self._last_used[attachment_id] = now
+        with self.db.session() as s:  # its own short transaction, after routing (never inside another)
+            row = s.get(DeploymentAdapter, attachment_id)
+            if row is not None:
+                row.last_used_at = utcnow()
 
 
 def _ms(seconds: float | None) -> str:

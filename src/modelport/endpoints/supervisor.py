@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 
 STABLE_S = 600.0  # replicas up this long forgive earlier crashes
 DRAIN_S = 60.0  # a replica scaled away or stopped may take this long to answer what it has in flight
+# ...and lives at least this long: a request routed to it just before may still be tokenizing, not yet
+# counted in flight.
+DRAIN_GRACE_S = 5.0
+WAKE_RETRY_S = 5.0  # between two tries to wake a deployment from zero (hardware may be taken meanwhile)
 
 
 def replica_spec(
@@ -136,8 +140,11 @@ class Supervisor:
         # The autoscaler's moves go through the endpoint service, which re-reserves hardware for them.
         self.rescale: Callable[[str, int], None] = lambda endpoint_id, replicas: None
         self.replicas: dict[str, list[Replica]] = {}
-        self._retired: list[tuple[Replica, float]] = []  # replicas scaled away, finishing their requests
+        # Replicas scaled away or stopped, finishing their requests: (replica, since, grace in seconds).
+        self._retired: list[tuple[Replica, float, float]] = []
         self._pressure: dict[str, Pressure] = {}
+        self._waking: set[str] = set()  # scaled to zero, woken by a request, no replica answering yet
+        self._woken: dict[str, float] = {}  # when a request last tried to wake each deployment
         self.interval = 0.5
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -165,7 +172,7 @@ class Supervisor:
                 for r in replicas:
                     terminate(r.proc)
             self.replicas.clear()
-            for r, _ in self._retired:
+            for r, _, _ in self._retired:
                 terminate(r.proc)
             self._retired.clear()
         if self._sockets is not None:
@@ -191,6 +198,8 @@ class Supervisor:
         scaling up or replacing a crashed one, while others answer)."""
         with self._lock:
             ready = [r.engine for r in self.replicas.get(endpoint.id, []) if r.ready and r.engine is not None]
+        if not ready and endpoint.id in self._waking and endpoint.state in RUNNING_STATES:
+            raise EngineOverloaded(f"endpoint {endpoint.name} is scaling up from zero replicas; retry shortly")
         if endpoint.state != EndpointState.STARTED and not (ready and endpoint.state in RUNNING_STATES):
             raise EndpointNotRunning(
                 f"endpoint {endpoint.name} is {endpoint.state}"
@@ -209,6 +218,12 @@ class Supervisor:
         return min(ready, key=lambda e: e.in_flight)
 
     def _wake_from_zero(self, endpoint: Endpoint) -> None:
+        # Each request to a sleeping deployment lands here: one try every few seconds, not one per request.
+        now = time.monotonic()
+        if now - self._woken.get(endpoint.id, 0.0) < WAKE_RETRY_S:
+            return
+        self._woken[endpoint.id] = now
+        self._waking.add(endpoint.id)  # until a replica answers: retry (503), not "not running" (400)
         self._touch(endpoint.id, force=True)
         try:
             self.rescale(endpoint.id, 1)
@@ -247,14 +262,24 @@ class Supervisor:
         for endpoint in endpoints.values():
             if self._stopping.is_set():
                 return
-            if endpoint.desired == EndpointState.STARTED and endpoint.state in RUNNING_STATES:
-                if self._idle_too_long(endpoint):
-                    log.info("endpoint %s idle for %s min: stopping", endpoint.name, endpoint.inactive_timeout)
+            try:
+                self._reconcile_one(endpoint)
+            except Exception:  # one deployment's trouble must not leave every other one unsupervised
+                log.exception("endpoint %s: supervisor pass failed; retrying", endpoint.name)
+
+    def _reconcile_one(self, endpoint: Endpoint) -> None:
+        if endpoint.desired == EndpointState.STARTED and endpoint.state in RUNNING_STATES:
+            if self._idle_too_long(endpoint):
+                log.info("endpoint %s idle for %s min: stopping", endpoint.name, endpoint.inactive_timeout)
+                self._move(endpoint, EndpointState.STOPPING)
+                return
+            self._keep_running(endpoint)
+        elif endpoint.state in (EndpointState.STOPPING, *RUNNING_STATES):
+            self._stop_replicas(endpoint.id)
+            if self._draining(endpoint.id):  # STOPPING until its replicas have answered what they hold
+                if endpoint.state != EndpointState.STOPPING:
                     self._move(endpoint, EndpointState.STOPPING)
-                    continue
-                self._keep_running(endpoint)
-            elif endpoint.state in (EndpointState.STOPPING, *RUNNING_STATES):
-                self._stop_replicas(endpoint.id)
+            else:
                 self._move(endpoint, EndpointState.STOPPED)
 
     def _idle_too_long(self, endpoint: Endpoint) -> bool:
@@ -280,7 +305,7 @@ class Supervisor:
             with self._lock:
                 extra = max(replicas, key=lambda r: r.index)
                 replicas.remove(extra)
-                self._retired.append((extra, time.monotonic()))
+                self._retired.append((extra, time.monotonic(), DRAIN_GRACE_S))
         if len(replicas) < want and endpoint.state == EndpointState.STARTED and not any(r.ready for r in replicas):
             # Nothing answers (a server restart): say so before the launch, which may wait for the fork server.
             self._move(endpoint, EndpointState.STARTING)
@@ -314,6 +339,7 @@ class Supervisor:
             label = f"endpoint {endpoint.name} replica {replica.index}"
             client = EngineClient(replica.socket, self.settings.engine, label)
             replica.ready, replica.ready_at, replica.engine = True, time.monotonic(), client
+            self._waking.discard(endpoint.id)
             log.info("endpoint %s replica %d ready", endpoint.name, replica.index)
         elif time.monotonic() - replica.started > self.settings.replica_start_timeout_s:
             log.warning("endpoint %s replica %d did not start in time", endpoint.name, replica.index)
@@ -355,20 +381,28 @@ class Supervisor:
         """Stop taking requests; each replica ends once its requests are answered (``_drain``)."""
         with self._lock:
             replicas = self.replicas.pop(endpoint_id, [])
-            self._retired.extend((r, time.monotonic()) for r in replicas)
+            # No grace: a stopped endpoint takes no new request (its state says so before this).
+            self._retired.extend((r, time.monotonic(), 0.0) for r in replicas)
         self._drain()
+
+    def _draining(self, endpoint_id: str) -> bool:
+        with self._lock:
+            return any(r.endpoint_id == endpoint_id for r, _, _ in self._retired)
 
     def _drain(self) -> None:
         """End retired replicas with nothing in flight, or that took longer than ``DRAIN_S`` to finish."""
         now = time.monotonic()
         with self._lock:
             done = [
-                (r, at)
-                for r, at in self._retired
-                if r.engine is None or r.engine.in_flight == 0 or now - at > DRAIN_S or r.proc.poll() is not None
+                (r, at, grace)
+                for r, at, grace in self._retired
+                if r.engine is None
+                or (r.engine.in_flight == 0 and now - at >= grace)
+                or now - at > DRAIN_S
+                or r.proc.poll() is not None
             ]
             self._retired = [item for item in self._retired if item not in done]
-        for r, _ in done:
+        for r, _, _ in done:
             terminate(r.proc)
             r.socket.unlink(missing_ok=True)
 

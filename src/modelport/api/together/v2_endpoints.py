@@ -20,6 +20,7 @@ from modelport.api.deps import CatalogDep, PrincipalDep, get_endpoints, get_even
 from modelport.api.together.convert import iso
 from modelport.api.together.v2 import Camel, ProjectDep, page
 from modelport.api.together.v2_supported import CONFIG_PREFIX, instance_name
+from modelport.endpoints import autoscale
 from modelport.endpoints.events import Events
 from modelport.endpoints.routes import LIVE, Routes
 from modelport.endpoints.service import EndpointService, EndpointSpec
@@ -185,8 +186,16 @@ def _mask(update_mask: str | None, body: Camel) -> set[str]:
 
 
 def _replicas(autoscaling: dict[str, Any], default: int) -> tuple[int, int]:
-    low = int(autoscaling.get("minReplicas", default) or 0)
-    high = int(autoscaling.get("maxReplicas", max(low, default)) or 0)
+    """minReplicas and maxReplicas (int32: numbers or strings), once the whole object is checked."""
+    found = autoscale.problems(autoscaling)
+    try:
+        low = int(autoscaling.get("minReplicas", default) or 0)
+        high = int(autoscaling.get("maxReplicas", max(low, default)) or 0)
+    except (TypeError, ValueError):
+        found.append("autoscaling.minReplicas and maxReplicas must be whole numbers")
+        low = high = 0
+    if found:
+        raise InvalidRequest("; ".join(found), param="autoscaling")
     return low, high
 
 
