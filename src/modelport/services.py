@@ -229,10 +229,10 @@ def _serving(
         supervisor.replica_loads,
     )
     experiments = Experiments(db, routes, events)
-    routes.forgetters.append(experiments.forget_deployment)
+    endpoints.forgetters.append(experiments.forget_deployment)
     adapters = DeploymentAdapters(settings, db, catalog, supervisor, events)
     rollouts = Rollouts(db, routes, events, stats, supervisor)
-    routes.forgetters.append(rollouts.forget_deployment)
+    endpoints.forgetters.append(rollouts.forget_deployment)
     return Serving(
         engine,
         inference,

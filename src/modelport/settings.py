@@ -203,6 +203,14 @@ class Settings(BaseSettings):
         description="Uploads one account may have still receiving (resumable or whole) at once; more get 429 until "
         "one is completed or deleted. 0 means no limit.",
     )
+    quota_endpoints: int = Field(
+        default=100,
+        ge=1,
+        description="Endpoints one account may have (each a name over deployments; Together 3.x's /v2 endpoints).",
+    )
+    quota_deployments_per_endpoint: int = Field(
+        default=20, ge=1, description="Deployments one endpoint may hold, running or stopped."
+    )
     quota_endpoint_share: float = Field(
         default=0.5,
         gt=0,

@@ -164,9 +164,8 @@ def events(api: Api, pair: Pair) -> list[tuple[str, str, str]]:
 
 
 def test_a_canary_climbs_its_ladder_once_the_target_is_ready_and_completes(api: Api, pair: Pair) -> None:
-    quiet_gate = LATENCY_GATE | {"window": "0s"}  # no requests at all: UNAVAILABLE, which does not stop it
     steps = [{"traffic": 10}, {"traffic": 50}, {"traffic": 100}]
-    rollout = create(api, pair, canary={"steps": steps, "stepInterval": "0s"}, metrics=[quiet_gate])
+    rollout = create(api, pair, canary={"steps": steps, "stepInterval": "0s"})
     assert rollout["id"].startswith("rol_") and rollout["endpointId"] == pair.route.id
     assert rollout["sourceDeploymentId"] == wire_deployment_id(pair.blue.id)  # the only one with traffic
     assert rollout["targetDeploymentId"] == wire_deployment_id(pair.green.id)
@@ -195,9 +194,7 @@ def test_a_canary_climbs_its_ladder_once_the_target_is_ready_and_completes(api: 
     done = get(api, pair, rollout["id"])
     assert done["state"] == "ROLLOUT_STATE_COMPLETED" and weights(api, pair) == (0.0, 1.0)
     assert [s["state"] for s in done["status"]["steps"]] == [PASSED] * 3
-    [metric] = done["status"]["steps"][0]["metrics"]
-    assert (metric["name"], metric["verdict"]) == ("router_latency", "METRIC_VERDICT_UNAVAILABLE")
-    assert "targetValue" not in metric and done["startedAt"] and done["completedAt"]
+    assert done["startedAt"] and done["completedAt"]
     blue = api.services.live.routes.deployment(api.who, pair.route, pair.blue.id)
     assert (blue.state, blue.min_replicas, blue.max_replicas) == (EndpointState.STOPPING, 0, 0)  # the source stops
     assert active_rollout_id(api.services.db, pair.route.id) is None
@@ -393,3 +390,32 @@ def test_the_controller_thread_advances_a_started_rollout_at_once(api: Api, pair
     finally:
         controller.stop()
     assert get(api, pair, rollout["id"])["state"] == "ROLLOUT_STATE_COMPLETED" and weights(api, pair) == (0.0, 1.0)
+
+
+def test_a_gate_without_data_holds_its_step_then_pauses_the_rollout(api: Api, pair: Pair) -> None:
+    """A quiet endpoint (or a target failing every request, which gives no latency) never passes a gate
+    it could not read."""
+    quiet_gate = LATENCY_GATE | {"window": "1s"}
+    rollout = create(
+        api, pair, canary={"steps": [{"traffic": 50}, {"traffic": 100}], "stepInterval": "1s"}, metrics=[quiet_gate]
+    )
+    start(api, pair, rollout["id"])
+    api.ready.counts[pair.green.id] = 1
+    api.rollouts.tick()
+    elapse(api, rollout["id"], 5)
+    api.rollouts.tick()  # past the step's interval, but its gate saw nothing: the step runs on
+    held = get(api, pair, rollout["id"])
+    assert (held["state"], held["currentTrafficPercent"]) == ("ROLLOUT_STATE_RUNNING", 50)
+    assert held["status"]["steps"][0]["state"] == "ROLLOUT_STEP_STATE_RUNNING"
+    elapse(api, rollout["id"], 60)
+    api.rollouts.tick()
+    paused = get(api, pair, rollout["id"])
+    assert paused["state"] == "ROLLOUT_STATE_SYSTEM_PAUSED" and weights(api, pair) == (1.0, 0.0)
+    condition = paused["status"]["condition"]
+    assert condition["category"] == "ROLLOUT_FAILURE_CATEGORY_METRICS_UNAVAILABLE"
+    assert "router_latency" in condition["message"]
+    [metric] = paused["status"]["steps"][0]["metrics"]
+    assert metric["verdict"] == "METRIC_VERDICT_UNAVAILABLE" and "targetValue" not in metric
+    assert api.call("POST", f"{pair.base}/{rollout['id']}/cancel", {"reason": "test"})["state"] == (
+        "ROLLOUT_STATE_CANCELED"
+    )

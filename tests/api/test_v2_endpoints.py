@@ -260,3 +260,57 @@ def test_an_endpoint_keeps_its_newest_events(api: tuple[TestClient, dict[str, st
     events.prune(ep["id"])
     kept = [e.message for e in events.list(ep["id"], types=["test.tick"])]
     assert kept == [f"tick {i}" for i in range(15, 25)]
+
+
+def test_a_bad_autoscaling_object_is_refused_whole_and_never_reaches_the_supervisor(
+    api: tuple[TestClient, dict[str, str]],
+) -> None:
+    client, headers = api
+    ep = client.post(f"{P}/endpoints", json={"name": "bad-scaling"}, headers=headers).json()
+    bad = {
+        "minReplicas": 1,
+        "maxReplicas": 2,
+        "scaleUpWindow": "soon",
+        "scalingMetrics": [{"name": "active_sessions", "target": "x"}, "ttft"],
+    }
+    refused = _deploy(client, headers, ep["id"], "one", autoscaling=bad)
+    assert refused.status_code == 400
+    message = refused.json()["error"]["message"]
+    assert "scaleUpWindow" in message and "scalingMetrics must be a list of objects" in message
+    assert Policy.of(1, 2, None, bad).target == 8  # and the policy reads what it can of one anyway
+
+
+def test_renames_and_weights_are_checked(api: tuple[TestClient, dict[str, str]]) -> None:
+    client, headers = api
+    ep = client.post(f"{P}/endpoints", json={"name": "old"}, headers=headers).json()
+    _deploy(client, headers, ep["id"], "blue")
+    green = _deploy(client, headers, ep["id"], "green").json()
+    path = f"{P}/endpoints/{ep['id']}"
+    clash = client.patch(
+        f"{path}/deployments/green", params={"updateMask": "name"}, json={"name": "blue"}, headers=headers
+    )
+    assert clash.status_code == 409, clash.text
+    renamed = client.patch(path, params={"updateMask": "name"}, json={"name": "new"}, headers=headers).json()
+    assert sorted(d["name"] for d in renamed["deployments"]) == ["acme/new/blue", "acme/new/green"]
+    # The old name is free again, deployments and all.
+    again = client.post(f"{P}/endpoints", json={"name": "old"}, headers=headers).json()
+    assert _deploy(client, headers, again["id"], "blue").status_code == 200
+    for weight in ("Infinity", "NaN", "heavy"):
+        body = {"trafficSplit": [{"deploymentId": green["id"], "weight": weight}]}
+        bad = client.patch(path, params={"updateMask": "trafficSplit"}, json=body, headers=headers)
+        assert bad.status_code == 400, (weight, bad.text)
+
+
+def test_endpoints_and_deployments_have_limits(api: tuple[TestClient, dict[str, str]]) -> None:
+    client, headers = api
+    endpoints = client.app.state.services.serving.endpoints  # type: ignore[attr-defined]
+    endpoints.settings = endpoints.settings.model_copy(
+        update={"quota_endpoints": 2, "quota_deployments_per_endpoint": 1}
+    )
+    first = client.post(f"{P}/endpoints", json={"name": "one"}, headers=headers).json()
+    assert client.post(f"{P}/endpoints", json={"name": "two"}, headers=headers).status_code == 200
+    third = client.post(f"{P}/endpoints", json={"name": "three"}, headers=headers)
+    assert third.status_code == 429 and "MODELPORT_QUOTA_ENDPOINTS" in third.json()["error"]["message"]
+    assert _deploy(client, headers, first["id"], "a").status_code == 200
+    second = _deploy(client, headers, first["id"], "b")
+    assert second.status_code == 429 and "MODELPORT_QUOTA_DEPLOYMENTS_PER_ENDPOINT" in second.json()["error"]["message"]

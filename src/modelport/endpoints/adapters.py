@@ -23,8 +23,7 @@ from sqlalchemy.orm import Session
 from modelport.accounts.service import Principal
 from modelport.catalog.service import Catalog
 from modelport.endpoints.events import Events, Level
-from modelport.endpoints.routes import check_etag
-from modelport.endpoints.service import new_etag, replica_count
+from modelport.endpoints.service import check_etag, new_etag, replica_count
 from modelport.endpoints.states import RUNNING_STATES, EndpointState
 from modelport.endpoints.supervisor import Supervisor
 from modelport.errors import Conflict, InvalidRequest, NotFound

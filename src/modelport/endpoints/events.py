@@ -35,12 +35,6 @@ MAX_LISTED = 1000
 MAX_KEPT, PRUNE_EVERY = 5000, 200
 
 
-def level_at_least(level: str, minimum: str | None) -> bool:
-    if not minimum or minimum not in _ORDER:
-        return True
-    return _ORDER.index(Level(level)) >= _ORDER.index(Level(minimum)) if level in _ORDER else True
-
-
 class Events:
     def __init__(self, db: Database, max_kept: int = MAX_KEPT) -> None:
         self.db, self.max_kept = db, max_kept
@@ -111,8 +105,10 @@ class Events:
             query = query.where(EndpointEvent.created_at <= until)
         if types:
             query = query.where(EndpointEvent.type.in_(list(types)))
+        if min_level in _ORDER:  # in the query, before the limit: a busy endpoint's warnings are all found
+            query = query.where(EndpointEvent.level.in_(_ORDER[_ORDER.index(Level(min_level)) :]))
         newest = query.order_by(EndpointEvent.created_at.desc(), EndpointEvent.id.desc()).limit(MAX_LISTED)
         with self.db.read() as s:
             rows = list(s.scalars(newest))
         # The latest MAX_LISTED, oldest first: a busy endpoint's recent events are never cut off.
-        return [e for e in reversed(rows) if level_at_least(e.level, min_level)]
+        return list(reversed(rows))

@@ -39,9 +39,9 @@ from modelport.endpoints.experiment_rules import (
     checked_source,
     checked_target_name,
 )
-from modelport.endpoints.routes import LIVE, SHADOW, Routes, check_etag
+from modelport.endpoints.routes import LIVE, SHADOW, Routes
 from modelport.endpoints.routing import SHADOW_ACTIVE
-from modelport.endpoints.service import new_etag
+from modelport.endpoints.service import check_etag, new_etag
 from modelport.endpoints.traffic import CONTROL, shares
 from modelport.errors import Conflict, NotFound
 from modelport.ids import new_wire_id

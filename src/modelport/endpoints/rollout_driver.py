@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from modelport.accounts.service import Principal
 from modelport.endpoints.events import Events, Level
-from modelport.endpoints.rollout_gates import Verdict, evaluate
+from modelport.endpoints.rollout_gates import UNAVAILABLE, Verdict, evaluate
 from modelport.endpoints.rollout_spec import finals_of, gates_of, wait_of
 from modelport.endpoints.rollout_states import RolloutState, StepState, move
 from modelport.endpoints.routes import Routes
@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 
 # Why a rollout stopped, as Together's SDK names it (``status.condition.category``).
 BREACH = "ROLLOUT_FAILURE_CATEGORY_METRIC_REGRESSION"
+NO_DATA = "ROLLOUT_FAILURE_CATEGORY_METRICS_UNAVAILABLE"
+# A step whose gates have no data yet waits for some, this many times its own length (at least a minute),
+# before it pauses: a quiet endpoint, or a target failing every request, never passes a gate unseen.
+NO_DATA_STEPS, NO_DATA_MIN_S = 3, 60.0
 TARGET_DOWN = "ROLLOUT_FAILURE_CATEGORY_TARGET_NOT_READY"
 DOWN = (EndpointState.STOPPED, EndpointState.STOPPING, EndpointState.ERROR)  # will not become ready alone
 _R = RolloutState
@@ -114,11 +118,21 @@ class RolloutDriver:
         """Read the current step's gates: the row at its next step, or None when the rollout left RUNNING."""
         verdicts = self._verdicts(row)
         breached = [v for v in verdicts if v.breached]
+        blind = [v for v in verdicts if v.verdict == UNAVAILABLE]
         index = row.current_step
         if breached:
             where = f"step {index + 1} ({row.traffic_percent}%)"
             message = f"gate breached at {where}: " + "; ".join(v.describe() for v in breached)
             self._hold(row, condition(BREACH, message, index, breached), verdicts)
+            return None
+        if blind:
+            patience = max(NO_DATA_MIN_S, NO_DATA_STEPS * wait_of(row.spec))
+            assert row.step_started_at is not None
+            if utcnow() - row.step_started_at < timedelta(seconds=patience):
+                return None  # the step runs on until its gates can see something
+            names = ", ".join(v.gate.name for v in blind)
+            message = f"no data for gate(s) {names} at step {index + 1} after {patience:g} s: is traffic reaching it?"
+            self._hold(row, condition(NO_DATA, message, index, blind), verdicts)
             return None
         if index >= len(row.steps) - 1:
             self.complete(row, "every step passed", verdicts)

@@ -22,8 +22,8 @@ from modelport.endpoints.events import Events
 from modelport.endpoints.rollout_driver import DOWN, Replicas, RolloutDriver, condition, pause_info, with_step
 from modelport.endpoints.rollout_spec import Pair, finals_of, plan
 from modelport.endpoints.rollout_states import RolloutState, StepState, is_terminal, move, on_request
-from modelport.endpoints.routes import ACTIVE_ROLLOUT_STATES, LIVE, Routes, check_etag
-from modelport.endpoints.service import new_etag, replica_count
+from modelport.endpoints.routes import ACTIVE_ROLLOUT_STATES, LIVE, Routes
+from modelport.endpoints.service import check_etag, new_etag, replica_count
 from modelport.endpoints.traffic import TrafficStats
 from modelport.errors import Conflict, InvalidRequest, NotFound
 from modelport.ids import new_wire_id

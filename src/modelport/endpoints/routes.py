@@ -12,6 +12,7 @@ with 409 (``Conflict``), so two clients never overwrite each other unseen.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -22,9 +23,9 @@ from sqlalchemy import select
 
 from modelport.accounts.service import Principal
 from modelport.endpoints.events import Events
-from modelport.endpoints.service import EndpointService, EndpointSpec, new_etag
+from modelport.endpoints.service import EndpointService, EndpointSpec, check_etag, new_etag
 from modelport.endpoints.states import RUNNING_STATES
-from modelport.errors import Conflict, InvalidRequest, NotFound
+from modelport.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
 from modelport.ids import deployment_id_of_wire, new_wire_id
 from modelport.storage.db.engine import Database
 from modelport.storage.db.tables import Endpoint, Experiment, Rollout, Route, utcnow
@@ -40,12 +41,6 @@ ACTIVE_ROLLOUT_STATES = (
     "ROLLOUT_STATE_STABILIZING",
     "ROLLOUT_STATE_CANCELLING",
 )
-
-
-def check_etag(given: str | None, current: str, what: str) -> None:
-    """A write naming an old etag lost a race with another writer: refuse it (409, not retried)."""
-    if given and given != current:
-        raise Conflict(f"{what} was changed by another request (etag {given} is stale, now {current}); read it again")
 
 
 def check_name(name: str, what: str) -> str:
@@ -64,8 +59,6 @@ class Routes:
     ) -> None:
         self.db, self.endpoints, self.events, self.on_change = db, endpoints, events, on_change
         self._lock = threading.Lock()  # traffic changes are read-modify-write
-        # What must let go of a deployment before it is deleted: experiments, rollouts (set in services.py).
-        self.forgetters: list[Callable[[Route, str], None]] = []
 
     # --- routes (v2 endpoints) ------------------------------------------------------------------
     def create(self, who: Principal, name: str, visibility: str | None = None) -> Route:
@@ -75,6 +68,12 @@ class Routes:
         with self.db.session() as s:
             if s.scalars(select(Route.id).where(Route.name == full)).first() is not None:
                 raise Conflict(f"endpoint {full} already exists", param="name")
+            cap = self.endpoints.settings.quota_endpoints
+            if len(list(s.scalars(select(Route.id).where(Route.account_id == who.account_id)))) >= cap:
+                raise QuotaExceeded(
+                    f"this account has {cap} endpoints, its limit (MODELPORT_QUOTA_ENDPOINTS): delete one first",
+                    param="name",
+                )
             route = Route(
                 id=new_wire_id("ep"),
                 account_id=who.account_id,
@@ -123,6 +122,7 @@ class Routes:
                 full = f"{who.account_name}/{check_name(str(changes['name']), 'endpoint')}"
                 if full != route.name and s.scalars(select(Route.id).where(Route.name == full)).first():
                     raise Conflict(f"endpoint {full} already exists", param="name")
+                _rename_deployments(s, route, full)
                 route.name = full
             if changes.get("visibility"):
                 route.visibility = str(changes["visibility"])
@@ -137,8 +137,11 @@ class Routes:
 
     def delete(self, who: Principal, ref: str, etag: str | None) -> None:
         route = self.get(who, ref)
-        check_etag(etag, route.etag, f"endpoint {route.name}")
-        with self.db.session() as s:
+        with self._lock, self.db.session() as s:
+            row = s.get(Route, route.id)
+            if row is None:
+                return
+            check_etag(etag, row.etag, f"endpoint {route.name}")  # in the transaction that deletes
             left = list(s.scalars(select(Endpoint.label).where(Endpoint.route_id == route.id)))
             if left:
                 raise Conflict(
@@ -146,9 +149,7 @@ class Routes:
                     "them first (tg endpoints rm --force does both)",
                     param="endpointId",
                 )
-            row = s.get(Route, route.id)
-            if row is not None:
-                s.delete(row)
+            s.delete(row)
 
     def set_traffic(self, route_id: str, weights: dict[str, float], why: str) -> None:
         """Rollouts and experiments move traffic here: ``weights`` replaces the named deployments' weights."""
@@ -208,8 +209,16 @@ class Routes:
     ) -> Endpoint | None:
         """A new deployment of ``route``; None with ``validate_only`` (every check run, nothing created)."""
         label = check_name(spec.label or "", "deployment")
-        if any(d.label == label for d in self.deployments(route.id)):
+        present = self.deployments(route.id)
+        if any(d.label == label for d in present):
             raise Conflict(f"deployment {label} already exists in endpoint {route.name}", param="name")
+        cap = self.endpoints.settings.quota_deployments_per_endpoint
+        if len(present) >= cap:
+            raise QuotaExceeded(
+                f"endpoint {route.name} has {cap} deployments, its limit (MODELPORT_QUOTA_DEPLOYMENTS_PER_ENDPOINT): "
+                "delete one first",
+                param="name",
+            )
         spec = replace(spec, route_id=route.id, label=label)
         if validate_only:
             self.endpoints.validate(who, spec)
@@ -231,11 +240,11 @@ class Routes:
         self, who: Principal, route: Route, ref: str, etag: str | None, changes: dict[str, Any]
     ) -> Endpoint:
         deployment = self.deployment(who, route, ref)
-        check_etag(etag, deployment.etag, f"deployment {deployment.label}")
         if "label" in changes:
             check_name(changes["label"], "deployment")
-        updated = self.endpoints.update(who, deployment.id, changes | {"start_if_scaled": True})
-        summary = ", ".join(f"{k}={v}" for k, v in changes.items() if k != "start_if_scaled")
+        # The etag is checked again in the transaction that writes (``EndpointService.update``).
+        updated = self.endpoints.update(who, deployment.id, changes | {"start_if_scaled": True, "etag": etag})
+        summary = ", ".join(f"{k}={v}" for k, v in changes.items())
         self.events.record(route.id, "deployment.updated", summary, deployment_id=deployment.id)
         return updated
 
@@ -247,10 +256,18 @@ class Routes:
                 f"deployment {deployment.label} is {deployment.state}: scale it to 0/0 replicas first",
                 param="deploymentId",
             )
-        for forget in self.forgetters:
-            forget(route, deployment.id)
-        self.endpoints.delete(who, deployment.id)
+        self.endpoints.delete(who, deployment.id, etag)  # out of its experiments and rollouts first
         self.events.record(route.id, "deployment.deleted", f"deployment {deployment.label} deleted")
+
+
+def _rename_deployments(s: Any, route: Route, full: str) -> None:
+    """A deployment's name is its endpoint's and its own (``acme/chat/blue``; a v1 endpoint's one
+    deployment is named like its endpoint): they follow the endpoint's new name."""
+    for d in s.scalars(select(Endpoint).where(Endpoint.route_id == route.id)):
+        renamed = full if d.name == route.name else f"{full}/{d.label}"
+        if s.scalars(select(Endpoint.id).where(Endpoint.name == renamed, Endpoint.id != d.id)).first():
+            raise Conflict(f"a deployment named {renamed} already exists", param="name")
+        d.name = renamed
 
 
 def _checked_split(split: Sequence[dict[str, Any]], deployments: list[Endpoint]) -> list[dict[str, Any]]:
@@ -258,7 +275,12 @@ def _checked_split(split: Sequence[dict[str, Any]], deployments: list[Endpoint])
     out: list[dict[str, Any]] = []
     for item in split:
         dep_id = deployment_id_of_wire(str(item.get("deployment_id", ""))) or str(item.get("deployment_id", ""))
-        weight = float(item.get("weight") or 0.0)
+        try:
+            weight = float(item.get("weight") or 0.0)
+        except (TypeError, ValueError):
+            weight = math.nan
+        if not math.isfinite(weight):
+            raise InvalidRequest("trafficSplit weights must be finite numbers", param="trafficSplit")
         if dep_id not in by_id:
             raise InvalidRequest(f"trafficSplit names {item.get('deployment_id')!r}, not a deployment here")
         if weight < 0:

@@ -30,7 +30,7 @@ from modelport.endpoints.hardware import (
     reservation_units,
 )
 from modelport.endpoints.states import RUNNING_STATES, EndpointState, initialize, move, on_request
-from modelport.errors import HardwareUnavailable, InvalidRequest, NotFound, QuotaExceeded
+from modelport.errors import Conflict, HardwareUnavailable, InvalidRequest, NotFound, QuotaExceeded
 from modelport.ids import new_id, new_wire_id
 from modelport.manifest import Manifest, ModelKind, context_length_of
 from modelport.settings import Settings
@@ -79,6 +79,8 @@ class EndpointService:
         self.settings, self.db, self.catalog, self.blobs, self.inventory = settings, db, catalog, blobs, inventory
         self._lock = threading.Lock()  # reservations are decided one at a time
         self.on_change = on_change  # wakes the supervisor
+        # What must let go of a deployment before it is deleted, by any API: experiments, rollouts.
+        self.forgetters: list[Callable[[Route, str], None]] = []
 
     # --- hardware -------------------------------------------------------------------------------
     def configs(self) -> list[HardwareConfig]:
@@ -131,13 +133,17 @@ class EndpointService:
             return None
         return {"gpus": free["gpus"][:count], "gpus_per_replica": config.gpu_count, "replicas": replicas}
 
-    def _reserve(self, s: Any, endpoint: Endpoint) -> None:
-        """Take hardware for ``endpoint`` or raise, naming only the caller's own endpoints."""
+    def _reserve(self, s: Any, endpoint: Endpoint, keep: list[int] | None = None) -> None:
+        """Take hardware for ``endpoint`` or raise, naming only the caller's own endpoints. ``keep``: the
+        GPUs it holds now, taken first, so a rescale never moves a running replica's GPUs to another."""
         config = self._config(endpoint.hardware)
         replicas = replica_count(endpoint)
         others = [e for e in _running(s) if e.id != endpoint.id and e.reservation]
         self._check_share(endpoint, config, replicas, _own(others, endpoint.account_id))
-        held = self._take(config, replicas, self._free(others))
+        free = self._free(others)
+        kept = [g for g in keep or [] if g in free["gpus"]]
+        free["gpus"] = kept + [g for g in free["gpus"] if g not in kept]
+        held = self._take(config, replicas, free)
         if held is None:
             raise HardwareUnavailable(
                 f"the selected configuration {config.id} x {replicas} replica(s) is not available now: "
@@ -282,6 +288,7 @@ class EndpointService:
         with self._lock, self.db.session() as s:
             endpoint = s.get(Endpoint, endpoint_id)
             assert endpoint is not None
+            check_etag(changes.get("etag"), endpoint.etag, f"deployment {endpoint.label}")
             if changes.get("display_name"):
                 endpoint.display_name = str(changes["display_name"])
             if "inactive_timeout" in changes:
@@ -296,9 +303,10 @@ class EndpointService:
                 if high == 0:  # 0/0: the wire's way to stop a deployment
                     changes["state"] = EndpointState.STOPPED
                 elif endpoint.state in RUNNING_STATES:  # rescale: re-reserve for the new count
+                    keep = list((endpoint.reservation or {}).get("gpus", []))
                     endpoint.reservation = None
                     s.flush()
-                    self._reserve(s, endpoint)
+                    self._reserve(s, endpoint, keep)
                 elif changes.get("start_if_scaled"):
                     changes["state"] = EndpointState.STARTED
             if "max_concurrent" in changes:
@@ -306,8 +314,10 @@ class EndpointService:
             if "autoscaling_spec" in changes:
                 endpoint.autoscaling = changes["autoscaling_spec"]
             if changes.get("label") and endpoint.name.endswith(f"/{endpoint.label}"):  # a v2 deployment's name
-                endpoint.name = f"{endpoint.name.rpartition('/')[0]}/{changes['label']}"
-                endpoint.label = changes["label"]
+                renamed = f"{endpoint.name.rpartition('/')[0]}/{changes['label']}"
+                if renamed != endpoint.name and s.scalars(select(Endpoint.id).where(Endpoint.name == renamed)).first():
+                    raise Conflict(f"deployment {changes['label']} already exists", param="name")
+                endpoint.name, endpoint.label = renamed, changes["label"]
             self._apply_state(s, endpoint, changes.get("state"))
             endpoint.updated_at, endpoint.etag = utcnow(), new_etag()
         self.on_change()
@@ -329,23 +339,32 @@ class EndpointService:
             if endpoint is None or endpoint.state not in RUNNING_STATES or endpoint.replicas == replicas:
                 return
             held, endpoint.replicas = endpoint.replicas, replicas
+            keep = list((endpoint.reservation or {}).get("gpus", []))
             endpoint.reservation = None
             s.flush()
             try:
-                self._reserve(s, endpoint)
+                self._reserve(s, endpoint, keep)
             except Exception:
                 endpoint.replicas = held
-                self._reserve(s, endpoint)
+                self._reserve(s, endpoint, keep)
                 raise
             endpoint.updated_at = utcnow()
 
-    def delete(self, who: Principal, ref: str) -> None:
+    def delete(self, who: Principal, ref: str, etag: str | None = None) -> None:
         """Delete a deployment: out of its route's traffic, and (a v1 endpoint's own route) the route too."""
-        endpoint_id = self.get(who, ref).id
+        found = self.get(who, ref)
+        endpoint_id = found.id
+        if found.route_id is not None:
+            with self.db.read() as s:
+                held = s.get(Route, found.route_id)
+            for forget in self.forgetters:
+                if held is not None:
+                    forget(held, endpoint_id)
         with self.db.session() as s:
             endpoint = s.get(Endpoint, endpoint_id)
             if endpoint is None:
                 return
+            check_etag(etag, endpoint.etag, f"deployment {endpoint.label}")  # in the transaction that deletes
             route = s.get(Route, endpoint.route_id) if endpoint.route_id else None
             s.delete(endpoint)  # the supervisor stops replicas whose endpoint is gone
             s.flush()
@@ -416,6 +435,12 @@ def initial_replicas(low: int, high: int) -> int:
 
 def new_etag() -> str:
     return secrets.token_hex(8)
+
+
+def check_etag(given: str | None, current: str, what: str) -> None:
+    """A write naming an old etag lost a race with another writer: refuse it (409, not retried)."""
+    if given and given != current:
+        raise Conflict(f"{what} was changed by another request (etag {given} is stale, now {current}); read it again")
 
 
 def _check_replicas(low: int, high: int) -> None:
