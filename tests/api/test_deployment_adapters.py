@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,10 +20,12 @@ from modelport.accounts.service import Principal
 from modelport.app import create_app
 from modelport.endpoints.hardware import GIB
 from modelport.endpoints.service import EndpointSpec
-from modelport.endpoints.states import EndpointState
-from modelport.ids import wire_deployment_id, wire_model_id
+from modelport.endpoints.states import EndpointState, move
+from modelport.endpoints.supervisor import Replica
+from modelport.ids import deployment_id_of_wire, wire_deployment_id, wire_model_id
 from modelport.services import Services
-from modelport.storage.db.tables import DeploymentAdapter, Route, utcnow
+from modelport.serving.ipc import EngineClient
+from modelport.storage.db.tables import DeploymentAdapter, Endpoint, Route, utcnow
 from tests.api.conftest import Served
 from tests.conftest import database, make_settings
 from tests.integration.helpers import run_all_jobs
@@ -183,3 +186,35 @@ def test_a_full_deployment_refuses_an_adapter_unless_forced_to_evict_the_least_r
     assert {x["id"] for x in api.ok("GET", adapters)["data"]} == {a["id"], c["id"]}
     [evicted] = [e for e in api.services.live.events.list(adapters.split("/")[1]) if e.type == "adapter.evicted"]
     assert evicted.level == "LEVEL_WARN" and "acme/lora-b" in evicted.message and "acme/lora-c" in evicted.message
+
+
+class _Running:
+    pid = 0
+
+    def poll(self) -> None:
+        return None
+
+
+def test_a_request_for_an_attached_adapter_goes_to_its_deployment(api: Api, tmp_path: Path) -> None:
+    """Routing reads, then writes the attachment's last use in a transaction of its own (SQLite once waited
+    out its lock here, a write inside a write)."""
+    adapters = api.deployment("dad-route", "serving", "chat-dad", state=EndpointState.STARTED)
+    attached = api.ok("POST", adapters, {"adapterModelId": api.model_id("lora-a")})
+    deployment_id = deployment_id_of_wire(adapters.split("/")[3])
+    supervisor = api.services.live.supervisor
+    with api.services.db.session() as s:
+        move(s.get(Endpoint, deployment_id), EndpointState.STARTED)  # as the supervisor leaves it
+        before = s.get(DeploymentAdapter, attached["id"]).last_used_at
+    replica = Replica(deployment_id, 0, _Running(), tmp_path / "r.sock", tmp_path / "r.log", ready=True)  # type: ignore[arg-type]
+    replica.engine = EngineClient(tmp_path / "r.sock", "torch", "test replica")
+    supervisor.replicas[deployment_id] = [replica]
+    try:
+        base, adapter = api.services.catalog.serving_target(api.who, "lora-a")
+        assert adapter is not None
+        routed = api.services.live.routing.for_model(base.id, base.revision_id, adapter.id)
+    finally:
+        supervisor.replicas.pop(deployment_id)
+    assert routed is not None and routed.deployment == wire_deployment_id(deployment_id)
+    assert routed.adapter_revision_id == attached["desiredRevisionId"]
+    with api.services.db.read() as s:
+        assert s.get(DeploymentAdapter, attached["id"]).last_used_at > before
