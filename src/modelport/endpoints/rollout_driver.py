@@ -215,14 +215,15 @@ class RolloutDriver:
     # --- helpers --------------------------------------------------------------------------------------
     def shift(self, row: Rollout, percent: int, why: str) -> None:
         """Give the target ``percent`` of the pair's combined weight and the source the rest."""
-        with self.db.read() as s:
-            route = s.get(Route, row.route_id)
-        weights = {t["deployment_id"]: float(t["weight"]) for t in (route.traffic if route else [])}
-        pair = weights.get(row.target_id, 0.0) + (weights.get(row.source_id, 0.0) if row.source_id else 0.0)
-        pair = pair if pair > 0 else 1.0  # neither had traffic: they share the weight a lone deployment gets
-        moved = {row.target_id: pair * percent / 100}
-        if row.source_id:
-            moved[row.source_id] = pair - moved[row.target_id]
+
+        def moved(weights: dict[str, float]) -> dict[str, float]:
+            pair = weights.get(row.target_id, 0.0) + (weights.get(row.source_id, 0.0) if row.source_id else 0.0)
+            pair = pair if pair > 0 else 1.0  # neither had traffic: they share the weight a lone deployment gets
+            out = {row.target_id: pair * percent / 100}
+            if row.source_id:
+                out[row.source_id] = pair - out[row.target_id]
+            return out
+
         self.routes.set_traffic(row.route_id, moved, why)
 
     def write(self, rollout_id: str, change: Callable[[Rollout], Any]) -> Rollout:

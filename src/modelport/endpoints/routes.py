@@ -151,14 +151,18 @@ class Routes:
                 )
             s.delete(row)
 
-    def set_traffic(self, route_id: str, weights: dict[str, float], why: str) -> None:
-        """Rollouts and experiments move traffic here: ``weights`` replaces the named deployments' weights."""
+    def set_traffic(
+        self, route_id: str, weights: dict[str, float] | Callable[[dict[str, float]], dict[str, float]], why: str
+    ) -> None:
+        """Rollouts and experiments move traffic here: ``weights`` replaces the named deployments' weights.
+        Given a function, it is called with the split as it is, under the lock, and returns those weights:
+        a change computed from the split cannot overwrite one made meanwhile."""
         with self._lock, self.db.session() as s:
             route = s.get(Route, route_id)
             if route is None:
                 return
             split = {t["deployment_id"]: float(t["weight"]) for t in route.traffic}
-            split.update(weights)
+            split.update(weights(dict(split)) if callable(weights) else weights)
             route.traffic = [{"deployment_id": d, "weight": w} for d, w in split.items()]
             route.etag, route.updated_at = new_etag(), utcnow()
         described = _describe(route.traffic, self.labels(route_id))
