@@ -105,12 +105,18 @@ class Routes:
             raise NotFound(f"endpoint {ref!r} not found", param="endpointId")
         return route
 
-    def find(self, who: Principal, name: str) -> Route | None:
-        """The route a request's ``model`` names (its full name or id), in the caller's account."""
+    def find(self, who: Principal, name: str) -> tuple[Route, list[Endpoint], list[Experiment]] | None:
+        """The route a request's ``model`` names (its full name or id), in the caller's account, with its
+        deployments and experiments: what routing one request needs, read in one transaction."""
         with self.db.read() as s:
-            return s.scalars(
+            route = s.scalars(
                 select(Route).where(Route.account_id == who.account_id, (Route.name == name) | (Route.id == name))
             ).first()
+            if route is None:
+                return None
+            deployments = list(s.scalars(select(Endpoint).where(Endpoint.route_id == route.id)))
+            experiments = list(s.scalars(select(Experiment).where(Experiment.route_id == route.id)))
+        return route, deployments, experiments
 
     def update(self, who: Principal, ref: str, etag: str | None, changes: dict[str, Any]) -> Route:
         route_id = self.get(who, ref).id

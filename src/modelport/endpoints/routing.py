@@ -78,13 +78,13 @@ class EndpointRouting:
 
     # --- by the endpoint's name ---------------------------------------------------------------------
     def by_name(self, who: Principal, name: str) -> Routed | None:
-        route = self.routes.find(who, name)
-        if route is None:
+        found = self.routes.find(who, name)
+        if found is None:
             # A deployment's own full name (``acme/ep/blue``) or id reaches it directly, bypassing the split.
             endpoint = self.endpoints.find_for_request(who, name)
             return self._routed(endpoint, endpoint.name) if endpoint is not None else None
-        deployments = {d.id: d for d in self.routes.deployments(route.id)}
-        experiments = self._experiments(route.id)
+        route, rows, experiments = found
+        deployments = {d.id: d for d in rows}
         live = {d.id for d in deployments.values() if d.traffic_mode == LIVE}
         weights = shares(route.traffic, live, experiments)
         if not weights:
@@ -104,10 +104,6 @@ class EndpointRouting:
         delay = float(self.settings.fault_delays.get(deployment.label, 0.0))
         metered = MeteredEngine(engine, deployment.id, self.stats, delay=delay, mirrors=mirrors or [])
         return Routed(deployment.model_id, deployment.revision_id, name, metered, wire_deployment_id(deployment.id))
-
-    def _experiments(self, route_id: str) -> list[Experiment]:
-        with self.db.read() as s:
-            return list(s.scalars(select(Experiment).where(Experiment.route_id == route_id)))
 
     # --- shadow copies ------------------------------------------------------------------------------
     def _mirrors(
