@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from modelport.accounts.service import Principal
 from modelport.endpoints.hardware import GIB
 from modelport.endpoints.rollout_driver import RolloutController
-from modelport.endpoints.rollouts import Rollouts, active_rollout_id
+from modelport.endpoints.rollouts import Rollouts
 from modelport.endpoints.service import EndpointSpec
 from modelport.endpoints.states import EndpointState, move
 from modelport.endpoints.supervisor import ReplicaLoad
@@ -174,7 +174,7 @@ def test_a_canary_climbs_its_ladder_once_the_target_is_ready_and_completes(api: 
     assert "currentStep" not in rollout  # unset until it starts
     assert [s["targetTrafficPercent"] for s in rollout["status"]["steps"]] == [10, 50, 100]
     assert (rollout["spec"]["finalSourceReplicas"], rollout["spec"]["finalTargetReplicas"]) == (0, 1)  # defaults
-    assert active_rollout_id(api.services.db, pair.route.id) == rollout["id"]
+    assert api.services.live.routes.active_rollout(pair.route.id) == rollout["id"]
 
     api.rollouts.tick()  # PENDING: nothing moves before start
     assert weights(api, pair) == (1.0, 0.0)
@@ -197,7 +197,7 @@ def test_a_canary_climbs_its_ladder_once_the_target_is_ready_and_completes(api: 
     assert done["startedAt"] and done["completedAt"]
     blue = api.services.live.routes.deployment(api.who, pair.route, pair.blue.id)
     assert (blue.state, blue.min_replicas, blue.max_replicas) == (EndpointState.STOPPING, 0, 0)  # the source stops
-    assert active_rollout_id(api.services.db, pair.route.id) is None
+    assert api.services.live.routes.active_rollout(pair.route.id) is None
     kinds = [kind for kind, _, _ in events(api, pair)]
     assert {"rollout.created", "rollout.started", "rollout.step", "rollout.completed"} <= set(kinds)
 

@@ -16,6 +16,7 @@ from modelport.catalog.transfers import Transfers
 from modelport.endpoints.adapters import DeploymentAdapters
 from modelport.endpoints.events import Events
 from modelport.endpoints.experiments import Experiments
+from modelport.endpoints.rollouts import Rollouts
 from modelport.endpoints.routes import Routes
 from modelport.endpoints.routing import EndpointRouting
 from modelport.endpoints.service import EndpointService
@@ -94,6 +95,10 @@ def get_adapters(request: Request) -> DeploymentAdapters:
     return get_services(request).live.adapters
 
 
+def get_rollouts(request: Request) -> Rollouts:
+    return get_services(request).live.rollouts
+
+
 def get_catalog(request: Request) -> Catalog:
     return get_services(request).catalog
 
@@ -155,3 +160,5 @@ InferenceDep = Annotated[InferenceService, Depends(get_inference)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 UploadsDep = Annotated[Uploads, Depends(get_uploads)]
 UsageDep = Annotated[UsageLedger, Depends(get_usage)]
+EndpointsDep = Annotated[EndpointService, Depends(get_endpoints)]
+RoutesDep = Annotated[Routes, Depends(get_routes)]

@@ -174,12 +174,12 @@ class Experiments:
                 x.description = description
 
         x = self._change(route, AB, ref, etag, apply)
-        self.events.record(
-            route.id,
-            "experiment.updated",
-            f"{_WHAT[AB]} {x.name} updated: {_describe(x, self.routes.labels(route.id))}",
-        )
+        self._updated(route, x)
         return x
+
+    def _updated(self, route: Route, x: Experiment) -> None:
+        message = f"{_WHAT[x.kind]} {x.name} updated: {_describe(x, self.routes.labels(route.id))}"
+        self.events.record(route.id, "experiment.updated", message)
 
     def _resolve(self, who: Principal, route: Route, refs: Iterable[str]) -> dict[str, Endpoint | str]:
         """Each reference's deployment, or why there is none (reported with the other problems)."""
@@ -230,11 +230,7 @@ class Experiments:
                 x.description = description
 
         x = self._change(route, SHADOW_KIND, ref, etag, apply)
-        self.events.record(
-            route.id,
-            "experiment.updated",
-            f"{_WHAT[SHADOW_KIND]} {x.name} updated: {_describe(x, self.routes.labels(route.id))}",
-        )
+        self._updated(route, x)
         return x
 
     # --- shadow targets -------------------------------------------------------------------------

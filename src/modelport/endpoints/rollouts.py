@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from modelport.accounts.service import Principal
 from modelport.endpoints.events import Events
 from modelport.endpoints.rollout_driver import DOWN, Replicas, RolloutDriver, condition, pause_info, with_step
 from modelport.endpoints.rollout_spec import Pair, finals_of, plan
 from modelport.endpoints.rollout_states import RolloutState, StepState, is_terminal, move, on_request
-from modelport.endpoints.routes import ACTIVE_ROLLOUT_STATES, LIVE, Routes
+from modelport.endpoints.routes import LIVE, Routes, active_rollout_in
 from modelport.endpoints.service import check_etag, new_etag, replica_count
 from modelport.endpoints.traffic import TrafficStats
 from modelport.errors import Conflict, InvalidRequest, NotFound
@@ -50,17 +49,6 @@ class Preview:
     spec: dict[str, Any]
     effective_steps: list[int]  # the default ladder, when the caller gave no steps
     seed_percent: int | None  # the target's share of the pair now, when it has one (a frozen pair)
-
-
-def active_rollout_id(db: Database, route_id: str) -> str | None:
-    """The route's newest rollout that has not finished (what ``tg endpoints rollout --pause`` acts on)."""
-    with db.read() as s:
-        return _active(s, route_id)
-
-
-def _active(s: Session, route_id: str) -> str | None:
-    query = select(Rollout.id).where(Rollout.route_id == route_id, Rollout.state.in_(ACTIVE_ROLLOUT_STATES))
-    return s.scalars(query.order_by(Rollout.created_at.desc())).first()
 
 
 class Rollouts:
@@ -94,7 +82,7 @@ class Rollouts:
             updated_at=now,
         )
         with self.driver.lock, self.db.session() as s:
-            busy = _active(s, route.id)
+            busy = active_rollout_in(s, route.id)
             if busy is not None:
                 raise Conflict(
                     f"endpoint {route.name} already has rollout {busy} in progress: finish or cancel it first"
@@ -116,7 +104,7 @@ class Rollouts:
         if target.min_replicas > floor:
             message = f"{target.label} keeps its own minimum of {target.min_replicas} replicas"
             warnings.append(("FINAL_BELOW_INHERITED_MIN", message))
-        busy = active_rollout_id(self.db, route.id)
+        busy = self.routes.active_rollout(route.id)
         if busy is not None:
             warnings.append(("START_WILL_REJECT", f"endpoint {route.name} already has rollout {busy} in progress"))
         if target.state in DOWN:

@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from modelport.accounts.service import Principal
 from modelport.endpoints.events import Events
@@ -197,8 +198,7 @@ class Routes:
     def active_rollout(self, route_id: str) -> str | None:
         """The route's one rollout that has not ended, if any."""
         with self.db.read() as s:
-            query = select(Rollout.id).where(Rollout.route_id == route_id, Rollout.state.in_(ACTIVE_ROLLOUT_STATES))
-            return s.scalars(query.order_by(Rollout.created_at.desc())).first()
+            return active_rollout_in(s, route_id)
 
     # --- deployments ----------------------------------------------------------------------------
     def deployments(self, route_id: str) -> list[Endpoint]:
@@ -268,6 +268,13 @@ class Routes:
             )
         self.endpoints.delete(who, deployment.id, etag)  # out of its experiments and rollouts first
         self.events.record(route.id, "deployment.deleted", f"deployment {deployment.label} deleted")
+
+
+def active_rollout_in(s: Session, route_id: str) -> str | None:
+    """The newest rollout of the route that has not ended (what ``tg endpoints rollout --pause`` acts on),
+    read in the caller's transaction."""
+    query = select(Rollout.id).where(Rollout.route_id == route_id, Rollout.state.in_(ACTIVE_ROLLOUT_STATES))
+    return s.scalars(query.order_by(Rollout.created_at.desc())).first()
 
 
 def _rename_deployments(s: Any, route: Route, full: str) -> None:

@@ -19,6 +19,7 @@ from modelport.api.deps import (
     get_accounts,
     get_catalog,
     get_endpoints,
+    get_rollouts,
     get_services,
     get_settings,
     get_uploads,
@@ -280,7 +281,7 @@ def endpoint_page(request: Request, name: str, who: Who, key: Key) -> Response:
 
 def _rollout(request: Request, route: Route) -> Rollout | None:
     """The rollout in progress, else the latest one (to show how it ended), else None."""
-    rollouts = get_services(request).live.rollouts
+    rollouts = get_rollouts(request)
     active = get_services(request).live.routes.active_rollout(route.id)
     if active is not None:
         return rollouts.get(route, active)

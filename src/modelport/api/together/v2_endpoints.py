@@ -16,13 +16,21 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import Field
 
 from modelport.accounts.service import Principal
-from modelport.api.deps import CatalogDep, PrincipalDep, get_endpoints, get_events, get_routes, get_supervisor
+from modelport.api.deps import (
+    CatalogDep,
+    PrincipalDep,
+    RoutesDep,
+    get_endpoints,
+    get_events,
+    get_routes,
+    get_supervisor,
+)
 from modelport.api.together.convert import iso
 from modelport.api.together.v2 import Camel, ProjectDep, page
 from modelport.api.together.v2_supported import CONFIG_PREFIX, instance_name
 from modelport.endpoints import autoscale
 from modelport.endpoints.events import Events
-from modelport.endpoints.routes import LIVE, Routes
+from modelport.endpoints.routes import LIVE
 from modelport.endpoints.service import EndpointService, EndpointSpec
 from modelport.endpoints.states import EndpointState
 from modelport.endpoints.supervisor import Supervisor
@@ -34,10 +42,8 @@ from modelport.storage.db.tables import Endpoint, EndpointEvent, Route
 
 router = APIRouter()
 E = "/projects/{project_id}/endpoints/{endpoint_id}"
-RoutesDep = Annotated[Routes, Depends(get_routes)]
 EventsDep = Annotated[Events, Depends(get_events)]
 SupervisorDep = Annotated[Supervisor, Depends(get_supervisor)]
-EndpointsDep = Annotated[EndpointService, Depends(get_endpoints)]
 _FILTER_NAME = re.compile(r'name\s*=\s*"([^"]*)"')
 
 # Our states, as the v2 wire names a deployment's.

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query
 
-from modelport.api.deps import get_routes, get_services
+from modelport.api.deps import RoutesDep, get_rollouts
 from modelport.api.together.convert import iso
 from modelport.api.together.v2 import Camel, ProjectDep, page
 from modelport.endpoints.rollout_states import RolloutState, is_terminal
 from modelport.endpoints.rollouts import Preview, Rollouts
-from modelport.endpoints.routes import Routes
 from modelport.ids import wire_deployment_id
 from modelport.storage.db.tables import Rollout
 
@@ -26,12 +25,7 @@ router = APIRouter()
 R = "/projects/{project_id}/endpoints/{endpoint_id}/rollouts"
 
 
-def get_rollouts(request: Request) -> Rollouts:
-    return get_services(request).live.rollouts
-
-
 RolloutsDep = Annotated[Rollouts, Depends(get_rollouts)]
-RoutesDep = Annotated[Routes, Depends(get_routes)]
 JsonBody = Annotated[dict[str, Any] | None, Body()]
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
 from modelport.accounts.service import Principal
-from modelport.api.deps import CatalogDep, PrincipalDep, get_endpoints
+from modelport.api.deps import CatalogDep, EndpointsDep, PrincipalDep
 from modelport.api.together.convert import iso
 from modelport.api.together.v2 import ProjectDep, model_path, page
 from modelport.endpoints.hardware import HardwareConfig
@@ -27,7 +27,6 @@ from modelport.manifest import ModelKind, ModelType
 from modelport.storage.db.tables import Model
 
 router = APIRouter()
-EndpointsDep = Annotated[EndpointService, Depends(get_endpoints)]
 CONFIG_PREFIX = "cr_"
 CAPABILITIES = {
     ModelType.CHAT: ["CAPABILITY_CHAT", "CAPABILITY_COMPLETION"],
