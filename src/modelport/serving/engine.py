@@ -22,6 +22,9 @@ class Artifact:
     path: Path
     manifest: Manifest
     weight_bytes: int
+    # (path, sha256) of each file: what an engine on another host (a Ray node) fetches from the blob
+    # store into a folder of its own, since ``path`` is a folder on the API server's disk.
+    files: tuple[tuple[str, str], ...] = ()
 
 
 GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS

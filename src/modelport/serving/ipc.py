@@ -1,4 +1,5 @@
-"""The engine protocol: the API server and its engine processes, over Unix sockets.
+"""The engine protocol: the API server and its engine processes, over Unix sockets (or TCP, for a
+replica on another host of a Ray cluster, ``endpoints/ray_replica.py``).
 
 One connection per request. Each message is a frame: a 4-byte big-endian length, then msgpack.
 A connection per request, rather than one stream multiplexing them all, because it gives each of the
@@ -12,6 +13,10 @@ three hard cases a plain answer:
   with ``EngineRestarted`` (503 ``engine_restarted``), none waits forever.
 
 Connecting to a Unix socket costs tens of microseconds, next to milliseconds per token.
+
+Over TCP every request carries the replica's token (``TcpAddress.token``): a Unix socket is born 0600 and
+only this user's processes connect, but a TCP port is open to the cluster's network, so an engine
+listening there answers only requests that show the token it was started with.
 
 Requests and answers (``wire.py`` has the shapes of requests, steps and artifacts)::
 
@@ -29,11 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import socket
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +75,26 @@ class ProtocolError(Exception):
     """A frame that is not one: a length past ``MAX_FRAME``."""
 
 
+@dataclass(frozen=True)
+class TcpAddress:
+    """An engine process listening on TCP (a replica on a Ray node): where, and the token it asks for."""
+
+    host: str
+    port: int
+    token: str = field(repr=False)  # never in a log line or an error message
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+# Where an engine process answers: a Unix socket on this host, or a TCP port on another.
+EngineAddress = Path | TcpAddress
+
+
+def _signed(message: dict[str, Any], address: EngineAddress) -> dict[str, Any]:
+    return {**message, "token": address.token} if isinstance(address, TcpAddress) else message
+
+
 def pack(message: Any) -> bytes:
     body: bytes = msgpack.packb(message)
     return len(body).to_bytes(4, "big") + body
@@ -99,26 +126,46 @@ def error_from_wire(message: dict[str, Any]) -> ModelportError:
 
 # --- the engine process's side ---------------------------------------------------------------------
 class EngineServer:
-    """Serves one engine on a Unix socket; ``serve`` runs until the task is cancelled."""
+    """Serves one engine on a Unix socket, or on TCP with a token; ``serve`` runs until the task is
+    cancelled. On TCP port 0, ``port`` is the one the system chose once ``on_ready`` is called."""
 
-    def __init__(self, engine: Engine, path: Path) -> None:
-        self.engine, self.path = engine, path
+    def __init__(self, engine: Engine, address: EngineAddress) -> None:
+        self.engine, self.address = engine, address
+        self.port = address.port if isinstance(address, TcpAddress) else 0
 
     async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
-        self.path.unlink(missing_ok=True)
-        umask = os.umask(0o177)  # the socket is born 0600: only this user's processes ever connect
-        try:
-            server = await asyncio.start_unix_server(self._handle, path=str(self.path), backlog=BACKLOG)
-        finally:
-            os.umask(umask)
+        server = await self._listen()
         if on_ready is not None:
             on_ready()
         async with server:
             await server.serve_forever()
 
+    async def _listen(self) -> asyncio.Server:
+        if isinstance(self.address, TcpAddress):
+            server = await asyncio.start_server(self._handle, self.address.host, self.port, backlog=BACKLOG)
+            self.port = server.sockets[0].getsockname()[1]
+            return server
+        self.address.unlink(missing_ok=True)
+        umask = os.umask(0o177)  # the socket is born 0600: only this user's processes ever connect
+        try:
+            return await asyncio.start_unix_server(self._handle, path=str(self.address), backlog=BACKLOG)
+        finally:
+            os.umask(umask)
+
+    def _admits(self, message: Any) -> bool:
+        if not isinstance(self.address, TcpAddress):
+            return True
+        token = message.get("token") if isinstance(message, dict) else None
+        return isinstance(token, str) and hmac.compare_digest(token.encode(), self.address.token.encode())
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             message = await read_frame(reader)
+            if not self._admits(message):
+                refused = {"code": "engine_error", "message": "the engine refused a request without its token"}
+                writer.write(pack({"error": {**refused, "param": None}}))
+                await writer.drain()
+                return
             request = _generation(message)
             if request is not None:
                 await self._generate(request, reader, writer)
@@ -214,7 +261,7 @@ def _restarted(label: str) -> EngineRestarted:
 class EngineClient:
     """The ``Engine`` interface, spoken to one engine process (a serverless worker or an endpoint replica)."""
 
-    def __init__(self, path: Path, name: str, label: str) -> None:
+    def __init__(self, path: EngineAddress, name: str, label: str) -> None:
         self.path, self.name, self.label = path, name, label
         self.in_flight = 0  # requests sent and not yet answered in full: the router's load figure
 
@@ -234,6 +281,12 @@ class EngineClient:
         The socket connects by hand: asyncio's own connect takes EAGAIN for "in progress" and waits for
         writability, which an unconnected Unix socket has at once, so a full queue would read as success
         and fail at the first write."""
+        if isinstance(self.path, TcpAddress):
+            try:
+                connecting = asyncio.open_connection(self.path.host, self.path.port)
+                return await asyncio.wait_for(connecting, CONNECT_PATIENCE_S)
+            except (OSError, TimeoutError):
+                raise _restarted(self.label) from None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
         deadline = time.monotonic() + CONNECT_PATIENCE_S
@@ -259,7 +312,7 @@ class EngineClient:
             reader, writer = await self._connect()
             try:
                 with _read_errors(self.label):
-                    writer.write(pack(message))
+                    writer.write(pack(_signed(message, self.path)))
                     await writer.drain()
                     answer: dict[str, Any] = await read_frame(reader)
             finally:
@@ -279,7 +332,7 @@ class EngineClient:
             reader, writer = await self._connect()
             try:
                 with _read_errors(self.label):
-                    writer.write(pack({"op": "generate", "request": request_to_json(request)}))
+                    writer.write(pack(_signed({"op": "generate", "request": request_to_json(request)}, self.path)))
                     await writer.drain()
                     while True:
                         frame = await read_frame(reader)
@@ -300,19 +353,35 @@ class EngineClient:
         return vectors
 
 
-def probe(path: Path, timeout: float = 1.0) -> dict[str, Any] | None:
+def probe(path: EngineAddress, timeout: float = 1.0) -> dict[str, Any] | None:
     """The engine's ``stats()`` over its socket, blocking (readiness checks and scrapes run in threads);
     None when nothing answers in time."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(path))
-            sock.sendall(pack({"op": "stats"}))
-            answer = msgpack.unpackb(_recv(sock, _length(_recv(sock, 4))))
+        with _blocking_connection(path, timeout) as sock:
+            sock.sendall(pack(_signed({"op": "stats"}, path)))
+            answer = read_frame_blocking(sock)
     except (OSError, ProtocolError, ValueError):
         return None
     stats: dict[str, Any] | None = answer.get("stats") if isinstance(answer, dict) else None
     return stats
+
+
+def read_frame_blocking(sock: socket.socket) -> Any:
+    """One frame from a blocking socket (the socket's timeout bounds each read)."""
+    return msgpack.unpackb(_recv(sock, _length(_recv(sock, 4))))
+
+
+def _blocking_connection(address: EngineAddress, timeout: float) -> socket.socket:
+    if isinstance(address, TcpAddress):
+        return socket.create_connection((address.host, address.port), timeout=timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(str(address))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _recv(sock: socket.socket, size: int) -> bytes:

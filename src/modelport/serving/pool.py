@@ -47,7 +47,7 @@ from modelport.serving.host import (
     log_tail,
     terminate,
 )
-from modelport.serving.ipc import EngineClient, probe
+from modelport.serving.ipc import EngineAddress, EngineClient, probe
 from modelport.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class _Worker:
     adapters: set[str] = field(default_factory=set)
 
     @property
-    def socket(self) -> Path:
+    def socket(self) -> EngineAddress:
         return self.client.path
 
     @property
@@ -228,7 +228,8 @@ class EnginePool:
         try:
             # Not under the lock: the first fork waits seconds while the fork server imports torch.
             timeout = self.settings.replica_start_timeout_s
-            proc = fork_engine(spec, self._sockets / f"w{w.index}.json", w.socket, w.log_path, timeout=timeout)
+            sock = self._sockets / f"w{w.index}.sock"  # ours: a Unix socket in the pool's folder
+            proc = fork_engine(spec, self._sockets / f"w{w.index}.json", sock, w.log_path, timeout=timeout)
         except ForkFailed as e:
             log.warning("engine worker %d: %s", w.index, e)
             self._start_failed(w, f"{e} (the server's log above says why)")

@@ -109,3 +109,30 @@ def test_an_engine_that_is_gone_fails_requests_with_engine_restarted(tmp_path: P
         assert await asyncio.to_thread(probe, path) == {"engine": "fake", "running": 0}
 
     run(FakeEngine(), path, body)
+
+
+def test_over_tcp_only_requests_with_the_token_are_answered() -> None:
+    """A replica on a Ray node listens on TCP: the cluster's network may reach it, its token is the key."""
+    from modelport.errors import EngineFailed
+    from modelport.serving.ipc import TcpAddress
+
+    async def main() -> None:
+        server = EngineServer(FakeEngine(), TcpAddress("127.0.0.1", 0, "s3cret-token"))
+        ready = asyncio.Event()
+        task = asyncio.create_task(server.serve(ready.set))
+        await ready.wait()
+        try:
+            good = EngineClient(TcpAddress("127.0.0.1", server.port, "s3cret-token"), "fake", "tcp")
+            steps = [s async for s in good.generate(request(prompt=[7, 8, 9]))]
+            assert [s.token_id for s in steps] == [9, 8, 7, 9, 8]
+            assert await asyncio.to_thread(probe, good.path) is not None
+            bad = EngineClient(TcpAddress("127.0.0.1", server.port, "guess"), "fake", "tcp")
+            with pytest.raises(EngineFailed, match="without its token"):
+                [s async for s in bad.generate(request())]
+            assert await asyncio.to_thread(probe, bad.path) is None
+            assert "s3cret" not in repr(good.path) and "s3cret" not in str(good.path)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
