@@ -22,10 +22,11 @@ from modelport.accounts.service import AccountService
 from modelport.accounts.sessions import SessionSigner
 from modelport.catalog.service import Catalog
 from modelport.catalog.transfers import Transfers
-from modelport.endpoints import hardware
 from modelport.endpoints.adapters import DeploymentAdapters
 from modelport.endpoints.events import Events
 from modelport.endpoints.experiments import Experiments
+from modelport.endpoints.lease import Lease
+from modelport.endpoints.placement import open_placement
 from modelport.endpoints.rollout_driver import RolloutController
 from modelport.endpoints.rollouts import Rollouts
 from modelport.endpoints.routes import Routes
@@ -207,10 +208,12 @@ def _serving(
     metrics: Metrics,
     usage: UsageLedger,
 ) -> Serving:
-    inventory = hardware.detect(settings.endpoint_memory_bytes)
+    placement = open_placement(settings)  # this host's processes, or a Ray cluster's actors
     events, stats = Events(db), TrafficStats()
-    supervisor = Supervisor(settings, db, catalog, artifacts, inventory, events)
-    endpoints = EndpointService(settings, db, catalog, blobs, inventory, on_change=supervisor.wake)
+    # Of several servers on one database, one supervises endpoints and drives rollouts at a time.
+    lease = Lease(db, "controller", settings.controller_lease_s)
+    supervisor = Supervisor(settings, db, catalog, artifacts, placement, events, lease)
+    endpoints = EndpointService(settings, db, catalog, blobs, placement.inventory, on_change=supervisor.wake)
     supervisor.rescale = endpoints.rescale
     routes = Routes(db, endpoints, events, on_change=supervisor.wake)
     routing = EndpointRouting(settings, db, endpoints, routes, supervisor, catalog, artifacts, events, stats)
@@ -244,5 +247,5 @@ def _serving(
         experiments=experiments,
         adapters=adapters,
         rollouts=rollouts,
-        rollout_controller=RolloutController(rollouts.driver, settings.rollout_interval_s),
+        rollout_controller=RolloutController(rollouts.driver, settings.rollout_interval_s, lambda: lease.holding),
     )

@@ -384,6 +384,35 @@ class Settings(BaseSettings):
         'of latency the router adds before each request reaches them, e.g. {"canary": 0.5}.',
     )
 
+    ray_address: str = Field(
+        default="",
+        description="Run endpoint replicas on a Ray cluster instead of this host: `auto`, `HOST:6379` or "
+        "`ray://HOST:10001` (needs `pip install 'modelport[ray]'` here and on every node). Empty: replicas are "
+        "processes of this server (the local backend). See docs/scaling.md.",
+    )
+    ray_namespace: str = Field(
+        default="modelport",
+        description="The Ray namespace of this installation's replica actors; servers sharing a database share it.",
+    )
+    ray_call_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long the server waits for the Ray cluster to answer one call before it reports the "
+        "cluster unreachable (endpoints on it go to ERROR with the reason; everything else keeps answering).",
+    )
+    node_cache_dir: Path = Field(
+        default=Path("/tmp/modelport-node"),
+        description="On a Ray node (read from the environment of `ray start`): where replicas keep the models they "
+        "fetch from the blob store.",
+    )
+    controller_lease_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="Several servers on one database: one of them (the holder of this lease, renewed every third of "
+        "it) supervises endpoints, autoscales and drives rollouts; when it goes away another takes over after "
+        "this long. Every server routes requests.",
+    )
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()

@@ -189,10 +189,15 @@ def test_a_full_deployment_refuses_an_adapter_unless_forced_to_evict_the_least_r
 
 
 class _Running:
-    pid = 0
+    """A replica handle that runs and never ends (``placement.ReplicaHandle``)."""
+
+    name, where = "r", "pid 0"
 
     def poll(self) -> None:
         return None
+
+    def stop(self) -> None:
+        pass
 
 
 def test_a_request_for_an_attached_adapter_goes_to_its_deployment(api: Api, tmp_path: Path) -> None:
@@ -205,7 +210,7 @@ def test_a_request_for_an_attached_adapter_goes_to_its_deployment(api: Api, tmp_
     with api.services.db.session() as s:
         move(s.get(Endpoint, deployment_id), EndpointState.STARTED)  # as the supervisor leaves it
         before = s.get(DeploymentAdapter, attached["id"]).last_used_at
-    replica = Replica(deployment_id, 0, _Running(), tmp_path / "r.sock", tmp_path / "r.log", ready=True)  # type: ignore[arg-type]
+    replica = Replica(deployment_id, 0, _Running(), ready=True)  # type: ignore[arg-type]
     replica.engine = EngineClient(tmp_path / "r.sock", "torch", "test replica")
     supervisor.replicas[deployment_id] = [replica]
     try:

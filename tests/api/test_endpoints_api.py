@@ -159,8 +159,8 @@ def test_a_replica_that_keeps_crashing_puts_the_endpoint_in_error(
         time.sleep(0.2)
     assert state == "STARTED"
     (replica,) = supervisor.replicas[endpoint["id"]]
-    os.kill(replica.proc.pid, signal.SIGKILL)
-    replica.proc.wait()
+    os.kill(replica.handle.proc.pid, signal.SIGKILL)
+    replica.handle.proc.wait()
     supervisor.reconcile()
     failed = client.get(f"/v1/endpoints/{endpoint['id']}", headers=headers).json()
     assert failed["state"] == "ERROR" and "SIGKILL" in failed["error"], failed

@@ -197,10 +197,15 @@ class _Load:
 
 
 class _Running:
-    pid = 0
+    """A replica handle that runs and never ends (``placement.ReplicaHandle``)."""
+
+    name, where = "r", "pid 0"
 
     def poll(self) -> None:
         return None
+
+    def stop(self) -> None:
+        pass
 
 
 def test_the_supervisor_scales_a_deployment_with_its_load_to_zero_and_back(
@@ -215,7 +220,7 @@ def test_the_supervisor_scales_a_deployment_with_its_load_to_zero_and_back(
     with services.db.session() as s:  # as the supervisor leaves it once its replica answers
         move(s.get(Endpoint, endpoint_id), EndpointState.STARTED)
     load = _Load()
-    replica = Replica(endpoint_id, 0, _Running(), tmp_path / "r.sock", tmp_path / "r.log", ready=True)  # type: ignore[arg-type]
+    replica = Replica(endpoint_id, 0, _Running(), ready=True)  # type: ignore[arg-type]
     replica.engine = load  # type: ignore[assignment]
 
     def scale(in_flight: int) -> int:

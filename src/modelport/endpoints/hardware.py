@@ -69,6 +69,8 @@ class Inventory:
     cpu_cores: int
     cpu_pool_bytes: int  # RAM that endpoint replicas may reserve together
     detected_at: datetime
+    where: str = ""  # empty: this host; else the cluster it describes ("Ray cluster at …: 3 nodes")
+    node_bytes: int = 0  # a cluster's largest node's RAM for replicas: no configuration may ask for more
 
     def configs(self, prices: dict[str, float]) -> list[HardwareConfig]:
         if self.gpus:
@@ -87,7 +89,7 @@ class Inventory:
         return [_priced(c, prices) for c in out]
 
     def _cpu_configs(self, prices: dict[str, float]) -> list[HardwareConfig]:
-        pool_gb = self.cpu_pool_bytes // GIB
+        pool_gb = min(self.cpu_pool_bytes, self.node_bytes or self.cpu_pool_bytes) // GIB
         tiers = [gb for gb in (2, 4, 8, 16, 32, 64, 128, 256, 512) if gb < pool_gb] + [pool_gb]
         cores = sorted({1, self.cpu_cores})
         configs = [
@@ -109,6 +111,8 @@ class Inventory:
         return f"{units} GPU(s)" if self.gpus else f"{units / GIB:.1f} GiB of endpoint RAM"
 
     def describe(self) -> str:
+        if self.where:
+            return self.where
         if self.gpus:
             return f"{len(self.gpus)} x NVIDIA {self.gpus[0].model.upper()} {self.gpus[0].memory_gb} GB"
         return f"no GPU; {self.cpu_cores} CPU cores, {self.cpu_pool_bytes / GIB:.0f} GiB of RAM for endpoints"
@@ -135,6 +139,30 @@ def detect(pool_bytes: int = 0) -> Inventory:
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     cores = len(os.sched_getaffinity(0))
     return Inventory(tuple(gpus), cores, pool_bytes or int(ram * 0.5), datetime.now(UTC))
+
+
+def from_cluster(address: str, nodes: list[dict[str, Any]]) -> Inventory:
+    """A Ray cluster's capacity as an inventory (``nodes``: the live nodes' ``resources``).
+
+    Replicas never span nodes, so a configuration is at most what the largest node has: its CPUs, and
+    GPUs of one model per id (``accelerator_type:H100`` as Ray labels them). The RAM pool is the sum of
+    the nodes' ``memory`` resource (what Ray lets tasks reserve), and GPUs count across the cluster."""
+    resources = [n.get("resources", {}) for n in nodes]
+    cores = int(max((r.get("CPU", 0) for r in resources), default=0))
+    memory = int(sum(r.get("memory", 0) for r in resources))
+    gpus: list[Gpu] = []
+    for r in resources:
+        model = next((k.split(":", 1)[1].lower() for k in r if k.startswith("accelerator_type:")), "gpu")
+        gpus += [Gpu(len(gpus) + i, _gpu_model(model), 0, "pcie") for i in range(int(r.get("GPU", 0)))]
+    total_cpus = int(sum(r.get("CPU", 0) for r in resources))
+    where = (
+        f"Ray cluster at {address}: {len(nodes)} node(s), {total_cpus} CPUs, {len(gpus)} GPU(s), "
+        f"{memory / GIB:.1f} GiB of memory for replicas"
+        if nodes
+        else f"Ray cluster at {address}: no live node"
+    )
+    largest = int(max((r.get("memory", 0) for r in resources), default=0))
+    return Inventory(tuple(gpus), cores, memory, datetime.now(UTC), where, largest)
 
 
 def _nvidia_gpus() -> list[Gpu]:

@@ -244,8 +244,9 @@ class RolloutDriver:
 class RolloutController:
     """The thread that ticks ``RolloutDriver`` every ``interval_s``, and at once when a request changed one."""
 
-    def __init__(self, driver: RolloutDriver, interval_s: float) -> None:
+    def __init__(self, driver: RolloutDriver, interval_s: float, active: Callable[[], bool] = lambda: True) -> None:
         self.driver, self.interval_s = driver, interval_s
+        self.active = active  # whether this server holds the controller lease (``lease.py``)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -264,7 +265,8 @@ class RolloutController:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                self.driver.tick()
+                if self.active():
+                    self.driver.tick()
             except Exception:  # the database away for a moment: try again next interval
                 log.exception("rollout controller: tick failed")
             self.driver.changed.wait(self.interval_s)

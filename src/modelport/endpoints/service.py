@@ -73,14 +73,19 @@ class EndpointService:
         db: Database,
         catalog: Catalog,
         blobs: BlobStore,
-        inventory: Inventory,
+        inventory: Callable[[], Inventory],
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
-        self.settings, self.db, self.catalog, self.blobs, self.inventory = settings, db, catalog, blobs, inventory
+        self.settings, self.db, self.catalog, self.blobs = settings, db, catalog, blobs
+        self._inventory = inventory  # the placement backend's: this host's, or a Ray cluster's as it is now
         self._lock = threading.Lock()  # reservations are decided one at a time
         self.on_change = on_change  # wakes the supervisor
         # What must let go of a deployment before it is deleted, by any API: experiments, rollouts.
         self.forgetters: list[Callable[[Route, str], None]] = []
+
+    @property
+    def inventory(self) -> Inventory:
+        return self._inventory()
 
     # --- hardware -------------------------------------------------------------------------------
     def configs(self) -> list[HardwareConfig]:

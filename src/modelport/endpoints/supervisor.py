@@ -5,6 +5,13 @@ it launches missing replicas, marks the endpoint STARTED once every replica has 
 restarts replicas that died (up to ``replica_max_restarts``, then ERROR with the reason and the
 hardware released), stops replicas of endpoints asked to stop, deleted, or idle past their
 ``inactive_timeout``, and on a server restart brings started endpoints back up.
+
+Where replicas run is the placement backend's (``placement.py``): this host's processes, or a Ray
+cluster's actors. With several servers on one database, only the holder of the ``controller`` lease
+(``lease.py``) reconciles; the others *follow*: they learn from the backend which replicas run and
+route to them, and change nothing. A new holder adopts the replicas that run (Ray's outlive the server
+that launched them) instead of starting them again, and stops those no deployment wants. A cluster that
+stops answering puts its deployments in ERROR with the reason.
 """
 
 from __future__ import annotations
@@ -12,15 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 
@@ -28,23 +31,15 @@ from modelport.catalog.service import Catalog
 from modelport.endpoints.autoscale import Policy, Pressure, decide
 from modelport.endpoints.events import Events, Level
 from modelport.endpoints.hardware import HardwareConfig, Inventory
+from modelport.endpoints.lease import Lease
+from modelport.endpoints.placement import Devices, Placement, ReplicaHandle, local_devices
 from modelport.endpoints.service import replica_count
 from modelport.endpoints.states import RUNNING_STATES, EndpointState, move
 from modelport.errors import EndpointNotRunning, EngineOverloaded, ModelportError
-from modelport.forkserver import ForkFailed
 from modelport.manifest import ModelType, context_length_of
 from modelport.serving.artifacts import ArtifactCache
 from modelport.serving.engine import Artifact, Pooling
-from modelport.serving.host import (
-    EngineProcess,
-    EngineSpec,
-    engine_settings,
-    exit_reason,
-    fork_engine,
-    log_tail,
-    spawn,
-    terminate,
-)
+from modelport.serving.host import EngineSpec, engine_settings
 from modelport.serving.ipc import EngineClient, probe
 from modelport.serving.service import read_pooling
 from modelport.settings import Settings
@@ -53,6 +48,8 @@ from modelport.storage.db.tables import Endpoint, Model, utcnow
 
 log = logging.getLogger(__name__)
 
+FOLLOW_S = 2.0  # how often a server that does not supervise asks the backend which replicas run
+REAP_S = 15.0  # how often the supervisor stops replicas that no deployment wants (a previous run's)
 STABLE_S = 600.0  # replicas up this long forgive earlier crashes
 DRAIN_S = 60.0  # a replica scaled away or stopped may take this long to answer what it has in flight
 # ...and lives at least this long: a request routed to it just before may still be tokenizing, not yet
@@ -70,12 +67,13 @@ def replica_spec(
     index: int,
     pooling: Pooling | None,
     parent_pid: int,
+    devices: Devices = local_devices,
 ) -> EngineSpec:
     """Replica ``index`` of ``endpoint`` on ``config``, from what its reservation holds. No I/O.
 
     A replica is an engine process like a serverless worker, with its own device and memory budget, that
     loads ``artifact`` before it answers."""
-    device, memory, env = _placement(config, endpoint.reservation or {}, index)
+    device, memory, env = devices(config, endpoint.reservation or {}, index)
     return EngineSpec(
         parent_pid=parent_pid,
         settings=engine_settings(settings, engine_device=device, engine_memory_bytes=memory, engine_workers=1),
@@ -86,22 +84,11 @@ def replica_spec(
     )
 
 
-def _placement(config: HardwareConfig, held: dict[str, Any], index: int) -> tuple[str, int, dict[str, str]]:
-    """Device, memory budget and environment of replica ``index``: on GPUs, its slice of the reserved ones."""
-    if config.is_cpu:
-        return "cpu", config.memory_bytes, {"OMP_NUM_THREADS": str(config.gpu_count)}
-    per = int(held.get("gpus_per_replica", config.gpu_count))
-    gpus = held.get("gpus", [])[index * per : (index + 1) * per]
-    return "cuda", int(config.memory_bytes * 0.9), {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
-
-
 @dataclass
 class Replica:
     endpoint_id: str
     index: int
-    proc: EngineProcess
-    socket: Path
-    log_path: Path
+    handle: ReplicaHandle  # the process or actor, wherever the placement backend runs it
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     ready_at: float = 0.0
@@ -126,17 +113,23 @@ class Supervisor:
         db: Database,
         catalog: Catalog,
         artifacts: ArtifactCache,
-        inventory: Inventory,
+        placement: Placement,
         events: Events | None = None,
+        lease: Lease | None = None,
     ) -> None:
-        self.settings, self.db, self.catalog, self.artifacts, self.inventory = (
+        self.settings, self.db, self.catalog, self.artifacts, self.placement = (
             settings,
             db,
             catalog,
             artifacts,
-            inventory,
+            placement,
         )
         self.events = events or Events(db)
+        self.lease = lease  # None: this server supervises alone
+        self._controlling = False  # whether the last pass reconciled (held the lease)
+        self._followed = 0.0
+        self._reaped = 0.0
+        self._adoptable: dict[str, list[tuple[int, ReplicaHandle]]] | None = None  # this pass's, read once
         # The autoscaler's moves go through the endpoint service, which re-reserves hardware for them.
         self.rescale: Callable[[str, int], None] = lambda endpoint_id, replicas: None
         self.replicas: dict[str, list[Replica]] = {}
@@ -151,7 +144,10 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._touched: dict[str, float] = {}
-        self._sockets: Path | None = None
+
+    @property
+    def inventory(self) -> Inventory:
+        return self.placement.inventory()
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -167,16 +163,19 @@ class Supervisor:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self.lease is not None:
+            self.lease.release()  # another server takes over now, not once the lease runs out
         with self._lock:
-            for replicas in self.replicas.values():
-                for r in replicas:
-                    terminate(r.proc)
+            running = [r for replicas in self.replicas.values() for r in replicas]
+            retired = [r for r, _, _ in self._retired]
             self.replicas.clear()
-            for r, _, _ in self._retired:
-                terminate(r.proc)
             self._retired.clear()
-        if self._sockets is not None:
-            shutil.rmtree(self._sockets, ignore_errors=True)
+        if not self.placement.replicas_outlive_server:  # Ray's keep serving: the next supervisor adopts them
+            for r in running:
+                r.handle.stop()
+        for r in retired:
+            r.handle.stop()
+        self.placement.close()
 
     def ready_replicas(self, endpoint_id: str) -> int:
         with self._lock:
@@ -242,19 +241,33 @@ class Supervisor:
                     endpoint.last_request_at = utcnow()
 
     # --- reconciliation ----------------------------------------------------------------------------
+    def controlling(self) -> bool:
+        """Whether this server supervises now: it holds the controller lease, or supervises alone."""
+        return self.lease is None or self.lease.held()
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                self.reconcile()
+                if self.controlling():
+                    self._controlling = True
+                    self.reconcile()
+                else:
+                    self.follow()
             except Exception:
                 log.exception("endpoint supervisor pass failed; retrying")
             self._wake.wait(self.interval)
             self._wake.clear()
 
     def reconcile(self) -> None:
+        self.placement.refresh()  # every replica's state, in one call to a cluster
+        self._adoptable = None
         self._drain()
         with self.db.session() as s:
             endpoints = {e.id: e for e in s.scalars(select(Endpoint))}
+        problem = self.placement.problem()
+        if problem is not None and time.monotonic() - problem[0] >= self.settings.ray_call_timeout_s:
+            self._unreachable(endpoints.values(), problem[1])
+            return
         for endpoint_id in list(self.replicas):
             if endpoint_id not in endpoints:  # deleted: stop its replicas, drop their specs and logs
                 self._stop_replicas(endpoint_id)
@@ -266,6 +279,84 @@ class Supervisor:
                 self._reconcile_one(endpoint)
             except Exception:  # one deployment's trouble must not leave every other one unsupervised
                 log.exception("endpoint %s: supervisor pass failed; retrying", endpoint.name)
+        self._reap()
+
+    def _unreachable(self, endpoints: Iterable[Endpoint], reason: str) -> None:
+        """The backend cannot run replicas now (a Ray head that does not answer): every deployment that
+        should run goes to ERROR with the reason, releasing its hardware; a start after the cluster is
+        back launches it again. Nothing else stops: the API, serverless models and uploads keep answering."""
+        for endpoint in endpoints:
+            if endpoint.state in RUNNING_STATES:
+                self._stop_replicas(endpoint.id)
+                self._move(endpoint, EndpointState.ERROR, error=reason)
+            elif endpoint.state == EndpointState.STOPPING:
+                self._stop_replicas(endpoint.id)
+                self._move(endpoint, EndpointState.STOPPED)
+
+    def _reap(self) -> None:
+        """Stop replicas that run and that no deployment of this supervisor wants (a previous run's, or
+        those of deployments deleted meanwhile); only backends whose replicas outlive a server have any."""
+        if not self.placement.replicas_outlive_server or time.monotonic() - self._reaped < REAP_S:
+            return
+        self._reaped = time.monotonic()
+        with self._lock:
+            keep = {r.handle.name for replicas in self.replicas.values() for r in replicas}
+            keep |= {r.handle.name for r, _, _ in self._retired}
+        if stopped := self.placement.reap(keep):
+            log.info("stopped %d replica(s) no deployment wants", stopped)
+
+    def _adopt(self, endpoint: Endpoint) -> list[Replica]:
+        """Replicas of ``endpoint`` that already run (launched by a previous run or another server): the
+        first pass of a new supervisor takes them over instead of launching more."""
+        if not self.placement.replicas_outlive_server:
+            return []
+        if self._adoptable is None:
+            self._adoptable = self.placement.running()
+        found = self._adoptable.pop(endpoint.id, [])
+        if found:
+            log.info("endpoint %s: adopting %d running replica(s)", endpoint.name, len(found))
+        return [Replica(endpoint.id, index, handle) for index, handle in found]
+
+    # --- following --------------------------------------------------------------------------------
+    def follow(self) -> None:
+        """A pass of a server that does not supervise: learn which replicas run, and which answer, so
+        requests that reach this server are routed to them. It launches, stops and moves nothing."""
+        if self._controlling:  # it held the lease and lost it: what it launched is the new holder's now
+            self._step_down()
+        if time.monotonic() - self._followed < FOLLOW_S:
+            return
+        self._followed = time.monotonic()
+        running = self.placement.running()
+        with self._lock:
+            for endpoint_id, found in running.items():
+                known = {r.handle.name: r for r in self.replicas.get(endpoint_id, [])}
+                self.replicas[endpoint_id] = [known.get(h.name) or Replica(endpoint_id, i, h) for i, h in found]
+            for endpoint_id in set(self.replicas) - set(running):
+                del self.replicas[endpoint_id]
+            replicas = [r for rs in self.replicas.values() for r in rs]
+        for r in replicas:
+            address = r.handle.address()
+            answers = address is not None and r.handle.poll() is None and probe(address) is not None
+            if answers and not r.ready:
+                assert address is not None
+                label = f"deployment {r.endpoint_id} replica {r.index}"
+                r.ready, r.ready_at, r.engine = (
+                    True,
+                    time.monotonic(),
+                    EngineClient(address, self.settings.engine, label),
+                )
+            elif not answers:
+                r.ready = False
+
+    def _step_down(self) -> None:
+        self._controlling = False
+        log.warning("this server no longer holds the controller lease: another supervises the endpoints now")
+        with self._lock:
+            running = [r for rs in self.replicas.values() for r in rs]
+            self.replicas.clear()
+        if not self.placement.replicas_outlive_server:  # no other server can reach them: they end with us
+            for r in running:
+                r.handle.stop()
 
     def _reconcile_one(self, endpoint: Endpoint) -> None:
         if endpoint.desired == EndpointState.STARTED and endpoint.state in RUNNING_STATES:
@@ -289,12 +380,14 @@ class Supervisor:
         return utcnow() - since > timedelta(minutes=endpoint.inactive_timeout)
 
     def _keep_running(self, endpoint: Endpoint) -> None:
-        replicas = self.replicas.setdefault(endpoint.id, [])
+        if endpoint.id not in self.replicas:
+            self.replicas[endpoint.id] = self._adopt(endpoint)
+        replicas = self.replicas[endpoint.id]
         for r in list(replicas):
-            code = r.proc.poll()
+            code = r.handle.poll()
             if code is not None:
                 replicas.remove(r)
-                r.socket.unlink(missing_ok=True)
+                r.handle.stop()  # its socket, or its actor's name
                 if not self._crashed(endpoint, r, code):
                     return
             elif not r.ready:
@@ -323,27 +416,34 @@ class Supervisor:
 
     def _crashed(self, endpoint: Endpoint, replica: Replica, code: int) -> bool:
         """Count the crash; False when this pass must leave the endpoint: it failed for good, or moved meanwhile."""
-        reason = exit_reason(code)
+        reason = replica.handle.ended(code)
         restarts = endpoint.restarts + 1
         log.warning("endpoint %s replica %d %s (crash %d)", endpoint.name, replica.index, reason, restarts)
         if restarts > self.settings.replica_max_restarts:
             self._stop_replicas(endpoint.id)
-            tail = log_tail(replica.log_path)
+            tail = replica.handle.log_tail()
             error = f"replica {reason} {restarts} times" + (f"; last output: {tail}" if tail else "")
             self._move(endpoint, EndpointState.ERROR, error=error, restarts=restarts)
             return False
         return self._move(endpoint, EndpointState.STARTING, restarts=restarts)
 
     def _check_ready(self, endpoint: Endpoint, replica: Replica) -> None:
-        if probe(replica.socket) is not None:  # it answers only once its model is loaded
+        address = replica.handle.address()
+        if address is not None and probe(address) is not None:  # it answers only once its model is loaded
             label = f"endpoint {endpoint.name} replica {replica.index}"
-            client = EngineClient(replica.socket, self.settings.engine, label)
+            client = EngineClient(address, self.settings.engine, label)
             replica.ready, replica.ready_at, replica.engine = True, time.monotonic(), client
             self._waking.discard(endpoint.id)
-            log.info("endpoint %s replica %d ready", endpoint.name, replica.index)
+            log.info("endpoint %s replica %d ready (%s)", endpoint.name, replica.index, replica.handle.where)
+            self.events.record(
+                endpoint.route_id,
+                "deployment.replica_ready",
+                f"{endpoint.label or endpoint.name}: replica {replica.index} answers, on {replica.handle.where}",
+                deployment_id=endpoint.id,
+            )
         elif time.monotonic() - replica.started > self.settings.replica_start_timeout_s:
             log.warning("endpoint %s replica %d did not start in time", endpoint.name, replica.index)
-            terminate(replica.proc)
+            replica.handle.stop()
 
     def _launch(self, endpoint: Endpoint, index: int) -> Replica:
         model = self.catalog.model_at(endpoint.model_id, endpoint.revision_id)
@@ -351,31 +451,12 @@ class Supervisor:
         artifact = self.artifacts.get(model, self.catalog.files(model))
         config = next(c for c in self.inventory.configs({}) if c.id == endpoint.hardware)
         pooling = read_pooling(artifact.path) if model.type == ModelType.EMBEDDING else None
-        spec = replica_spec(endpoint, model, artifact, self.settings, config, index, pooling, os.getpid())
-        return self._spawn(endpoint, index, spec)
-
-    def _spawn(self, endpoint: Endpoint, index: int, spec: EngineSpec) -> Replica:
-        """Start the replica's engine process; its spec and log live in the endpoint's folder."""
-        folder = self.settings.data_dir / "endpoints" / endpoint.id
-        folder.mkdir(parents=True, exist_ok=True)
-        # A name of its own per launch: a replacement must never unlink a live replica's socket.
-        sock = self._socket_dir() / f"{endpoint.id}-{index}-{uuid.uuid4().hex[:8]}.sock"
-        log_path, spec_path = folder / f"replica-{index}.log", folder / f"replica-{index}.json"
-        proc: EngineProcess
-        try:
-            # Forked from the fork server, which has torch imported: milliseconds, not seconds.
-            proc = fork_engine(spec, spec_path, sock, log_path, timeout=self.settings.replica_start_timeout_s)
-        except ForkFailed as e:
-            log.warning("endpoint %s: %s; starting replica %d as a program instead", endpoint.name, e, index)
-            proc = spawn(spec, spec_path, sock, log_path)
-        log.info("endpoint %s: launched replica %d (pid %d)", endpoint.name, index, proc.pid)
-        return Replica(endpoint.id, index, proc, sock, log_path)
-
-    def _socket_dir(self) -> Path:
-        # Unix socket paths are short (108 bytes): a private folder of their own under /tmp.
-        if self._sockets is None:
-            self._sockets = Path(tempfile.mkdtemp(prefix="modelport-replicas-"))
-        return self._sockets
+        spec = replica_spec(
+            endpoint, model, artifact, self.settings, config, index, pooling, os.getpid(), self.placement.devices
+        )
+        handle = self.placement.launch(endpoint.id, index, spec, config)
+        log.info("endpoint %s: launched replica %d (%s)", endpoint.name, index, handle.where)
+        return Replica(endpoint.id, index, handle)
 
     def _stop_replicas(self, endpoint_id: str) -> None:
         """Stop taking requests; each replica ends once its requests are answered (``_drain``)."""
@@ -399,12 +480,11 @@ class Supervisor:
                 if r.engine is None
                 or (r.engine.in_flight == 0 and now - at >= grace)
                 or now - at > DRAIN_S
-                or r.proc.poll() is not None
+                or r.handle.poll() is not None
             ]
             self._retired = [item for item in self._retired if item not in done]
         for r, _, _ in done:
-            terminate(r.proc)
-            r.socket.unlink(missing_ok=True)
+            r.handle.stop()
 
     def _autoscale(self, endpoint: Endpoint, replicas: list[Replica]) -> None:
         """Move the deployment's replica count with its load (``autoscale.py``); hardware permitting."""

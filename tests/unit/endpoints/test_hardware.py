@@ -48,3 +48,27 @@ def test_the_kv_cache_is_sized_for_the_served_context_not_the_declared_one() -> 
     assert estimate_bytes(declared, config, 4, max_context=1024) == estimate_bytes(
         Manifest(kind=ModelKind.MODEL, parameters=1000, context_length=1024), config, 4
     )
+
+
+def test_a_ray_cluster_offers_what_its_largest_node_holds_and_pools_the_memory() -> None:
+    from modelport.endpoints.hardware import from_cluster
+
+    nodes = [
+        {"resources": {"CPU": 0.0, "memory": 1.0 * GIB}},  # a head that only coordinates
+        {"resources": {"CPU": 2.0, "memory": 5.0 * GIB}},
+        {"resources": {"CPU": 4.0, "memory": 3.0 * GIB}},
+    ]
+    inventory = from_cluster("10.0.0.1:6379", nodes)
+    ids = {c.id for c in inventory.configs({})}
+    # Cores up to the biggest node's 4, memory up to the biggest node's 5 GiB: a replica never spans nodes.
+    assert {"1x_cpu_2gb", "4x_cpu_5gb"} <= ids and not any(i.endswith(("_8gb", "_9gb")) for i in ids)
+    assert inventory.capacity == 9 * GIB and "3 node(s), 6 CPUs" in inventory.describe()
+    assert not from_cluster("x", []).configs({}) and "no live node" in from_cluster("x", []).describe()
+
+
+def test_ray_gpus_count_across_the_cluster_and_keep_their_model() -> None:
+    from modelport.endpoints.hardware import from_cluster
+
+    nodes = [{"resources": {"CPU": 8.0, "GPU": 2.0, "accelerator_type:H100": 1.0, "memory": 64.0 * GIB}}]
+    inventory = from_cluster("head:6379", nodes)
+    assert len(inventory.gpus) == 2 and {g.model for g in inventory.gpus} == {"h100"}

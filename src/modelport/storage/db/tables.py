@@ -365,3 +365,15 @@ class UsageDay(Base):
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Lease(Base):
+    """A duty one server of several holds at a time (``endpoints/lease.py``): ``controller`` supervises
+    endpoints and drives rollouts. ``holder`` renews it before ``expires_at``; once that has passed,
+    another server may take it."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column()
