@@ -9,23 +9,26 @@ NEXT := .venv-next
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-sqlite test-postgres lint format clean screenshots lock-refresh
+.PHONY: serve test test-sqlite test-postgres test-ray lint format clean screenshots lock-refresh
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c $(LOCK) --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -c $(LOCK) -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -c $(LOCK) -e '.[test,ray]'
 	touch $(STAMP)
 
 ## Start the server on 127.0.0.1:8000 with SQLite and ./data (MODELPORT_* variables override).
 serve: $(STAMP)
 	$(VENV)/bin/modelport serve --host 127.0.0.1 --port 8000
 
-## The whole suite on SQLite, then again on PostgreSQL when one answers at $(PG_URL).
+## The whole suite on SQLite, then again on PostgreSQL when one answers at $(PG_URL), then the Ray
+## group on a local three-node cluster; each step says how long it took.
 test: $(STAMP)
-	$(MAKE) --no-print-directory lint
-	$(MAKE) --no-print-directory test-sqlite
-	$(MAKE) --no-print-directory test-postgres
+	@for step in lint test-sqlite test-postgres test-ray; do \
+		start=$$(date +%s); \
+		$(MAKE) --no-print-directory $$step || exit $$?; \
+		echo "== make $$step: $$(( $$(date +%s) - start )) s"; \
+	done
 
 test-sqlite: $(STAMP)
 	MODELPORT_TEST_DATABASE=sqlite $(PY) -m pytest $(PYTEST_ARGS)
@@ -37,6 +40,17 @@ test-postgres: $(STAMP)
 		echo "PostgreSQL is required in CI but does not answer at $(PG_URL)"; exit 1; \
 	else \
 		echo "SKIPPED the PostgreSQL run: no server answers at $(PG_URL) (set PG_URL=... to point at one)"; \
+	fi
+
+## The Ray group (tests/ray): a head and two worker nodes started by the tests, with the servers and
+## clients, inside a loopback-only network namespace (Ray binds the host's interface address otherwise).
+test-ray: $(STAMP)
+	@if unshare -n true 2>/dev/null; then \
+		unshare -n sh -c 'ip link set lo up && MODELPORT_TEST_DATABASE=sqlite MODELPORT_TEST_RAY=1 $(PY) -m pytest tests/ray $(PYTEST_ARGS)'; \
+	elif [ "$$CI" = "true" ]; then \
+		echo "The Ray tests need a network namespace of their own (unshare -n: root or user namespaces)"; exit 1; \
+	else \
+		echo "SKIPPED the Ray tests: unshare -n is not allowed here"; \
 	fi
 
 lint: $(STAMP)
@@ -56,7 +70,7 @@ lock-refresh:
 	rm -rf $(NEXT) .venvs-next
 	$(PYTHON) -m venv $(NEXT)
 	$(NEXT)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(NEXT)/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(NEXT)/bin/python -m pip install -q --disable-pip-version-check -e '.[test,ray]'
 	$(NEXT)/bin/python scripts/lock.py freeze $(NEXT) > $(NEXT)/lock.txt
 	$(NEXT)/bin/python scripts/lock.py diff $(LOCK) $(NEXT)/lock.txt
 	touch $(NEXT)/.installed-stamp

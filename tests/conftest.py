@@ -28,6 +28,10 @@ PG_ADMIN_URL = os.environ.get("MODELPORT_TEST_PG_URL", "postgresql+psycopg://pos
 USE_PG = os.environ.get("MODELPORT_TEST_DATABASE", "sqlite") == "postgresql"
 
 
+# The Ray group needs a network namespace of its own and runs as its own step (``make test-ray``).
+collect_ignore = [] if os.environ.get("MODELPORT_TEST_RAY") else ["ray"]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """One OpenMP thread per process, in this one and in every process the tests start (servers, their
     checkers and engines inherit it), unless the caller chose a number. The tests' models are tiny: a
