@@ -42,11 +42,11 @@ test-postgres: $(STAMP)
 		echo "SKIPPED the PostgreSQL run: no server answers at $(PG_URL) (set PG_URL=... to point at one)"; \
 	fi
 
-## The Ray group (tests/ray): a head and two worker nodes started by the tests, with the servers and
+## The Ray group (tests/onray): a head and two worker nodes started by the tests, with the servers and
 ## clients, inside a loopback-only network namespace (Ray binds the host's interface address otherwise).
 test-ray: $(STAMP)
 	@if unshare -n true 2>/dev/null; then \
-		unshare -n sh -c 'ip link set lo up && MODELPORT_TEST_DATABASE=sqlite MODELPORT_TEST_RAY=1 $(PY) -m pytest tests/ray $(PYTEST_ARGS)'; \
+		unshare -n sh -c 'ip link set lo up && MODELPORT_TEST_DATABASE=sqlite MODELPORT_TEST_RAY=1 $(PY) -m pytest tests/onray $(PYTEST_ARGS)'; \
 	elif [ "$$CI" = "true" ]; then \
 		echo "The Ray tests need a network namespace of their own (unshare -n: root or user namespaces)"; exit 1; \
 	else \

@@ -29,7 +29,7 @@ USE_PG = os.environ.get("MODELPORT_TEST_DATABASE", "sqlite") == "postgresql"
 
 
 # The Ray group needs a network namespace of its own and runs as its own step (``make test-ray``).
-collect_ignore = [] if os.environ.get("MODELPORT_TEST_RAY") else ["ray"]
+collect_ignore = [] if os.environ.get("MODELPORT_TEST_RAY") else ["onray"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -34,6 +34,8 @@ from modelport.manifest import Manifest, context_length_of
 
 GIB = 2**30
 OVERHEAD = 1.2
+_NOMINAL_GB = {"b200": 192, "h200": 141, "h100": 80, "a100": 80, "a10g": 24, "a10": 24, "l40s": 48, "l40": 48}
+_NOMINAL_GB |= {"l4": 24, "t4": 16, "v100": 32, "rtx_6000_ada": 48}
 _GPU_MODELS = ("b200", "h200", "h100", "a100", "a10g", "a10", "l40s", "l40", "l4", "t4", "v100", "rtx_6000_ada")
 
 
@@ -152,8 +154,11 @@ def from_cluster(address: str, nodes: list[dict[str, Any]]) -> Inventory:
     memory = int(sum(r.get("memory", 0) for r in resources))
     gpus: list[Gpu] = []
     for r in resources:
-        model = next((k.split(":", 1)[1].lower() for k in r if k.startswith("accelerator_type:")), "gpu")
-        gpus += [Gpu(len(gpus) + i, _gpu_model(model), 0, "pcie") for i in range(int(r.get("GPU", 0)))]
+        model = _gpu_model(next((k.split(":", 1)[1] for k in r if k.startswith("accelerator_type:")), "gpu"))
+        # Ray does not say how much memory a GPU has: the model's nominal size (0, refusing every model,
+        # for a GPU it does not name).
+        memory_gb = _NOMINAL_GB.get(model, 0)
+        gpus += [Gpu(len(gpus) + i, model, memory_gb, "pcie") for i in range(int(r.get("GPU", 0)))]
     total_cpus = int(sum(r.get("CPU", 0) for r in resources))
     where = (
         f"Ray cluster at {address}: {len(nodes)} node(s), {total_cpus} CPUs, {len(gpus)} GPU(s), "

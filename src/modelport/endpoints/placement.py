@@ -298,8 +298,7 @@ class RayPlacement:
         return answer
 
     def inventory(self) -> Inventory:
-        if time.monotonic() - self._inventory_at > INVENTORY_S:
-            self._read_nodes()
+        """The cluster as the supervisor last read it (``refresh``): a request never waits on the cluster."""
         return self._inventory
 
     def _read_nodes(self) -> None:
@@ -347,11 +346,11 @@ class RayPlacement:
             self._call({"op": "kill", "name": name})
 
     def refresh(self) -> None:
+        if time.monotonic() - self._inventory_at > INVENTORY_S:
+            self._read_nodes()  # also how a cluster that answers nothing is noticed with no replica to ask
         with self._lock:
             names = [n for n, h in self._handles.items() if not h.stopped]
         if not names:
-            if self._problem is not None or time.monotonic() - self._inventory_at > INVENTORY_S:
-                self._read_nodes()  # nothing to ask about: still learn whether the cluster answers
             return
         try:
             status = self._call({"op": "status", "names": names})["status"]

@@ -326,6 +326,7 @@ class Supervisor:
         if time.monotonic() - self._followed < FOLLOW_S:
             return
         self._followed = time.monotonic()
+        self.placement.refresh()  # the cluster's capacity, for this server's /v1/hardware
         running = self.placement.running()
         with self._lock:
             for endpoint_id, found in running.items():

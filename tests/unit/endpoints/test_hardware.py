@@ -72,3 +72,4 @@ def test_ray_gpus_count_across_the_cluster_and_keep_their_model() -> None:
     nodes = [{"resources": {"CPU": 8.0, "GPU": 2.0, "accelerator_type:H100": 1.0, "memory": 64.0 * GIB}}]
     inventory = from_cluster("head:6379", nodes)
     assert len(inventory.gpus) == 2 and {g.model for g in inventory.gpus} == {"h100"}
+    assert [c.id for c in inventory.configs({})] == ["1x_nvidia_h100_80gb_pcie", "2x_nvidia_h100_80gb_pcie"]

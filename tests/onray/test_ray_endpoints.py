@@ -15,7 +15,7 @@ import pytest
 from tests.e2e.conftest import Live
 from tests.e2e.test_endpoints import wait_state
 from tests.e2e.test_inference_clients import upload
-from tests.ray.conftest import KEY, Store, ray_env
+from tests.onray.conftest import KEY, Store, ray_env
 from tests.support.fakehub import FakeHub
 from tests.support.procs import modelport_exe, start_modelport
 from tests.support.raycluster import RayCluster, wait_for
