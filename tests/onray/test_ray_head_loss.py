@@ -33,7 +33,12 @@ def test_a_lost_head_puts_its_endpoints_in_error_and_the_api_keeps_answering(
         upload(live, hub, "tiny", tiny_llama)
         auth = {"Authorization": f"Bearer {KEY}"}
         body = {"model": "devuser/tiny", "hardware": "1x_cpu_2gb"}
-        endpoint = httpx.post(f"{url}/v1/endpoints", json=body, headers=auth, timeout=30).json()
+        wait_for(  # the server has read the cluster's nodes (its supervisor does, in the background)
+            lambda: "1x_cpu_2gb" in {h["id"] for h in live.get("/v1/hardware")["data"]}, 60, "the cluster's hardware"
+        )
+        created = httpx.post(f"{url}/v1/endpoints", json=body, headers=auth, timeout=30)
+        assert created.status_code == 200, created.text
+        endpoint = created.json()
         wait_state(live, endpoint["id"], "STARTED", timeout=180)
         serverless = chat(live, "devuser/tiny")
 

@@ -298,7 +298,10 @@ class RayPlacement:
         return answer
 
     def inventory(self) -> Inventory:
-        """The cluster as the supervisor last read it (``refresh``): a request never waits on the cluster."""
+        """The cluster as the supervisor last read it (``refresh``). Only a server that has not read it yet
+        (a request just after start) asks the cluster, within ``MODELPORT_RAY_CALL_TIMEOUT_S``."""
+        if self._inventory_at == 0.0:
+            self._read_nodes()
         return self._inventory
 
     def _read_nodes(self) -> None:
@@ -346,7 +349,9 @@ class RayPlacement:
             self._call({"op": "kill", "name": name})
 
     def refresh(self) -> None:
-        if time.monotonic() - self._inventory_at > INVENTORY_S:
+        # Every 10 s; every second while the last read found no node (the agent still joining, a lost head).
+        every = INVENTORY_S if self._inventory.capacity else 1.0
+        if time.monotonic() - self._inventory_at > every:
             self._read_nodes()  # also how a cluster that answers nothing is noticed with no replica to ask
         with self._lock:
             names = [n for n, h in self._handles.items() if not h.stopped]
