@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import shutil
 import tempfile
 import threading
 import time
@@ -212,8 +213,6 @@ class LocalPlacement:
 
     def close(self) -> None:
         if self._sockets is not None:
-            import shutil
-
             shutil.rmtree(self._sockets, ignore_errors=True)
 
 

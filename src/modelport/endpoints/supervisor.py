@@ -388,8 +388,9 @@ class Supervisor:
             code = r.handle.poll()
             if code is not None:
                 replicas.remove(r)
+                carry_on = self._crashed(endpoint, r, code)  # before stop: a stopped handle forgets how it ended
                 r.handle.stop()  # its socket, or its actor's name
-                if not self._crashed(endpoint, r, code):
+                if not carry_on:
                     return
             elif not r.ready:
                 self._check_ready(endpoint, r)
