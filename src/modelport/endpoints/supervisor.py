@@ -55,6 +55,9 @@ DRAIN_S = 60.0  # a replica scaled away or stopped may take this long to answer 
 # ...and lives at least this long: a request routed to it just before may still be tokenizing, not yet
 # counted in flight.
 DRAIN_GRACE_S = 5.0
+# A retired replica ends only once nothing was routed to it, begun or ended for this long: a streamed
+# request's ``prepare`` and ``generate`` leave a gap with nothing in flight (``EngineClient.quiet_for``).
+QUIET_S = 2.0
 WAKE_RETRY_S = 5.0  # between two tries to wake a deployment from zero (hardware may be taken meanwhile)
 
 
@@ -214,7 +217,9 @@ class Supervisor:
                 raise EngineOverloaded(f"endpoint {endpoint.name} is scaling up from zero replicas; retry shortly")
             raise EngineOverloaded(f"endpoint {endpoint.name} has no ready replica right now (restarting); retry")
         self._touch(endpoint.id)
-        return min(ready, key=lambda e: e.in_flight)
+        chosen = min(ready, key=lambda e: e.in_flight)
+        chosen.touch()  # counted busy from now: a drain must not stop it before the request calls
+        return chosen
 
     def _wake_from_zero(self, endpoint: Endpoint) -> None:
         # Each request to a sleeping deployment lands here: one try every few seconds, not one per request.
@@ -464,7 +469,7 @@ class Supervisor:
         """Stop taking requests; each replica ends once its requests are answered (``_drain``)."""
         with self._lock:
             replicas = self.replicas.pop(endpoint_id, [])
-            # No grace: a stopped endpoint takes no new request (its state says so before this).
+            # No grace beyond QUIET_S: a stopped endpoint takes no new request (its state says so before this).
             self._retired.extend((r, time.monotonic(), 0.0) for r in replicas)
         self._drain()
 
@@ -480,7 +485,7 @@ class Supervisor:
                 (r, at, grace)
                 for r, at, grace in self._retired
                 if r.engine is None
-                or (r.engine.in_flight == 0 and now - at >= grace)
+                or (r.engine.quiet_for(QUIET_S) and now - at >= grace)
                 or now - at > DRAIN_S
                 or r.handle.poll() is not None
             ]

@@ -264,6 +264,18 @@ class EngineClient:
     def __init__(self, path: EngineAddress, name: str, label: str) -> None:
         self.path, self.name, self.label = path, name, label
         self.in_flight = 0  # requests sent and not yet answered in full: the router's load figure
+        # When a request last was routed here, began or ended. A streamed request calls twice (``prepare``,
+        # then ``generate``) with nothing in flight between: a replica being retired must stay quiet a
+        # while before it is stopped, or that gap would cut the stream.
+        self.last_active = time.monotonic()
+
+    def touch(self) -> None:
+        """A request was routed here and will call soon."""
+        self.last_active = time.monotonic()
+
+    def quiet_for(self, seconds: float) -> bool:
+        """Nothing in flight, and nothing routed, begun or ended, for ``seconds``."""
+        return self.in_flight == 0 and time.monotonic() - self.last_active >= seconds
 
     def start(self) -> None:
         pass  # the process is started and stopped by whoever spawned it
@@ -308,6 +320,7 @@ class EngineClient:
 
     async def _call(self, message: dict[str, Any]) -> dict[str, Any]:
         self.in_flight += 1
+        self.touch()
         try:
             reader, writer = await self._connect()
             try:
@@ -319,6 +332,7 @@ class EngineClient:
                 writer.close()
         finally:
             self.in_flight -= 1
+            self.touch()
         if "error" in answer:
             raise error_from_wire(answer)
         return answer
@@ -328,6 +342,7 @@ class EngineClient:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenStep, None]:
         self.in_flight += 1
+        self.touch()
         try:
             reader, writer = await self._connect()
             try:
@@ -346,6 +361,7 @@ class EngineClient:
                 writer.close()  # early, this is the cancellation: the worker sees end-of-file
         finally:
             self.in_flight -= 1
+            self.touch()
 
     async def embed(self, model: Artifact, batch: list[list[int]], pooling: Pooling) -> list[list[float]]:
         message = {"op": "embed", "model": artifact_to_json(model), "batch": batch, "pooling": pooling_to_json(pooling)}

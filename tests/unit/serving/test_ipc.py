@@ -136,3 +136,24 @@ def test_over_tcp_only_requests_with_the_token_are_answered() -> None:
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_a_client_is_quiet_only_a_while_after_its_last_call(tmp_path: Path) -> None:
+    """What a drain reads before it stops a retired replica: the gap between a stream's ``prepare`` and
+    its ``generate`` holds nothing in flight, and must not count as quiet."""
+
+    async def body(client: EngineClient) -> None:
+        await client.prepare(request())
+        assert client.in_flight == 0 and not client.quiet_for(0.5)  # between prepare and generate
+        await asyncio.sleep(0.6)
+        assert client.quiet_for(0.5)
+        client.touch()  # routed here: the request will call soon
+        assert not client.quiet_for(0.5)
+        stream = client.generate(request(tokens=3))
+        await stream.__anext__()
+        await asyncio.sleep(0.6)
+        assert client.in_flight == 1 and not client.quiet_for(0.5)  # a long stream is never quiet
+        _ = [s async for s in stream]
+        assert client.in_flight == 0
+
+    run(FakeEngine(), tmp_path / "e.sock", body)
