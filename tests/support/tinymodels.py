@@ -16,11 +16,47 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from modelport.demo import CHAT_TEMPLATE, llama_config, tokenizer_config, write_llama, write_lora
+from modelport.demo import (
+    CHAT_TEMPLATE,
+    CORPUS,
+    llama_config,
+    tokenizer_config,
+    train_tokenizer,
+    write_llama,
+    write_lora,
+)
 
-__all__ = ["CHAT_TEMPLATE", "WORDS", "archive_bytes", "files_of", "make_bert_embedder", "make_llama", "make_lora"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "TOOLS_TEMPLATE",
+    "WORDS",
+    "archive_bytes",
+    "files_of",
+    "make_bert_embedder",
+    "make_json_llama",
+    "make_llama",
+    "make_lora",
+]
+
+# A Hermes / Qwen 2.5-style template: tools in the system turn, calls as <tool_call> JSON, results as
+# <tool_response>, as those templates render them.
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n# Tools\n<tools>\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}"
+    '</tools>\nCall a tool as <tool_call>\n{"name": <name>, "arguments": <args>}\n</tool_call><|im_end|>\n{% endif %}'
+    "{% for m in messages %}{% if m.role == 'tool' %}"
+    "<|im_start|>user\n<tool_response>\n{{ m.content }}\n</tool_response><|im_end|>\n"
+    "{% else %}<|im_start|>{{ m.role }}\n{{ m.content or '' }}"
+    "{% for c in m.tool_calls or [] %}<tool_call>\n"
+    '{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}\n</tool_call>'
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+JSON_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
+# What the byte-level tokenizer learns its merges from: prose and JSON, so both have multi-byte pieces.
+JSON_CORPUS = CORPUS + '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n[1, 2, 3]\n'
+
 
 # Token i + 4 is WORDS[i] (after <unk>, <s>, </s>, <pad>): tests spell prompts as ids with it.
 WORDS = ["the", "capital", "of", "france", "is", "paris", "hello", "world", "a", "b", "c", "model", "q", ":"]
@@ -49,6 +85,37 @@ def make_llama(
     sizes = {"hidden": hidden, "layers": layers, "heads": heads, "kv_heads": kv_heads, "intermediate": intermediate}
     cfg = llama_config(tok.get_vocab_size(), **sizes)
     return write_llama(path, tok, tokenizer_config(chat_template=CHAT_TEMPLATE if chat else None), cfg, seed)
+
+
+def _byte_tokenizer() -> Tokenizer:
+    """A byte-level BPE as GPT-2, Llama 3 and Qwen use (every byte a token, then merges), trained here."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=JSON_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(JSON_CORPUS.splitlines(), trainer=trainer)
+    return tok
+
+
+def make_json_llama(path: Path, *, seed: int = 0, tokenizer: str = "bytes", hidden: int = 16) -> Path:
+    """A tiny Llama whose tokenizer can spell JSON, with a tools-aware chat template.
+
+    ``tokenizer``: "bytes", a byte-level BPE (llguidance reads it itself), or "pieces", the demo model's
+    SentencePiece-style BPE without byte fallback (modelport reads its pieces). ``<tool_call>`` and
+    ``</tool_call>`` are added tokens that are not special, as in Qwen's tokenizer: they stay in the text."""
+    tok = _byte_tokenizer() if tokenizer == "bytes" else train_tokenizer(vocab_size=400, corpus=JSON_CORPUS)
+    tok.add_tokens([AddedToken("<tool_call>", special=False), AddedToken("</tool_call>", special=False)])
+    if tokenizer == "bytes":
+        tok.add_special_tokens([AddedToken(t, special=True) for t in JSON_SPECIALS])
+    sizes = {"hidden": hidden, "layers": 2, "heads": 2, "kv_heads": 2, "intermediate": 2 * hidden}
+    cfg = llama_config(tok.get_vocab_size(), **sizes, context=4096)
+    config = tokenizer_config(chat_template=TOOLS_TEMPLATE)
+    return write_llama(path, tok, config, cfg, seed)
 
 
 def make_lora(

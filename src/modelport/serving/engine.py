@@ -44,6 +44,8 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None  # None: none; k: the chosen token's logprob plus the top k
     stop_token_ids: frozenset[int] = frozenset()
+    # An llguidance grammar (``grammar.py``) the answer must match, enforced token by token; None: free text.
+    grammar: str | None = None
 
     @property
     def greedy(self) -> bool:

@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from modelport.errors import ContextLengthExceeded, EngineFailed, EngineOverloaded, ModelportError
+from modelport.serving.constraint import Constraint, Vocabulary
 from modelport.serving.engine import (
     Artifact,
     GenerationRequest,
@@ -39,6 +40,7 @@ from modelport.serving.engines.torch.lora import AdapterWeights, read_adapter
 from modelport.serving.engines.torch.memory import Footprint, MemoryLedger
 from modelport.serving.engines.torch.pooling import Embedder
 from modelport.serving.engines.torch.runner import BatchRunner, Sequence
+from modelport.serving.text import load_text_model
 from modelport.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ class TorchEngine:
         self.ledger = MemoryLedger(_sequence_budget(settings, self.device))
         self._models: OrderedDict[str, _Loaded] = OrderedDict()
         self._adapters: OrderedDict[str, AdapterWeights] = OrderedDict()  # read from disk, on the CPU
+        self._vocabularies: OrderedDict[str, Vocabulary] = OrderedDict()  # for grammars, by base model
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -150,6 +153,7 @@ class TorchEngine:
             self._check_fits(runner, request)
             if request.adapter is not None:
                 await asyncio.to_thread(self._adapter_weights, request.adapter, runner.lora.targets)
+            await self._constraint(request, runner)  # a grammar that cannot run here is a 400 now
         finally:
             self._release(loaded)
 
@@ -164,8 +168,9 @@ class TorchEngine:
                 adapter = await asyncio.to_thread(self._adapter_weights, request.adapter, runner.lora.targets)
             if len(runner.waiting) >= self.settings.max_queued_requests:
                 raise EngineOverloaded("too many requests are waiting for this model; retry shortly")
+            constraint = await self._constraint(request, runner)
             out: asyncio.Queue[TokenStep | BaseException] = asyncio.Queue()
-            seq = Sequence(request, _emitter(out), adapter)
+            seq = Sequence(request, _emitter(out), adapter, constraint)
             self._submit(lambda: runner.submit(seq))
             try:
                 while True:
@@ -302,6 +307,31 @@ class TorchEngine:
                 "for this model. Please reduce the prompt."
             )
 
+    async def _constraint(self, request: GenerationRequest, runner: BatchRunner) -> Constraint | None:
+        grammar = request.params.grammar
+        if grammar is None:
+            return None
+        vocabulary = await asyncio.to_thread(self._vocabulary, request.base, runner)
+        return await asyncio.to_thread(vocabulary.constraint, grammar)  # compiling drops the GIL
+
+    def _vocabulary(self, artifact: Artifact, runner: BatchRunner) -> Vocabulary:
+        with self._lock:
+            lock = self._load_locks.setdefault(f"vocabulary:{artifact.id}", threading.Lock())
+        with lock:  # built once per model (about a second for a 150k-token vocabulary)
+            with self._lock:
+                cached = self._vocabularies.get(artifact.id)
+                if cached is not None:
+                    self._vocabularies.move_to_end(artifact.id)
+                    return cached
+            head: Any = runner.model
+            width = int(head.get_output_embeddings().weight.shape[0])  # the logits' width
+            vocabulary = Vocabulary(load_text_model(artifact.path), width)
+            with self._lock:
+                self._vocabularies[artifact.id] = vocabulary
+                while len(self._vocabularies) > VOCABULARIES:
+                    self._vocabularies.popitem(last=False)
+            return vocabulary
+
     def _dtype(self, artifact: Artifact) -> torch.dtype:
         if self.settings.engine_dtype != "auto":
             return _DTYPES[self.settings.engine_dtype]
@@ -364,6 +394,7 @@ class TorchEngine:
 
 
 SMALL_BATCH = 4
+VOCABULARIES = 8  # tokenizers kept ready for grammars, one per base model
 
 
 def _load_causal_lm(artifact: Artifact, device: torch.device, dtype: torch.dtype) -> nn.Module:

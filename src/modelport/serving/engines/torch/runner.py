@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from modelport.errors import EngineFailed
+from modelport.serving.constraint import Constraint, fill_all
 from modelport.serving.engine import GenerationRequest, TokenStep
 from modelport.serving.engines.torch.kvcache import SlotKVCache
 from modelport.serving.engines.torch.lora import AdapterWeights, LoraSlots
 from modelport.serving.engines.torch.memory import MIN_CHUNK, Footprint, MemoryLedger
-from modelport.serving.engines.torch.sampler import RowState, Sampled, sample
+from modelport.serving.engines.torch.sampler import Masks, RowState, Sampled, sample
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Sequence:
     request: GenerationRequest
     emit: Emit
     adapter: AdapterWeights | None
+    constraint: Constraint | None = None  # the row's grammar (``response_format``, a forced tool call)
     state: RowState = field(init=False)
     to_cache: list[int] = field(init=False)  # what the cache must hold before the next token is chosen
     slot: int = 0
@@ -190,7 +192,7 @@ class BatchRunner:
         # out of the batch already has its next token.
         done = [i for i, s in enumerate(chunk) if not s.prefilling and not s.state.output_ids]
         if done:
-            self._emit([chunk[i] for i in done], sample(logits[done], [chunk[i].state for i in done]))
+            self._choose([chunk[i] for i in done], logits[done])
         return True
 
     def _plan_chunks(self, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
@@ -246,7 +248,7 @@ class BatchRunner:
         index = [i for i, s in enumerate(rows) if s in ready]
         for i in index:
             rows[i].length += 1
-        self._emit([rows[i] for i in index], sample(logits[index], [rows[i].state for i in index]))
+        self._choose([rows[i] for i in index], logits[index])
         return True
 
     def _requeue_newest(self) -> Sequence:
@@ -307,18 +309,41 @@ class BatchRunner:
         return logits
 
     # --- results -----------------------------------------------------------------------------------
+    def _choose(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        """Sample a token for each row (within its grammar, if it has one) and hand them out."""
+        self._emit(seqs, sample(logits, [s.state for s in seqs], self._masks(seqs)))
+
+    def _masks(self, seqs: list[Sequence]) -> Masks | None:
+        constrained = [(i, s.constraint) for i, s in enumerate(seqs) if s.constraint is not None]
+        if not constrained:
+            return None
+        words = torch.zeros((len(constrained), constrained[0][1].words), dtype=torch.int32)
+        fill_all([c for _, c in constrained], words)
+        return [i for i, _ in constrained], words
+
     def _emit(self, seqs: list[Sequence], results: list[Sampled]) -> None:
         for seq, r in zip(seqs, results, strict=True):
             if seq.cancelled:
                 self._finish(seq)
                 continue
-            if r.failed:  # this row alone: its scores were all NaN or inf
-                seq.emit(EngineFailed("the model produced no usable scores for this request (NaN or inf)"))
+            if r.failed:  # this row alone: its scores were all NaN or inf, or its grammar allowed no token
+                why = (
+                    "no token of this model's vocabulary can continue the answer in the requested format"
+                    if seq.constraint is not None
+                    else "the model produced no usable scores for this request (NaN or inf)"
+                )
+                seq.emit(EngineFailed(why))
                 self._finish(seq)
                 continue
             seq.state.output_ids.append(r.token_id)
             seq.next_token = r.token_id
-            reason = self._finish_reason(seq, r.token_id)
+            complete = seq.constraint is not None and seq.constraint.advance(r.token_id)
+            if seq.constraint is not None and (failed := seq.constraint.failed) is not None:
+                # Past one of its limits (constraint.LIMITS): this row ends with the reason, no other does.
+                seq.emit(EngineFailed(f"the requested format could not be followed: {failed}"))
+                self._finish(seq)
+                continue
+            reason = "stop" if complete else self._finish_reason(seq, r.token_id)
             seq.emit(TokenStep(r.token_id, r.logprob, r.top_logprobs, reason))
             if reason:
                 self._finish(seq)

@@ -5,6 +5,10 @@ sampled rows are scaled by temperature, cut by top-k and top-p, and drawn with t
 generator (seeded requests are reproducible whatever else shares the batch). Reported logprobs are
 those of the model's own distribution, before any of this processing.
 
+A row with a grammar (``constraint.py``) brings its mask as bits: the tokens it forbids go to -inf
+after the penalties, in that row only, so every choice below is one its grammar allows; the logprobs
+reported stay the model's own.
+
 Rows share tensors but never fate: NaN scores become -inf and +inf the largest float before anything
 else, a row whose distribution still is not a distribution falls back to its argmax, and a row with
 no finite score at all is reported as ``failed``, alone. ``torch.multinomial`` would otherwise raise
@@ -28,6 +32,9 @@ class RowState:
     generator: torch.Generator | None
 
 
+# The rows that carry a grammar, and their masks: bit j of word w of a row allows token 32 * w + j.
+Masks = tuple[list[int], torch.Tensor]
+
 LOGPROB_FLOOR = -9999.0  # what OpenAI reports for "impossible"; JSON has no -inf
 
 
@@ -39,10 +46,12 @@ class Sampled:
     failed: bool = False  # the row's scores held no finite value: nothing can be chosen
 
 
-def sample(logits: torch.Tensor, rows: list[RowState]) -> list[Sampled]:
+def sample(logits: torch.Tensor, rows: list[RowState], masks: Masks | None = None) -> list[Sampled]:
     logits = _finite(logits.float())
     logprobs = torch.log_softmax(logits, dim=-1) if any(r.params.logprobs is not None for r in rows) else None
     logits = _finite(_adjust(logits, rows))
+    if masks is not None:
+        logits = _constrain(logits, *masks)
     tokens = logits.argmax(dim=-1)
     sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
     if sampled:
@@ -83,6 +92,22 @@ def _adjust(logits: torch.Tensor, rows: list[RowState]) -> torch.Tensor:
             out = torch.tensor(r.output_ids, device=logits.device)
             counts = torch.bincount(out, minlength=logits.shape[-1]).to(logits.dtype)
             logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+    return logits
+
+
+_BITS = torch.arange(32, dtype=torch.int32)
+
+
+def unpack_bits(words: torch.Tensor, width: int) -> torch.Tensor:
+    """Rows of int32 words -> rows of ``width`` booleans (True: the token is allowed)."""
+    bits = (words.unsqueeze(-1) >> _BITS) & 1
+    return bits.view(words.shape[0], -1)[:, :width].bool()
+
+
+def _constrain(logits: torch.Tensor, index: list[int], words: torch.Tensor) -> torch.Tensor:
+    allowed = unpack_bits(words, logits.shape[-1]).to(logits.device)
+    # In place: ``logits`` is this call's own tensor (``_finite`` made it).
+    logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
     return logits
 
 
