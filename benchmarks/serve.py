@@ -5,10 +5,14 @@ Everything is measured in one run, against baselines from the same run:
   `modelport serve` and on `transformers serve --continuous-batching` (same model files, same load);
 - multi-LoRA: 16 concurrent requests over 16 distinct adapters against 16 base-only requests;
 - adapter cold-load: first-request latency on a never-used adapter minus a warm base request's (p50);
-- upload to first token: from `POST /v1/models` accepted to the first streamed token of that model.
+- upload to first token: from `POST /v1/models` accepted to the first streamed token of that model;
+- structured outputs: 16 streams on the same model with a byte-level tokenizer, all free text, against 8
+  free and 8 under a JSON schema in the same batches (the free rows' speed must hold within 10%), and
+  the grammar's mask time per token, measured on that model's 32,000-token vocabulary.
 
     .venv/bin/python benchmarks/serve.py                   # everything (~10 min on 2 CPU cores)
     .venv/bin/python benchmarks/serve.py --skip-baseline   # modelport only
+    .venv/bin/python benchmarks/serve.py --structured-only # the structured-outputs lines only (~3 min)
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 from safetensors.numpy import save_file
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -77,12 +81,81 @@ def make_adapter(path: Path, seed: int, rank: int = 16) -> None:
     (path / "adapter_config.json").write_text(json.dumps(config | {"lora_dropout": 0.0, "bias": "none"}))
 
 
+# The constrained rows' answer: an array of short strings that the rows keep writing until max_tokens
+# (their "]" is biased away), so the batch keeps its size and every step computes a full mask.
+JSON_SCHEMA = {"type": "array", "items": {"type": "string", "maxLength": 8}}
+ROUNDS = 3
+
+
+def make_json_model(path: Path, base: Path) -> dict[str, Any]:
+    """The benchmark model's weights with a byte-level BPE of the same 32,000 ids, which can write JSON,
+    and an end-of-sequence token. Returns the extra request fields: free rows bias that token away, and
+    constrained rows bias away every token holding "]", so both run to max_tokens."""
+    path.mkdir(parents=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    corpus = [prompt(i) for i in range(4000)] + ['["w1", "w22", "w333"]', '{"a": [1, 2, 3]}'] * 50
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.add_tokens([AddedToken(f"<x{i}>", special=False) for i in range(VOCAB - tok.get_vocab_size())])
+    tok.save(str(path / "tokenizer.json"))
+    tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>"}
+    (path / "tokenizer_config.json").write_text(json.dumps(tok_cfg | {"unk_token": "<unk>"}))
+    eos = tok.token_to_id("</s>")
+    cfg = json.loads((base / "config.json").read_text()) | {"eos_token_id": eos}
+    (path / "config.json").write_text(json.dumps(cfg))
+    (path / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": eos}))
+    (path / "model.safetensors").write_bytes((base / "model.safetensors").read_bytes())
+    closing = [i for token, i in tok.get_vocab().items() if "]" in token][:1000]
+    free = {"logit_bias": {str(eos): -100}}
+    constrained = {
+        "logit_bias": {str(i): -100 for i in closing},
+        "response_format": {"type": "json_schema", "schema": JSON_SCHEMA},
+    }
+    return {"free": free, "constrained": constrained}
+
+
+def mask_time_per_token(path: Path, steps: int = 2000) -> float:
+    """Microseconds to compute a constrained row's mask and advance its grammar, per token, on a random
+    walk through the grammar (the engine's work per token, beside the forward pass)."""
+    import random
+
+    import torch
+
+    from modelport.serving.constraint import Vocabulary
+    from modelport.serving.grammar import json_grammar
+    from modelport.serving.text import load_text_model
+
+    vocabulary = Vocabulary(load_text_model(path), VOCAB)
+    constraint = vocabulary.constraint(json_grammar(JSON_SCHEMA, "response_format"))
+    words = torch.zeros((1, vocabulary.words), dtype=torch.int32)
+    rng, spent = random.Random(0), 0.0
+    closing = {i for token, i in load_text_model(path).tokenizer.get_vocab().items() if "]" in token}
+    for _ in range(steps):
+        started = time.perf_counter()
+        constraint.fill(words, 0)
+        spent += time.perf_counter() - started
+        bits = np.unpackbits(words.numpy().view(np.uint8), bitorder="little")[:VOCAB]
+        allowed = [int(t) for t in np.flatnonzero(bits)]
+        choice = rng.choice([t for t in allowed if t not in closing] or allowed)
+        started = time.perf_counter()
+        constraint.advance(choice)
+        spent += time.perf_counter() - started
+    return spent / steps * 1e6
+
+
 def prompt(i: int) -> str:
     return " ".join(f"w{(i * 7919 + j * 104729) % (VOCAB - 3)}" for j in range(PROMPT_WORDS))
 
 
-async def stream_once(http: httpx.AsyncClient, url: str, model: str, i: int, max_tokens: int) -> dict[str, float]:
+async def stream_once(
+    http: httpx.AsyncClient, url: str, model: str, i: int, max_tokens: int, extra: dict[str, Any] | None = None
+) -> dict[str, float]:
     body = {"model": model, "prompt": prompt(i), "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    body |= extra or {}
     body["stream_options"] = {"include_usage": True}
     started = time.perf_counter()
     first = None
@@ -104,13 +177,18 @@ async def stream_once(http: httpx.AsyncClient, url: str, model: str, i: int, max
     return {"tokens": tokens, "ttft": first - started, "first_at": first, "total": time.perf_counter() - started}
 
 
-async def load(url: str, models: list[str], max_tokens: int, headers: dict[str, str]) -> dict[str, float]:
+async def load(
+    url: str, models: list[str], max_tokens: int, headers: dict[str, str], extras: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     async with httpx.AsyncClient(headers=headers, timeout=600) as http:
         started = time.perf_counter()
-        results = await asyncio.gather(*(stream_once(http, url, m, i, max_tokens) for i, m in enumerate(models)))
+        results = await asyncio.gather(
+            *(stream_once(http, url, m, i, max_tokens, extras[i] if extras else None) for i, m in enumerate(models))
+        )
         wall = time.perf_counter() - started
     tokens = sum(r["tokens"] for r in results)
-    return {"streams": len(models), "tokens": tokens, "seconds": wall, "tok_s": tokens / wall}
+    rates = [r["tokens"] / r["total"] for r in results]  # each stream's own tokens/s
+    return {"streams": len(models), "tokens": tokens, "seconds": wall, "tok_s": tokens / wall, "rates": rates}
 
 
 async def first_token(url: str, auth: dict[str, str]) -> float:
@@ -130,7 +208,31 @@ def upload(url: str, auth: dict[str, str], name: str, source: str, **extra: str)
     return accepted, job_id
 
 
-def run_modelport(work: Path, hub: FakeHub, model: Path, adapters: list[Path], max_tokens: int) -> dict[str, Any]:
+def structured(
+    url: str, auth: dict[str, str], hub: FakeHub, model: Path, extras: dict[str, Any], max_tokens: int
+) -> dict[str, Any]:
+    """16 free streams against 8 free and 8 constrained ones, on the byte-level model. Runs alternate,
+    ROUNDS of each, and each side keeps its best: one run to the next varies by up to 10% here."""
+    hub.add("bench/json", files_of(model))
+    upload(url, auth, "json", "bench/json")
+    asyncio.run(load(url, ["bench/json"], 4, auth, [extras["free"]]))  # loads the model
+    n, free, mixed = 16, [], []
+    mixed_extras = [extras["free"] if i % 2 == 0 else extras["constrained"] for i in range(n)]
+    for _ in range(ROUNDS):
+        free.append(asyncio.run(load(url, ["bench/json"] * n, max_tokens, auth, [extras["free"]] * n)))
+        mixed.append(asyncio.run(load(url, ["bench/json"] * n, max_tokens, auth, mixed_extras)))
+    return {"free": free, "mixed": mixed}
+
+
+def run_modelport(
+    work: Path,
+    hub: FakeHub,
+    model: Path,
+    adapters: list[Path],
+    max_tokens: int,
+    json_model: tuple[Path, Any],
+    structured_only: bool = False,
+) -> dict[str, Any]:
     env = {
         "MODELPORT_DATA_DIR": str(work / "data"),
         "MODELPORT_BOOTSTRAP_API_KEY": KEY,
@@ -151,11 +253,13 @@ def run_modelport(work: Path, hub: FakeHub, model: Path, adapters: list[Path], m
         for i, adapter in enumerate(adapters):
             hub.add(f"bench/lora-{i}", files_of(adapter))
             upload(url, auth, f"lora-{i}", f"bench/lora-{i}", model_type="adapter", base_model="bench/base")
-        out["throughput"] = {n: asyncio.run(load(url, ["bench/base"] * n, max_tokens, auth)) for n in (1, 8, 16)}
-        out["cold_adapter_ms"] = cold_adapter_latencies(url, auth)
-        names = [f"bench/lora-{i}" for i in range(ADAPTERS)]
-        out["adapters16"] = asyncio.run(load(url, names, max_tokens, auth))
-        out["base16"] = asyncio.run(load(url, ["bench/base"] * ADAPTERS, max_tokens, auth))
+        if not structured_only:
+            out["throughput"] = {n: asyncio.run(load(url, ["bench/base"] * n, max_tokens, auth)) for n in (1, 8, 16)}
+            out["cold_adapter_ms"] = cold_adapter_latencies(url, auth)
+            names = [f"bench/lora-{i}" for i in range(ADAPTERS)]
+            out["adapters16"] = asyncio.run(load(url, names, max_tokens, auth))
+            out["base16"] = asyncio.run(load(url, ["bench/base"] * ADAPTERS, max_tokens, auth))
+        out["structured"] = structured(url, auth, hub, json_model[0], json_model[1], max_tokens)
     finally:
         proc.stop()
     return out
@@ -204,24 +308,33 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--structured-only", action="store_true", help="only the structured-outputs lines")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mp-serve-bench-"))
     params = make_model(work / "model")
     adapters = [work / f"lora-{i}" for i in range(ADAPTERS)]
     for i, path in enumerate(adapters):
         make_adapter(path, seed=100 + i)
+    json_model = (work / "json-model", make_json_model(work / "json-model", work / "model"))
     print(f"model: {params / 1e6:.1f}M parameters, fp32; prompts {PROMPT_WORDS} tokens, {args.max_tokens} generated")
     hub = FakeHub()
     hub.start(free_port())
     try:
-        ours = run_modelport(work, hub, work / "model", adapters, args.max_tokens)
+        ours = run_modelport(work, hub, work / "model", adapters, args.max_tokens, json_model, args.structured_only)
     finally:
         hub.stop()
-    theirs = None if args.skip_baseline else run_transformers(work, work / "model", args.max_tokens)
+    ours["mask_us"] = mask_time_per_token(work / "json-model")
+    skip = args.skip_baseline or args.structured_only
+    theirs = None if skip else run_transformers(work, work / "model", args.max_tokens)
     print(report(ours, theirs))
 
 
 def report(ours: dict[str, Any], theirs: dict[int, dict[str, float]] | None) -> str:
+    lines = [] if "throughput" not in ours else _throughput(ours, theirs)
+    return "\n".join(lines + _structured(ours))
+
+
+def _throughput(ours: dict[str, Any], theirs: dict[int, dict[str, float]] | None) -> list[str]:
     lines = [
         "",
         "| streams | modelport tok/s | transformers serve --continuous-batching tok/s | ratio |",
@@ -239,7 +352,20 @@ def report(ours: dict[str, Any], theirs: dict[int, dict[str, float]] | None) -> 
         f"max {max(cold):.1f} ms over {len(cold)} adapters",
         f"upload accepted -> first token: {ours['upload_to_first_token_s']:.2f} s",
     ]
-    return "\n".join(lines)
+    return lines
+
+
+def _structured(ours: dict[str, Any]) -> list[str]:
+    free, mixed = ours["structured"]["free"], ours["structured"]["mixed"]
+    alone = max(statistics.mean(run["rates"]) for run in free)
+    beside = max(statistics.mean(run["rates"][0::2]) for run in mixed)  # the free rows of the mixed batches
+    constrained = max(statistics.mean(run["rates"][1::2]) for run in mixed)
+    return [
+        f"structured outputs, 16 streams, best of {ROUNDS}: free rows alone {alone:.2f} tok/s each; "
+        f"beside 8 constrained rows {beside:.2f} tok/s each (ratio {beside / alone:.2f}x); "
+        f"the constrained rows {constrained:.2f} tok/s each",
+        f"grammar mask + advance per token ({VOCAB} ids): {ours['mask_us']:.0f} us",
+    ]
 
 
 if __name__ == "__main__":

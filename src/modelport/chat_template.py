@@ -9,6 +9,7 @@ processes under a budget of time and memory.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from contextvars import ContextVar
@@ -68,6 +69,23 @@ def _check_binop(operator: str, left: Any, right: Any, limit: int) -> None:
         raise TemplateBudgetError(f"`{operator}` would build {size} items, more than the {limit} a prompt may hold")
 
 
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
+    """transformers' ``tojson``, not Jinja's: no HTML escaping and keys in their order, so tools and
+    tool-call arguments reach the prompt as the model saw them in training. A template's indent and
+    separators are its author's: capped, so they cannot multiply the output's size."""
+    if indent is not None and not 0 <= indent <= 16:
+        raise TemplateBudgetError("tojson's indent must be between 0 and 16")
+    if separators is not None and sum(len(s) for s in separators) > 8:
+        raise TemplateBudgetError("tojson's separators may have at most 8 characters together")
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
 _environment_lock = threading.Lock()
 _environments: dict[int, _BudgetedSandbox] = {}
 
@@ -78,6 +96,7 @@ def _environment() -> _BudgetedSandbox:
         if env is None:
             env = _BudgetedSandbox(trim_blocks=True, lstrip_blocks=True, autoescape=False)
             env.globals["raise_exception"] = _raise_exception
+            env.filters["tojson"] = _tojson
             _environments[os.getpid()] = env
         return env
 

@@ -96,7 +96,7 @@ class AdmissionReport(_Contract):
 
 
 # Keys absent from the JSON form when unset (see the module docstring); every other key is always written.
-_ABSENT_WHEN_NONE = ("adapter", "base_model", "admission")
+_ABSENT_WHEN_NONE = ("adapter", "base_model", "admission", "tool_call_parser")
 
 
 class Manifest(_Contract):
@@ -114,6 +114,9 @@ class Manifest(_Contract):
     adapter: AdapterInfo | None = None
     base_model: str | None = None  # the base model's name, for an adapter
     admission: AdmissionReport | None = None
+    # How the model writes tool calls ("hermes", "llama3_json", "mistral"; ``serving/toolcalls.py``): given
+    # at upload, or read off its chat template then; None: tool calls are not parsed from its answers.
+    tool_call_parser: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:

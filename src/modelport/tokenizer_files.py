@@ -7,6 +7,7 @@ with it), so the template that was checked at upload is the template that is ser
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,20 @@ def read_json(path: Path) -> dict[str, Any]:
 def find_chat_template(directory: Path) -> str | None:
     """The model's chat template, looked up in the order recent transformers and vLLM use:
     ``chat_template.jinja``, then ``chat_template.json``, then ``tokenizer_config.json``."""
-    jinja = directory / "chat_template.jinja"
-    if jinja.is_file():
+    return chat_template_of({name: directory / name for name in TEMPLATE_FILES})
+
+
+TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "tokenizer_config.json")  # in that order
+
+
+def chat_template_of(files: Mapping[str, Path]) -> str | None:
+    """``find_chat_template`` over files wherever they lie: their names in the model, to local paths."""
+    jinja = files.get("chat_template.jinja")
+    if jinja is not None and jinja.is_file():
         return jinja.read_text(encoding="utf-8", errors="replace")
     for name in ("chat_template.json", "tokenizer_config.json"):
-        value = read_json(directory / name).get("chat_template")
+        local = files.get(name)
+        value = read_json(local).get("chat_template") if local is not None else None
         if value is not None:
             return _default_template(value)
     return None

@@ -163,7 +163,17 @@ def error_of(resp: object) -> dict[str, object]:
             {
                 "model": "chat",
                 "messages": [{"role": "user", "content": "x"}],
-                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tools": [{"type": "function", "function": {"parameters": {}}}],
+            },
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "chat",
+                "messages": [{"role": "user", "content": "x"}],
+                "functions": [{"name": "f"}],
             },
             400,
             "unsupported_parameter",
@@ -173,10 +183,48 @@ def error_of(resp: object) -> dict[str, object]:
             {
                 "model": "chat",
                 "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/no"}}},
+            },
+            400,
+            "invalid_request",
+        ),
+        (  # the tiny word-level vocabulary has no token that writes "{"
+            "/v1/chat/completions",
+            {
+                "model": "chat",
+                "messages": [{"role": "user", "content": "x"}],
                 "response_format": {"type": "json_object"},
             },
             400,
-            "unsupported_parameter",
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "chat", "messages": [{"role": "user", "content": "x"}], "tool_choice": "required"},
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "chat",
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": "f"},
+            },
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "chat",
+                "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_object"},
+                "stop": ["}"],
+            },
+            400,
+            "invalid_request",
         ),
         ("/v1/completions", {"model": "minilm", "prompt": "a"}, 400, "model_type_mismatch"),
         ("/v1/embeddings", {"model": "chat", "input": "a"}, 400, "model_type_mismatch"),

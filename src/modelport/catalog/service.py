@@ -18,7 +18,7 @@ from modelport.accounts.service import Principal
 from modelport.catalog import preflight as checks
 from modelport.catalog.names import qualify
 from modelport.catalog.preflight import Preflight
-from modelport.errors import BaseModelNotFound, Conflict, InvalidSource, NotFound
+from modelport.errors import BaseModelNotFound, Conflict, InvalidRequest, InvalidSource, NotFound
 from modelport.ids import WIRE_MODEL_PREFIX, model_id_of_wire, new_id
 from modelport.ingest import peek
 from modelport.ingest.sources import SourceKind, SourceSpec, parse_source
@@ -26,6 +26,7 @@ from modelport.ingest.uploads import archive_path
 from modelport.jobs.states import JobStatus, JobType, ModelStatus, RevisionStatus
 from modelport.jobs.store import add_update
 from modelport.manifest import ModelKind
+from modelport.serving.toolcalls import FORMATS
 from modelport.settings import Settings
 from modelport.storage.db.engine import Database
 from modelport.storage.db.tables import (
@@ -52,6 +53,7 @@ class UploadRequest:
     description: str | None = None
     base_model: str | None = None
     lora_model: str | None = None
+    tool_call_parser: str | None = None  # how the model writes tool calls; None: read off its chat template
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class Catalog:
 
     def submit_upload(self, who: Principal, req: UploadRequest) -> Submitted:
         """A new model (or adapter) and the job that makes its first revision."""
+        if req.tool_call_parser is not None and req.tool_call_parser not in FORMATS:
+            raise InvalidRequest(f"tool_call_parser must be one of {', '.join(FORMATS)}", param="tool_call_parser")
         checked = self.preflight(
             who, req.model_name, req.model_type, req.base_model, req.model_source, lora_model=req.lora_model
         )
@@ -148,7 +152,11 @@ class Catalog:
             self._check_upload(who, source.url)
             self._check_archive_kind(source.url, model.kind)
         base = self.base_name(model) if model.kind == ModelKind.ADAPTER else None
-        req = UploadRequest(model.name, source.display, model.kind, hf_token, model.description, base)
+        # A revision keeps the model's tool-call format (given at upload, or read then off its template).
+        parser = model.manifest.tool_call_parser if model.manifest is not None else None
+        req = UploadRequest(
+            model.name, source.display, model.kind, hf_token, model.description, base, tool_call_parser=parser
+        )
         try:
             with self.db.session() as s:
                 quotas.lock_account(s, who.account_id)
@@ -192,6 +200,7 @@ class Catalog:
             # The resolved full name, which the job looks up again (``find_base``) when it runs.
             "baseModel": base_model,
             "loraModel": req.lora_model,
+            "toolCallParser": req.tool_call_parser,
             "revisionId": revision_id,
             "revision": number,
             "sourceKind": source.kind,

@@ -11,6 +11,7 @@ API_FLAGS = {
     "model_name": "--model-name",
     "model_type": "--model-type",
     "base_model": "--base-model",
+    "tool_call_parser": "--tool-call-parser",
     "model_source": "--model-source",
     "lora_model": "--lora-model",
     "hf_token": "--hf-token",

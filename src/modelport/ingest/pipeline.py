@@ -29,10 +29,12 @@ from modelport.ingest.sources.base import Fetched, Source
 from modelport.ingest.staging import Progress, Reporter, StagedFile
 from modelport.ingest.validate import MAX_CONFIG_BYTES
 from modelport.manifest import AdmissionReport, Manifest, ModelKind
+from modelport.serving.toolcalls import detect_format
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore
 from modelport.storage.db.engine import Database
 from modelport.storage.db.tables import Job, JobSecret, Model, ModelRevision, RevisionFile
+from modelport.tokenizer_files import TEMPLATE_FILES, chat_template_of
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,8 @@ class Pipeline:
                 known = fetched.etags
                 pending = hashing.submit(lambda: {f.path: known.get(f.path) or etags.of_file(f.local) for f in files})
                 checked, base = self._check(inp, files, not_fetched, staging, progress)
-                manifest = checked.manifest  # it lists the derived files too, stored here like uploaded ones
+                # It lists the derived files too, stored here like uploaded ones.
+                manifest = _with_tool_format(checked.manifest, inp.job.args.get("toolCallParser"), files)
                 with self.db.read() as s:  # before the upload to the blob store; again at registration
                     quotas.check_storage(
                         s, self.settings, inp.model.account_id, manifest.total_bytes, revision_id=inp.revision.id
@@ -217,3 +220,13 @@ def _adapter_base_hint(files: list[StagedFile]) -> str | None:
                 return None
             return value if isinstance(value, str) else None
     return None
+
+
+def _with_tool_format(manifest: Manifest, given: str | None, files: list[StagedFile]) -> Manifest:
+    """The manifest with how the model writes tool calls: as the upload said, or as its chat template
+    shows (``toolcalls.detect_format``). Adapters answer in their base's format."""
+    if manifest.kind != ModelKind.MODEL:
+        return manifest
+    if given is None:
+        given = detect_format(chat_template_of({f.path: f.local for f in files if f.path in TEMPLATE_FILES}))
+    return manifest.model_copy(update={"tool_call_parser": given}) if given else manifest

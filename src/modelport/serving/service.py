@@ -26,9 +26,11 @@ from modelport.errors import ContextLengthExceeded, InvalidRequest, NotFound, Wr
 from modelport.manifest import ModelType, context_length_of
 from modelport.serving.artifacts import ArtifactCache
 from modelport.serving.engine import Artifact, Engine, GenerationRequest, Pooling, SamplingParams, TokenStep
+from modelport.serving.grammar import ToolPlan
 from modelport.serving.limits import PromptLimits, TokenizerLanes, messages_text
 from modelport.serving.observe import Kind, Observer, Observers, Outcome, Served
-from modelport.serving.text import Detokenizer, TextModel, TextModels
+from modelport.serving.text import Detokenizer, TextModel, TextModels, special_ids
+from modelport.serving.toolcalls import MARKERS, detect_format
 from modelport.storage.db.tables import Model
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ class TextRequest:
     stop: list[str] = field(default_factory=list)
     echo: bool = False
     params: SamplingParams = field(default_factory=lambda: SamplingParams(max_tokens=16))
+    # Chat with tools: the definitions as sent (for the template) and how they are to be used.
+    tools: list[dict[str, Any]] | None = None
+    tool_plan: ToolPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class Generation:
     _observer: Observer
     _accepted: float = field(default_factory=time.monotonic)
     deployment: str | None = None  # the dedicated deployment that answers (its wire id), if any
+    tool_plan: ToolPlan | None = None  # how tool calls are read from the answers, for the router
 
     async def deltas(self) -> AsyncIterator[Delta]:
         queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
@@ -237,7 +243,8 @@ class InferenceService:
             raise WrongModelType(f"{target.name} is an embedding model; call /v1/embeddings", param="model")
         context = context_length_of(model.manifest, self.catalog.settings.max_model_len)
         if req.messages is not None:
-            self.limits.check_text(messages_text(req.messages), context, "messages")
+            tools_text = json.dumps(req.tools) if req.tools is not None else ""
+            self.limits.check_text(messages_text(req.messages) + tools_text, context, "messages")
         elif isinstance(req.prompt, str):
             self.limits.check_text(req.prompt, context, "prompt")
         base, lora = await asyncio.to_thread(self._artifacts, model, adapter)
@@ -247,16 +254,18 @@ class InferenceService:
             raise InvalidRequest(
                 f"logit_bias names a token id outside the vocabulary (0..{vocab - 1})", param="logit_bias"
             )
+        plan = self._tool_plan(req, model, text)
         prompt_text, prompt_ids = await self._prompt(who, target.name, text, req, context)
         max_tokens = self._max_tokens(req, len(prompt_ids), context)
         params = replace(req.params, max_tokens=max_tokens, stop_token_ids=req.params.stop_token_ids | text.eos_ids)
         choices = []
+        markers = special_ids(text, MARKERS[plan.format]) if plan is not None and plan.format else None
         for i in range(req.n):
             seed = params.seed + i if params.seed is not None else None
             request = GenerationRequest(
                 f"gen-{uuid.uuid4().hex[:12]}", base, lora, prompt_ids, replace(params, seed=seed), context
             )
-            choices.append((request, Detokenizer(text, prompt_ids, req.stop)))
+            choices.append((request, Detokenizer(text, prompt_ids, req.stop, keep=markers)))
         await target.engine.prepare(choices[0][0])
         return Generation(
             target.name,
@@ -269,7 +278,16 @@ class InferenceService:
             who.account_id,
             self.observer,
             deployment=target.deployment,
+            tool_plan=plan,
         )
+
+    def _tool_plan(self, req: TextRequest, model: Model, text: TextModel) -> ToolPlan | None:
+        """The request's plan for tools, with the format ``model`` (the base) writes calls in: its
+        manifest's (set at upload), else read off the template it serves with."""
+        if req.tool_plan is None:
+            return None
+        fmt = model.manifest.tool_call_parser if model.manifest is not None else None
+        return replace(req.tool_plan, format=fmt or detect_format(text.chat_template))
 
     async def _prompt(
         self, who: Principal, name: str, text: TextModel, req: TextRequest, context: int
@@ -278,7 +296,12 @@ class InferenceService:
         the event loop only waits."""
         if req.messages is not None:
             rendered = await text.arender_chat(
-                name, req.messages, renderer=self.renderer, owner=who.account_id, max_chars=self.limits.cap(context)
+                name,
+                req.messages,
+                renderer=self.renderer,
+                owner=who.account_id,
+                max_chars=self.limits.cap(context),
+                tools=req.tools,
             )
             # Templates carry their own BOS.
             ids = await self.lanes.run(len(rendered), partial(text.encode, rendered, special=False))

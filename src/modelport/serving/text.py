@@ -63,21 +63,35 @@ class TextModel:
         add_generation_prompt: bool = True,
         renderer: TemplateRenderer | None = None,
         max_chars: int = MAX_RENDERED_CHARS,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
         """Render the chat template under its budget, blocking (``arender_chat`` on the event loop)."""
         template = self._template(name)
         with _template_errors(name):
             return (renderer or default_renderer()).render(
-                template, messages, add_generation_prompt=add_generation_prompt, max_chars=max_chars, **self._specials()
+                template,
+                messages,
+                add_generation_prompt=add_generation_prompt,
+                max_chars=max_chars,
+                **self._context(tools),
             )
 
     async def arender_chat(
-        self, name: str, messages: list[dict[str, Any]], *, renderer: TemplateRenderer, owner: str, max_chars: int
+        self,
+        name: str,
+        messages: list[dict[str, Any]],
+        *,
+        renderer: TemplateRenderer,
+        owner: str,
+        max_chars: int,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
-        """Render in a worker process; ``owner`` (the account) is held to its share of the workers."""
+        """Render in a worker process; ``owner`` (the account) is held to its share of the workers.
+        ``tools`` (OpenAI's function definitions) are given to the template as transformers'
+        ``apply_chat_template(tools=...)`` gives them."""
         template = self._template(name)
         with _template_errors(name):
-            return await renderer.arender(template, messages, owner=owner, max_chars=max_chars, **self._specials())
+            return await renderer.arender(template, messages, owner=owner, max_chars=max_chars, **self._context(tools))
 
     def _template(self, name: str) -> str:
         if not self.chat_template:
@@ -88,8 +102,10 @@ class TextModel:
             )
         return self.chat_template
 
-    def _specials(self) -> dict[str, Any]:
-        return {f"{k}_token": self.special_tokens.get(k) for k in _TEMPLATE_SPECIALS}
+    def _context(self, tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """What a template is given beside the messages: the special tokens, and the tools if any."""
+        specials: dict[str, Any] = {f"{k}_token": self.special_tokens.get(k) for k in _TEMPLATE_SPECIALS}
+        return specials | ({"tools": tools} if tools else {})
 
 
 def _clean_up(text: str) -> str:
@@ -201,6 +217,12 @@ def _eos_ids(path: Path, eos_id: int | None) -> frozenset[int]:
     return frozenset(ids)
 
 
+def special_ids(text: TextModel, tokens: tuple[str, ...]) -> dict[int, str]:
+    """Those of ``tokens`` that are special in this tokenizer (decoding would drop them), by id."""
+    specials = {t.content: i for i, t in text.tokenizer.get_added_tokens_decoder().items() if t.special}
+    return {specials[t]: t for t in tokens if t in specials}
+
+
 class TextModels:
     """An LRU of loaded tokenizers, keyed by model id. A burst of first requests for one model loads
     its tokenizer once: the others wait for that load instead of each doing their own."""
@@ -242,8 +264,13 @@ class Detokenizer:
     UTF-8 sequence, so a client never sees characters that later turn out to be part of a stop.
     """
 
-    def __init__(self, text: TextModel, prompt_ids: list[int], stop: list[str]) -> None:
+    def __init__(
+        self, text: TextModel, prompt_ids: list[int], stop: list[str], keep: Mapping[int, str] | None = None
+    ) -> None:
         self.text, self.stop = text, [s for s in stop if s]
+        # Special tokens whose text the answer keeps (decoding skips special tokens): tool-call markers
+        # such as Mistral's [TOOL_CALLS], which the tool-call parser reads.
+        self.keep = keep or {}
         # Incremental decoding, as vLLM does it: each token decodes only a short window of the ids (the
         # tokens since the last text plus ``_PREFIX_TOKENS`` before them, for context: leading spaces and
         # merged bytes depend on them), so a long completion costs linear time, not a decode of everything
@@ -259,7 +286,7 @@ class Detokenizer:
         if self.stopped:
             return ""
         self.tokens.append(token_id)
-        self.full += self._decode_new(last)
+        self.full += self._decode_new(last) + self.keep.get(token_id, "")
         cut = self._find_stop()
         if cut is not None:
             self.full, self.stopped = self.full[:cut], True

@@ -62,7 +62,7 @@ def reference(folder: Path) -> Any:
 def assert_same(ours: TextModel, ref: Any) -> None:
     assert ours.vocab_size == len(ref)
     assert ours.chat_template == ref.chat_template
-    assert ours._specials() == {f"{k}_token": getattr(ref, f"{k}_token") for k in ("bos", "eos", "unk", "pad")}
+    assert ours._context(None) == {f"{k}_token": getattr(ref, f"{k}_token") for k in ("bos", "eos", "unk", "pad")}
     assert ours.eos_ids >= ({ref.eos_token_id} - {None})
     for text in TEXTS:
         for special in (True, False):
@@ -138,7 +138,7 @@ def test_special_tokens_map_is_read_when_the_config_lacks_them(root: Path, llama
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     (folder / "special_tokens_map.json").write_text(json.dumps({k: {"content": v} for k, v in moved.items()}))
     ours = load_text_model(folder)
-    assert ours._specials() == moved
+    assert ours._context(None) == moved
     assert_same(ours, reference(folder))
 
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import base64
+import json
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from modelport.api.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, SamplingFields
+from modelport.api.openai.tools import ChoiceStream, read_answer, wire_call
 from modelport.errors import InvalidRequest, UnsupportedParameter
 from modelport.serving.engine import SamplingParams
+from modelport.serving.grammar import ToolPlan, read_tools, response_format_grammar, tool_grammar, tool_plan
 from modelport.serving.service import Delta, Embeddings, Generation, TextRequest, TokenInfo
 
 # Request shapes beyond these are refused before any work: each is far past what clients send, and
@@ -21,24 +25,29 @@ MAX_STOP_CHARS = 256  # every generated token is checked against every stop stri
 MAX_MESSAGES = 2048
 MAX_LOGIT_BIAS = 1024
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own limit
+MAX_TOOLS = 128  # OpenAI's own limit
 SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit integer, as torch's generator and OpenAI's API take it
 
 
 # --- requests ----------------------------------------------------------------------------------------
 def refuse_unsupported(body: SamplingFields) -> None:
     """Fields with a defined meaning we cannot honour: a clear 400 beats silently ignoring them."""
-    if (body.tools or body.functions) and body.tool_choice != "none":
-        raise UnsupportedParameter("tool and function calling are not supported yet", param="tools")
-    if body.response_format and body.response_format.get("type", "text") != "text":
-        raise UnsupportedParameter("only response_format {'type': 'text'} is supported", param="response_format")
+    if body.functions:
+        raise UnsupportedParameter("functions (deprecated by OpenAI) is not supported; send tools", param="functions")
     if body.suffix:
         raise UnsupportedParameter("suffix (fill-in-the-middle) is not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
         raise UnsupportedParameter("best_of is not supported; use n", param="best_of")
 
 
-def _stops(stop: str | list[str] | None) -> list[str]:
+def _stops(stop: str | list[str] | None, grammar: str | None = None) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if stops and grammar is not None:
+        raise InvalidRequest(
+            "stop strings cannot be combined with response_format or a forced tool call: a stop would cut "
+            "the structured answer",
+            param="stop",
+        )
     if len(stops) > MAX_STOP_STRINGS:
         raise InvalidRequest(f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
     if any(len(s) > MAX_STOP_CHARS for s in stops):
@@ -83,17 +92,32 @@ def chat_request(body: ChatCompletionRequest) -> TextRequest:
     if len(body.messages) > MAX_MESSAGES:
         raise InvalidRequest(f"at most {MAX_MESSAGES} messages per request", param="messages")
     messages = [_message(m.model_dump(exclude_none=True)) for m in body.messages]
+    if len(body.tools or []) > MAX_TOOLS:
+        raise InvalidRequest(f"at most {MAX_TOOLS} tools per request", param="tools")
+    parallel = body.parallel_tool_calls is not False
+    plan = tool_plan(read_tools(body.tools or []), body.tool_choice, parallel, None)
+    grammar = response_format_grammar(body.response_format)
+    forced = tool_grammar(plan) if plan is not None else None
+    if forced is not None and grammar is not None:
+        raise InvalidRequest(
+            "response_format cannot be combined with a tool_choice that forces a call", param="tool_choice"
+        )
     return TextRequest(
         model=body.model,
         messages=messages,
         max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
         n=body.n,
-        stop=_stops(body.stop),
-        params=_params(body, logprobs),
+        stop=_stops(body.stop, forced or grammar),
+        params=replace(_params(body, logprobs), grammar=forced or grammar),
+        tools=body.tools if plan is not None else None,
+        # Under response_format the answer is the schema's JSON: the tools are shown, no call is read.
+        tool_plan=plan if grammar is None else None,
     )
 
 
 def _message(message: dict[str, Any]) -> dict[str, Any]:
+    if message.get("tool_calls"):
+        message["tool_calls"] = [_call_for_template(c) for c in message["tool_calls"]]
     content = message.get("content")
     if isinstance(content, list):  # content parts: text only
         if any(part.get("type") != "text" for part in content):
@@ -104,8 +128,27 @@ def _message(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+def _call_for_template(call: Any) -> dict[str, Any]:
+    """An assistant message's tool call as chat templates read it: ``arguments`` as an object, not the
+    JSON text the wire carries (templates write it with ``tojson``), as transformers and vLLM pass it."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise InvalidRequest("each tool call needs function.name", param="messages")
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except ValueError:
+            raise InvalidRequest("a tool call's function.arguments must be JSON", param="messages") from None
+    read: dict[str, Any] = call | {"function": function | {"arguments": arguments if arguments is not None else {}}}
+    return read
+
+
 def completion_request(body: CompletionRequest) -> TextRequest:
     refuse_unsupported(body)
+    if body.tools:
+        raise UnsupportedParameter("tools are for /v1/chat/completions", param="tools")
+    grammar = response_format_grammar(body.response_format)
     prompt = body.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
         if len(prompt) != 1:
@@ -118,9 +161,9 @@ def completion_request(body: CompletionRequest) -> TextRequest:
         prompt=prompt,  # type: ignore[arg-type]
         max_tokens=body.max_tokens if body.max_tokens is not None else 16,  # OpenAI's documented default
         n=body.n,
-        stop=_stops(body.stop),
+        stop=_stops(body.stop, grammar),
         echo=body.echo,
-        params=_params(body, body.logprobs),
+        params=replace(_params(body, body.logprobs), grammar=grammar),
     )
 
 
@@ -193,16 +236,24 @@ async def chat_response(gen: Generation, n: int, logprobs: bool) -> dict[str, An
         "object": "chat.completion",
         "created": int(time.time()),
         "model": gen.model_name,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": chat_logprobs(c.tokens) if logprobs else None,
-                "finish_reason": c.finish_reason,
-            }
-            for i, c in enumerate(choices)
-        ],
+        "choices": [_chat_choice(gen, i, c, logprobs) for i, c in enumerate(choices)],
         "usage": usage(gen),
+    }
+
+
+def _chat_choice(gen: Generation, index: int, choice: Choice, logprobs: bool) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": choice.text}
+    finish = choice.finish_reason
+    if gen.tool_plan is not None:
+        content, calls, finish = read_answer(gen.tool_plan, choice.text, finish)
+        message["content"] = content
+        if calls:
+            message["tool_calls"] = [wire_call(c) for c in calls]
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": chat_logprobs(choice.tokens) if logprobs else None,
+        "finish_reason": finish,
     }
 
 
@@ -237,14 +288,37 @@ async def chat_chunks(gen: Generation, n: int, logprobs: bool, include_usage: bo
 
     for i in range(n):
         yield chunk(i, {"role": "assistant", "content": ""}, None)
-    async for d in gen.deltas():
-        lp = chat_logprobs(d.tokens) if logprobs and d.tokens else None
-        if d.text or lp:
-            yield chunk(d.index, {"content": d.text}, None, lp)
-        if d.finish_reason:
-            yield chunk(d.index, {}, d.finish_reason)
+    plan = gen.tool_plan
+    if plan is not None:
+        async for c in _tool_chunks(gen, n, plan, logprobs, chunk):
+            yield c
+    else:
+        async for d in gen.deltas():
+            lp = chat_logprobs(d.tokens) if logprobs and d.tokens else None
+            if d.text or lp:
+                yield chunk(d.index, {"content": d.text}, None, lp)
+            if d.finish_reason:
+                yield chunk(d.index, {}, d.finish_reason)
     if include_usage:
         yield base | {"choices": [], "usage": usage(gen)}
+
+
+async def _tool_chunks(
+    gen: Generation, n: int, plan: ToolPlan, logprobs: bool, chunk: Callable[..., dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
+    """A chat stream whose answers may hold tool calls: each choice's text goes through its reader. The
+    tokens' logprobs go with the first chunk their text makes, or alone while the text is held."""
+    readers = [ChoiceStream(plan) for _ in range(n)]
+    async for d in gen.deltas():
+        lp = chat_logprobs(d.tokens) if logprobs and d.tokens else None
+        deltas = readers[d.index].feed(d.text) or ([{}] if lp is not None else [])
+        for j, delta in enumerate(deltas):
+            yield chunk(d.index, delta, None, lp if j == 0 else None)
+        if d.finish_reason:
+            rest, finish = readers[d.index].finish(d.finish_reason)
+            for delta in rest:
+                yield chunk(d.index, delta, None)
+            yield chunk(d.index, {}, finish)
 
 
 async def completion_chunks(

@@ -40,10 +40,12 @@ class SamplingFields(Lenient):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     echo: bool = False
-    # Known but not honoured: set to anything meaningful, they get a 400 (see convert.refuse_unsupported).
+    # JSON mode and structured outputs (``serving/grammar.py``); tools in chat only.
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    # Known but not honoured: set to anything meaningful, they get a 400 (see convert.refuse_unsupported).
     functions: list[Any] | None = None
     suffix: str | None = None
     best_of: int | None = None

@@ -30,6 +30,7 @@ class ModelUploadRequest(WireModel):
     description: str | None = None
     base_model: str | None = None
     lora_model: str | None = None
+    tool_call_parser: str | None = None  # modelport's: how the model writes tool calls (default: from its template)
 
 
 class ModelUploadData(BaseModel):

@@ -42,6 +42,7 @@ def upload_model(body: ModelUploadRequest, who: PrincipalDep, catalog: CatalogDe
             description=body.description,
             base_model=body.base_model,
             lora_model=body.lora_model,
+            tool_call_parser=body.tool_call_parser,
         ),
     )
     data = ModelUploadData(

@@ -22,6 +22,7 @@ from modelport.cli.pack import pack
 from modelport.cli.progress import describe_progress, job_detail, watch_job
 from modelport.cli.upload import upload_file
 from modelport.manifest import Manifest, ModelKind
+from modelport.serving.toolcalls import FORMATS
 
 # Above this, `models upload` asks before sending (on a terminal, without --yes).
 CONFIRM_ABOVE_BYTES = 2 * 2**30
@@ -51,6 +52,12 @@ def models() -> None:
 @click.option("--lora-model", default=None, help="For adapters: the adapter's repo, when --model-source is its base.")
 @click.option("--hf-token", default=None, envvar="HF_TOKEN", help="For private Hugging Face repos (env HF_TOKEN).")
 @click.option("--description", default=None, help="Free text shown with the model.")
+@click.option(
+    "--tool-call-parser",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="How the model writes tool calls (default: read off its chat template).",
+)
 @click.option("--wait/--no-wait", default=False, help="Show progress until the job is Complete or Failed.")
 @click.option(
     "--new-revision",
