@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 from modelport.accounts.service import Principal
 from modelport.services import Services, build_services
 from modelport.settings import Settings
+from tests.support import togethervenvs
 from tests.support.fakehub import FakeHub
 from tests.support.procs import Proc, free_port, start_moto
 from tests.support.tinymodels import make_llama, make_lora
@@ -51,13 +52,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     Unit tests never touch one, and tests marked ``db_agnostic`` check wire conformance or process
     supervision on top of the catalog: the SQLite pass covers them, which keeps ``make test`` short.
+    Then, when live-server tests will run, the together clients' venvs start building in the background.
     """
-    if not USE_PG:
-        return
-    skip = pytest.mark.skip(reason="database-independent: covered by the SQLite pass")
-    for item in items:
-        if item.get_closest_marker("db_agnostic") or "/tests/unit/" in str(item.path):
-            item.add_marker(skip)
+    if USE_PG:
+        skip = pytest.mark.skip(reason="database-independent: covered by the SQLite pass")
+        for item in items:
+            if item.get_closest_marker("db_agnostic") or "/tests/unit/" in str(item.path):
+                item.add_marker(skip)
+    if any("/tests/e2e/" in str(item.path) for item in items if not item.get_closest_marker("skip")):
+        togethervenvs.prebuild()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,45 +14,18 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import togethervenvs
 from tests.support.fakehub import FakeHub
 from tests.support.procs import Proc, modelport_exe, start_modelport
 
 REPO = Path(__file__).resolve().parents[2]
-VENVS = Path(os.environ.get("MODELPORT_TEST_VENVS", REPO / ".venvs"))
-TOGETHER_VERSIONS = ("1.5.35", "2.42.0", "3.1.1")
+TOGETHER_VERSIONS = togethervenvs.VERSIONS
 OFFLINE = {"TOGETHER_TELEMETRY_DISABLED": "1", "TOGETHER_DISABLE_VERSION_CHECK": "1"}  # 3.x calls home otherwise
-LOCKS = REPO / "requirements"
-
-
-def together_lock(version: str) -> list[str]:
-    """pip arguments that hold the client's dependencies to their locked versions (none when refreshing)."""
-    lock = LOCKS / f"together-{version}.txt"
-    if os.environ.get("MODELPORT_TEST_UNLOCKED") or not lock.exists():
-        return []
-    return ["-c", str(lock)]
 
 
 def together_venv(version: str) -> Path:
-    """Create (once) a venv holding exactly this version of the official client."""
-    venv = VENVS / f"together-{version}"
-    marker = venv / ".installed"
-    if not marker.exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
-        pip = subprocess.run(
-            [
-                str(venv / "bin" / "pip"),
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                f"together=={version}",
-                *together_lock(version),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        assert pip.returncode == 0, f"could not install together=={version}:\n{pip.stderr[-3000:]}"
-        marker.write_text(version)
-    return venv
+    """A venv holding exactly this version of the official client (``tests/support/togethervenvs.py``)."""
+    return togethervenvs.venv(version)
 
 
 @dataclass

@@ -26,7 +26,6 @@ from modelport.ingest.uploads import archive_path
 from modelport.jobs.states import JobStatus, JobType, ModelStatus, RevisionStatus
 from modelport.jobs.store import add_update
 from modelport.manifest import ModelKind
-from modelport.serving.toolcalls import FORMATS
 from modelport.settings import Settings
 from modelport.storage.db.engine import Database
 from modelport.storage.db.tables import (
@@ -42,6 +41,7 @@ from modelport.storage.db.tables import (
     Upload,
     model_name_key,
 )
+from modelport.tool_formats import FORMATS
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,12 @@ from modelport.ingest.sources.base import Fetched, Source
 from modelport.ingest.staging import Progress, Reporter, StagedFile
 from modelport.ingest.validate import MAX_CONFIG_BYTES
 from modelport.manifest import AdmissionReport, Manifest, ModelKind
-from modelport.serving.toolcalls import detect_format
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore
 from modelport.storage.db.engine import Database
 from modelport.storage.db.tables import Job, JobSecret, Model, ModelRevision, RevisionFile
 from modelport.tokenizer_files import TEMPLATE_FILES, chat_template_of
+from modelport.tool_formats import detect_format
 
 log = logging.getLogger(__name__)
 

@@ -116,7 +116,6 @@ class Vocabulary:
                 self._compiled.popitem(last=False)
         return Constraint(matcher, self.words)
 
-
     def _can_begin(self, matcher: LLMatcher) -> bool:
         """Whether some token can begin the answer. Where none can, llguidance allows end-of-sequence
         alone: the answer would be empty, and not what the grammar asks for."""

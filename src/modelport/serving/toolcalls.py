@@ -31,23 +31,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-FORMATS: tuple[str, ...] = ("hermes", "llama3_json", "mistral")
+# The formats and how a template shows which one a model writes: in a module of their own, since ingest
+# and the catalog read them too (re-exported here for the serving side).
+from modelport.tool_formats import FORMATS, HERMES_MARKERS, MARKERS, MISTRAL_MARKER, PYTHON_TAG, detect_format
 
-_HERMES_OPEN = "<tool_call>"
-_HERMES_CLOSE = "</tool_call>"
-_PYTHON_TAG = "<|python_tag|>"
-_MISTRAL_MARKER = "[TOOL_CALLS]"
+__all__ = [
+    "FORMATS",
+    "MARKERS",
+    "CallDelta",
+    "ContentDelta",
+    "ToolCall",
+    "ToolCallStream",
+    "call_of",
+    "calls_from_array",
+    "detect_format",
+    "new_call_id",
+    "parse_tool_calls",
+]
+
+_HERMES_OPEN, _HERMES_CLOSE = HERMES_MARKERS
+_PYTHON_TAG = PYTHON_TAG
+_MISTRAL_MARKER = MISTRAL_MARKER
 # A function name then [ARGS] (newer Mistral templates); the arguments' '{' may follow after whitespace.
 _MISTRAL_NAMED = re.compile(r"\s*([A-Za-z0-9_.\-]+)\[ARGS\]\s*")
 # What the text after [TOOL_CALLS] may look like while that name and [ARGS] are still being generated.
 _MISTRAL_NAMED_SO_FAR = re.compile(r"\s*[A-Za-z0-9_.\-]+(?:\[(?:A(?:R(?:G(?:S)?)?)?)?)?")
-# The tokens each format's calls are marked with: a tokenizer may hold them as special tokens, which
-# decoding drops, so the detokenizer is told to keep them (``Detokenizer(keep=...)``).
-MARKERS: dict[str, tuple[str, ...]] = {
-    "hermes": (_HERMES_OPEN, _HERMES_CLOSE),
-    "llama3_json": (_PYTHON_TAG,),
-    "mistral": (_MISTRAL_MARKER, "[ARGS]"),
-}
 _INVALID = object()  # what _loads returns for text that is not JSON (None is JSON's null)
 _Accept = Callable[["ToolCall"], bool]  # whether a parsed call is one of the request's functions
 
@@ -75,27 +83,7 @@ _Piece = str | ToolCall  # what the format parsers produce; ToolCallStream numbe
 _Outcome = Literal["wait", "fail"] | tuple[list[ToolCall], int]  # a call read so far: or (calls, end)
 
 
-def detect_format(chat_template: str | None) -> str | None:
-    """Which format a chat template's tool calls take, read from the markers the template teaches.
-
-    Hermes comes first: Hermes-style fine-tunes of Llama keep ``<tool_call>`` whatever the base model.
-    """
-    if not chat_template:
-        return None
-    if _HERMES_OPEN in chat_template:
-        return "hermes"
-    if _MISTRAL_MARKER in chat_template:
-        return "mistral"
-    if _PYTHON_TAG in chat_template or "ipython" in chat_template:
-        return "llama3_json"
-    if "<|start_header_id|>" in chat_template and "tools" in chat_template:
-        return "llama3_json"  # a Llama 3 template that renders tools but names neither marker
-    return None
-
-
-def parse_tool_calls(
-    fmt: str, text: str, names: frozenset[str] | None = None
-) -> tuple[str | None, list[ToolCall]]:
+def parse_tool_calls(fmt: str, text: str, names: frozenset[str] | None = None) -> tuple[str | None, list[ToolCall]]:
     """``(content, calls)`` from a whole answer: content is the text outside the calls, stripped, or None.
 
     Text that looks like a call but does not parse, or calls a function not in ``names`` (when given),

@@ -22,7 +22,7 @@ from modelport.cli.pack import pack
 from modelport.cli.progress import describe_progress, job_detail, watch_job
 from modelport.cli.upload import upload_file
 from modelport.manifest import Manifest, ModelKind
-from modelport.serving.toolcalls import FORMATS
+from modelport.tool_formats import FORMATS
 
 # Above this, `models upload` asks before sending (on a terminal, without --yes).
 CONFIRM_ABOVE_BYTES = 2 * 2**30
