@@ -6,6 +6,10 @@ Everything is measured in one run, against baselines from the same run:
 - multi-LoRA: 16 concurrent requests over 16 distinct adapters against 16 base-only requests;
 - adapter cold-load: first-request latency on a never-used adapter minus a warm base request's (p50);
 - upload to first token: from `POST /v1/models` accepted to the first streamed token of that model;
+- long prompt: time to first token of short requests while a 1,500-token prompt prefills, against the
+  same requests on an idle server;
+- roofline: the machine's memory bandwidth (a large tensor copy), and each throughput figure as the
+  fraction of it that reading the weights once per step at that rate takes;
 - structured outputs: 16 streams on the same model with a byte-level tokenizer, all free text, against 8
   free and 8 under a JSON schema in the same batches (the free rows' speed must hold within 10%), and
   the grammar's mask time per token, measured on that model's 32,000-token vocabulary.
@@ -191,6 +195,37 @@ async def load(
     return {"streams": len(models), "tokens": tokens, "seconds": wall, "tok_s": tokens / wall, "rates": rates}
 
 
+LONG_PROMPT_TOKENS = 1500
+
+
+async def long_prompt_ttft(url: str, auth: dict[str, str]) -> dict[str, float]:
+    """Short requests' time to first token alone, then while a long prompt prefills (median of 5 each)."""
+    async with httpx.AsyncClient(headers=auth, timeout=600) as http:
+        alone = [(await stream_once(http, url, "bench/base", 100 + i, 1))["ttft"] for i in range(5)]
+        long_body = {"prompt": " ".join(f"w{(j * 7919) % (VOCAB - 3)}" for j in range(LONG_PROMPT_TOKENS))}
+        long_task = asyncio.create_task(stream_once(http, url, "bench/base", 0, 1, long_body))
+        loaded = []
+        for i in range(5):  # spread over the long prompt's prefill (about 2 s here), which starts after its
+            await asyncio.sleep(0.3)  # own tokenizing
+            loaded.append((await stream_once(http, url, "bench/base", 200 + i, 1))["ttft"])
+        long_ttft = (await long_task)["ttft"]
+    return {"alone": statistics.median(alone), "loaded": statistics.median(loaded), "long": long_ttft}
+
+
+def memory_bandwidth() -> float:
+    """Bytes per second this machine moves copying a 256 MiB tensor (read plus write), best of 5."""
+    import torch
+
+    src = torch.ones(64 * 2**20)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - started)
+    return 2 * src.numel() * src.element_size() / best
+
+
 async def first_token(url: str, auth: dict[str, str]) -> float:
     async with httpx.AsyncClient(headers=auth, timeout=600) as http:
         return (await stream_once(http, url, "bench/base", 0, 1))["first_at"]
@@ -259,6 +294,7 @@ def run_modelport(
             names = [f"bench/lora-{i}" for i in range(ADAPTERS)]
             out["adapters16"] = asyncio.run(load(url, names, max_tokens, auth))
             out["base16"] = asyncio.run(load(url, ["bench/base"] * ADAPTERS, max_tokens, auth))
+            out["long_prompt"] = asyncio.run(long_prompt_ttft(url, auth))
         out["structured"] = structured(url, auth, hub, json_model[0], json_model[1], max_tokens)
     finally:
         proc.stop()
@@ -324,6 +360,7 @@ def main() -> None:
     finally:
         hub.stop()
     ours["mask_us"] = mask_time_per_token(work / "json-model")
+    ours["bandwidth"], ours["weight_bytes"] = memory_bandwidth(), 4 * params
     skip = args.skip_baseline or args.structured_only
     theirs = None if skip else run_transformers(work, work / "model", args.max_tokens)
     print(report(ours, theirs))
@@ -337,12 +374,14 @@ def report(ours: dict[str, Any], theirs: dict[int, dict[str, float]] | None) -> 
 def _throughput(ours: dict[str, Any], theirs: dict[int, dict[str, float]] | None) -> list[str]:
     lines = [
         "",
-        "| streams | modelport tok/s | transformers serve --continuous-batching tok/s | ratio |",
-        "|---|---|---|---|",
+        "| streams | modelport tok/s | transformers serve --continuous-batching tok/s | ratio | roofline |",
+        "|---|---|---|---|---|",
     ]
     for n, row in ours["throughput"].items():
         base = theirs[n]["tok_s"] if theirs else float("nan")
-        lines.append(f"| {n} | {row['tok_s']:.1f} | {base:.1f} | {row['tok_s'] / base:.2f}x |")
+        # Each step reads every weight once and yields one token per stream.
+        roofline = ours["weight_bytes"] * row["tok_s"] / n / ours["bandwidth"]
+        lines.append(f"| {n} | {row['tok_s']:.1f} | {base:.1f} | {row['tok_s'] / base:.2f}x | {roofline:.0%} |")
     a, b = ours["adapters16"]["tok_s"], ours["base16"]["tok_s"]
     cold = ours["cold_adapter_ms"]
     lines += [
@@ -351,7 +390,15 @@ def _throughput(ours: dict[str, Any], theirs: dict[int, dict[str, float]] | None
         f"adapter cold load (first request minus warm base request): p50 {statistics.median(cold):.1f} ms, "
         f"max {max(cold):.1f} ms over {len(cold)} adapters",
         f"upload accepted -> first token: {ours['upload_to_first_token_s']:.2f} s",
+        f"memory bandwidth (tensor copy): {ours['bandwidth'] / 1e9:.1f} GB/s; "
+        f"weights {ours['weight_bytes'] / 1e6:.0f} MB",
     ]
+    long = ours["long_prompt"]
+    lines.append(
+        f"time to first token of short requests: alone {long['alone'] * 1000:.0f} ms, while a "
+        f"{LONG_PROMPT_TOKENS}-token prompt prefills {long['loaded'] * 1000:.0f} ms "
+        f"({long['loaded'] / long['alone']:.2f}x); the long prompt's own {long['long']:.2f} s"
+    )
     return lines
 
 

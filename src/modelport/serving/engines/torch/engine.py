@@ -40,6 +40,7 @@ from modelport.serving.engines.torch.lora import AdapterWeights, read_adapter
 from modelport.serving.engines.torch.memory import Footprint, MemoryLedger
 from modelport.serving.engines.torch.pooling import Embedder
 from modelport.serving.engines.torch.runner import BatchRunner, Sequence
+from modelport.serving.engines.torch.threads import ThreadTuner
 from modelport.serving.text import load_text_model
 from modelport.settings import Settings
 
@@ -98,11 +99,14 @@ class TorchEngine:
         self._thread: threading.Thread | None = None
         self.adapter_load_s: list[float] = []
         self._threads = 1
+        self._tuner: ThreadTuner | None = None  # on a CPU with more than one thread
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
             self._threads = torch.get_num_threads()
+            if self.device.type == "cpu" and self._threads > 1:
+                self._tuner = ThreadTuner((1, max(1, self._threads // 2), self._threads))
             self._thread = threading.Thread(target=self._loop, name="modelport-engine", daemon=True)
             self._thread.start()
             log.info(
@@ -356,20 +360,16 @@ class TorchEngine:
         return weights
 
     # --- the engine thread -------------------------------------------------------------------------
-    def _pick_threads(self, runners: list[BatchRunner]) -> None:
-        """On CPU, decode a few rows on one core and leave the other cores to the event loop and clients.
-
-        A small batch gains nothing from intra-op threads, but every thread of a parallel region waits
-        for the slowest one, so one descheduled thread (the server answering, a client reading) stalls
-        the whole pass: measured on 2 cores, one stream ran at 23 tok/s with 2 threads and 35 with 1.
-        Big batches are compute-bound and use every core.
-        """
-        if self.device.type != "cpu" or self._threads <= 1:
-            return
+    def _pick_threads(self, runners: list[BatchRunner]) -> tuple[int, int] | None:
+        """On CPU, the thread count the tuner (``threads.py``) finds fastest for this many rows, measured
+        on this machine as it serves; ``(rows, threads)`` to record the step's time against."""
+        if self._tuner is None:
+            return None
         rows = sum(len(r.running) + len(r.waiting) for r in runners)
-        want = 1 if rows < SMALL_BATCH else self._threads
+        want = self._tuner.pick(rows)
         if want != torch.get_num_threads():
             torch.set_num_threads(want)
+        return rows, want
 
     def _submit(self, work: Callable[[], None]) -> None:
         self._inbox.put(work)
@@ -385,15 +385,17 @@ class TorchEngine:
                     break
             with self._lock:
                 runners = [m.worker for m in self._models.values() if isinstance(m.worker, BatchRunner)]
-            self._pick_threads(runners)
+            picked = self._pick_threads(runners)
+            started = time.perf_counter()
             did_work = False
             for runner in runners:
                 did_work |= runner.step()
+            if did_work and picked is not None and self._tuner is not None:
+                self._tuner.record(*picked, time.perf_counter() - started)
             if not did_work:
                 self._wake.wait(timeout=1.0)
 
 
-SMALL_BATCH = 4
 VOCABULARIES = 8  # tokenizers kept ready for grammars, one per base model
 
 
