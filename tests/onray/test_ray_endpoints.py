@@ -54,11 +54,16 @@ def chat(live: Live, model: str) -> str:
     return resp.choices[0].message.content or ""
 
 
-def nodes_of(live: Live, endpoint: str) -> list[str]:
-    """The nodes its replicas answered on, newest first, from the endpoint's events."""
+def nodes_of(live: Live, endpoint: str) -> dict[int, str]:
+    """The node each replica (by index) last answered on, from the endpoint's events (oldest first):
+    ``"<label>: replica <i> answers, on <node>"``."""
     events = json.loads(modelport(live, "endpoints", "events", endpoint, "--json").stdout)
     ready = [e["message"] for e in events if e["type"] == "deployment.replica_ready"]
-    return [m.rsplit(" on ", 1)[1] for m in reversed(ready)]
+    nodes = {}
+    for message in ready:
+        head, node = message.rsplit(" on ", 1)
+        nodes[int(head.rsplit(" replica ", 1)[1].split()[0])] = node
+    return nodes
 
 
 def replica_actors(cluster: RayCluster, endpoint_id: str) -> list[str]:
@@ -82,7 +87,7 @@ def test_an_endpoint_on_the_cluster_spreads_its_replicas_and_stops(
     TIMINGS["ray: create to first token (s)"] = time.monotonic() - started + first_token_s(ray_live, endpoint["name"])
 
     # One replica on each worker (SPREAD), each an actor of the cluster, and both answer.
-    assert len(set(nodes_of(ray_live, endpoint["name"]))) == 2
+    assert len(set(nodes_of(ray_live, endpoint["name"]).values())) == 2
     assert len(replica_actors(cluster, endpoint["id"])) == 2
     answers = {chat(ray_live, endpoint["name"]) for _ in range(4)}
     assert len(answers) == 1 and answers != {""}
@@ -147,7 +152,8 @@ def test_a_killed_node_s_replica_comes_back_on_another_node(
     events = json.loads(modelport(ray_live, "endpoints", "events", endpoint["name"], "--json").stdout)
     lost = [e["message"] for e in events if e["type"] == "deployment.starting"]
     assert lost, events
-    assert len(set(nodes_of(ray_live, endpoint["name"])[:2])) == 1  # both now on the surviving worker
+    # Both replicas, the one that survived and the one that came back, now on the surviving worker.
+    assert len(set(nodes_of(ray_live, endpoint["name"]).values())) == 1
 
 
 def test_replicas_scale_up_under_load_and_back_down_to_the_minimum(

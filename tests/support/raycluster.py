@@ -46,6 +46,7 @@ class RayCluster:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mpray")))  # short: socket paths
     port: int = field(default_factory=free_port)
     workers: list[str] = field(default_factory=list)
+    started: int = 0  # workers ever started: names stay unique after a node is killed and replaced
 
     @property
     def address(self) -> str:
@@ -64,7 +65,8 @@ class RayCluster:
         self._start("head", [*args, "--include-dashboard=false", "--temp-dir", str(self.root)])
 
     def add_worker(self, cpus: int = 2, memory_gib: int = 5) -> str:
-        name = f"worker{len(self.workers) + 1}"
+        self.started += 1
+        name = f"worker{self.started}"
         self._start(name, ["--address", self.address, "--num-cpus", str(cpus), "--memory", str(memory_gib * GIB)])
         self.workers.append(name)
         return name
