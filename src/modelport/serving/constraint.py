@@ -21,6 +21,7 @@ from llguidance import LLExecutor, LLMatcher, LLParserLimits, LLTokenizer, Token
 from tokenizers import Tokenizer
 
 from modelport.errors import InvalidRequest
+from modelport.serving.grammar import first_line
 from modelport.serving.text import TextModel
 
 METASPACE = "\u2581"  # SentencePiece's word boundary: a space in the text
@@ -104,7 +105,7 @@ class Vocabulary:
                 return Constraint(compiled.deep_copy(), self.words)
         matcher = LLMatcher(self.tokenizer, grammar, log_level=0, limits=_limits())  # drops the GIL
         if matcher.is_error():
-            raise InvalidRequest(f"the grammar cannot be enforced for this model: {_first_line(matcher.get_error())}")
+            raise InvalidRequest(f"the grammar cannot be enforced for this model: {first_line(matcher.get_error())}")
         if not self._can_begin(matcher):
             raise InvalidRequest(
                 "no token of this model's vocabulary can begin an answer in the requested format "
@@ -123,10 +124,6 @@ class Vocabulary:
         for eos in self.tokenizer.eos_tokens:
             allowed &= ~(1 << eos)
         return allowed != 0 or matcher.is_accepting()
-
-
-def _first_line(error: str) -> str:
-    return error.strip().splitlines()[0][:500] if error.strip() else "unknown error"
 
 
 _executor: list[LLExecutor] = []  # one per process, made at the first constrained batch
@@ -162,4 +159,4 @@ class Constraint:
 
     @property
     def failed(self) -> str | None:
-        return _first_line(self.matcher.get_error()) if self.matcher.is_error() else None
+        return first_line(self.matcher.get_error()) if self.matcher.is_error() else None

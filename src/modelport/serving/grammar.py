@@ -40,11 +40,12 @@ def json_grammar(schema: Any, param: str) -> str:
         raise InvalidRequest(f"the JSON schema could not be read: {e}", param=param) from None
     error = LLMatcher.validate_grammar(grammar)
     if error:
-        raise InvalidRequest(f"the JSON schema cannot be enforced: {_first_line(error)}", param=param)
+        raise InvalidRequest(f"the JSON schema cannot be enforced: {first_line(error)}", param=param)
     return grammar
 
 
-def _first_line(error: str) -> str:
+def first_line(error: str) -> str:
+    """An llguidance error as a client reads it: its first line, at most 500 characters."""
     return error.strip().splitlines()[0][:500] if error.strip() else "unknown error"
 
 
