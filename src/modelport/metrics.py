@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -212,12 +212,16 @@ class WorkerLoad:
     weights_capacity_bytes: int | None = None
     kv_used_bytes: int | None = None
     kv_capacity_bytes: int | None = None
+    dtype: str | None = None  # what the engine runs weights in ("bfloat16"; "stored" on CUDA)
+    prefix_cache_bytes: int | None = None
+    prefix_cache_reused_tokens: int | None = None  # since the engine started
 
     @classmethod
     def from_stats(cls, worker: str, stats: Mapping[str, Any]) -> WorkerLoad:
         """From an engine's ``stats()``: the torch engine's rows per loaded model and its sequence memory
         (KV caches and scratch), or the fake engine's ``running``."""
         rows: list[Mapping[str, Any]] = list((stats.get("models") or {}).values())
+        prefix: Mapping[str, Any] = stats.get("prefix_cache") or {}
         return cls(
             worker=worker,
             engine=str(stats.get("engine", "unknown")),
@@ -229,6 +233,9 @@ class WorkerLoad:
             weights_capacity_bytes=_int_or_none(stats.get("budget_bytes")),
             kv_used_bytes=_int_or_none(stats.get("sequence_bytes")),
             kv_capacity_bytes=_int_or_none(stats.get("sequence_budget_bytes")),
+            dtype=str(stats["dtype"]) if stats.get("dtype") else None,
+            prefix_cache_bytes=_int_or_none(prefix.get("bytes")),
+            prefix_cache_reused_tokens=_int_or_none(prefix.get("reused_tokens")),
         )
 
 
@@ -252,6 +259,7 @@ _WORKER_GAUGES = (  # name, help, field of WorkerLoad
     ),
     ("modelport_kv_cache_used_bytes", "Memory held by running sequences (KV caches and scratch).", "kv_used_bytes"),
     ("modelport_kv_cache_capacity_bytes", "The running sequences' memory budget.", "kv_capacity_bytes"),
+    ("modelport_prefix_cache_bytes", "Memory held by cached prompt prefixes.", "prefix_cache_bytes"),
 )
 
 
@@ -270,6 +278,23 @@ class Workers:
                 if value is not None:
                     family.add_metric([load.worker, load.engine], value)
             yield family
+        precision = GaugeMetricFamily(
+            "modelport_worker_precision_info",
+            "The dtype an engine worker runs weights in, chosen at its start (always 1).",
+            labels=["worker", "engine", "dtype"],
+        )
+        reused = CounterMetricFamily(
+            "modelport_prefix_cache_reused_tokens",
+            "Prompt tokens taken from the prefix cache instead of prefilled.",
+            labels=["worker", "engine"],
+        )
+        for load in loads:
+            if load.dtype is not None:
+                precision.add_metric([load.worker, load.engine, load.dtype], 1)
+            if load.prefix_cache_reused_tokens is not None:
+                reused.add_metric([load.worker, load.engine], load.prefix_cache_reused_tokens)
+        yield precision
+        yield reused
 
 
 class Replicas:

@@ -282,7 +282,8 @@ class Settings(BaseSettings):
     engine_device: str = Field(default="auto", description="Device for the embedded engine: auto, cpu, cuda, cuda:1…")
     engine_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
-        description="Weights dtype when serving: auto is float32 on CPU and the model's stored dtype on CUDA.",
+        description="Weights dtype when serving. auto: bfloat16 on CPUs that multiply it in hardware (AMX or "
+        "AVX512-BF16), float32 on other CPUs; on CUDA the model's stored bfloat16/float16, else bfloat16.",
     )
     engine_memory_bytes: int = Field(
         default=0,
@@ -303,6 +304,17 @@ class Settings(BaseSettings):
         default=4096,
         ge=1,
         description="Prompt tokens prefilled per engine step, so long prompts cannot stall decoding.",
+    )
+    prefix_caching: bool = Field(
+        default=True,
+        description="Keep prompts' keys and values by block of 32 tokens, so a request whose prompt begins as an "
+        "earlier one's did (same model, adapter and account) prefills only the rest.",
+    )
+    prefix_cache_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="Memory for cached prompt prefixes, all loaded models together (least recently used out "
+        "first); 0 means an eighth of MODELPORT_ENGINE_SEQUENCE_MEMORY_BYTES.",
     )
     max_model_len: int = Field(
         default=32768,

@@ -32,6 +32,8 @@ def test_a_label_cap_keeps_the_first_names_and_counts_the_rest_as_other() -> Non
 TORCH_STATS = {  # the shape of TorchEngine.stats()
     "engine": "transformers",
     "device": "cpu",
+    "dtype": "bfloat16",
+    "dtype_reason": "this CPU multiplies bf16 in hardware (AMX)",
     "budget_bytes": 1000,
     "sequence_budget_bytes": 400,
     "sequence_bytes": 120,
@@ -39,13 +41,19 @@ TORCH_STATS = {  # the shape of TorchEngine.stats()
         "model-a": {"bytes": 300, "running": 2, "waiting": 1, "adapters": ["model-l1", "model-l2"]},
         "model-b": {"bytes": 200, "running": 1, "waiting": 0, "adapters": []},
     },
+    "prefix_cache": {"bytes": 64, "budget_bytes": 50, "blocks": 1, "hits": 2, "reused_tokens": 96},
 }
 
 
 def test_worker_load_from_the_torch_engines_stats() -> None:
     load = WorkerLoad.from_stats("api", TORCH_STATS)
-    assert load == WorkerLoad("api", "transformers", 3, 1, 2, 2, 500, 1000, 120, 400)
+    assert load == WorkerLoad("api", "transformers", 3, 1, 2, 2, 500, 1000, 120, 400, "bfloat16", 64, 96)
     got = samples(Workers([lambda: [load]]))
+    labels = (("dtype", "bfloat16"), ("engine", "transformers"), ("worker", "api"))
+    assert got[("modelport_worker_precision_info", labels)] == 1
+    worker = (("engine", "transformers"), ("worker", "api"))
+    assert got[("modelport_prefix_cache_bytes", worker)] == 64
+    assert got[("modelport_prefix_cache_reused_tokens_total", worker)] == 96
     assert got[("modelport_kv_cache_used_bytes", (("engine", "transformers"), ("worker", "api")))] == 120
     assert got[("modelport_worker_queued_sequences", (("engine", "transformers"), ("worker", "api")))] == 1
 
@@ -53,7 +61,9 @@ def test_worker_load_from_the_torch_engines_stats() -> None:
 def test_the_fake_engine_reports_what_it_knows_and_nothing_else() -> None:
     got = samples(Workers([lambda: [WorkerLoad.from_stats("api", {"engine": "fake", "running": 2})]]))
     assert got[("modelport_worker_running_sequences", (("engine", "fake"), ("worker", "api")))] == 2
-    assert not any(name.startswith("modelport_kv_cache") for name, _ in got)
+    assert not any(
+        name.startswith(("modelport_kv_cache", "modelport_worker_precision", "modelport_prefix")) for name, _ in got
+    )
 
 
 def test_replicas_are_summed_per_endpoint() -> None:

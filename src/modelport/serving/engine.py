@@ -67,6 +67,8 @@ class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams
     context_length: int
+    # Whose cached prompt prefixes this request may reuse (the account): never another tenant's.
+    cache_salt: str = ""
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,8 @@ ENGINE_FIELDS = (
     "max_model_len",
     "max_queued_requests",
     "prefill_token_budget",
+    "prefix_caching",
+    "prefix_cache_bytes",
 )
 
 

@@ -262,9 +262,8 @@ class InferenceService:
         markers = special_ids(text, MARKERS[plan.format]) if plan is not None and plan.format else None
         for i in range(req.n):
             seed = params.seed + i if params.seed is not None else None
-            request = GenerationRequest(
-                f"gen-{uuid.uuid4().hex[:12]}", base, lora, prompt_ids, replace(params, seed=seed), context
-            )
+            request_id, choice = f"gen-{uuid.uuid4().hex[:12]}", replace(params, seed=seed)
+            request = GenerationRequest(request_id, base, lora, prompt_ids, choice, context, who.account_id)
             choices.append((request, Detokenizer(text, prompt_ids, req.stop, keep=markers)))
         await target.engine.prepare(choices[0][0])
         return Generation(

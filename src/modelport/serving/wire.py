@@ -34,6 +34,7 @@ def request_to_json(r: GenerationRequest) -> dict[str, Any]:
         "prompt_ids": r.prompt_ids,
         "params": params,
         "context_length": r.context_length,
+        "cache_salt": r.cache_salt,
     }
 
 
@@ -48,6 +49,7 @@ def request_from_json(d: dict[str, Any]) -> GenerationRequest:
         list(d["prompt_ids"]),
         SamplingParams(**p),
         int(d["context_length"]),
+        str(d.get("cache_salt", "")),
     )
 
 

@@ -39,14 +39,14 @@ from modelport.serving.engine import (
 from modelport.serving.engines.torch.lora import AdapterWeights, read_adapter
 from modelport.serving.engines.torch.memory import Footprint, MemoryLedger
 from modelport.serving.engines.torch.pooling import Embedder
+from modelport.serving.engines.torch.precision import Precision, choose
+from modelport.serving.engines.torch.prefix import PrefixCache
 from modelport.serving.engines.torch.runner import BatchRunner, Sequence
 from modelport.serving.engines.torch.threads import ThreadTuner
 from modelport.serving.text import load_text_model
 from modelport.settings import Settings
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _device(name: str) -> torch.device:
@@ -75,8 +75,8 @@ def _sequence_budget(settings: Settings, device: torch.device) -> int:
 
 
 class _Loaded:
-    def __init__(self, worker: BatchRunner | Embedder, nbytes: int) -> None:
-        self.worker, self.nbytes = worker, nbytes
+    def __init__(self, worker: BatchRunner | Embedder, nbytes: int, dtype: torch.dtype) -> None:
+        self.worker, self.nbytes, self.dtype = worker, nbytes, str(dtype).removeprefix("torch.")
         self.pending = 0  # requests between "model chosen" and "sequence finished"
 
 
@@ -88,6 +88,9 @@ class TorchEngine:
         self.device = _device(settings.engine_device)
         self.budget = _budget(settings, self.device)
         self.ledger = MemoryLedger(_sequence_budget(settings, self.device))
+        self.precision: Precision = choose(settings.engine_dtype, self.device)
+        prefix_budget = settings.prefix_cache_bytes or self.ledger.total // 8
+        self.prefix = PrefixCache(prefix_budget) if settings.prefix_caching else None
         self._models: OrderedDict[str, _Loaded] = OrderedDict()
         self._adapters: OrderedDict[str, AdapterWeights] = OrderedDict()  # read from disk, on the CPU
         self._vocabularies: OrderedDict[str, Vocabulary] = OrderedDict()  # for grammars, by base model
@@ -110,9 +113,11 @@ class TorchEngine:
             self._thread = threading.Thread(target=self._loop, name="modelport-engine", daemon=True)
             self._thread.start()
             log.info(
-                "engine %s on %s, memory budget %.1f GiB for weights and %.1f GiB for sequences",
+                "engine %s on %s in %s (%s), memory budget %.1f GiB for weights and %.1f GiB for sequences",
                 self.name,
                 self.device,
+                self.precision.label,
+                self.precision.reason,
                 self.budget / 2**30,
                 self.ledger.total / 2**30,
             )
@@ -132,16 +137,20 @@ class TorchEngine:
                     "running": len(m.worker.running) if isinstance(m.worker, BatchRunner) else 0,
                     "waiting": len(m.worker.waiting) if isinstance(m.worker, BatchRunner) else 0,
                     "adapters": list(m.worker.lora.resident) if isinstance(m.worker, BatchRunner) else [],
+                    "dtype": m.dtype,
                 }
                 for key, m in self._models.items()
             }
         return {
             "engine": self.name,
             "device": str(self.device),
+            "dtype": self.precision.label,
+            "dtype_reason": self.precision.reason,
             "budget_bytes": self.budget,
             "sequence_budget_bytes": self.ledger.total,
             "sequence_bytes": self.ledger.used,
             "models": models,
+            "prefix_cache": self.prefix.stats() if self.prefix is not None else None,
         }
 
     # --- requests ----------------------------------------------------------------------------------
@@ -225,15 +234,22 @@ class TorchEngine:
                     self._models.move_to_end(artifact.id)
                     loaded.pending += 1
                     return loaded
-                self._make_room(artifact.weight_bytes)
+                self._make_room(self._resident_bytes(artifact))
             started = time.perf_counter()
             worker = self._load(artifact, context_length, pooling)
             log.info("loaded %s on %s in %.2fs", artifact.id, self.device, time.perf_counter() - started)
-            loaded = _Loaded(worker, artifact.weight_bytes)
+            loaded = _Loaded(worker, self._resident_bytes(artifact), self.precision.for_model(artifact.manifest.dtype))
             with self._lock:
                 self._models[artifact.id] = loaded
                 loaded.pending += 1
             return loaded
+
+    def _resident_bytes(self, artifact: Artifact) -> int:
+        """The weights' bytes once loaded: a float32 checkpoint served in bf16 takes half its file size."""
+        params = artifact.manifest.parameters
+        if not params:
+            return artifact.weight_bytes
+        return params * self.precision.for_model(artifact.manifest.dtype).itemsize
 
     def _release(self, loaded: _Loaded) -> None:
         with self._lock:
@@ -261,7 +277,7 @@ class TorchEngine:
             torch.cuda.empty_cache()
 
     def _load(self, artifact: Artifact, context_length: int, pooling: Pooling | None) -> BatchRunner | Embedder:
-        dtype = self._dtype(artifact)
+        dtype = self.precision.for_model(artifact.manifest.dtype)
         try:
             if pooling is not None:
                 return Embedder.load(
@@ -289,6 +305,7 @@ class TorchEngine:
             prefill_budget=self.settings.prefill_token_budget,
             ledger=self.ledger,
             footprint=footprint,
+            prefix=self.prefix,
         )
 
     def _check_fits(self, runner: BatchRunner, request: GenerationRequest) -> None:
@@ -335,14 +352,6 @@ class TorchEngine:
                 while len(self._vocabularies) > VOCABULARIES:
                     self._vocabularies.popitem(last=False)
             return vocabulary
-
-    def _dtype(self, artifact: Artifact) -> torch.dtype:
-        if self.settings.engine_dtype != "auto":
-            return _DTYPES[self.settings.engine_dtype]
-        if self.device.type == "cpu":
-            return torch.float32  # half-precision matmuls are slow or missing on most CPUs
-        stored = artifact.manifest.dtype or ""
-        return _DTYPES.get(stored.replace("torch.", ""), torch.bfloat16)
 
     def _adapter_weights(self, artifact: Artifact, base_modules: frozenset[str]) -> AdapterWeights:
         with self._lock:

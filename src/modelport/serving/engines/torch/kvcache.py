@@ -78,6 +78,27 @@ class SlotKVCache:
             for buf in store.values():
                 buf[dst, :, :length] = buf[src, :, :length]
 
+    def copy_out(self, row: int, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions ``start..start+n-1`` of ``row``, every layer: (layers, heads, n, dim) keys and values."""
+        layers = range(len(self.keys))
+        keys = torch.stack([self.keys[layer][row, :, start : start + n] for layer in layers])
+        values = torch.stack([self.values[layer][row, :, start : start + n] for layer in layers])
+        return keys, values
+
+    def copy_in(self, row: int, keys: list[torch.Tensor], values: list[torch.Tensor]) -> int:
+        """Write consecutive runs of positions, from 0, into ``row`` (what ``copy_out`` gave); how many
+        positions. Call ``reserve`` first; a cache that dropped its buffers gets them back shaped as these."""
+        n = sum(k.shape[2] for k in keys)
+        for store, runs in ((self.keys, keys), (self.values, values)):
+            for layer in range(runs[0].shape[0]):
+                buf = store.get(layer)
+                if buf is None:
+                    heads, dim = runs[0].shape[1], runs[0].shape[3]
+                    buf = runs[0].new_zeros((self.rows, heads, self.capacity, dim))
+                    store[layer] = buf
+                buf[row, :, :n] = torch.cat([run[layer] for run in runs], dim=1)
+        return n
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for s in (self.keys, self.values) for t in s.values())
 

@@ -1,9 +1,10 @@
 """Serverless multi-LoRA: many adapters of one base model resident at once, mixed in one batch.
 
 Each targeted ``nn.Linear`` is wrapped once in ``MultiLoraLinear``, which holds every resident
-adapter's A and B matrices stacked by *slot* (slot 0 is all zeros: "no adapter"). A forward pass
-gathers each row's matrices by its slot and applies them with two batched matmuls, so 16 rows on 16
-different adapters cost the same as 16 rows on one (the BGMV idea from Punica/S-LoRA). Adapters are
+adapter's A and B matrices stacked by *slot* (slot 0 is all zeros: "no adapter"). A decode pass
+applies all the batch's slots in three kernels a layer and a prefill pass gathers each row's own
+matrices (the BGMV and SGMV ideas of Punica/S-LoRA), so 16 rows on 16 different adapters cost about
+what 16 rows on one do. Adapters are
 read from disk off the engine thread (``read_adapter``) and copied into a free slot between steps;
 slots are reused least-recently-used first, never while a running sequence holds them.
 """
@@ -25,6 +26,7 @@ from torch import nn
 
 from modelport.adapter_patterns import PatternTable, UnsafePattern
 from modelport.errors import EngineFailed
+from modelport.serving.engines.torch.packed import LINEARS, PackedLinear
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
@@ -101,25 +103,59 @@ class LoraContext:
 
     def __init__(self) -> None:
         self.slots: torch.Tensor | None = None
+        self.top = 0  # one past the highest slot in the batch
+        self._masks: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def set(self, slots: torch.Tensor | None, top: int) -> None:
+        self.slots, self.top = slots, top
+        self._masks.clear()
+
+    def mask(self, rank: int, dtype: torch.dtype) -> torch.Tensor:
+        """Rows x (slots 1..top-1, each ``rank`` columns): 1 where the column belongs to the row's slot.
+        Built once per pass and rank, shared by every layer of that rank."""
+        key = (rank, dtype)
+        mask = self._masks.get(key)
+        if mask is None:
+            assert self.slots is not None
+            columns = torch.arange(1, self.top, device=self.slots.device).repeat_interleave(rank)
+            mask = (self.slots.view(-1, 1) == columns.view(1, -1)).to(dtype)
+            self._masks[key] = mask
+        return mask
 
 
 class MultiLoraLinear(nn.Module):
-    def __init__(self, base: nn.Linear, ctx: LoraContext, num_slots: int) -> None:
+    """A Linear plus every resident adapter's delta, ``scale * B @ A``, each row its own slot's.
+
+    A is stored (slots, rank, in) and B, scale folded in, (slots, rank, out): slot s's rows of both are
+    contiguous, so the first ``top`` slots are one matrix each without a copy. A decode pass (one token
+    per row) multiplies every row by all the batch's slots' A at once, zeroes the columns of other slots
+    (``LoraContext.mask``) and adds the product with B to the base output in one ``addmm``: three kernels
+    a layer, whatever the mix of adapters. A prefill pass, many tokens per row, gathers each row's own A
+    and B and uses two batched matmuls, which cost rows x tokens x rank rather than x slots x rank.
+    """
+
+    def __init__(self, base: nn.Linear | PackedLinear, ctx: LoraContext, num_slots: int) -> None:
         super().__init__()
         self.base, self.ctx, self.num_slots = base, ctx, num_slots
         self.rank = 0
-        self.a = base.weight.new_zeros((num_slots, 0, base.in_features))
-        self.b = base.weight.new_zeros((num_slots, base.out_features, 0))
-        self.scale = base.weight.new_zeros(num_slots)
+        dtype, device = base.weight.dtype, base.weight.device
+        self.a = torch.zeros((num_slots, 0, base.in_features), dtype=dtype, device=device)
+        self.b = torch.zeros((num_slots, 0, base.out_features), dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y: torch.Tensor = self.base(x)
         slots = self.ctx.slots
         if slots is None or self.rank == 0:
             return y
+        if x.shape[1] == 1:
+            top, rank = self.ctx.top, self.rank
+            rows = x.reshape(-1, x.shape[-1])
+            shrunk = rows @ self.a[1:top].reshape(-1, x.shape[-1]).T
+            shrunk *= self.ctx.mask(rank, shrunk.dtype)
+            out = torch.addmm(y.reshape(-1, y.shape[-1]), shrunk, self.b[1:top].reshape(-1, y.shape[-1]))
+            return out.view(y.shape)
         shrunk = torch.bmm(x, self.a[slots].transpose(1, 2))
-        delta = torch.bmm(shrunk, self.b[slots].transpose(1, 2))
-        return y + delta * self.scale[slots].view(-1, 1, 1)
+        return torch.baddbmm(y, shrunk, self.b[slots])
 
     def load(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
         rank = a.shape[0]
@@ -127,19 +163,17 @@ class MultiLoraLinear(nn.Module):
             self._grow(rank)
         self.clear(slot)
         self.a[slot, :rank] = a.to(self.a.dtype)
-        self.b[slot, :, :rank] = b.to(self.b.dtype)
-        self.scale[slot] = scale
+        self.b[slot, :rank] = (b.float().T * scale).to(self.b.dtype)
 
     def clear(self, slot: int) -> None:
         self.a[slot].zero_()
         self.b[slot].zero_()
-        self.scale[slot] = 0.0
 
     def _grow(self, rank: int) -> None:
         # Smaller adapters are zero-padded to the largest rank: zeros add exactly nothing.
         a = self.a.new_zeros((self.num_slots, rank, self.a.shape[2]))
-        b = self.b.new_zeros((self.num_slots, self.b.shape[1], rank))
-        a[:, : self.rank], b[:, :, : self.rank] = self.a, self.b
+        b = self.b.new_zeros((self.num_slots, rank, self.b.shape[2]))
+        a[:, : self.rank], b[:, : self.rank] = self.a, self.b
         self.a, self.b, self.rank = a, b, rank
 
 
@@ -148,7 +182,7 @@ class LoraSlots:
 
     def __init__(self, model: nn.Module, max_adapters: int) -> None:
         self.model, self.max_adapters = model, max_adapters
-        self.targets = frozenset(name for name, m in model.named_modules() if isinstance(m, nn.Linear))
+        self.targets = frozenset(name for name, m in model.named_modules() if isinstance(m, LINEARS))
         self.ctx = LoraContext()
         self.layers: dict[str, MultiLoraLinear] = {}
         self.resident: OrderedDict[str, int] = OrderedDict()  # adapter id → slot, least recent first
@@ -172,7 +206,7 @@ class LoraSlots:
 
     def set_batch(self, slots: list[int]) -> None:
         device = next(iter(self.layers.values())).a.device if self.layers else None
-        self.ctx.slots = torch.tensor(slots, device=device) if any(slots) else None
+        self.ctx.set(torch.tensor(slots, device=device) if any(slots) else None, max(slots, default=0) + 1)
 
     def _free_slot(self) -> int | None:
         used = set(self.resident.values())
@@ -205,7 +239,7 @@ class LoraSlots:
             target = getattr(parent, attr)
         except AttributeError:
             raise EngineFailed(f"the adapter targets {name!r}, which the base model does not have") from None
-        if not isinstance(target, nn.Linear):
+        if not isinstance(target, LINEARS):
             raise EngineFailed(f"the adapter targets {name!r}, a {type(target).__name__}; only Linear layers work")
         wrapped = MultiLoraLinear(target, self.ctx, self.max_adapters + 1)
         setattr(parent, attr, wrapped)

@@ -31,6 +31,8 @@ from modelport.serving.engine import GenerationRequest, TokenStep
 from modelport.serving.engines.torch.kvcache import SlotKVCache
 from modelport.serving.engines.torch.lora import AdapterWeights, LoraSlots
 from modelport.serving.engines.torch.memory import MIN_CHUNK, Footprint, MemoryLedger
+from modelport.serving.engines.torch.packed import pack_linears
+from modelport.serving.engines.torch.prefix import BLOCK, Block, PrefixCache
 from modelport.serving.engines.torch.sampler import Masks, RowState, Sampled, sample
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class Sequence:
     next_token: int = -1  # sampled but not yet in the cache
     cancelled: bool = False  # set from the event loop's thread; read between steps
     finished: bool = False
+    prefix_keys: list[bytes] | None = None  # its prompt's prefix-cache keys, once looked up (prefix.py)
+    stored_blocks: int = 0  # of those, the blocks already in the prefix cache or copied from it
 
     def __post_init__(self) -> None:
         params = self.request.params
@@ -60,6 +64,12 @@ class Sequence:
             generator = torch.Generator().manual_seed(params.seed)
         self.state = RowState(params, self.request.prompt_ids, [], generator)
         self.to_cache = self.request.prompt_ids
+
+    @property
+    def salt(self) -> str:
+        """Whose cached prefixes this sequence may reuse: same base model, adapter and account."""
+        base, adapter = self.request.base, self.request.adapter
+        return "\0".join((base.id if base else "", adapter.id if adapter else "", self.request.cache_salt))
 
     @property
     def prefilling(self) -> bool:
@@ -82,14 +92,17 @@ class BatchRunner:
         prefill_budget: int,
         ledger: MemoryLedger | None = None,
         footprint: Footprint | None = None,
+        prefix: PrefixCache | None = None,
     ) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        self.packed = pack_linears(model)  # bf16 on CPU: weights laid out once for oneDNN (packed.py)
         self.context_length, self.max_num_seqs, self.prefill_budget = context_length, max_num_seqs, prefill_budget
         self.ledger = ledger or MemoryLedger(UNBOUNDED)
         self.footprint = footprint or Footprint.of(model.config, self.dtype.itemsize)
         self.cache = SlotKVCache(context_length, max_num_seqs)
+        self.prefix = prefix
         self.lora = LoraSlots(model, max_adapters)
         self.running: list[Sequence] = []
         self.waiting: deque[Sequence] = deque()
@@ -171,6 +184,10 @@ class BatchRunner:
 
     # --- prefill -----------------------------------------------------------------------------------
     def _prefill(self, seqs: list[Sequence]) -> bool:
+        if self.prefix is not None:
+            for seq in seqs:
+                if seq.prefix_keys is None:
+                    self._reuse_prefix(seq, self.prefix)
         plan = self._plan_chunks(seqs)
         if not plan:
             return False
@@ -188,6 +205,9 @@ class BatchRunner:
         logits = self._forward(ids, allowed, positions)
         for seq, n in plan:
             seq.length += n
+        if self.prefix is not None:
+            for seq, row in zip(chunk, rows, strict=True):
+                self._store_prefix(seq, row, self.prefix)
         # A prompt that is now complete yields its first token; one that came back after being put
         # out of the batch already has its next token.
         done = [i for i, s in enumerate(chunk) if not s.prefilling and not s.state.output_ids]
@@ -218,6 +238,29 @@ class BatchRunner:
                 return []
             plan.pop()
         return plan
+
+    def _reuse_prefix(self, seq: Sequence, prefix: PrefixCache) -> None:
+        """Start ``seq`` past the longest cached prefix of what it must prefill, copied into its row."""
+        seq.prefix_keys = prefix.keys(seq.salt, seq.to_cache)
+        if seq.length:
+            return
+        usable = (len(seq.to_cache) - 1) // BLOCK  # the last token is always computed: its logits choose
+        blocks = prefix.match(seq.prefix_keys[:usable])
+        if not blocks:
+            return
+        self._grow(len(self.running), len(blocks) * BLOCK, 0)
+        row = self.running.index(seq)
+        seq.length = self.cache.copy_in(row, [b.keys for b in blocks], [b.values for b in blocks])
+        seq.stored_blocks = len(blocks)
+
+    def _store_prefix(self, seq: Sequence, row: int, prefix: PrefixCache) -> None:
+        """Copy the full blocks of ``seq``'s prompt that are now in its row into the prefix cache."""
+        assert seq.prefix_keys is not None
+        full = min(seq.length, len(seq.to_cache)) // BLOCK
+        for i in range(seq.stored_blocks, full):
+            if seq.prefix_keys[i] not in prefix:
+                prefix.put(seq.prefix_keys[i], Block(*self.cache.copy_out(row, i * BLOCK, BLOCK)))
+        seq.stored_blocks = max(seq.stored_blocks, full)
 
     # --- decode ------------------------------------------------------------------------------------
     def _decode(self, seqs: list[Sequence]) -> bool:
@@ -260,7 +303,7 @@ class BatchRunner:
             seq.slot = 0
         out = seq.state.output_ids
         seq.to_cache = seq.request.prompt_ids + out[:-1] if out else seq.request.prompt_ids
-        seq.length = 0
+        seq.length, seq.prefix_keys, seq.stored_blocks = 0, None, 0
         self.waiting.appendleft(seq)
         self.preempted += 1
         log.info("memory is short: request %s goes back to the queue", seq.request.request_id)
