@@ -20,7 +20,7 @@ from modelport.manifest import Manifest, ModelKind
 from modelport.serving.engine import Artifact, GenerationRequest, SamplingParams, TokenStep
 from modelport.serving.engines.torch import precision
 from modelport.serving.engines.torch.engine import TorchEngine
-from modelport.serving.engines.torch.lora import read_adapter
+from modelport.serving.engines.torch.lora import LoraContext, MultiLoraLinear, read_adapter
 from modelport.serving.engines.torch.packed import PackedLinear, can_pack, pack_linears
 from modelport.serving.engines.torch.precision import Precision, choose
 from modelport.serving.engines.torch.runner import BatchRunner, Sequence
@@ -143,3 +143,24 @@ def test_packing_skips_tied_weights_and_fp32() -> None:
     assert isinstance(model.proj, PackedLinear) and type(model.head) is nn.Linear
     assert model.head.weight is model.embed.weight
     assert pack_linears(Tied()) == 0  # fp32 stays as it is
+
+
+@needs_onednn_bf16
+def test_lora_over_a_packed_base_matches_lora_over_a_plain_one() -> None:
+    torch.manual_seed(1)
+    linear = nn.Linear(32, 24).to(torch.bfloat16)
+    ctx = LoraContext()
+    plain, packed = MultiLoraLinear(linear, ctx, 4), MultiLoraLinear(PackedLinear(linear), ctx, 4)
+    for slot, rank in ((1, 4), (2, 8), (3, 2)):
+        a, b = torch.randn(rank, 32) * 0.3, torch.randn(24, rank) * 0.3
+        plain.load(slot, a, b, 2.0)
+        packed.load(slot, a, b, 2.0)
+    slots = [3, 0, 1, 2, 1]
+    ctx.set(torch.tensor(slots), max(slots) + 1)
+    for tokens in (1, 3):  # decode (all slots under a mask, packed) and prefill (gathered per row)
+        x = torch.randn(len(slots), tokens, 32).to(torch.bfloat16)
+        torch.testing.assert_close(packed(x), plain(x), atol=2e-2, rtol=2e-2)
+    # Removing an adapter drops the packed copies: slot 3 now adds nothing.
+    packed.clear(3)
+    x = torch.randn(len(slots), 1, 32).to(torch.bfloat16)
+    torch.testing.assert_close(packed(x)[0], linear(x[0]), atol=2e-2, rtol=2e-2)

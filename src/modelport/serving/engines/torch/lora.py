@@ -26,7 +26,7 @@ from torch import nn
 
 from modelport.adapter_patterns import PatternTable, UnsafePattern
 from modelport.errors import EngineFailed
-from modelport.serving.engines.torch.packed import LINEARS, PackedLinear
+from modelport.serving.engines.torch.packed import LINEARS, PackedLinear, pack, packed_linear
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
@@ -130,8 +130,9 @@ class MultiLoraLinear(nn.Module):
     contiguous, so the first ``top`` slots are one matrix each without a copy. A decode pass (one token
     per row) multiplies every row by all the batch's slots' A at once, zeroes the columns of other slots
     (``LoraContext.mask``) and adds the product with B to the base output in one ``addmm``: three kernels
-    a layer, whatever the mix of adapters. A prefill pass, many tokens per row, gathers each row's own A
-    and B and uses two batched matmuls, which cost rows x tokens x rank rather than x slots x rank.
+    a layer, whatever the mix of adapters (over a packed bf16 base, A and B are packed for oneDNN too,
+    once per set of resident adapters, ``packed.py``). A prefill pass, many tokens per row, gathers each
+    row's own A and B and uses two batched matmuls, which cost rows x tokens x rank, not x slots x rank.
     """
 
     def __init__(self, base: nn.Linear | PackedLinear, ctx: LoraContext, num_slots: int) -> None:
@@ -141,6 +142,9 @@ class MultiLoraLinear(nn.Module):
         dtype, device = base.weight.dtype, base.weight.device
         self.a = torch.zeros((num_slots, 0, base.in_features), dtype=dtype, device=device)
         self.b = torch.zeros((num_slots, 0, base.out_features), dtype=dtype, device=device)
+        # Over a packed base, the decode pass's A and B of slots 1..top-1, packed too, by top; rebuilt
+        # after an adapter is installed or removed.
+        self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y: torch.Tensor = self.base(x)
@@ -148,14 +152,26 @@ class MultiLoraLinear(nn.Module):
         if slots is None or self.rank == 0:
             return y
         if x.shape[1] == 1:
-            top, rank = self.ctx.top, self.rank
-            rows = x.reshape(-1, x.shape[-1])
-            shrunk = rows @ self.a[1:top].reshape(-1, x.shape[-1]).T
-            shrunk *= self.ctx.mask(rank, shrunk.dtype)
-            out = torch.addmm(y.reshape(-1, y.shape[-1]), shrunk, self.b[1:top].reshape(-1, y.shape[-1]))
-            return out.view(y.shape)
+            return self._decode(x, y)
         shrunk = torch.bmm(x, self.a[slots].transpose(1, 2))
         return torch.baddbmm(y, shrunk, self.b[slots])
+
+    def _decode(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        top, rows, base = self.ctx.top, x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+        if isinstance(self.base, PackedLinear):  # bf16 on a CPU: oneDNN would reorder A and B each call
+            a, b = self._packed.get(top) or self._pack(top)
+            shrunk = packed_linear(rows, a)
+            shrunk *= self.ctx.mask(self.rank, shrunk.dtype)
+            return (base + packed_linear(shrunk, b)).view(y.shape)
+        shrunk = rows @ self.a[1:top].reshape(-1, x.shape[-1]).T
+        shrunk *= self.ctx.mask(self.rank, shrunk.dtype)
+        return torch.addmm(base, shrunk, self.b[1:top].reshape(-1, y.shape[-1])).view(y.shape)
+
+    def _pack(self, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a = pack(self.a[1:top].reshape(-1, self.a.shape[2]))
+        b = pack(self.b[1:top].reshape(-1, self.b.shape[2]).T.contiguous())
+        self._packed[top] = (a, b)
+        return a, b
 
     def load(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
         rank = a.shape[0]
@@ -168,6 +184,7 @@ class MultiLoraLinear(nn.Module):
     def clear(self, slot: int) -> None:
         self.a[slot].zero_()
         self.b[slot].zero_()
+        self._packed.clear()
 
     def _grow(self, rank: int) -> None:
         # Smaller adapters are zero-padded to the largest rank: zeros add exactly nothing.
@@ -175,6 +192,7 @@ class MultiLoraLinear(nn.Module):
         b = self.b.new_zeros((self.num_slots, rank, self.b.shape[2]))
         a[:, : self.rank], b[:, : self.rank] = self.a, self.b
         self.a, self.b, self.rank = a, b, rank
+        self._packed.clear()
 
 
 class LoraSlots:

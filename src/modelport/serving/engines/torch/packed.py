@@ -27,19 +27,30 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # An opaque oneDNN tensor of shape (out, in), kept as ``weight`` for code that reads its shape.
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.weight = pack(linear.weight.detach())
         self.bias = linear.bias
         self.dtype, self.device = linear.weight.dtype, linear.weight.device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return out
+        return packed_linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 LINEARS = (nn.Linear, PackedLinear)  # what LoRA can target
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (out, in) in oneDNN's layout for ``packed_linear``."""
+    packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+    return packed
+
+
+def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` on a weight from ``pack``."""
+    out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return out
 
 
 def can_pack(model: nn.Module) -> bool:

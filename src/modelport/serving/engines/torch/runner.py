@@ -291,7 +291,8 @@ class BatchRunner:
         index = [i for i, s in enumerate(rows) if s in ready]
         for i in index:
             rows[i].length += 1
-        self._choose([rows[i] for i in index], logits[index])
+        # Usually every row was ready: then the logits are already in order, with nothing to gather.
+        self._choose([rows[i] for i in index], logits if len(index) == len(rows) else logits[index])
         return True
 
     def _requeue_newest(self) -> Sequence:

@@ -49,10 +49,13 @@ class Sampled:
 def sample(logits: torch.Tensor, rows: list[RowState], masks: Masks | None = None) -> list[Sampled]:
     logits = _finite(logits.float())
     logprobs = torch.log_softmax(logits, dim=-1) if any(r.params.logprobs is not None for r in rows) else None
-    logits = _finite(_adjust(logits, rows))
+    adjusted = _adjust(logits, rows)
+    if adjusted is not logits:  # a copy with bias or penalties applied, which may have made NaN or inf
+        logits = _finite(adjusted)
     if masks is not None:
         logits = _constrain(logits, *masks)
-    tokens = logits.argmax(dim=-1)
+    # One pass gives each row's best token and tells a row with no finite score (its best is -inf).
+    best, tokens = logits.max(dim=-1)
     sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
     if sampled:
         probs = _filtered_probs(logits[sampled], [rows[i].params for i in sampled])
@@ -61,7 +64,7 @@ def sample(logits: torch.Tensor, rows: list[RowState], masks: Masks | None = Non
             if usable[j]:  # else the argmax: this row's scores broke, the others' need not
                 tokens[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
     chosen = tokens.tolist()
-    dead = (logits == float("-inf")).all(dim=-1).tolist()
+    dead = (best == float("-inf")).tolist()
     return [
         Sampled(chosen[i], None, None, failed=True)
         if dead[i]
