@@ -6,9 +6,11 @@ taken by this very test.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +115,17 @@ def test_tour_upload_watch_deploy_and_chat(page: Any, server: Server, tiny_llama
     assert "LlamaForCausalLM" in content and "model.safetensors" in content
     sha = re.search(r"[0-9a-f]{64}", page.locator("code.hash").first.inner_text())
     assert sha is not None
+    # "Use this model": examples with this server and the model's name, which work as written.
+    curl = page.locator("#snippet-curl").inner_text()
+    assert curl.startswith(f"curl {server.url}/v1/chat/completions") and '"model": "admin/tiny-chat"' in curl
+    assert "modelport chat admin/tiny-chat" in page.locator("#snippet-modelport").inner_text()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page.get_by_role("button", name="Copy the curl example").click()
+    assert page.locator("#copy-status").inner_text() == "Copied to the clipboard."
+    assert page.evaluate("navigator.clipboard.readText()") == curl
+    env = {**os.environ, "MODELPORT_API_KEY": server.admin_key}
+    answer = subprocess.run(["bash", "-c", curl], env=env, capture_output=True, timeout=120)
+    assert answer.returncode == 0 and json.loads(answer.stdout)["choices"][0]["message"]["role"] == "assistant"
     shot(page, "model")
 
     # Create a dedicated endpoint from the model page; the endpoints page shows it start.
@@ -229,6 +242,9 @@ def test_keys_page_shows_a_new_key_once_and_revokes(page: Any, server: Server) -
     page.get_by_role("button", name="Create API key").click()
     new_key = page.locator("#new-key").inner_text()
     assert new_key.startswith("mp-") and "carol" in page.locator(".notice").inner_text()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page.get_by_role("button", name="Copy the new key").click()
+    assert page.evaluate("navigator.clipboard.readText()") == new_key
     shot(page, "keys")
     page.goto(f"{server.url}/keys")
     assert new_key not in page.content()  # shown once
@@ -237,6 +253,19 @@ def test_keys_page_shows_a_new_key_once_and_revokes(page: Any, server: Server) -
         page.locator("tr", has_text="carol").get_by_role("button", name=re.compile("^Revoke")).click()
     assert "revoked" in page.locator("tr", has_text="carol").inner_text()
     assert server.cli("whoami", key=new_key).returncode == 3
+
+
+def test_an_error_page_keeps_the_navigation_and_every_page_has_a_favicon(page: Any, server: Server) -> None:
+    sign_in(page, server)
+    response = page.goto(f"{server.url}/no-such-page")
+    assert response.status == 404 and page.get_by_role("heading", name="Not found").is_visible()
+    nav = page.get_by_role("navigation", name="Main")
+    assert nav.get_by_role("link", name="My models").is_visible()
+    assert nav.get_by_role("link", name="API keys").is_visible()
+    page.goto(f"{server.url}/models/admin/missing")  # a route's own 404 also names the account
+    assert page.get_by_role("navigation", name="Main").is_visible() and "admin" in page.locator(".account").inner_text()
+    icon = page.locator('link[rel="icon"]').get_attribute("href")
+    assert httpx.get(server.url + icon).headers["content-type"].startswith("image/svg+xml")
 
 
 def test_pages_are_usable_on_a_narrow_screen_and_by_keyboard(browser: Any, server: Server) -> None:

@@ -150,7 +150,9 @@ def session_principal(request: Request) -> Principal:
 
 async def web_principal(request: Request, key: Annotated[str, Depends(session_key)]) -> Principal:
     principal = stashed_principal(request)
-    return principal if principal is not None else await run_in_threadpool(session_principal, request)
+    if principal is None:  # kept, so an error page for this request can still name the account
+        principal = request.state.principal = await run_in_threadpool(session_principal, request)
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

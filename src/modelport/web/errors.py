@@ -13,7 +13,7 @@ from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException
 
-from modelport.api.deps import SignInRequired
+from modelport.api.deps import SignInRequired, stashed_principal
 from modelport.api.dialect import Problem
 from modelport.api.session import SESSION_COOKIE
 from modelport.errors import ModelportError
@@ -21,8 +21,11 @@ from modelport.web.router import page
 
 
 def error_page(request: Request, status: int, message: str) -> Response:
+    """The navigation stays on an error page whenever the browser holds a session (whose account is named
+    when a route already looked it up; a path no route owns is not worth a database read to name it)."""
     key = request.cookies.get(SESSION_COOKIE)
-    return page(request, "error.html", key, None, status, code=status, message=message)
+    who = stashed_principal(request)
+    return page(request, "error.html", key, who, status, code=status, message=message, signed_in=bool(key))
 
 
 def sign_in_first(request: Request) -> Response:

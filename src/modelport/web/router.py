@@ -167,6 +167,7 @@ def model_page(request: Request, ref: str, who: Who, key: Key) -> Response:
     return page(
         request, "model.html", key, who,
         model=views.model_detail(model, catalog.base_name(model)),
+        snippets=views.usage_snippets(model.name, model.type, str(request.base_url)),
         revisions=[views.revision_row(r, model.revision_id) for r in reversed(catalog.revisions(who, model.id))],
         hardware=[views.hardware_row(a) for a in hardware],
         endpoints=deployed,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -133,6 +135,55 @@ def model_detail(m: Model, base_name: str | None) -> dict[str, Any]:
         "files": manifest.files,
         "admission": manifest.admission,
     }
+
+
+@dataclass(frozen=True)
+class Snippet:
+    id: str
+    label: str
+    text: str
+
+
+def usage_snippets(name: str, model_type: str | None, base_url: str) -> list[Snippet]:
+    """How to call ``name`` from a terminal or code, with this server's address filled in: what Together's
+    and Hugging Face's model pages show. The key stays a variable: a page must never print one."""
+    base, quoted = base_url.rstrip("/"), json.dumps(name)
+    if model_type == "embedding":
+        call = f'vector = client.embeddings.create(model={quoted}, input="Hello").data[0].embedding'
+        return _http_snippets(base, "embeddings", {"model": name, "input": "Hello"}, call)
+    call = (
+        f"reply = client.chat.completions.create(\n    model={quoted},\n"
+        '    messages=[{"role": "user", "content": "Hello"}],\n    max_tokens=64,\n)\n'
+        "print(reply.choices[0].message.content)"
+    )
+    body = {"model": name, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 64}
+    return [
+        *_http_snippets(base, "chat/completions", body, call),
+        Snippet(
+            "snippet-together",
+            "together CLI",
+            f"export TOGETHER_BASE_URL={base}/v1 TOGETHER_API_KEY=$MODELPORT_API_KEY\n"
+            f'together chat.completions --model {shlex.quote(name)} --message user "Hello" --max-tokens 64',
+        ),
+        Snippet(
+            "snippet-modelport",
+            "modelport CLI",
+            f'export MODELPORT_BASE_URL={base}\nmodelport chat {shlex.quote(name)} --message "Hello" --max-tokens 64',
+        ),
+    ]
+
+
+def _http_snippets(base: str, route: str, body: dict[str, Any], call: str) -> list[Snippet]:
+    """curl and the openai SDK on ``/v1/{route}``; ``call`` is the SDK's line(s) after the client."""
+    curl = (
+        f'curl {base}/v1/{route} \\\n  -H "Authorization: Bearer $MODELPORT_API_KEY" \\\n'
+        f"  -H \"Content-Type: application/json\" \\\n  -d '{json.dumps(body)}'"
+    )
+    client = f'client = OpenAI(base_url="{base}/v1", api_key=os.environ["MODELPORT_API_KEY"])\n'
+    return [
+        Snippet("snippet-curl", "curl", curl),
+        Snippet("snippet-openai", "Python (openai)", "import os\nfrom openai import OpenAI\n\n" + client + call),
+    ]
 
 
 def revision_row(r: ModelRevision, head: str | None) -> dict[str, Any]:

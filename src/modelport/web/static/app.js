@@ -321,3 +321,21 @@ document.addEventListener("DOMContentLoaded", () => {
   const chat = document.querySelector("#chat-form");
   if (chat) setupPlayground(chat);
 });
+
+// --- copy buttons: data-copy names the element whose text goes to the clipboard ------------------
+document.addEventListener("click", async (event) => {
+  const button = event.target.closest("button[data-copy]");
+  if (!button) return;
+  const source = document.getElementById(button.dataset.copy);
+  const status = document.getElementById("copy-status");
+  try {
+    await navigator.clipboard.writeText(source.textContent);
+    button.textContent = "Copied";
+    if (status) status.textContent = "Copied to the clipboard.";
+  } catch (_) {  // no clipboard (an insecure origin, a denied permission): select it for Ctrl+C
+    window.getSelection().selectAllChildren(source);
+    button.textContent = "Selected: press Ctrl+C";
+    if (status) status.textContent = "Selected; press Ctrl+C to copy.";
+  }
+  setTimeout(() => { button.textContent = "Copy"; }, 2000);
+});
