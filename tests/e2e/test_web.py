@@ -113,7 +113,11 @@ def test_tour_upload_watch_deploy_and_chat(page: Any, server: Server, tiny_llama
     assert page.get_by_role("heading", name="admin/tiny-chat").is_visible()
     content = page.content()
     assert "LlamaForCausalLM" in content and "model.safetensors" in content
-    sha = re.search(r"[0-9a-f]{64}", page.locator("code.hash").first.inner_text())
+    # The manifest's files start folded, with short digests that open to the whole sha256.
+    assert page.locator("#files code.hash").first.is_hidden()
+    page.locator("#files > summary").click()
+    page.locator("#files details.digest > summary").first.click()
+    sha = re.search(r"[0-9a-f]{64}", page.locator("#files code.hash").first.inner_text())
     assert sha is not None
     # "Use this model": examples with this server and the model's name, which work as written.
     curl = page.locator("#snippet-curl").inner_text()
@@ -266,6 +270,25 @@ def test_an_error_page_keeps_the_navigation_and_every_page_has_a_favicon(page: A
     assert page.get_by_role("navigation", name="Main").is_visible() and "admin" in page.locator(".account").inner_text()
     icon = page.locator('link[rel="icon"]').get_attribute("href")
     assert httpx.get(server.url + icon).headers["content-type"].startswith("image/svg+xml")
+
+
+def test_an_upload_tells_the_time_left(page: Any, server: Server) -> None:
+    sign_in(page, server)
+    page.goto(f"{server.url}/models/new")
+    left = {
+        "done": page.evaluate("eta(0, 1e6)"),
+        "no rate yet": page.evaluate("eta(5e6, 0)"),
+        "seconds": page.evaluate("eta(30e6, 1e6)"),
+        "minutes": page.evaluate("eta(600e6, 1e6)"),
+        "hours": page.evaluate("eta(9e9, 1e6)"),
+    }
+    assert left == {
+        "done": "",
+        "no rate yet": "",
+        "seconds": ", about 30 s left",
+        "minutes": ", about 10 min left",
+        "hours": ", about 2.5 h left",
+    }
 
 
 def test_pages_are_usable_on_a_narrow_screen_and_by_keyboard(browser: Any, server: Server) -> None:

@@ -138,6 +138,15 @@ async function sha256Hex(buffer) {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+// ", about 3 min left": what is left at the rate so far (nothing once it is done or before any rate).
+function eta(left, rate) {
+  if (left <= 0 || !(rate > 0)) return "";
+  const seconds = Math.ceil(left / rate);
+  if (seconds < 90) return `, about ${seconds} s left`;
+  if (seconds < 5400) return `, about ${Math.round(seconds / 60)} min left`;
+  return `, about ${(seconds / 3600).toFixed(1)} h left`;
+}
+
 async function uploadFile(file, form) {
   const bar = form.querySelector("#upload-bar");
   const status = form.querySelector("#upload-status");
@@ -169,7 +178,7 @@ async function uploadFile(file, form) {
     sent += blob.size;
     const rate = (sent - startBytes) / Math.max(0.001, (performance.now() - started) / 1000);
     bar.value = (100 * sent) / file.size;
-    status.textContent = `${human(sent)} of ${human(file.size)} sent, ${human(Math.round(rate))}/s`;
+    status.textContent = `${human(sent)} of ${human(file.size)} sent, ${human(Math.round(rate))}/s${eta(file.size - sent, rate)}`;
   }
   status.textContent = "Checking the file…";
   await api("POST", `/api/v1/uploads/${upload.id}/complete`);
