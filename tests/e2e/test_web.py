@@ -292,14 +292,20 @@ def test_an_upload_tells_the_time_left(page: Any, server: Server) -> None:
 
 
 def test_pages_are_usable_on_a_narrow_screen_and_by_keyboard(browser: Any, server: Server) -> None:
-    context = browser.new_context(viewport={"width": 360, "height": 740})
+    context = browser.new_context(viewport={"width": 390, "height": 740})
     page = context.new_page()
     try:
         sign_in(page, server)
-        for path in ("/models", "/models/new", "/endpoints", "/playground", "/uploads", "/keys"):
+        for path in ("/models", "/models/new", "/endpoints", "/playground", "/uploads", "/keys", "/no-such-page"):
             page.goto(server.url + path)
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, (path, overflow)
+            # Tables are cards here: every cell and button inside the screen, each cell named by its column.
+            outside = page.evaluate(
+                """[...document.querySelectorAll('table.cards td, table.cards button')]
+                   .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).length"""
+            )
+            assert outside == 0, (path, outside)
             # Every form control has a label a screen reader announces.
             unlabeled = page.evaluate(
                 """[...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
@@ -307,6 +313,11 @@ def test_pages_are_usable_on_a_narrow_screen_and_by_keyboard(browser: Any, serve
                    .map(e => e.id || e.name)"""
             )
             assert unlabeled == [], (path, unlabeled)
+        page.goto(server.url + "/keys")  # the admin's own key is listed: a card with labelled cells
+        card = page.locator("table.cards tbody tr").first
+        assert card.locator('td[data-label="Status"]').is_visible()
+        shot(page, "keys-390")
+        assert page.get_by_role("table").first.is_visible() and page.get_by_role("cell").count() > 0
         page.keyboard.press("Tab")
         assert page.evaluate("document.activeElement.textContent") == "Skip to content"
         page.keyboard.press("Enter")

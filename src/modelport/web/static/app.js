@@ -348,3 +348,18 @@ document.addEventListener("click", async (event) => {
   }
   setTimeout(() => { button.textContent = "Copy"; }, 2000);
 });
+
+// --- tables as cards on narrow screens (app.css): each cell learns its column's name ------------
+function labelCells(table) {
+  const heads = [...table.querySelectorAll("thead th")].map((th) => th.textContent.trim());
+  table.setAttribute("role", "table");
+  for (const row of table.querySelectorAll("tr")) {
+    row.setAttribute("role", "row");
+    [...row.children].forEach((cell, i) => {
+      const header = cell.tagName === "TH";
+      cell.setAttribute("role", header ? (row.parentElement.tagName === "THEAD" ? "columnheader" : "rowheader") : "cell");
+      if (!header && heads[i]) cell.dataset.label = heads[i];
+    });
+  }
+}
+document.querySelectorAll("table.cards").forEach(labelCells);
