@@ -158,7 +158,22 @@ def test_tour_upload_watch_deploy_and_chat(page: Any, server: Server, tiny_llama
         "document.querySelector('.msg.assistant p').textContent.length > 0"
     )
     assert reply.inner_text().strip() and page.locator("#pg-error").is_hidden()
+    # Each reply says what it cost: its tokens (12 asked for), the prompt's, first token and rate.
+    stats = page.locator(".msg.assistant .stats").first.inner_text()
+    assert re.fullmatch(r"\d+ tokens · prompt \d+ tokens · first token \d+ ms( · [\d.]+ tokens/s)?", stats), stats
     shot(page, "playground")
+    # A refused message goes back into the box; nothing typed is lost.
+    missing = "new Option('admin/no-such-model', 'admin/no-such-model', true, true)"
+    page.evaluate(f"document.querySelector('#pg-model').add({missing})")
+    page.get_by_label("Message").fill("Keep this")
+    page.get_by_role("button", name="Send").click()
+    page.locator("#pg-error").wait_for(state="visible")
+    assert page.get_by_label("Message").input_value() == "Keep this"
+    assert "Keep this" not in page.locator("#pg-log").inner_text()
+    # Max tokens is bounded by the chosen model's context (128 tokens for this one).
+    page.goto(f"{server.url}/playground?model=admin/tiny-chat")
+    assert page.locator("#pg-max-tokens").get_attribute("max") == "127"
+    assert page.locator("#pg-context").inner_text() == "context 128 tokens"
 
     # Stop the endpoint again from the endpoints page (keyboard only: Tab to the button, Enter).
     page.goto(f"{server.url}/endpoints")

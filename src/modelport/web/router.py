@@ -34,7 +34,7 @@ from modelport.endpoints.service import EndpointSpec
 from modelport.endpoints.traffic import shares
 from modelport.errors import AuthenticationError, Conflict, ModelportError, NotFound, PermissionDenied
 from modelport.humanize import human_bytes, human_count
-from modelport.manifest import ModelKind, ModelType
+from modelport.manifest import ModelKind, ModelType, context_length_of
 from modelport.storage.db.tables import Endpoint, Rollout, Route
 from modelport.web import endpoint_views, views
 
@@ -304,11 +304,15 @@ def _shadow_rows(request: Request, route: Route, labels: dict[str, str]) -> list
 # --- playground and keys ------------------------------------------------------------------------
 @router.get("/playground", response_class=HTMLResponse)
 def playground(request: Request, who: Who, key: Key, model: str = "") -> Response:
-    targets = [m.name for m in get_catalog(request).list_models(who) if m.type != ModelType.EMBEDDING]
+    cap = get_settings(request).max_model_len
+    models = [m for m in get_catalog(request).list_models(who) if m.type != ModelType.EMBEDDING]
+    # Each model's context bounds Max tokens (a prompt needs room too); endpoints' are not known here.
+    contexts = {m.name: context_length_of(m.manifest, cap) for m in models}
+    targets = list(contexts)
     # An endpoint's name splits requests between its deployments; a deployment's full name pins one.
     targets += [r.name for r in get_services(request).live.routes.listed(who)]
     targets += [e.name for e in get_endpoints(request).list(who) if e.name not in targets]
-    return page(request, "playground.html", key, who, targets=targets, selected=model)
+    return page(request, "playground.html", key, who, targets=targets, selected=model, contexts=contexts)
 
 
 @router.get("/keys", response_class=HTMLResponse)

@@ -259,8 +259,19 @@ function setupPlayground(form) {
     log.scrollTop = log.scrollHeight;
     return body;
   };
+  // Max tokens can never exceed the chosen model's context (its prompt needs room as well).
+  const bound = () => {
+    const context = Number(form.model.selectedOptions[0]?.dataset.context || 0);
+    const hint = form.querySelector("#pg-context");
+    if (context) {
+      form.max_tokens.max = context - 1;
+      if (Number(form.max_tokens.value) > context - 1) form.max_tokens.value = context - 1;
+      hint.textContent = `context ${context} tokens`;
+    } else { form.max_tokens.removeAttribute("max"); hint.textContent = ""; }
+  };
+  bound();
   form.querySelector("#pg-clear").addEventListener("click", () => { history = []; log.replaceChildren(); });
-  form.model.addEventListener("change", () => { history = []; log.replaceChildren(); });
+  form.model.addEventListener("change", () => { history = []; log.replaceChildren(); bound(); });
   stop.addEventListener("click", () => controller && controller.abort());
   form.message.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
@@ -271,25 +282,52 @@ function setupPlayground(form) {
     if (!text || controller) return;
     error.hidden = true;
     form.message.value = "";
-    bubble("user", text);
+    const asked = bubble("user", text);
     history.push({ role: "user", content: text });
     const reply = bubble("assistant", "");
+    const started = performance.now();
+    let first = null;
     const messages = form.system.value.trim() ? [{ role: "system", content: form.system.value.trim() }, ...history] : history;
     controller = new AbortController();
     send.disabled = true; stop.disabled = false;
+    let usage = null;
     try {
-      await streamChat({
-        model: form.model.value, messages, stream: true,
+      usage = await streamChat({
+        model: form.model.value, messages, stream: true, stream_options: { include_usage: true },
         temperature: Number(form.temperature.value), top_p: Number(form.top_p.value), max_tokens: Number(form.max_tokens.value),
-      }, controller.signal, (chunk) => { reply.textContent += chunk; log.scrollTop = log.scrollHeight; });
+      }, controller.signal, (chunk) => {
+        first = first ?? performance.now();
+        reply.textContent += chunk; log.scrollTop = log.scrollHeight;
+      });
       history.push({ role: "assistant", content: reply.textContent });
+      replyStats(reply, usage, started, first);
     } catch (err) {
-      if (err.name !== "AbortError") { error.textContent = err.message; error.hidden = false; history.pop(); reply.parentElement.remove(); }
-      else history.push({ role: "assistant", content: reply.textContent });
+      if (err.name !== "AbortError") {
+        // Nothing is lost: the message goes back into the box, to send again once the cause is fixed.
+        error.textContent = err.message; error.hidden = false; history.pop();
+        reply.parentElement.remove(); asked.parentElement.remove(); form.message.value = text;
+      } else history.push({ role: "assistant", content: reply.textContent });
     } finally {
       controller = null; send.disabled = false; stop.disabled = true; form.message.focus();
     }
   });
+}
+
+// Under a reply: its tokens, the prompt's, time to first token and the rate after it.
+function replyStats(reply, usage, started, first) {
+  const stats = document.createElement("span");
+  stats.className = "stats";
+  const now = performance.now();
+  const parts = [];
+  if (usage) parts.push(`${usage.completion_tokens} tokens`, `prompt ${usage.prompt_tokens} tokens`);
+  if (first !== null) {
+    parts.push(`first token ${Math.round(first - started)} ms`);
+    if (usage && usage.completion_tokens > 1 && now > first) {
+      parts.push(`${((usage.completion_tokens - 1) / ((now - first) / 1000)).toFixed(1)} tokens/s`);
+    }
+  }
+  stats.textContent = parts.join(" · ");
+  reply.parentElement.append(stats);
 }
 
 async function streamChat(body, signal, onText) {
@@ -306,9 +344,10 @@ async function streamChat(body, signal, onText) {
   }
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
+  let usage = null;
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return;
+    if (done) return usage;
     buffer += value;
     const events = buffer.split("\n\n");
     buffer = events.pop();
@@ -317,6 +356,7 @@ async function streamChat(body, signal, onText) {
       if (!data || data === "[DONE]") continue;
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.usage) usage = chunk.usage;
       for (const choice of chunk.choices || []) if (choice.delta && choice.delta.content) onText(choice.delta.content);
     }
   }
