@@ -85,6 +85,10 @@ def test_tour_upload_watch_deploy_and_chat(page: Any, server: Server, tiny_llama
     """What a person who never used a terminal does: every step through the pages, nothing else."""
     sign_in(page, server)
     assert "No models yet" in page.content()
+    # The dashboard of an empty account says what to do first.
+    page.get_by_role("link", name="Dashboard").click()
+    assert page.get_by_role("heading", name="Get started").is_visible()
+    assert page.locator("#dash-models").inner_text() == "0"
 
     # Add custom model: a file from disk, sent through the resumable upload with a progress bar.
     page.get_by_role("link", name="Add custom model").first.click()
@@ -125,7 +129,7 @@ def test_tour_upload_watch_deploy_and_chat(page: Any, server: Server, tiny_llama
     assert "modelport chat admin/tiny-chat" in page.locator("#snippet-modelport").inner_text()
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
     page.get_by_role("button", name="Copy the curl example").click()
-    assert page.locator("#copy-status").inner_text() == "Copied to the clipboard."
+    page.wait_for_function("document.querySelector('#copy-status').textContent === 'Copied to the clipboard.'")
     assert page.evaluate("navigator.clipboard.readText()") == curl
     env = {**os.environ, "MODELPORT_API_KEY": server.admin_key}
     answer = subprocess.run(["bash", "-c", curl], env=env, capture_output=True, timeout=120)
@@ -170,6 +174,13 @@ def test_tour_upload_watch_deploy_and_chat(page: Any, server: Server, tiny_llama
     page.locator("#pg-error").wait_for(state="visible")
     assert page.get_by_label("Message").input_value() == "Keep this"
     assert "Keep this" not in page.locator("#pg-log").inner_text()
+    # The dashboard now counts the model, the endpoint and today's requests (the chat above and the curl).
+    page.goto(f"{server.url}/")
+    assert page.locator("#dash-models").inner_text() == "1" and page.locator("#dash-endpoints").inner_text() == "1"
+    today = page.locator("#usage tbody tr").first
+    assert int(today.locator("td").first.inner_text()) >= 2
+    assert page.get_by_role("heading", name="Get started").count() == 0
+    shot(page, "dashboard")
     # Max tokens is bounded by the chosen model's context (128 tokens for this one).
     page.goto(f"{server.url}/playground?model=admin/tiny-chat")
     assert page.locator("#pg-max-tokens").get_attribute("max") == "127"
@@ -263,6 +274,7 @@ def test_keys_page_shows_a_new_key_once_and_revokes(page: Any, server: Server) -
     assert new_key.startswith("mp-") and "carol" in page.locator(".notice").inner_text()
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
     page.get_by_role("button", name="Copy the new key").click()
+    page.wait_for_function("document.querySelector('#copy-status').textContent !== ''")
     assert page.evaluate("navigator.clipboard.readText()") == new_key
     shot(page, "keys")
     page.goto(f"{server.url}/keys")

@@ -6,6 +6,7 @@ the playground) call the JSON API itself with the session cookie and the token i
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -23,6 +24,7 @@ from modelport.api.deps import (
     get_services,
     get_settings,
     get_uploads,
+    get_usage,
     session_key,
     web_principal,
 )
@@ -67,12 +69,12 @@ def back(url: str) -> RedirectResponse:
 
 # --- signing in ---------------------------------------------------------------------------------
 @router.get("/signin", response_class=HTMLResponse)
-def signin_page(request: Request, next: str = "/models") -> Response:
+def signin_page(request: Request, next: str = "/") -> Response:
     return page(request, "signin.html", None, None, next=views.local_path(next))
 
 
 @router.post("/signin", response_class=HTMLResponse)
-def signin(request: Request, api_key: Annotated[str, Form()], next: Annotated[str, Form()] = "/models") -> Response:
+def signin(request: Request, api_key: Annotated[str, Form()], next: Annotated[str, Form()] = "/") -> Response:
     settings = get_settings(request)
     if not from_this_site(request, settings.web_origins.split(",") if settings.web_origins else ()):
         # Login CSRF: another site's form must not sign this browser into an account of its choosing.
@@ -97,9 +99,26 @@ def signout(key: Key, csrf_token: Annotated[str, Form()]) -> Response:
     return response
 
 
-@router.get("/")
-def home() -> Response:
-    return back("/models")
+@router.get("/", response_class=HTMLResponse)
+def dashboard(request: Request, who: Who, key: Key) -> Response:
+    """The account at a glance: its models, endpoints, latest jobs and the last days' usage."""
+    catalog = get_catalog(request)
+    models = catalog.list_models(who)
+    routes = get_services(request).live.routes
+    endpoints = []
+    for route in routes.listed(who):
+        deployments = routes.deployments(route.id)
+        endpoints.append(endpoint_views.route_row(route, deployments, _measured(request, who, route, deployments)))
+    today = datetime.now(UTC).date()
+    since = today - timedelta(days=views.USAGE_DAYS - 1)
+    usage = get_usage(request).list(who, since=since, account=who.account_name)
+    return page(
+        request, "dashboard.html", key, who,
+        models=[views.model_row(m, None) for m in models[:8]], model_count=len(models),
+        endpoints=endpoints[:8], endpoint_count=len(endpoints),
+        jobs=[views.job_row(v) for v in catalog.list_jobs(who, limit=5)],
+        usage=views.usage_days(usage, since, today),
+    )  # fmt: skip
 
 
 # --- models and jobs ----------------------------------------------------------------------------

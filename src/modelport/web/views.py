@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -15,6 +15,7 @@ from modelport.endpoints.service import Availability
 from modelport.errors import InvalidRequest, ModelportError
 from modelport.ingest.uploads import UploadView
 from modelport.manifest import Manifest, ModelKind
+from modelport.serving.usage import UsageRow
 from modelport.storage.db.tables import Model, ModelRevision
 
 
@@ -183,6 +184,24 @@ def _http_snippets(base: str, route: str, body: dict[str, Any], call: str) -> li
     return [
         Snippet("snippet-curl", "curl", curl),
         Snippet("snippet-openai", "Python (openai)", "import os\nfrom openai import OpenAI\n\n" + client + call),
+    ]
+
+
+USAGE_DAYS = 7  # the dashboard's window
+
+
+def usage_days(rows: list[UsageRow], since: date, until: date) -> list[dict[str, Any]]:
+    """One row per day from ``since`` to ``until`` (days without requests too), every model summed, with
+    each day's share of the busiest day's tokens for its bar."""
+    days = {since + timedelta(days=i): [0, 0, 0] for i in range((until - since).days + 1)}
+    for r in rows:
+        if r.day in days:
+            for i, n in enumerate((r.requests, r.prompt_tokens, r.completion_tokens)):
+                days[r.day][i] += n
+    busiest = max((p + c for _, p, c in days.values()), default=0) or 1
+    return [
+        {"day": day, "requests": n, "prompt_tokens": p, "completion_tokens": c, "share": (p + c) / busiest}
+        for day, (n, p, c) in sorted(days.items(), reverse=True)
     ]
 
 
