@@ -26,14 +26,13 @@ from tests.integration.helpers import run_all_jobs
 from tests.support.fakehub import FakeHub
 from tests.support.tinymodels import archive_bytes, files_of
 
-# Reachable without a key, each for a reason: probes, the sign-in form and its assets, the home
-# redirect, and the API's own description (shapes only, no tenant data).
+# Reachable without a key, each for a reason: probes, the sign-in form and its assets, and the API's
+# own description (shapes only, no tenant data). The home page is the account's dashboard: signed in.
 PUBLIC = {
     ("GET", "/health"),
     ("GET", "/static"),
     ("GET", "/signin"),
     ("POST", "/signin"),
-    ("GET", "/"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
