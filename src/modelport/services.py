@@ -26,11 +26,12 @@ from modelport.endpoints.adapters import DeploymentAdapters
 from modelport.endpoints.events import Events
 from modelport.endpoints.experiments import Experiments
 from modelport.endpoints.lease import Lease
-from modelport.endpoints.placement import open_placement
+from modelport.endpoints.placement import RayPlacement, open_placement
 from modelport.endpoints.rollout_driver import RolloutController
 from modelport.endpoints.rollouts import Rollouts
 from modelport.endpoints.routes import Routes
 from modelport.endpoints.routing import EndpointRouting
+from modelport.endpoints.serverless import ClusterServerless
 from modelport.endpoints.service import EndpointService
 from modelport.endpoints.supervisor import Supervisor
 from modelport.endpoints.traffic import TrafficStats
@@ -212,12 +213,14 @@ def _serving(
     events, stats = Events(db), TrafficStats()
     # Of several servers on one database, one supervises endpoints and drives rollouts at a time.
     lease = Lease(db, "controller", settings.controller_lease_s)
-    supervisor = Supervisor(settings, db, catalog, artifacts, placement, events, lease)
+    # On a cluster, serverless models are served by engine actors there too (unless set to 0).
+    remote = ClusterServerless(settings, placement) if isinstance(placement, RayPlacement) else None
+    supervisor = Supervisor(settings, db, catalog, artifacts, placement, events, lease, remote)
     endpoints = EndpointService(settings, db, catalog, blobs, placement.inventory, on_change=supervisor.wake)
     supervisor.rescale = endpoints.rescale
     routes = Routes(db, endpoints, events, on_change=supervisor.wake)
     routing = EndpointRouting(settings, db, endpoints, routes, supervisor, catalog, artifacts, events, stats)
-    engine = EnginePool(settings)
+    engine = EnginePool(settings, remote)
     inference = InferenceService(
         catalog,
         artifacts,

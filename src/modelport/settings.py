@@ -412,6 +412,28 @@ class Settings(BaseSettings):
         description="How long the server waits for the Ray cluster to answer one call before it reports the "
         "cluster unreachable (endpoints on it go to ERROR with the reason; everything else keeps answering).",
     )
+    ray_serverless_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="With MODELPORT_RAY_ADDRESS: engine actors on the cluster that serve serverless models (any base "
+        "model, its adapters multiplexed: a request goes to one that already holds its adapter). 0 keeps serverless "
+        "models on this server's own engine processes; so does a cluster that does not answer.",
+    )
+    ray_serverless_cpus: float = Field(
+        default=1.0,
+        gt=0,
+        description="Ray CPUs each serverless engine actor reserves (a fraction shares a core).",
+    )
+    ray_serverless_gpus: int = Field(
+        default=0, ge=0, le=8, description="Ray GPUs each serverless engine actor reserves (0: it runs on CPU)."
+    )
+    ray_serverless_memory_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=256 * 1024**2,
+        description="Ray memory each serverless engine actor reserves, and its weights budget on CPU; taken off the "
+        "cluster memory that endpoints reserve from.",
+    )
     node_cache_dir: Path = Field(
         default=Path("/tmp/modelport-node"),
         description="On a Ray node (read from the environment of `ray start`): where replicas keep the models they "

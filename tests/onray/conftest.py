@@ -6,12 +6,15 @@ Run by ``make test-ray`` inside a loopback-only network namespace (see ``tests/s
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
+import openai
 import pytest
 
 from tests.e2e.conftest import Live, server_env
@@ -57,20 +60,19 @@ def cluster(store: Store) -> Iterator[RayCluster]:
 def ray_env(
     tmp_path: Path, db_url: str, hub: FakeHub, cluster: RayCluster, store: Store, **extra: str
 ) -> dict[str, str]:
-    return server_env(
-        tmp_path,
-        db_url,
-        hub,
-        KEY,
-        MODELPORT_RAY_ADDRESS=cluster.address,
-        MODELPORT_RAY_CALL_TIMEOUT_S="5",
-        MODELPORT_CONTROLLER_LEASE_S="4",
-        MODELPORT_BLOB_URL=f"s3://{store.bucket}/{tmp_path.name}",
-        MODELPORT_S3_ENDPOINT_URL=store.url,
-        MODELPORT_QUOTA_ENDPOINT_SHARE="1.0",
+    settings = {
+        "MODELPORT_RAY_ADDRESS": cluster.address,
+        "MODELPORT_RAY_CALL_TIMEOUT_S": "5",
+        "MODELPORT_CONTROLLER_LEASE_S": "4",
+        "MODELPORT_BLOB_URL": f"s3://{store.bucket}/{tmp_path.name}",
+        "MODELPORT_S3_ENDPOINT_URL": store.url,
+        "MODELPORT_QUOTA_ENDPOINT_SHARE": "1.0",
+        # Serverless models stay on the server unless a test asks for engines on the cluster: theirs would
+        # take cores the endpoint tests' replicas need.
+        "MODELPORT_RAY_SERVERLESS_REPLICAS": "0",
         **S3_KEYS,
-        **extra,
-    )
+    }
+    return server_env(tmp_path, db_url, hub, KEY, **{**settings, **extra})
 
 
 @pytest.fixture
@@ -82,3 +84,46 @@ def ray_live(tmp_path: Path, db_url: str, hub: FakeHub, cluster: RayCluster, sto
     proc.stop()
     if cluster.workers:
         cluster.kill_actors()
+
+
+MESSAGES = [{"role": "user", "content": "the capital of france is"}]
+
+
+def chat(live: Live, model: str) -> str:
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0)
+    resp = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=5, temperature=0)  # type: ignore[arg-type]
+    return resp.choices[0].message.content or ""
+
+
+@dataclass
+class Asking:
+    """A client that keeps asking ``model`` through a fault, retrying a 503 as a client would: how many
+    answers were ``expected``, and every other failure."""
+
+    live: Live
+    model: str
+    expected: str
+    served: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _ask(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if chat(self.live, self.model) == self.expected:
+                    self.served += 1
+            except openai.APIStatusError as e:
+                if e.status_code != 503:  # engine_restarted, no ready replica: retry
+                    self.failures.append(f"{e.status_code} {e.message}")
+            time.sleep(0.05)
+
+    def __enter__(self) -> Asking:
+        self._thread = threading.Thread(target=self._ask)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)

@@ -15,12 +15,11 @@ import pytest
 from tests.e2e.conftest import Live
 from tests.e2e.test_endpoints import wait_state
 from tests.e2e.test_inference_clients import upload
-from tests.onray.conftest import KEY, Store, ray_env
+from tests.onray.conftest import KEY, MESSAGES, Asking, Store, chat, ray_env
 from tests.support.fakehub import FakeHub
 from tests.support.procs import modelport_exe, start_modelport
 from tests.support.raycluster import RayCluster, wait_for
 
-MESSAGES = [{"role": "user", "content": "the capital of france is"}]
 TIMINGS: dict[str, float] = {}
 
 
@@ -46,12 +45,6 @@ def first_token_s(live: Live, model: str) -> float:
         if chunk.choices and (chunk.choices[0].delta.content or chunk.choices[0].finish_reason):
             return time.monotonic() - started
     raise AssertionError("no token came")
-
-
-def chat(live: Live, model: str) -> str:
-    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0)
-    resp = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=5, temperature=0)  # type: ignore[arg-type]
-    return resp.choices[0].message.content or ""
 
 
 def nodes_of(live: Live, endpoint: str) -> dict[int, str]:
@@ -118,37 +111,21 @@ def test_a_killed_node_s_replica_comes_back_on_another_node(
     expected = chat(ray_live, endpoint["name"])
     victim = cluster.workers[0]
 
-    failures: list[str] = []
-    served = 0
-    stop = threading.Event()
-
-    def load() -> None:  # a client that keeps asking through the loss, retrying as a client would
-        nonlocal served
-        while not stop.is_set():
-            try:
-                if chat(ray_live, endpoint["name"]) == expected:
-                    served += 1
-            except openai.APIStatusError as e:
-                if e.status_code != 503:  # engine_restarted / no ready replica: retry
-                    failures.append(f"{e.status_code} {e.message}")
-            time.sleep(0.05)
-
-    client = threading.Thread(target=load)
-    client.start()
-    try:
-        killed = time.monotonic()
-        cluster.kill_node(victim)
-        # The deployment shows its loss (STARTING while its replica restarts), then is whole again.
-        wait_for(lambda: ray_live.get(f"/v1/endpoints/{endpoint['id']}")["state"] == "STARTING", 60, "the loss showing")
-        wait_state(ray_live, endpoint["id"], "STARTED", timeout=180)
-        TIMINGS["ray: replica back after a node loss (s)"] = time.monotonic() - killed
-        before = served
-        wait_for(lambda: served > before + 3, 30, "requests served after the loss")
-    finally:
-        stop.set()
-        client.join(30)
-        cluster.add_worker()  # the next tests' cluster has two workers again
-    assert not failures, failures
+    with Asking(ray_live, endpoint["name"], expected) as asking:
+        try:
+            killed = time.monotonic()
+            cluster.kill_node(victim)
+            # The deployment shows its loss (STARTING while its replica restarts), then is whole again.
+            wait_for(
+                lambda: ray_live.get(f"/v1/endpoints/{endpoint['id']}")["state"] == "STARTING", 60, "the loss showing"
+            )
+            wait_state(ray_live, endpoint["id"], "STARTED", timeout=180)
+            TIMINGS["ray: replica back after a node loss (s)"] = time.monotonic() - killed
+            before = asking.served
+            wait_for(lambda: asking.served > before + 3, 30, "requests served after the loss")
+        finally:
+            cluster.add_worker()  # the next tests' cluster has two workers again
+    assert not asking.failures, asking.failures
     events = json.loads(modelport(ray_live, "endpoints", "events", endpoint["name"], "--json").stdout)
     lost = [e["message"] for e in events if e["type"] == "deployment.starting"]
     assert lost, events

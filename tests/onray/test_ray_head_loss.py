@@ -12,8 +12,7 @@ import httpx
 from tests.e2e.conftest import Live
 from tests.e2e.test_endpoints import wait_state
 from tests.e2e.test_inference_clients import upload
-from tests.onray.conftest import KEY, S3_KEYS, Store, ray_env
-from tests.onray.test_ray_endpoints import chat
+from tests.onray.conftest import KEY, S3_KEYS, Store, chat, ray_env
 from tests.support.fakehub import FakeHub
 from tests.support.procs import start_modelport
 from tests.support.raycluster import RayCluster, wait_for

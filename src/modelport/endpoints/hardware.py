@@ -143,15 +143,18 @@ def detect(pool_bytes: int = 0) -> Inventory:
     return Inventory(tuple(gpus), cores, pool_bytes or int(ram * 0.5), datetime.now(UTC))
 
 
-def from_cluster(address: str, nodes: list[dict[str, Any]]) -> Inventory:
+def from_cluster(
+    address: str, nodes: list[dict[str, Any]], reserved_bytes: int = 0, reserved_gpus: int = 0
+) -> Inventory:
     """A Ray cluster's capacity as an inventory (``nodes``: the live nodes' ``resources``).
 
     Replicas never span nodes, so a configuration is at most what the largest node has: its CPUs, and
     GPUs of one model per id (``accelerator_type:H100`` as Ray labels them). The RAM pool is the sum of
-    the nodes' ``memory`` resource (what Ray lets tasks reserve), and GPUs count across the cluster."""
+    the nodes' ``memory`` resource (what Ray lets tasks reserve), and GPUs count across the cluster.
+    ``reserved_*``: what the serverless engine actors take (``endpoints/serverless.py``), not for endpoints."""
     resources = [n.get("resources", {}) for n in nodes]
     cores = int(max((r.get("CPU", 0) for r in resources), default=0))
-    memory = int(sum(r.get("memory", 0) for r in resources))
+    memory = max(0, int(sum(r.get("memory", 0) for r in resources)) - reserved_bytes)
     gpus: list[Gpu] = []
     for r in resources:
         model = _gpu_model(next((k.split(":", 1)[1] for k in r if k.startswith("accelerator_type:")), "gpu"))
@@ -159,10 +162,12 @@ def from_cluster(address: str, nodes: list[dict[str, Any]]) -> Inventory:
         # for a GPU it does not name).
         memory_gb = _NOMINAL_GB.get(model, 0)
         gpus += [Gpu(len(gpus) + i, model, memory_gb, "pcie") for i in range(int(r.get("GPU", 0)))]
+    gpus = gpus[: max(0, len(gpus) - reserved_gpus)]
     total_cpus = int(sum(r.get("CPU", 0) for r in resources))
     where = (
         f"Ray cluster at {address}: {len(nodes)} node(s), {total_cpus} CPUs, {len(gpus)} GPU(s), "
         f"{memory / GIB:.1f} GiB of memory for replicas"
+        + (f" ({reserved_bytes / GIB:.1f} GiB more kept for serverless engines)" if reserved_bytes else "")
         if nodes
         else f"Ray cluster at {address}: no live node"
     )

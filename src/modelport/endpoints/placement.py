@@ -218,6 +218,7 @@ class LocalPlacement:
 
 # --- ray --------------------------------------------------------------------------------------------
 PREFIX = "replica."  # actor names: replica.<deployment id>.<index>.<launch>
+SERVERLESS = "serverless."  # the serverless engines' (``serverless.py``): serverless.pool.<index>.<launch>
 
 
 @dataclass
@@ -280,6 +281,8 @@ class RayPlacement:
         self._inventory_at = 0.0
         self._problem: tuple[float, str] | None = None
         self._lock = threading.Lock()
+        # What the serverless engine actors take of the cluster: not offered to endpoints.
+        self.reserved_bytes, self.reserved_gpus = 0, 0
 
     def _call(self, message: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -310,18 +313,28 @@ class RayPlacement:
         except ClusterUnavailable as e:
             self._inventory = Inventory((), 0, 0, datetime.now(UTC), str(e))
             return
-        self._inventory = from_cluster(self.settings.ray_address, list(nodes))
+        self._inventory = from_cluster(self.settings.ray_address, list(nodes), self.reserved_bytes, self.reserved_gpus)
 
     def devices(self, config: HardwareConfig, held: dict[str, Any], index: int) -> tuple[str, int, dict[str, str]]:
         return ray_devices(config, held, index)
 
     def launch(self, endpoint_id: str, index: int, spec: EngineSpec, config: HardwareConfig) -> RayReplica:
-        name = f"{PREFIX}{endpoint_id}.{index}.{uuid.uuid4().hex[:8]}"
         resources: dict[str, Any] = (
             {"num_cpus": config.gpu_count, "memory": config.memory_bytes}
             if config.is_cpu
             else {"num_cpus": 1, "num_gpus": config.gpu_count}
         )
+        return self._launch(f"{PREFIX}{endpoint_id}.{index}.{uuid.uuid4().hex[:8]}", spec, resources)
+
+    def launch_serverless(self, index: int, spec: EngineSpec) -> RayReplica:
+        """Serverless engine ``index``: no model of its own, it loads what its requests name."""
+        s = self.settings
+        resources: dict[str, Any] = {"num_cpus": s.ray_serverless_cpus, "memory": s.ray_serverless_memory_bytes}
+        if s.ray_serverless_gpus:
+            resources["num_gpus"] = s.ray_serverless_gpus
+        return self._launch(f"{SERVERLESS}pool.{index}.{uuid.uuid4().hex[:8]}", spec, resources)
+
+    def _launch(self, name: str, spec: EngineSpec, resources: dict[str, Any]) -> RayReplica:
         s = self.settings
         message = {
             "op": "launch",
@@ -368,9 +381,9 @@ class RayPlacement:
     def problem(self) -> tuple[float, str] | None:
         return self._problem
 
-    def running(self) -> dict[str, list[tuple[int, ReplicaHandle]]]:
+    def running(self, prefix: str = PREFIX) -> dict[str, list[tuple[int, ReplicaHandle]]]:
         try:
-            names = list(self._call({"op": "list", "prefix": PREFIX})["names"])
+            names = list(self._call({"op": "list", "prefix": prefix})["names"])
             status = self._call({"op": "status", "names": names})["status"] if names else {}
         except ClusterUnavailable:
             return {}

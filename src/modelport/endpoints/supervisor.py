@@ -33,6 +33,7 @@ from modelport.endpoints.events import Events, Level
 from modelport.endpoints.hardware import HardwareConfig, Inventory
 from modelport.endpoints.lease import Lease
 from modelport.endpoints.placement import Devices, Placement, ReplicaHandle, local_devices
+from modelport.endpoints.serverless import ClusterServerless
 from modelport.endpoints.service import replica_count
 from modelport.endpoints.states import RUNNING_STATES, EndpointState, move
 from modelport.errors import EndpointNotRunning, EngineOverloaded, ModelportError
@@ -119,6 +120,7 @@ class Supervisor:
         placement: Placement,
         events: Events | None = None,
         lease: Lease | None = None,
+        serverless: ClusterServerless | None = None,
     ) -> None:
         self.settings, self.db, self.catalog, self.artifacts, self.placement = (
             settings,
@@ -129,6 +131,7 @@ class Supervisor:
         )
         self.events = events or Events(db)
         self.lease = lease  # None: this server supervises alone
+        self.serverless = serverless  # serverless engines on the cluster, kept by the same pass
         self._controlling = False  # whether the last pass reconciled (held the lease)
         self._followed = 0.0
         self._reaped = 0.0
@@ -253,11 +256,14 @@ class Supervisor:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                if self.controlling():
+                controlling = self.controlling()
+                if controlling:
                     self._controlling = True
                     self.reconcile()
                 else:
                     self.follow()
+                if self.serverless is not None:
+                    self.serverless.tend(controlling)
             except Exception:
                 log.exception("endpoint supervisor pass failed; retrying")
             self._wake.wait(self.interval)

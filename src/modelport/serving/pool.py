@@ -18,7 +18,9 @@ started again at once, its in-flight requests having already failed with ``engin
 connections ended with it); one that keeps failing to start fails requests with its log's last lines
 instead of making them wait. With ``MODELPORT_ENGINE_SOCKETS`` the pool starts none: it routes to the
 processes listed there (started by hand or by a supervisor of the operator's) and only asks each, every
-second, whether it still answers.
+second, whether it still answers. With ``remote`` (serverless engines on a Ray cluster,
+``endpoints/serverless.py``) the pool routes to those instead, by the same rules, learning what each holds
+from the engine itself; it starts its own processes only while the cluster cannot serve.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import time
 from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from modelport.errors import EngineFailed, EngineOverloaded
 from modelport.forkserver import ForkFailed
@@ -75,6 +77,12 @@ class _Worker:
     failed_starts: int = 0  # exits before it answered, in a row
     bases: set[str] = field(default_factory=set)  # what the pool has sent here: the affinity
     adapters: set[str] = field(default_factory=set)
+    name: str = ""  # a remote engine's label; ours are "worker-<index>"
+    told: object = None  # the holdings a remote engine last reported (replaced as a whole when it reports)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"worker-{self.index}"
 
     @property
     def socket(self) -> EngineAddress:
@@ -102,6 +110,25 @@ class _Worker:
 
 
 @dataclass(frozen=True)
+class RemoteEngine:
+    """An engine the pool did not start and may route to (a serverless actor on a Ray cluster)."""
+
+    label: str
+    client: EngineClient
+    models: dict[str, list[str]] | None  # base id → resident adapter ids, as it last said; None: not yet
+
+
+class RemoteEngines(Protocol):
+    def usable(self) -> bool:
+        """Whether serverless requests should wait for these engines rather than this server's own."""
+        ...
+
+    def engines(self) -> list[RemoteEngine]:
+        """The ones that answer now."""
+        ...
+
+
+@dataclass(frozen=True)
 class WorkerState:
     """One worker as ``stats()`` and ``/metrics`` show it."""
 
@@ -113,9 +140,11 @@ class WorkerState:
 
 
 class EnginePool:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, remote: RemoteEngines | None = None) -> None:
         self.settings = settings
         self.name: str = settings.engine
+        self.remote = remote
+        self._remote_workers: dict[str, _Worker] = {}  # by label: their affinity and load, across requests
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -126,7 +155,7 @@ class EnginePool:
     # --- lifecycle ---------------------------------------------------------------------------------
     def start(self, *, now: bool = False) -> None:
         """``now``: start the workers at once; otherwise they start with the first request that needs one."""
-        if now:
+        if now and self.remote is None:  # on a cluster, ours start only if the cluster cannot serve
             self._ensure_started()
 
     def stop(self) -> None:
@@ -285,6 +314,10 @@ class EnginePool:
     # --- routing -----------------------------------------------------------------------------------
     async def _route(self, base: str, adapter: str | None) -> EngineClient:
         """The worker for ``base`` (and ``adapter``): one that has them, else the least loaded."""
+        if self.remote is not None and self.remote.usable():
+            client = await self._route_remote(self.remote, base, adapter)
+            if client is not None:
+                return client
         self._ensure_started()
         external = bool(self.settings.engine_sockets)
         deadline = time.monotonic() + (EXTERNAL_WAIT_S if external else self.settings.replica_start_timeout_s)
@@ -303,6 +336,38 @@ class EnginePool:
                 where = " at MODELPORT_ENGINE_SOCKETS" if external else ""
                 raise EngineOverloaded(f"no engine process{where} is ready to serve; retry")
             await asyncio.sleep(0.02)
+
+    async def _route_remote(self, remote: RemoteEngines, base: str, adapter: str | None) -> EngineClient | None:
+        """A remote engine for the request, waiting while they start; None once the cluster cannot serve."""
+        deadline = time.monotonic() + self.settings.replica_start_timeout_s
+        while remote.usable():
+            engines = remote.engines()
+            if engines:
+                with self._lock:
+                    w = self._choose(self._sync_remote(engines), base, adapter)
+                    w.bases.add(base)
+                    if adapter is not None:
+                        w.adapters.add(adapter)
+                    return w.client
+            if time.monotonic() > deadline or self._stopping.is_set():
+                raise EngineOverloaded("no serverless engine on the Ray cluster is ready to serve; retry")
+            await asyncio.sleep(0.05)
+        return None
+
+    def _sync_remote(self, engines: list[RemoteEngine]) -> list[_Worker]:
+        """The remote engines as workers; what one holds is what it last reported, plus what was sent since."""
+        workers = []
+        for e in engines:
+            w = self._remote_workers.get(e.label)
+            if w is None or w.client is not e.client:  # new, or a replacement under the same label
+                w = self._remote_workers[e.label] = _Worker(len(self._remote_workers), e.client, None, name=e.label)
+            w.ready = True
+            if e.models is not None and e.models is not w.told:
+                w.told = e.models
+                w.bases = set(e.models)
+                w.adapters = {a for adapters in e.models.values() for a in adapters}
+            workers.append(w)
+        return workers
 
     def _choose(self, ready: list[_Worker], base: str, adapter: str | None) -> _Worker:
         for hits in ([w for w in ready if w.has(base, adapter)], [w for w in ready if w.has(base, None)]):
@@ -335,16 +400,18 @@ class EnginePool:
     def workers(self) -> list[WorkerState]:
         with self._lock:
             return [
-                WorkerState(
-                    f"worker-{w.index}", w.proc.pid if w.proc is not None else None, w.ready, w.load, w.restarts
-                )
-                for w in self._workers
+                WorkerState(w.label, w.proc.pid if w.proc is not None else None, w.ready, w.load, w.restarts)
+                for w in self._all()
             ]
+
+    def _all(self) -> list[_Worker]:
+        """Ours, then the remote engines that answer now."""
+        return self._workers + (self._sync_remote(self.remote.engines()) if self.remote is not None else [])
 
     def worker_stats(self) -> list[tuple[str, dict[str, Any]]]:
         """Each ready worker's engine ``stats()``, asked over its socket (blocking: scrapes run in threads)."""
         with self._lock:
-            ready = [(f"worker-{w.index}", w.socket) for w in self._workers if w.ready]
+            ready = [(w.label, w.socket) for w in self._all() if w.ready]
         return [(label, stats) for label, path in ready if (stats := probe(path)) is not None]
 
     def stats(self) -> dict[str, Any]:

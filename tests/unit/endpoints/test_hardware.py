@@ -64,6 +64,9 @@ def test_a_ray_cluster_offers_what_its_largest_node_holds_and_pools_the_memory()
     assert {"1x_cpu_2gb", "4x_cpu_5gb"} <= ids and not any(i.endswith(("_8gb", "_9gb")) for i in ids)
     assert inventory.capacity == 9 * GIB and "3 node(s), 6 CPUs" in inventory.describe()
     assert not from_cluster("x", []).configs({}) and "no live node" in from_cluster("x", []).describe()
+    # The serverless engine actors' share is not offered to endpoints.
+    kept = from_cluster("10.0.0.1:6379", nodes, reserved_bytes=2 * GIB)
+    assert kept.capacity == 7 * GIB and "2.0 GiB more kept for serverless engines" in kept.describe()
 
 
 def test_ray_gpus_count_across_the_cluster_and_keep_their_model() -> None:
@@ -73,3 +76,4 @@ def test_ray_gpus_count_across_the_cluster_and_keep_their_model() -> None:
     inventory = from_cluster("head:6379", nodes)
     assert len(inventory.gpus) == 2 and {g.model for g in inventory.gpus} == {"h100"}
     assert [c.id for c in inventory.configs({})] == ["1x_nvidia_h100_80gb_pcie", "2x_nvidia_h100_80gb_pcie"]
+    assert len(from_cluster("head:6379", nodes, reserved_gpus=1).gpus) == 1  # one for a serverless engine

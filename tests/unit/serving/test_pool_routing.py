@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import pytest
+
+from modelport.errors import EngineOverloaded
 from modelport.serving.ipc import EngineClient
-from modelport.serving.pool import EnginePool, _Worker
+from modelport.serving.pool import EnginePool, RemoteEngine, _Worker
 from modelport.settings import Settings
 
 
@@ -49,3 +53,67 @@ def test_a_saturated_holder_spills_to_the_least_loaded(tmp_path: Path) -> None:
     ws[0].bases.add("m")
     ws[0].adapters.add("lora-a")
     assert p._choose(ws, "m", "lora-a") is ws[1]
+
+
+# --- remote engines (serverless engine actors on a Ray cluster) ---------------------------------------
+class Cluster:
+    """``RemoteEngines`` as a test sets it: which engines answer, what each says it holds."""
+
+    def __init__(self, tmp_path: Path, n: int) -> None:
+        self.up = True
+        self.clients = [EngineClient(tmp_path / f"r{i}.sock", "fake", f"ray {i}") for i in range(n)]
+        self.models: list[dict[str, list[str]] | None] = [None] * n
+
+    def usable(self) -> bool:
+        return self.up
+
+    def engines(self) -> list[RemoteEngine]:
+        return [RemoteEngine(f"ray-{i}", c, self.models[i]) for i, c in enumerate(self.clients)]
+
+
+def route(p: EnginePool, base: str, adapter: str | None = None) -> EngineClient:
+    return asyncio.run(p._route(base, adapter))
+
+
+def remote_pool(tmp_path: Path, cluster: Cluster) -> EnginePool:
+    return EnginePool(Settings(data_dir=tmp_path, engine="fake", replica_start_timeout_s=1), cluster)
+
+
+def test_requests_go_to_the_remote_engine_that_reports_holding_their_adapter(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, 3)
+    cluster.models[1] = {"m": []}
+    cluster.models[2] = {"m": ["lora-a"]}
+    cluster.clients[2].in_flight = 2  # busier, but it holds the adapter
+    p = remote_pool(tmp_path, cluster)
+    assert route(p, "m", "lora-a") is cluster.clients[2]
+    assert route(p, "m", "lora-b") is cluster.clients[1]  # holds the base only, and is less loaded
+    assert route(p, "other") is cluster.clients[0]  # a new base: the idle engine holding the fewest models
+    assert p._thread is None  # the server's own engine processes never started
+    assert [w.label for w in p.workers()] == ["ray-0", "ray-1", "ray-2"]
+
+
+def test_what_was_sent_counts_until_the_engine_reports_again(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, 2)
+    cluster.models = [{}, {}]
+    p = remote_pool(tmp_path, cluster)
+    first = route(p, "m", "lora-a")
+    cluster.clients[cluster.clients.index(first)].in_flight = 3
+    assert route(p, "m", "lora-a") is first  # sent there a moment ago: it is loading it
+    # Its next report says it evicted the model (its memory budget): the affinity goes with it.
+    cluster.models = [{}, {}]
+    assert route(p, "m", "lora-a") is not first
+
+
+def test_a_cluster_that_cannot_serve_sends_requests_to_the_server_s_own_engines(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, 1)
+    cluster.up = False
+    p = remote_pool(tmp_path, cluster)
+    assert asyncio.run(p._route_remote(cluster, "m", None)) is None  # _route then falls back to its own
+
+
+def test_a_usable_cluster_with_no_engine_ready_is_waited_for_then_overloaded(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, 0)
+    p = remote_pool(tmp_path, cluster)
+    with pytest.raises(EngineOverloaded, match="Ray cluster"):
+        route(p, "m")
+    assert p._thread is None
