@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from modelport.app import create_app
 from modelport.settings import Settings
+from modelport.storage.db.tables import ApiKey, utcnow
 from tests.api.test_together_api import assert_envelope
 
 
@@ -58,3 +63,39 @@ def test_new_account_names_are_checked(client: TestClient) -> None:
     admin = first_account(client)
     error = assert_envelope(client.post("/api/v1/keys", json={"account": "../etc"}, headers=admin), 400)
     assert "account names" in error["message"]
+
+
+def test_keys_have_names_and_a_last_used_date_written_at_most_once_a_minute(client: TestClient) -> None:
+    admin = first_account(client)
+    made = client.post("/api/v1/keys", json={"name": "  ci runner  "}, headers=admin)
+    assert made.status_code == 201 and made.json()["name"] == "ci runner" and made.json()["last_used_at"] is None
+
+    def listed() -> dict[str, Any]:
+        return next(k for k in client.get("/api/v1/keys", headers=admin).json()["data"] if k["id"] == made.json()["id"])
+
+    assert listed()["last_used_at"] is None  # listing with another key is not a use of this one
+    assert client.get("/v1/whoami", headers=bearer(made.json()["key"])).status_code == 200
+    first_use = listed()["last_used_at"]
+    assert abs(first_use - time.time()) < 60
+    # Used again within the minute: no write (the date says "to the minute", the database is spared).
+    services = client.app.state.services  # type: ignore[attr-defined]
+    with services.db.session() as s:
+        s.execute(
+            update(ApiKey).where(ApiKey.id == made.json()["id"]).values(last_used_at=utcnow() - timedelta(seconds=30))
+        )
+    client.get("/v1/whoami", headers=bearer(made.json()["key"]))
+    assert first_use - listed()["last_used_at"] >= 29
+    with services.db.session() as s:
+        s.execute(
+            update(ApiKey).where(ApiKey.id == made.json()["id"]).values(last_used_at=utcnow() - timedelta(minutes=5))
+        )
+    client.get("/v1/whoami", headers=bearer(made.json()["key"]))
+    assert abs(listed()["last_used_at"] - time.time()) < 60
+
+
+@pytest.mark.parametrize("name", ["x" * 101, "tab\there", "nul\x00"])
+def test_a_key_name_is_short_and_printable(client: TestClient, name: str) -> None:
+    admin = first_account(client)
+    error = assert_envelope(client.post("/api/v1/keys", json={"name": name}, headers=admin), 400)
+    assert error["param"] == "name"
+    assert len(client.get("/api/v1/keys", headers=admin).json()["data"]) == 1  # nothing made

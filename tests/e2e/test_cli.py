@@ -118,7 +118,7 @@ def test_keys_are_managed_over_http(server: Server) -> None:
     admin_keys = json.loads(server.cli("keys", "list", "--json").stdout)
     admin_key_id = next(k["id"] for k in admin_keys if k["account"] == "admin")
     assert server.cli("keys", "revoke", admin_key_id, key=bob_key).returncode == 4
-    second = server.cli("keys", "create", key=bob_key).stdout.strip()  # bob makes himself another
+    second = server.cli("keys", "create", "--name", "laptop", key=bob_key).stdout.strip()  # bob makes another
     assert server.cli("whoami", key=second).stdout.strip() == "bob"
     # The administrator revokes bob's first key: it stops working at once, the second still works.
     bob_first = next(k["id"] for k in bob_keys)
@@ -126,7 +126,11 @@ def test_keys_are_managed_over_http(server: Server) -> None:
     assert server.cli("whoami", key=bob_key).returncode == 3
     assert server.cli("whoami", key=second).returncode == 0
     table = server.cli("keys", "list", "--account", "bob").stdout
-    assert re.search(rf"^{bob_first}\s+bob\s+mp-\S+\s+revoked", table, re.M), table
+    assert re.search(rf"^{bob_first}\s+-\s+bob\s+mp-\S+\s+revoked", table, re.M), table
+    # The named one, with the minute it was last used (by the whoami above).
+    assert re.search(r"^key_\S+\s+laptop\s+bob\s+mp-\S+\s+active\s+\S+ \S+\s+\d{4}-\d\d-\d\d \d\d:\d\d", table, re.M), (
+        table
+    )
 
 
 def _pane(session: str) -> str:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from modelport.accounts.sessions import SessionSigner
 from modelport.errors import AuthenticationError, Conflict, InvalidRequest, NotFound, PermissionDenied
@@ -22,7 +24,11 @@ from modelport.ids import new_id
 from modelport.storage.db.engine import Database
 from modelport.storage.db.tables import Account, ApiKey, utcnow
 
+log = logging.getLogger(__name__)
+
 KEY_PREFIX = "mp-"
+KEY_NAME_MAX = 100
+LAST_USED_EVERY = timedelta(minutes=1)  # how stale a key's "last used" may be: one write a minute at most
 ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,38}[a-z0-9]$|^[a-z0-9]$")
 
 
@@ -47,6 +53,22 @@ class KeyInfo:
     hint: str
     revoked: bool
     created_at: datetime
+    name: str = ""
+    last_used_at: datetime | None = None
+
+    @classmethod
+    def of(cls, key: ApiKey, account_name: str) -> KeyInfo:
+        return cls(
+            key.id, account_name, key.hint + "…", key.revoked_at is not None, key.created_at, key.name, key.last_used_at
+        )
+
+
+def key_name(name: str | None) -> str:
+    """A key's name as stored: trimmed, at most ``KEY_NAME_MAX`` characters, nothing unprintable."""
+    name = (name or "").strip()
+    if len(name) > KEY_NAME_MAX or not name.isprintable():
+        raise InvalidRequest(f"a key's name is at most {KEY_NAME_MAX} printable characters", param="name")
+    return name
 
 
 class AccountService:
@@ -72,9 +94,16 @@ class AccountService:
         return self.issue_key(account_name, key=key, create_account=create_account, admin=admin)[1]
 
     def issue_key(
-        self, account_name: str, *, key: str | None = None, create_account: bool = True, admin: bool = False
+        self,
+        account_name: str,
+        *,
+        key: str | None = None,
+        create_account: bool = True,
+        admin: bool = False,
+        name: str | None = None,
     ) -> tuple[KeyInfo, str]:
         """``create_key``, also returning what ``list_keys`` will show of the new key."""
+        name = key_name(name)
         key = key or KEY_PREFIX + secrets.token_urlsafe(32)
         with self.db.session() as s:
             account = s.scalar(select(Account).where(Account.name == account_name))
@@ -86,10 +115,15 @@ class AccountService:
             account = s.scalars(select(Account).where(Account.name == account_name)).one()
             account.is_admin = account.is_admin or admin
             row = ApiKey(
-                id=new_id("key"), account_id=account.id, key_hash=hash_key(key), hint=key[:7], created_at=utcnow()
+                id=new_id("key"),
+                account_id=account.id,
+                key_hash=hash_key(key),
+                hint=key[:7],
+                name=name,
+                created_at=utcnow(),
             )
             s.add(row)
-            info = KeyInfo(row.id, account.name, row.hint + "…", False, row.created_at)
+            info = KeyInfo.of(row, account.name)
         return info, key
 
     def bootstrap(self, account_name: str, key: str) -> bool:
@@ -110,7 +144,20 @@ class AccountService:
         if row is None or not hmac.compare_digest(row[0].key_hash, digest) or row[0].revoked_at:
             raise AuthenticationError("invalid API key")
         api_key, account = row
+        self._used(api_key)
         return Principal(account.id, account.name, api_key.id, is_admin=account.is_admin)
+
+    def _used(self, key: ApiKey) -> None:
+        """Note that ``key`` was used now, at most once a minute: a request must not wait on more writes,
+        and a database that is busy or read-only costs the date, never the request."""
+        now = utcnow()
+        if key.last_used_at is not None and now - key.last_used_at < LAST_USED_EVERY:
+            return
+        try:
+            with self.db.session() as s:
+                s.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+        except SQLAlchemyError as e:
+            log.debug("could not note key %s as used: %s", key.id, e)
 
     # --- web console sessions: a signed token naming the key, checked against the key on every use ----
     def open_session(self, key: str) -> str:
@@ -126,6 +173,7 @@ class AccountService:
         if row is None or row[0].revoked_at:  # a revoked key ends every session made with it
             raise AuthenticationError("the session's API key was revoked: sign in again")
         api_key, account = row
+        self._used(api_key)
         return Principal(account.id, account.name, api_key.id, is_admin=account.is_admin)
 
     def list_keys(self, account_name: str | None = None) -> list[KeyInfo]:
@@ -133,9 +181,7 @@ class AccountService:
         if account_name:
             query = query.where(Account.name == account_name)
         with self.db.read() as s:
-            return [
-                KeyInfo(k.id, a.name, k.hint + "…", k.revoked_at is not None, k.created_at) for k, a in s.execute(query)
-            ]
+            return [KeyInfo.of(k, a.name) for k, a in s.execute(query)]
 
     def revoke_key(self, key_id: str, *, account_id: str | None = None) -> None:
         """Revoke a key; with ``account_id``, only one of that account's (others read as missing)."""
@@ -146,11 +192,11 @@ class AccountService:
             key.revoked_at = key.revoked_at or utcnow()
 
     # --- the same, on behalf of a caller: an account manages its own keys, an administrator any ------
-    def create_key_as(self, who: Principal, account_name: str | None) -> tuple[KeyInfo, str]:
+    def create_key_as(self, who: Principal, account_name: str | None, name: str | None = None) -> tuple[KeyInfo, str]:
         if account_name in (None, who.account_name):
-            return self.issue_key(who.account_name)
+            return self.issue_key(who.account_name, name=name)
         self._require_admin(who, "create keys for another account")
-        return self.issue_key(str(account_name))
+        return self.issue_key(str(account_name), name=name)
 
     def list_keys_as(self, who: Principal, account_name: str | None = None) -> list[KeyInfo]:
         if who.is_admin:

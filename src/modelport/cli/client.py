@@ -241,8 +241,8 @@ class Client:
         result: list[dict[str, Any]] = self.call("GET", "/api/v1/keys", params=params)["data"]
         return result
 
-    def create_key(self, account: str | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("POST", "/api/v1/keys", json={"account": account})
+    def create_key(self, account: str | None = None, name: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", "/api/v1/keys", json={"account": account, "name": name})
         return result
 
     def revoke_key(self, key_id: str) -> None:

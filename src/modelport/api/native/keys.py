@@ -18,6 +18,7 @@ router = APIRouter()
 
 class KeyCreate(BaseModel):
     account: str | None = Field(default=None, description="Account to create the key for (default: the caller's)")
+    name: str | None = Field(default=None, description='What to call it ("laptop", "ci"): up to 100 characters')
 
 
 def key_json(k: KeyInfo) -> dict[str, Any]:
@@ -26,8 +27,10 @@ def key_json(k: KeyInfo) -> dict[str, Any]:
         "object": "api_key",
         "account": k.account_name,
         "hint": k.hint,
+        "name": k.name,
         "status": "revoked" if k.revoked else "active",
         "created_at": int(k.created_at.timestamp()),
+        "last_used_at": int(k.last_used_at.timestamp()) if k.last_used_at else None,
     }
 
 
@@ -39,7 +42,7 @@ def list_keys(request: Request, who: PrincipalDep, account: str | None = None) -
 @router.post("/keys", status_code=201)
 def create_key(body: KeyCreate, request: Request, who: PrincipalDep) -> dict[str, Any]:
     """The key itself is in this answer and nowhere else: it is stored only as a hash."""
-    info, key = get_accounts(request).create_key_as(who, body.account)
+    info, key = get_accounts(request).create_key_as(who, body.account, body.name)
     return {**key_json(info), "key": key}
 
 

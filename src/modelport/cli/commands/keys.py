@@ -17,12 +17,13 @@ def keys() -> None:
 
 
 @keys.command("create")
+@click.option("--name", default=None, help='What to call it, e.g. "laptop" or "ci" (shown by `keys list`).')
 @click.option("--account", default=None, help="Account to create it for (administrators; created if new).")
 @connection_options
 @pass_app
-def keys_create(app: AppContext, account: str | None) -> None:
+def keys_create(app: AppContext, name: str | None, account: str | None) -> None:
     """Create an API key and print it. It is shown only this once."""
-    created = app.client().create_key(account)
+    created = app.client().create_key(account, name)
     if app.json:
         return app.output.json(created)
     app.output.line(created["key"])
@@ -36,12 +37,24 @@ def keys_create(app: AppContext, account: str | None) -> None:
 @connection_options
 @pass_app
 def keys_list(app: AppContext, account: str | None) -> None:
-    """List API keys: ids and hints only (keys themselves are never stored)."""
+    """List API keys: ids, names and hints only (keys themselves are never stored). LAST USED is
+    to the minute."""
     items = app.client().list_keys(account)
     if app.json:
         return app.output.json(items)
-    rows = [(k["id"], k["account"], k["hint"], k["status"], when(k["created_at"])) for k in items]
-    app.output.table(("ID", "ACCOUNT", "HINT", "STATUS", "CREATED"), rows, empty="No keys.")
+    rows = [
+        (
+            k["id"],
+            k["name"] or "-",
+            k["account"],
+            k["hint"],
+            k["status"],
+            when(k["created_at"]),
+            when(k["last_used_at"]),
+        )
+        for k in items
+    ]
+    app.output.table(("ID", "NAME", "ACCOUNT", "HINT", "STATUS", "CREATED", "LAST USED"), rows, empty="No keys.")
 
 
 @keys.command("revoke")

@@ -62,8 +62,11 @@ class ApiKey(Base):
     # sha256 of the whole key: keys carry 256 random bits, so a slow hash buys nothing.
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     hint: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(100), default="", server_default="")  # what people call it
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Written at most once a minute per key (``AccountService.authenticate``): a date people read, not a log.
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Model(Base):
