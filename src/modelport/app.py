@@ -17,6 +17,7 @@ from modelport.api.metrics import RequestMetrics
 from modelport.api.metrics import router as metrics_router
 from modelport.api.native.keys import router as keys_router
 from modelport.api.native.models import router as native_models_router
+from modelport.api.native.timeline import router as timeline_router
 from modelport.api.native.uploads import router as uploads_router
 from modelport.api.native.usage import router as usage_router
 from modelport.api.nebius.router import router as nebius_router
@@ -84,6 +85,7 @@ def create_app(
     app.include_router(nebius_router, prefix="/v0")
     app.include_router(uploads_router, prefix="/api/v1")
     app.include_router(keys_router, prefix="/api/v1")
+    app.include_router(timeline_router, prefix="/api/v1")
     app.include_router(native_models_router, prefix="/api/v1")
     app.include_router(usage_router, prefix="/api/v1")
     app.include_router(web_router)

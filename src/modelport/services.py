@@ -49,6 +49,7 @@ from modelport.serving.artifacts import ArtifactCache
 from modelport.serving.observe import Observers
 from modelport.serving.pool import EnginePool
 from modelport.serving.service import InferenceService
+from modelport.serving.timeline import Timeline
 from modelport.serving.usage import UsageLedger
 from modelport.settings import Settings
 from modelport.storage.blobs import BlobStore, DirectTransfer, open_blob_store
@@ -72,6 +73,7 @@ class Serving:
     adapters: DeploymentAdapters  # LoRA adapters attached to a deployment (Together v2)
     rollouts: Rollouts  # moving a route's traffic between deployments in steps (Together v2)
     rollout_controller: RolloutController  # the thread that advances rollouts; runs with the supervisor
+    timeline: Timeline  # each model's last hour of traffic, for the console's charts
 
 
 @dataclass
@@ -221,13 +223,14 @@ def _serving(
     routes = Routes(db, endpoints, events, on_change=supervisor.wake)
     routing = EndpointRouting(settings, db, endpoints, routes, supervisor, catalog, artifacts, events, stats)
     engine = EnginePool(settings, remote)
+    timeline = Timeline()
     inference = InferenceService(
         catalog,
         artifacts,
         engine,
         limiter=RateLimiter(settings.quota_requests_per_minute),
         routing=routing,
-        observer=Observers(metrics.inference, usage),
+        observer=Observers(metrics.inference, usage, timeline),
     )
     # Scrapes ask each serverless engine process for its load, and read the endpoints' replicas.
     metrics.watch_serving(
@@ -251,4 +254,5 @@ def _serving(
         adapters=adapters,
         rollouts=rollouts,
         rollout_controller=RolloutController(rollouts.driver, settings.rollout_interval_s, lambda: lease.holding),
+        timeline=timeline,
     )

@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Live, Server
+from tests.e2e.test_inference_clients import upload
 from tests.support.fakehub import FakeHub
 from tests.support.tinymodels import files_of
 
@@ -140,18 +141,18 @@ def test_tour_upload_watch_deploy_and_chat(page: Any, server: Server, tiny_llama
     page.get_by_label("Display name").fill("tour endpoint")
     page.get_by_role("button", name="Create dedicated endpoint").click()
     page.wait_for_url(f"{server.url}/endpoints")
-    for _ in range(120):
-        if "STARTED" in page.locator("#endpoints").inner_text():
-            break
-        page.wait_for_timeout(500)
-        page.reload()
+    assert re.search("PENDING|STARTING", page.locator("#endpoints").inner_text())
+    # No reload: the list follows the server by itself.
+    page.wait_for_function("document.querySelector('#endpoints').textContent.includes('STARTED')", timeout=120_000)
+    assert "Updated" in page.locator("#live-status").inner_text()
     row_text = page.locator("#endpoints tbody tr").first.inner_text()
     assert "STARTED" in row_text and "1/1" in row_text
     shot(page, "endpoints")
 
     # The playground streams a reply from the endpoint.
     page.get_by_role("link", name="Chat", exact=True).first.click()
-    assert page.get_by_label("Model, adapter or endpoint").input_value().startswith("admin/tiny-chat-")
+    endpoint = page.get_by_label("Model, adapter or endpoint").input_value()
+    assert endpoint.startswith("admin/tiny-chat-")
     page.get_by_label("Max tokens").fill("12")
     page.get_by_label("Temperature").fill("0")
     page.get_by_label("Message").fill("Hello there")
@@ -174,6 +175,27 @@ def test_tour_upload_watch_deploy_and_chat(page: Any, server: Server, tiny_llama
     page.locator("#pg-error").wait_for(state="visible")
     assert page.get_by_label("Message").input_value() == "Keep this"
     assert "Keep this" not in page.locator("#pg-log").inner_text()
+    # The endpoint's page: its replica, how to call it, and charts drawn from the chat just made.
+    for _ in range(3):  # two more requests, so the charts have something to draw
+        httpx.post(
+            f"{server.url}/v1/chat/completions",
+            json={"model": endpoint, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+            headers={"Authorization": f"Bearer {server.admin_key}"},
+            timeout=60,
+        ).raise_for_status()
+    page.goto(f"{server.url}/endpoints/{endpoint}")
+    replica = page.locator("#replicas tbody tr").first.inner_text()
+    assert "ready" in replica and "pid" in replica, replica
+    assert endpoint in page.locator("#snippet-curl").inner_text()
+    page.wait_for_function("Number(document.querySelector('#chart-requests .plot').dataset.points) > 0")
+    assert page.locator("#chart-requests canvas").count() >= 1  # uPlot drew it
+    assert re.search(r"requests/s [\d.]+ req/s", page.locator("#chart-requests .chart-now").inner_text())
+    assert re.search(r"p50 [\d.]+ ms, p95 [\d.]+ ms", page.locator("#chart-ttft .chart-now").inner_text())
+    tokens = float(page.locator("#chart-tokens .chart-now").inner_text().split()[1])
+    assert tokens > 0
+    label = page.locator("#chart-latency .plot").get_attribute("aria-label")
+    assert label.startswith("Latency (ms): p50 "), label
+    shot(page, "endpoint")
     # The dashboard now counts the model, the endpoint and today's requests (the chat above and the curl).
     page.goto(f"{server.url}/")
     assert page.locator("#dash-models").inner_text() == "1" and page.locator("#dash-endpoints").inner_text() == "1"
@@ -268,17 +290,24 @@ def server_get(server: Server, path: str) -> Any:
 def test_keys_page_shows_a_new_key_once_and_revokes(page: Any, server: Server) -> None:
     sign_in(page, server)
     page.get_by_role("link", name="API keys").click()
+    page.get_by_label(re.compile("^Name")).fill("carol's laptop")
     page.get_by_label(re.compile("Account")).fill("carol")
     page.get_by_role("button", name="Create API key").click()
     new_key = page.locator("#new-key").inner_text()
-    assert new_key.startswith("mp-") and "carol" in page.locator(".notice").inner_text()
+    assert new_key.startswith("mp-") and "carol's laptop for carol" in page.locator(".notice").inner_text()
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
     page.get_by_role("button", name="Copy the new key").click()
     page.wait_for_function("document.querySelector('#copy-status').textContent !== ''")
     assert page.evaluate("navigator.clipboard.readText()") == new_key
     shot(page, "keys")
+    row = page.locator("tr", has_text="carol")
+    assert row.get_by_role("rowheader").inner_text() == "carol's laptop"
+    assert row.locator("td").nth(5).inner_text() == "-"  # never used yet
+    assert server.cli("whoami", key=new_key).returncode == 0
     page.goto(f"{server.url}/keys")
     assert new_key not in page.content()  # shown once
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", row.locator("td").nth(5).inner_text())  # last used
+    assert "this session" in page.locator("tr", has_text="admin").first.inner_text()
     page.once("dialog", lambda d: d.accept())
     with page.expect_navigation():
         page.locator("tr", has_text="carol").get_by_role("button", name=re.compile("^Revoke")).click()
@@ -318,12 +347,22 @@ def test_an_upload_tells_the_time_left(page: Any, server: Server) -> None:
     }
 
 
-def test_pages_are_usable_on_a_narrow_screen_and_by_keyboard(browser: Any, server: Server) -> None:
+def test_pages_are_usable_on_a_narrow_screen_and_by_keyboard(
+    browser: Any, server: Server, hub: FakeHub, tiny_llama: Path
+) -> None:
+    # An endpoint, so that its page (replicas, charts, snippets) is checked at this width too.
+    live = Live(server.url, server.admin_key, server.proc, server.env)
+    upload(live, hub, "narrow", tiny_llama)
+    hardware = server_get(server, "/v1/hardware")["data"][0]["id"]
+    body = {"model": "admin/narrow", "hardware": hardware, "display_name": "narrow"}
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    endpoint = httpx.post(f"{server.url}/v1/endpoints", json=body, headers=auth, timeout=30).json()["name"]
     context = browser.new_context(viewport={"width": 390, "height": 740})
     page = context.new_page()
     try:
         sign_in(page, server)
-        for path in ("/models", "/models/new", "/endpoints", "/playground", "/uploads", "/keys", "/no-such-page"):
+        pages = ("/models", "/models/new", "/endpoints", f"/endpoints/{endpoint}", "/playground", "/uploads", "/keys")
+        for path in (*pages, "/no-such-page"):
             page.goto(server.url + path)
             overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, (path, overflow)
@@ -340,6 +379,9 @@ def test_pages_are_usable_on_a_narrow_screen_and_by_keyboard(browser: Any, serve
                    .map(e => e.id || e.name)"""
             )
             assert unlabeled == [], (path, unlabeled)
+        page.goto(f"{server.url}/endpoints/{endpoint}")
+        assert page.locator("#chart-requests .chart-now").inner_text() in ("-", "no requests in the last hour")
+        shot(page, "endpoint-390")
         page.goto(server.url + "/keys")  # the admin's own key is listed: a card with labelled cells
         card = page.locator("table.cards tbody tr").first
         assert card.locator('td[data-label="Status"]').is_visible()

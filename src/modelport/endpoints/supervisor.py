@@ -100,6 +100,18 @@ class Replica:
 
 
 @dataclass(frozen=True)
+class ReplicaView:
+    """One replica as the console's endpoint page shows it."""
+
+    index: int
+    ready: bool
+    where: str  # "pid 1234", "node 3f2a… (10.0.0.7)"
+    since: float  # Unix time it answered since (ready), or was launched (starting)
+    in_flight: int
+    last_error: str  # how this index's previous replica ended, if one did; else ""
+
+
+@dataclass(frozen=True)
 class ReplicaLoad:
     """One replica process as ``/metrics`` shows it: whether it answers yet, and the sequences the API
     server has in flight on it (generating or queued there)."""
@@ -150,6 +162,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._touched: dict[str, float] = {}
+        self._ended: dict[tuple[str, int], str] = {}  # (deployment, index) → how its last replica ended
 
     @property
     def inventory(self) -> Inventory:
@@ -194,6 +207,24 @@ class Supervisor:
         return [
             ReplicaLoad(endpoint_id, r.index, r.ready, r.engine.in_flight if r.engine is not None else 0)
             for endpoint_id, replicas in running
+            for r in replicas
+        ]
+
+    def replica_views(self, endpoint_id: str) -> list[ReplicaView]:
+        """The deployment's replicas, by index, for the console (this server's view: a follower's too)."""
+        now_wall, now = time.time(), time.monotonic()
+        with self._lock:
+            replicas = sorted(self.replicas.get(endpoint_id, []), key=lambda r: r.index)
+            ended = dict(self._ended)
+        return [
+            ReplicaView(
+                r.index,
+                r.ready,
+                r.handle.where,
+                now_wall - (now - (r.ready_at if r.ready else r.started)),
+                r.engine.in_flight if r.engine is not None else 0,
+                ended.get((endpoint_id, r.index), ""),
+            )
             for r in replicas
         ]
 
@@ -432,10 +463,21 @@ class Supervisor:
         reason = replica.handle.ended(code)
         restarts = endpoint.restarts + 1
         log.warning("endpoint %s replica %d %s (crash %d)", endpoint.name, replica.index, reason, restarts)
+        output = replica.handle.log_tail()
+        last = output.strip().splitlines()[-1][:300] if output.strip() else ""
+        ended = f"{reason} on {replica.handle.where}" + (f": {last}" if last and code > 0 else "")
+        with self._lock:
+            self._ended[(endpoint.id, replica.index)] = f"{ended} ({utcnow():%Y-%m-%d %H:%M UTC})"
+        self.events.record(
+            endpoint.route_id,
+            "deployment.replica_ended",
+            f"{endpoint.label or endpoint.name}: replica {replica.index} {ended}",
+            level=Level.WARN,
+            deployment_id=endpoint.id,
+        )
         if restarts > self.settings.replica_max_restarts:
             self._stop_replicas(endpoint.id)
-            tail = replica.handle.log_tail()
-            error = f"replica {reason} {restarts} times" + (f"; last output: {tail}" if tail else "")
+            error = f"replica {reason} {restarts} times" + (f"; last output: {output}" if output else "")
             self._move(endpoint, EndpointState.ERROR, error=error, restarts=restarts)
             return False
         return self._move(endpoint, EndpointState.STARTING, restarts=restarts)

@@ -41,7 +41,7 @@ from modelport.storage.db.tables import Endpoint, Rollout, Route
 from modelport.web import endpoint_views, views
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-TEMPLATES.env.filters.update(bytes=human_bytes, count=human_count, when=views.when)
+TEMPLATES.env.filters.update(bytes=human_bytes, count=human_count, when=views.when, when_unix=views.when_unix)
 STATIC_DIR = Path(__file__).parent / "static"
 
 router = APIRouter(include_in_schema=False)
@@ -288,10 +288,15 @@ def endpoint_page(request: Request, name: str, who: Who, key: Key) -> Response:
     deployments = live.routes.deployments(route.id)
     measured = _measured(request, who, route, deployments, revisions=True)
     labels = endpoint_views.labels_of(deployments)
+    rows = endpoint_views.deployment_rows(route, deployments, measured)
+    for row, deployment in zip(rows, deployments, strict=True):
+        row["replica_views"] = live.supervisor.replica_views(deployment.id)
+    kind = get_catalog(request).get_model(who, deployments[0].model_id).type if deployments else None
     return page(
         request, "endpoint.html", key, who,
         endpoint=endpoint_views.route_row(route, deployments, measured),
-        deployments=endpoint_views.deployment_rows(route, deployments, measured),
+        deployments=rows,
+        snippets=views.usage_snippets(route.name, kind, str(request.base_url)),
         rollout=endpoint_views.rollout_view(_rollout(request, route), labels),
         ab=endpoint_views.ab_rows(live.experiments.list(route, AB), labels),
         shadow=_shadow_rows(request, route, labels),
@@ -342,12 +347,17 @@ def keys_page(request: Request, who: Who, key: Key) -> Response:
 
 @router.post("/keys", response_class=HTMLResponse)
 def create_key(
-    request: Request, who: Who, key: Key, csrf_token: Annotated[str, Form()], account: Annotated[str, Form()] = ""
+    request: Request,
+    who: Who,
+    key: Key,
+    csrf_token: Annotated[str, Form()],
+    account: Annotated[str, Form()] = "",
+    name: Annotated[str, Form()] = "",
 ) -> Response:
     """Answers with the page itself (not a redirect), so the new key is shown once and never in a URL."""
     check_csrf(key, csrf_token)
     accounts = get_accounts(request)
-    info, new_key = accounts.create_key_as(who, account.strip() or None)
+    info, new_key = accounts.create_key_as(who, account.strip() or None, name)
     return page(request, "keys.html", key, who, keys=accounts.list_keys_as(who), new_key=new_key, new_info=info)
 
 

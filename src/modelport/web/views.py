@@ -25,6 +25,10 @@ def when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def when_unix(value: float) -> str:
+    return when(datetime.fromtimestamp(value, UTC))
+
+
 def duration(seconds: float) -> str:
     """``7 days``, ``1 day``, ``12 hours``: how long something is kept, in words."""
     value, unit = (seconds / 86400, "day") if seconds >= 86400 else (seconds / 3600, "hour")

@@ -403,3 +403,102 @@ function labelCells(table) {
   }
 }
 document.querySelectorAll("table.cards").forEach(labelCells);
+
+// --- live regions: the endpoint list and an endpoint's tables follow the server without a reload ----
+// The page itself is fetched again and each [data-live] region swapped in (one rendering, the server's).
+// Every 3 s while something is on its way (starting, stopping), every 15 s when all is settled, backing
+// off to a minute while the server does not answer, and not at all while the tab is hidden.
+const BUSY = /\b(STARTING|PENDING|STOPPING|PROVISIONING|SCALING)\b|>starting</;
+
+function setupLive(regions) {
+  let wait = 3000;
+  const status = document.getElementById("live-status");
+  async function refresh() {
+    if (document.hidden) return schedule(3000);
+    try {
+      const response = await fetch(location.pathname, { headers: { Accept: "text/html" } });
+      if (!response.ok) throw new Error(String(response.status));
+      const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+      let text = "";
+      for (const region of regions) {
+        const next = fresh.querySelector(`[data-live="${region.dataset.live}"]`);
+        if (!next) continue;
+        region.replaceChildren(...next.childNodes);
+        region.querySelectorAll("table.cards").forEach(labelCells);
+        text += region.innerHTML;
+      }
+      wait = BUSY.test(text) ? 3000 : 15000;
+      if (status) status.textContent = `Updated ${new Date().toLocaleTimeString()}`;
+    } catch (_) {
+      wait = Math.min(wait * 2, 60000);
+      if (status) status.textContent = "The server does not answer; retrying.";
+    }
+    schedule(wait);
+  }
+  function schedule(ms) { setTimeout(refresh, ms); }
+  schedule(wait);
+}
+
+// --- charts of an endpoint's last hour (uPlot, vendored under /static/vendor) ------------------------
+const CHARTS = {
+  requests: { series: [["requests_per_s", "requests/s"]], unit: "req/s" },
+  tokens: { series: [["tokens_per_s", "tokens/s"]], unit: "tok/s" },
+  ttft: { series: [["ttft_ms_p50", "p50"], ["ttft_ms_p95", "p95"]], unit: "ms" },
+  latency: { series: [["latency_ms_p50", "p50"], ["latency_ms_p95", "p95"], ["latency_ms_p99", "p99"]], unit: "ms" },
+};
+const COLOURS = ["#2457a5", "#b3541e", "#4d7c0f"];
+
+function setupCharts(box) {
+  const model = box.dataset.timeline;
+  const plots = {};
+  async function draw() {
+    try {
+      const url = `/api/v1/timeline?model=${encodeURIComponent(model)}&minutes=60`;
+      const response = await fetch(url);
+      if (!response.ok) throw new Error(String(response.status));
+      render(await response.json());
+      box.dataset.points = "1";
+    } catch (_) { /* the next round tries again */ }
+    setTimeout(draw, 10000);
+  }
+  function render(data) {
+    const xs = data.points.map((p) => p.t);
+    for (const [id, chart] of Object.entries(CHARTS)) {
+      const figure = box.querySelector(`#chart-${id}`);
+      const ys = chart.series.map(([key]) => data.points.map((p) => p[key]));
+      const latest = [...data.points].reverse().find((p) => p.requests > 0);
+      const now = latest
+        ? chart.series.map(([key, label]) => `${label} ${latest[key] ?? "-"} ${chart.unit}`).join(", ")
+        : "no requests in the last hour";
+      figure.querySelector(".chart-now").textContent = now;
+      const plot = figure.querySelector(".plot");
+      plot.setAttribute("aria-label", `${figure.querySelector("figcaption").textContent}: ${now}`);
+      plot.dataset.points = String(ys[0].filter((y) => y != null && y > 0).length);
+      if (!window.uPlot) continue;  // the script did not load: the text above still says it
+      if (!plots[id]) {
+        plots[id] = new uPlot({
+          width: Math.max(240, plot.clientWidth || 480),
+          height: 160,
+          legend: { show: chart.series.length > 1 },
+          cursor: { drag: { x: false, y: false } },
+          scales: { x: { time: true } },
+          // Points as well as lines: a lone busy bucket between quiet ones is a point, not a line.
+          series: [{}, ...chart.series.map(([, label], i) => ({
+            label, stroke: COLOURS[i], width: 2, spanGaps: false, points: { show: true, size: 5, fill: COLOURS[i] },
+          }))],
+          axes: [{}, { size: 50 }],
+        }, [xs, ...ys], plot);
+      } else {
+        plots[id].setData([xs, ...ys]);
+      }
+    }
+  }
+  draw();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const regions = [...document.querySelectorAll("[data-live]")];
+  if (regions.length) setupLive(regions);
+  const charts = document.querySelector("[data-timeline]");
+  if (charts) setupCharts(charts);
+});
