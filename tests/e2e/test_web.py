@@ -166,6 +166,20 @@ def test_tour_upload_watch_deploy_and_chat(page: Any, server: Server, tiny_llama
     # Each reply says what it cost: its tokens (12 asked for), the prompt's, first token and rate.
     stats = page.locator(".msg.assistant .stats").first.inner_text()
     assert re.fullmatch(r"\d+ tokens · prompt \d+ tokens · first token \d+ ms( · [\d.]+ tokens/s)?", stats), stats
+    # Regenerate: the reply is asked for again (greedy here: the same words), in its place.
+    first_reply = reply.inner_text()
+    page.get_by_role("button", name="Regenerate").click()
+    page.wait_for_function(
+        "document.querySelector('#pg-regen').disabled === false && "
+        "document.querySelectorAll('.msg.assistant').length === 1 && "
+        "document.querySelector('.msg.assistant .stats') !== null"
+    )
+    assert page.locator(".msg.assistant p").first.inner_text() == first_reply
+    # View code: this conversation as a request, ready to copy.
+    page.get_by_text("View code").click()
+    code = page.locator("#pg-code-text").inner_text()
+    assert f'model="{endpoint}"' in code and '"content": "Hello there"' in code and "max_tokens=12" in code
+    assert '"role": "assistant"' in code and "temperature=0" in code
     shot(page, "playground")
     # A refused message goes back into the box; nothing typed is lost.
     missing = "new Option('admin/no-such-model', 'admin/no-such-model', true, true)"
@@ -214,6 +228,14 @@ def test_tour_upload_watch_deploy_and_chat(page: Any, server: Server, tiny_llama
     with page.expect_navigation():  # the form posts, then lands on /endpoints again
         page.keyboard.press("Enter")
     assert re.search("STOPP(ING|ED)", page.locator("#endpoints").inner_text())
+    # The playground no longer offers it; it lists it apart, with a button that starts it and comes back.
+    page.wait_for_function("document.querySelector('#endpoints').textContent.includes('STOPPED')", timeout=60_000)
+    page.goto(f"{server.url}/playground")
+    assert endpoint not in page.locator("#pg-model").inner_text()
+    with page.expect_navigation():
+        page.get_by_role("button", name=f"Start {endpoint}").click()
+    assert page.get_by_label("Model, adapter or endpoint").input_value() == endpoint
+    assert page.locator(".pg-stopped").count() == 0
 
 
 def test_a_failed_upload_lists_every_problem(page: Any, server: Server, tiny_llama: Path, tmp_path: Path) -> None:

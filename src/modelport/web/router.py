@@ -33,6 +33,7 @@ from modelport.catalog.service import UploadRequest
 from modelport.endpoints.experiment_rules import AB, SHADOW_KIND, compare
 from modelport.endpoints.routes import LIVE
 from modelport.endpoints.service import EndpointSpec
+from modelport.endpoints.states import RUNNING_STATES
 from modelport.endpoints.traffic import shares
 from modelport.errors import AuthenticationError, Conflict, ModelportError, NotFound, PermissionDenied
 from modelport.humanize import human_bytes, human_count
@@ -328,15 +329,30 @@ def _shadow_rows(request: Request, route: Route, labels: dict[str, str]) -> list
 # --- playground and keys ------------------------------------------------------------------------
 @router.get("/playground", response_class=HTMLResponse)
 def playground(request: Request, who: Who, key: Key, model: str = "") -> Response:
+    """Chat with what can answer now: ready models and adapters, endpoints with a deployment running (by
+    the endpoint's name, or a deployment's full name to pin one); stopped endpoints listed apart, each
+    with a Start button when it has one deployment."""
     cap = get_settings(request).max_model_len
-    models = [m for m in get_catalog(request).list_models(who) if m.type != ModelType.EMBEDDING]
-    # Each model's context bounds Max tokens (a prompt needs room too); endpoints' are not known here.
-    contexts = {m.name: context_length_of(m.manifest, cap) for m in models}
-    targets = list(contexts)
-    # An endpoint's name splits requests between its deployments; a deployment's full name pins one.
-    targets += [r.name for r in get_services(request).live.routes.listed(who)]
-    targets += [e.name for e in get_endpoints(request).list(who) if e.name not in targets]
-    return page(request, "playground.html", key, who, targets=targets, selected=model, contexts=contexts)
+    catalog = get_catalog(request)
+    models = {m.id: m for m in catalog.list_models(who)}
+    # Each target's context bounds Max tokens (a prompt needs room too).
+    contexts = {m.name: context_length_of(m.manifest, cap) for m in models.values() if m.type != ModelType.EMBEDDING}
+    routes = get_services(request).live.routes
+    stopped: list[dict[str, Any]] = []
+    for route in routes.listed(who):
+        deployments = routes.deployments(route.id)
+        chat = [d for d in deployments if d.model_id in models and models[d.model_id].type != ModelType.EMBEDDING]
+        running = [d for d in chat if d.state in RUNNING_STATES]
+        for d in running:
+            contexts.setdefault(route.name, context_length_of(models[d.model_id].manifest, cap))
+            if len(deployments) > 1:
+                contexts[d.name] = context_length_of(models[d.model_id].manifest, cap)
+        if chat and not running:
+            start = deployments[0].name if len(deployments) == 1 else None
+            stopped.append({"name": route.name, "state": deployments[0].state, "start": start})
+    return page(
+        request, "playground.html", key, who, targets=list(contexts), selected=model, contexts=contexts, stopped=stopped
+    )
 
 
 @router.get("/keys", response_class=HTMLResponse)

@@ -244,6 +244,8 @@ function setupPlayground(form) {
   const error = form.querySelector("#pg-error");
   const stop = form.querySelector("#pg-stop");
   const send = form.querySelector("#pg-send");
+  const regen = form.querySelector("#pg-regen");
+  const code = form.querySelector("#pg-code-text");
   let history = [];
   let controller = null;
   const bubble = (role, text) => {
@@ -259,6 +261,25 @@ function setupPlayground(form) {
     log.scrollTop = log.scrollHeight;
     return body;
   };
+  const conversation = () => (form.system.value.trim()
+    ? [{ role: "system", content: form.system.value.trim() }, ...history] : history);
+  const params = () => ({
+    temperature: Number(form.temperature.value), top_p: Number(form.top_p.value), max_tokens: Number(form.max_tokens.value),
+  });
+  // "View code": the request this page would send next, as Python with the openai SDK.
+  const showCode = () => {
+    const p = params();
+    const messages = JSON.stringify(conversation(), null, 4).replace(/\n/g, "\n    ");
+    code.textContent = "import os\nfrom openai import OpenAI\n\n"
+      + `client = OpenAI(base_url="${location.origin}/v1", api_key=os.environ["MODELPORT_API_KEY"])\n`
+      + `reply = client.chat.completions.create(\n    model=${JSON.stringify(form.model.value)},\n`
+      + `    messages=${messages},\n    temperature=${p.temperature},\n    top_p=${p.top_p},\n    max_tokens=${p.max_tokens},\n)\n`
+      + "print(reply.choices[0].message.content)";
+  };
+  const settle = () => {
+    regen.disabled = controller !== null || history.length === 0 || history[history.length - 1].role !== "assistant";
+    showCode();
+  };
   // Max tokens can never exceed the chosen model's context (its prompt needs room as well).
   const bound = () => {
     const context = Number(form.model.selectedOptions[0]?.dataset.context || 0);
@@ -270,31 +291,27 @@ function setupPlayground(form) {
     } else { form.max_tokens.removeAttribute("max"); hint.textContent = ""; }
   };
   bound();
-  form.querySelector("#pg-clear").addEventListener("click", () => { history = []; log.replaceChildren(); });
-  form.model.addEventListener("change", () => { history = []; log.replaceChildren(); bound(); });
+  settle();
+  form.querySelector("#pg-clear").addEventListener("click", () => { history = []; log.replaceChildren(); settle(); });
+  form.model.addEventListener("change", () => { history = []; log.replaceChildren(); bound(); settle(); });
+  for (const field of [form.system, form.temperature, form.top_p, form.max_tokens]) field.addEventListener("input", showCode);
   stop.addEventListener("click", () => controller && controller.abort());
   form.message.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
   });
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const text = form.message.value.trim();
-    if (!text || controller) return;
+
+  // One reply to the conversation as it stands. ``asked``/``text``: the message just sent, which a
+  // refusal takes back out of the conversation and puts back into the box (nothing typed is lost).
+  async function answer(asked, text) {
     error.hidden = true;
-    form.message.value = "";
-    const asked = bubble("user", text);
-    history.push({ role: "user", content: text });
     const reply = bubble("assistant", "");
     const started = performance.now();
     let first = null;
-    const messages = form.system.value.trim() ? [{ role: "system", content: form.system.value.trim() }, ...history] : history;
     controller = new AbortController();
-    send.disabled = true; stop.disabled = false;
-    let usage = null;
+    send.disabled = true; stop.disabled = false; regen.disabled = true;
     try {
-      usage = await streamChat({
-        model: form.model.value, messages, stream: true, stream_options: { include_usage: true },
-        temperature: Number(form.temperature.value), top_p: Number(form.top_p.value), max_tokens: Number(form.max_tokens.value),
+      const usage = await streamChat({
+        model: form.model.value, messages: conversation(), stream: true, stream_options: { include_usage: true }, ...params(),
       }, controller.signal, (chunk) => {
         first = first ?? performance.now();
         reply.textContent += chunk; log.scrollTop = log.scrollHeight;
@@ -302,14 +319,32 @@ function setupPlayground(form) {
       history.push({ role: "assistant", content: reply.textContent });
       replyStats(reply, usage, started, first);
     } catch (err) {
-      if (err.name !== "AbortError") {
-        // Nothing is lost: the message goes back into the box, to send again once the cause is fixed.
-        error.textContent = err.message; error.hidden = false; history.pop();
-        reply.parentElement.remove(); asked.parentElement.remove(); form.message.value = text;
-      } else history.push({ role: "assistant", content: reply.textContent });
+      if (err.name === "AbortError") {
+        history.push({ role: "assistant", content: reply.textContent });
+      } else {
+        error.textContent = err.message; error.hidden = false;
+        reply.parentElement.remove();
+        if (asked) { history.pop(); asked.parentElement.remove(); form.message.value = text; }
+      }
     } finally {
-      controller = null; send.disabled = false; stop.disabled = true; form.message.focus();
+      controller = null; send.disabled = false; stop.disabled = true; settle(); form.message.focus();
     }
+  }
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = form.message.value.trim();
+    if (!text || controller) return;
+    form.message.value = "";
+    const asked = bubble("user", text);
+    history.push({ role: "user", content: text });
+    await answer(asked, text);
+  });
+  // Regenerate: the last reply goes, and the same conversation is asked again.
+  regen.addEventListener("click", async () => {
+    if (controller || !history.length || history[history.length - 1].role !== "assistant") return;
+    history.pop();
+    log.querySelector(".msg.assistant:last-child")?.remove();
+    await answer(null, null);
   });
 }
 
