@@ -8,6 +8,10 @@ LOCK ?= requirements/lock.txt
 NEXT := .venv-next
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 PYTEST_ARGS ?=
+# Test processes side by side (pytest-xdist) for the SQLite and PostgreSQL steps: most of the suite waits
+# on servers, clients and browsers it starts, so two halve the time on two cores. 0 runs them in one.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS))
 
 .PHONY: serve test test-sqlite test-postgres test-ray lint format clean screenshots lock-refresh
 
@@ -31,11 +35,11 @@ test: $(STAMP)
 	done
 
 test-sqlite: $(STAMP)
-	MODELPORT_TEST_DATABASE=sqlite $(PY) -m pytest $(PYTEST_ARGS)
+	MODELPORT_TEST_DATABASE=sqlite $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-postgres: $(STAMP)
 	@if $(PY) scripts/pg_available.py "$(PG_URL)"; then \
-		MODELPORT_TEST_DATABASE=postgresql MODELPORT_TEST_PG_URL="$(PG_URL)" $(PY) -m pytest $(PYTEST_ARGS); \
+		MODELPORT_TEST_DATABASE=postgresql MODELPORT_TEST_PG_URL="$(PG_URL)" $(PY) -m pytest $(XDIST) $(PYTEST_ARGS); \
 	elif [ "$$CI" = "true" ]; then \
 		echo "PostgreSQL is required in CI but does not answer at $(PG_URL)"; exit 1; \
 	else \

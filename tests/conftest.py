@@ -41,6 +41,10 @@ def pytest_configure(config: pytest.Config) -> None:
     made forward passes many times slower (``test_batching.py``'s preemption test: 6 s with one thread,
     71 s with two, under the load of a whole run). Set before any test module imports torch."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # pytest-xdist's workers (``make test`` runs two) set COLUMNS=80; the CLI's piped output is checked at
+    # the width a serial run gives it (its default for output that is not a terminal).
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("COLUMNS") == "80":
+        del os.environ["COLUMNS"]
     # fp32 everywhere the tests do not say otherwise: the correctness tests compare the engine's greedy
     # tokens with plain transformers/PEFT token for token, and the engine's "auto" would pick bf16 on CPUs
     # with AMX or AVX512-BF16 (CI machines differ). bf16 has its own tolerance test (test_precision.py).

@@ -7,6 +7,7 @@ client seldom waits; ``venv`` waits for its own.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -55,6 +56,17 @@ def _create(version: str) -> Path:
     marker = venv / ".installed"
     if marker.exists():
         return venv
+    # Test processes running side by side (pytest -n) build each venv once: the first holds the lock.
+    VENVS.mkdir(parents=True, exist_ok=True)
+    with open(VENVS / f".together-{version}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not marker.exists():
+            _install(venv, version)
+    return venv
+
+
+def _install(venv: Path, version: str) -> None:
+    marker = venv / ".installed"
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
     install = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", f"together=={version}"]
     pip = subprocess.run(
@@ -65,4 +77,3 @@ def _create(version: str) -> Path:
     if pip.returncode != 0:
         raise RuntimeError(f"could not install together=={version}:\n{pip.stderr[-3000:]}")
     marker.write_text(version)
-    return venv
