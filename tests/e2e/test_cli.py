@@ -128,7 +128,7 @@ def test_keys_are_managed_over_http(server: Server) -> None:
     table = server.cli("keys", "list", "--account", "bob").stdout
     assert re.search(rf"^{bob_first}\s+-\s+bob\s+mp-\S+\s+revoked", table, re.M), table
     # The named one, with the minute it was last used (by the whoami above).
-    assert re.search(r"^key_\S+\s+laptop\s+bob\s+mp-\S+\s+active\s+\S+ \S+\s+\d{4}-\d\d-\d\d \d\d:\d\d", table, re.M), (
+    assert re.search(r"^key-\S+\s+laptop\s+bob\s+mp-\S+\s+active\s+\S+ \S+\s+\d{4}-\d\d-\d\d \d\d:\d\d", table, re.M), (
         table
     )
 
