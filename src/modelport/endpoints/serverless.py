@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PROBE_S = 1.0  # how often each actor is asked what it holds, and whether it answers
 FOLLOW_S = 2.0  # how often a server that does not control looks for the actors
+RETRY_MAX_S = 30.0  # an index whose actors keep failing before they answer waits up to this between launches
 
 
 @dataclass
@@ -63,6 +64,7 @@ class ClusterServerless:
         self._lock = threading.Lock()
         self._adopted = False  # the controller's first pass takes over the actors that already run
         self._followed = 0.0
+        self._failures: dict[int, tuple[int, float]] = {}  # index → (failed starts in a row, next launch at)
 
     # --- what the serverless router reads ------------------------------------------------------------
     def usable(self) -> bool:
@@ -90,17 +92,22 @@ class ClusterServerless:
             self._adopt()
         with self._lock:
             members = list(self._members.values())
+        now = time.monotonic()
         for m in members:
             code = m.handle.poll()
             if code is not None:
                 log.warning("serverless engine %d %s; launching another", m.index, m.handle.ended(code))
                 self._drop(m)
-            elif m.engine is None and time.monotonic() - m.started > self.settings.replica_start_timeout_s:
+            elif m.engine is None and now - m.started > self.settings.replica_start_timeout_s:
                 log.warning("serverless engine %d did not start in time; launching another", m.index)
                 self._drop(m)
+            elif m.engine is not None:
+                self._failures.pop(m.index, None)
         if self.placement.problem() is not None:
             return  # launching waits for a cluster that answers
         for index in sorted(set(range(self.want)) - set(self._members)):
+            if self._failures.get(index, (0, 0.0))[1] > now:
+                continue  # a crash loop must not launch an actor every pass
             handle = self.placement.launch_serverless(index, self._spec())
             log.info("serverless engine %d launched (%s)", index, handle.where)
             with self._lock:
@@ -133,8 +140,12 @@ class ClusterServerless:
             self._members = {i: known.get(h.name) or _Member(i, h) for i, h in running}
 
     def _drop(self, m: _Member) -> None:
+        """Stop it; one that never answered makes its index wait before the next launch (1, 2, 4 … 30 s)."""
         with self._lock:
             self._members.pop(m.index, None)
+        if m.engine is None:
+            failed = self._failures.get(m.index, (0, 0.0))[0] + 1
+            self._failures[m.index] = (failed, time.monotonic() + min(RETRY_MAX_S, 2.0 ** (failed - 1)))
         m.handle.stop()
 
     def _probe(self) -> None:

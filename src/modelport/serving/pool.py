@@ -58,6 +58,7 @@ WATCH_S = 0.1  # how often the watcher looks at the processes it started
 PROBE_S = 1.0  # how often it asks a ready process whether it still answers
 EXTERNAL_WAIT_S = 5.0  # how long a request waits for a process started by others to answer
 EXTERNAL_SILENCE_S = 3.0  # a process started by others that answers nothing this long is left out
+REMOTE_WAIT_S = 60.0  # how long a request waits for a remote engine to be ready (actors start in seconds)
 HUNG_S = 30.0  # a process of ours that answers nothing this long is stuck: it is killed and restarted
 FAILED_STARTS = 3  # a worker that exits this many times in a row before it ever answered is broken
 
@@ -339,7 +340,7 @@ class EnginePool:
 
     async def _route_remote(self, remote: RemoteEngines, base: str, adapter: str | None) -> EngineClient | None:
         """A remote engine for the request, waiting while they start; None once the cluster cannot serve."""
-        deadline = time.monotonic() + self.settings.replica_start_timeout_s
+        deadline = time.monotonic() + min(REMOTE_WAIT_S, self.settings.replica_start_timeout_s)
         while remote.usable():
             engines = remote.engines()
             if engines:
