@@ -89,7 +89,8 @@ def test_the_list_shows_every_endpoint_with_its_deployments_and_split(console: C
     assert "<caption" in html and 'scope="col"' in html
     # The playground offers the endpoint (split by its weights) and each deployment (pinned) to chat with.
     playground = console.client.get("/playground?model=alice/chat").text
-    assert '<option value="alice/chat" selected>' in playground and '<option value="alice/chat/blue" >' in playground
+    assert re.search(r'<option value="alice/chat" data-context="\d+" selected>', playground), playground
+    assert re.search(r'<option value="alice/chat/blue" data-context="\d+" >', playground)
 
 
 def test_an_endpoints_page_shows_deployments_split_and_events(console: Console) -> None:
