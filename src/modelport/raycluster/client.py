@@ -4,7 +4,9 @@ Every call is blocking and bounded by ``MODELPORT_RAY_CALL_TIMEOUT_S``; the supe
 them, never a request's. When the agent cannot reach the cluster (it exited at start, or it stopped
 answering), the call raises ``ClusterUnavailable`` with the reason, and the next calls raise it at once
 until ``RETRY_S`` has passed, then a new agent tries again: a head node that is gone costs one deadline
-per retry, not one per endpoint per pass.
+per retry, not one per endpoint per pass. The first agent is waited for (the server has just started);
+a replacement joins in the background while calls keep failing at once with the reason, so the caller
+(the supervisor, which must put the cluster's deployments in ERROR in time) never waits on a join.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class AgentClient:
         self._socket = self._folder / "agent.sock"
         self._proc: subprocess.Popen[bytes] | None = None
         self._failed: tuple[float, str] | None = None  # when the last call failed, and why
+        self._joining_until = 0.0  # a replacement agent started in the background has until then to join
         self._lock = threading.Lock()
 
     def call(self, message: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
@@ -72,6 +75,11 @@ class AgentClient:
 
     def _ensure(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
+            if not self._socket.exists():
+                self._still_joining()
+            elif self._joining_until:
+                self._joining_until = 0.0
+                log.info("ray agent started again (pid %d) for the cluster at %s", self._proc.pid, self.address)
             return
         if self._proc is not None:  # it exited: the cluster went away under it
             reason = log_tail(self.log_path, 300) or f"the Ray agent exited with status {self._proc.returncode}"
@@ -79,9 +87,24 @@ class AgentClient:
             self._failed = (time.monotonic(), f"the Ray cluster at {self.address} is unreachable: {reason}")
         if self._failed is not None and time.monotonic() - self._failed[0] < RETRY_S:
             raise ClusterUnavailable(self._failed[1])
-        self._start()
+        if self._failed is None:
+            self._start()  # the first agent (or the first after a success): wait for it
+            return
+        self._launch()  # a replacement: it joins in the background while calls keep failing at once
+        self._joining_until = time.monotonic() + CONNECT_S
+        raise ClusterUnavailable(self._failed[1])
 
-    def _start(self) -> None:
+    def _still_joining(self) -> None:
+        """A replacement agent that has not joined yet: the last failure stands, until its time is up."""
+        assert self._proc is not None
+        if time.monotonic() > self._joining_until:
+            reason = log_tail(self.log_path, 300) or "the Ray agent did not join in time"
+            terminate(self._proc, grace_s=2.0)
+            self._proc = None
+            self._failed = (time.monotonic(), f"the Ray cluster at {self.address} is unreachable: {reason}")
+        raise ClusterUnavailable(self._failed[1] if self._failed else f"the Ray cluster at {self.address}: joining")
+
+    def _launch(self) -> None:
         self._socket.unlink(missing_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "modelport.raycluster.agent", "--address", self.address]
@@ -90,6 +113,10 @@ class AgentClient:
         env = forkserver.child_env({k: v for k, v in os.environ.items() if k.startswith("RAY_")})
         with open(self.log_path, "wb") as out:  # a fresh log per agent: its last line is the reason it failed
             self._proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def _start(self) -> None:
+        self._launch()
+        assert self._proc is not None
         deadline = time.monotonic() + CONNECT_S
         while not self._socket.exists():
             if self._proc.poll() is not None or time.monotonic() > deadline:
