@@ -143,9 +143,12 @@ class AccountService:
         # compare_digest keeps the final check constant-time even though the lookup is by index.
         if row is None or not hmac.compare_digest(row[0].key_hash, digest) or row[0].revoked_at:
             raise AuthenticationError("invalid API key")
-        api_key, account = row
-        self._used(api_key)
-        return Principal(account.id, account.name, api_key.id, is_admin=account.is_admin)
+        return self._principal(*row)
+
+    def _principal(self, key: ApiKey, account: Account) -> Principal:
+        """Who calls with ``key`` (checked by the caller), noting the key as used."""
+        self._used(key)
+        return Principal(account.id, account.name, key.id, is_admin=account.is_admin)
 
     def _used(self, key: ApiKey) -> None:
         """Note that ``key`` was used now, at most once a minute: a request must not wait on more writes,
@@ -172,9 +175,7 @@ class AccountService:
             row = s.execute(select(ApiKey, Account).join(Account).where(ApiKey.id == key_id)).one_or_none()
         if row is None or row[0].revoked_at:  # a revoked key ends every session made with it
             raise AuthenticationError("the session's API key was revoked: sign in again")
-        api_key, account = row
-        self._used(api_key)
-        return Principal(account.id, account.name, api_key.id, is_admin=account.is_admin)
+        return self._principal(*row)
 
     def list_keys(self, account_name: str | None = None) -> list[KeyInfo]:
         query = select(ApiKey, Account).join(Account).order_by(ApiKey.created_at)

@@ -311,9 +311,11 @@ class Supervisor:
             self._unreachable(endpoints.values(), problem[1])
             return
         for endpoint_id in list(self.replicas):
-            if endpoint_id not in endpoints:  # deleted: stop its replicas, drop their specs and logs
+            if endpoint_id not in endpoints:  # deleted: stop its replicas, drop their specs, logs and endings
                 self._stop_replicas(endpoint_id)
                 shutil.rmtree(self.settings.data_dir / "endpoints" / endpoint_id, ignore_errors=True)
+                with self._lock:
+                    self._ended = {k: v for k, v in self._ended.items() if k[0] != endpoint_id}
         for endpoint in endpoints.values():
             if self._stopping.is_set():
                 return
@@ -464,7 +466,8 @@ class Supervisor:
         restarts = endpoint.restarts + 1
         log.warning("endpoint %s replica %d %s (crash %d)", endpoint.name, replica.index, reason, restarts)
         output = replica.handle.log_tail()
-        last = output.strip().splitlines()[-1][:300] if output.strip() else ""
+        lines = output.strip().splitlines()
+        last = lines[-1][:300] if lines else ""
         ended = f"{reason} on {replica.handle.where}" + (f": {last}" if last and code > 0 else "")
         with self._lock:
             self._ended[(endpoint.id, replica.index)] = f"{ended} ({utcnow():%Y-%m-%d %H:%M UTC})"

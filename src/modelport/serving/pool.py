@@ -326,11 +326,7 @@ class EnginePool:
             with self._lock:
                 ready = [w for w in self._workers if w.ready and w.alive]
                 if ready:
-                    w = self._choose(ready, base, adapter)
-                    w.bases.add(base)
-                    if adapter is not None:
-                        w.adapters.add(adapter)
-                    return w.client
+                    return self._take(ready, base, adapter)
             if self._broken:
                 raise EngineFailed("the engine processes fail to start; the server's log says why")
             if time.monotonic() > deadline or self._stopping.is_set():
@@ -345,11 +341,7 @@ class EnginePool:
             engines = remote.engines()
             if engines:
                 with self._lock:
-                    w = self._choose(self._sync_remote(engines), base, adapter)
-                    w.bases.add(base)
-                    if adapter is not None:
-                        w.adapters.add(adapter)
-                    return w.client
+                    return self._take(self._sync_remote(engines), base, adapter)
             if time.monotonic() > deadline or self._stopping.is_set():
                 raise EngineOverloaded("no serverless engine on the Ray cluster is ready to serve; retry")
             await asyncio.sleep(0.05)
@@ -369,6 +361,14 @@ class EnginePool:
                 w.adapters = {a for adapters in e.models.values() for a in adapters}
             workers.append(w)
         return workers
+
+    def _take(self, ready: list[_Worker], base: str, adapter: str | None) -> EngineClient:
+        """The chosen worker's client, remembering what was sent there (under the lock)."""
+        w = self._choose(ready, base, adapter)
+        w.bases.add(base)
+        if adapter is not None:
+            w.adapters.add(adapter)
+        return w.client
 
     def _choose(self, ready: list[_Worker], base: str, adapter: str | None) -> _Worker:
         for hits in ([w for w in ready if w.has(base, adapter)], [w for w in ready if w.has(base, None)]):

@@ -105,11 +105,7 @@ def dashboard(request: Request, who: Who, key: Key) -> Response:
     """The account at a glance: its models, endpoints, latest jobs and the last days' usage."""
     catalog = get_catalog(request)
     models = catalog.list_models(who)
-    routes = get_services(request).live.routes
-    endpoints = []
-    for route in routes.listed(who):
-        deployments = routes.deployments(route.id)
-        endpoints.append(endpoint_views.route_row(route, deployments, _measured(request, who, route, deployments)))
+    endpoints = _route_rows(request, who)
     today = datetime.now(UTC).date()
     since = today - timedelta(days=views.USAGE_DAYS - 1)
     usage = get_usage(request).list(who, since=since, account=who.account_name)
@@ -208,12 +204,17 @@ RECENT_EVENTS = 20
 @router.get("/endpoints", response_class=HTMLResponse)
 def endpoints_page(request: Request, who: Who, key: Key) -> Response:
     """Every endpoint (a route: a v1 endpoint is one with a single deployment), with its split."""
+    return page(request, "endpoints.html", key, who, endpoints=_route_rows(request, who))
+
+
+def _route_rows(request: Request, who: Principal) -> list[dict[str, Any]]:
+    """The caller's endpoints as the list and the dashboard show them."""
     routes = get_services(request).live.routes
     rows = []
     for route in routes.listed(who):
         deployments = routes.deployments(route.id)
         rows.append(endpoint_views.route_row(route, deployments, _measured(request, who, route, deployments)))
-    return page(request, "endpoints.html", key, who, endpoints=rows)
+    return rows
 
 
 def _measured(
@@ -344,9 +345,10 @@ def playground(request: Request, who: Who, key: Key, model: str = "") -> Respons
         chat = [d for d in deployments if d.model_id in models and models[d.model_id].type != ModelType.EMBEDDING]
         running = [d for d in chat if d.state in RUNNING_STATES]
         for d in running:
-            contexts.setdefault(route.name, context_length_of(models[d.model_id].manifest, cap))
+            context = context_length_of(models[d.model_id].manifest, cap)
+            contexts.setdefault(route.name, context)
             if len(deployments) > 1:
-                contexts[d.name] = context_length_of(models[d.model_id].manifest, cap)
+                contexts[d.name] = context
         if chat and not running:
             start = deployments[0].name if len(deployments) == 1 else None
             stopped.append({"name": route.name, "state": deployments[0].state, "start": start})

@@ -276,8 +276,9 @@ function setupPlayground(form) {
       + `    messages=${messages},\n    temperature=${p.temperature},\n    top_p=${p.top_p},\n    max_tokens=${p.max_tokens},\n)\n`
       + "print(reply.choices[0].message.content)";
   };
+  const answered = () => history.length > 0 && history[history.length - 1].role === "assistant";
   const settle = () => {
-    regen.disabled = controller !== null || history.length === 0 || history[history.length - 1].role !== "assistant";
+    regen.disabled = controller !== null || !answered();
     showCode();
   };
   // Max tokens can never exceed the chosen model's context (its prompt needs room as well).
@@ -341,7 +342,7 @@ function setupPlayground(form) {
   });
   // Regenerate: the last reply goes, and the same conversation is asked again.
   regen.addEventListener("click", async () => {
-    if (controller || !history.length || history[history.length - 1].role !== "assistant") return;
+    if (controller || !answered()) return;
     history.pop();
     log.querySelector(".msg.assistant:last-child")?.remove();
     await answer(null, null);
@@ -404,6 +405,10 @@ document.addEventListener("DOMContentLoaded", () => {
   if (job && !["Complete", "Failed"].includes(job.querySelector("#job-status").textContent)) setupJob(job);
   const chat = document.querySelector("#chat-form");
   if (chat) setupPlayground(chat);
+  const regions = [...document.querySelectorAll("[data-live]")];
+  if (regions.length) setupLive(regions);
+  const charts = document.querySelector("[data-timeline]");
+  if (charts) setupCharts(charts);
 });
 
 // --- copy buttons: data-copy names the element whose text goes to the clipboard ------------------
@@ -530,10 +535,3 @@ function setupCharts(box) {
   }
   draw();
 }
-
-document.addEventListener("DOMContentLoaded", () => {
-  const regions = [...document.querySelectorAll("[data-live]")];
-  if (regions.length) setupLive(regions);
-  const charts = document.querySelector("[data-timeline]");
-  if (charts) setupCharts(charts);
-});
