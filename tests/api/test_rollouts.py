@@ -205,9 +205,11 @@ def test_a_canary_climbs_its_ladder_once_the_target_is_ready_and_completes(api: 
 def test_a_breached_gate_pauses_the_rollout_and_gives_the_source_its_traffic_back(api: Api, pair: Pair) -> None:
     steps = [{"traffic": 50}, {"traffic": 100}]
     rollout = create(api, pair, canary={"steps": steps, "stepInterval": "0s"}, metrics=[LATENCY_GATE])
-    start(api, pair, rollout["id"])
+    running = start(api, pair, rollout["id"])
     api.rollouts.tick()
     assert weights(api, pair) == pytest.approx((0.5, 0.5))
+    # A step climbed keeps the etag: a move made on what was read before it still lands...
+    assert get(api, pair, rollout["id"])["etag"] == running["etag"]
     stats = api.rollouts.driver.stats
     for _ in range(10):  # the target answers in 2 s, the source in 0.1 s
         stats.record(pair.green.id, 2.0, True)
@@ -247,7 +249,11 @@ def test_a_breached_gate_pauses_the_rollout_and_gives_the_source_its_traffic_bac
     assert any(k == "rollout.gate_breached" and level == "LEVEL_WARN" for k, level, _ in events(api, pair))
     api.rollouts.tick()  # SYSTEM_PAUSED holds
     assert weights(api, pair) == (1.0, 0.0)
-    canceled = api.call("POST", f"{pair.base}/{rollout['id']}/cancel", {"reason": "too slow"})
+    # ...but the gate's pause is a new state: a move made on the running rollout is refused.
+    move = {"etag": running["etag"]}
+    stale = api.client.post(f"{pair.base}/{rollout['id']}/promote", json=move, headers=api.headers)
+    assert stale.status_code == 409 and "stale" in stale.text
+    canceled = api.call("POST", f"{pair.base}/{rollout['id']}/cancel", {"reason": "too slow", "etag": paused["etag"]})
     assert canceled["state"] == "ROLLOUT_STATE_CANCELED"
 
 

@@ -111,7 +111,7 @@ class RolloutDriver:
             r.steps = with_step(r.steps, index, StepState.RUNNING, [])
             r.step_started_at, r.traffic_percent = utcnow(), percent
 
-        row = self.write(row.id, change)
+        row = self.write(row.id, change, progress=True)
         self.event(row, "rollout.step", f"step {index + 1} of {total}: the target gets {percent}% of the traffic")
 
     def _judge(self, row: Rollout) -> Rollout | None:
@@ -142,7 +142,7 @@ class RolloutDriver:
             r.steps = with_step(r.steps, index, StepState.PASSED, verdicts)
             r.current_step, r.step_started_at = index + 1, None
 
-        row = self.write(row.id, change)
+        row = self.write(row.id, change, progress=True)
         self.event(row, "rollout.step_passed", f"step {index + 1} passed{_gates_summary(verdicts)}")
         return row
 
@@ -226,13 +226,19 @@ class RolloutDriver:
 
         self.routes.set_traffic(row.route_id, moved, why)
 
-    def write(self, rollout_id: str, change: Callable[[Rollout], Any]) -> Rollout:
+    def write(self, rollout_id: str, change: Callable[[Rollout], Any], *, progress: bool = False) -> Rollout:
+        """Apply ``change`` to the row. ``progress``: a step began or passed while the rollout runs on, and
+        the etag stays. The etag guards a user's move against another user's (and against the rollout
+        having paused or finished meanwhile); were it renewed on every step, a CLI's read-then-move
+        (``tg endpoints rollout --promote`` reads the etag, then sends it) would race a fast ladder."""
         with self.db.session() as s:
             row = s.get(Rollout, rollout_id)
             if row is None:
                 raise NotFound(f"rollout {rollout_id!r} not found", param="rolloutId")
             change(row)
-            row.etag, row.updated_at = new_etag(), utcnow()
+            if not progress:
+                row.etag = new_etag()
+            row.updated_at = utcnow()
         return row
 
     def event(
