@@ -77,6 +77,27 @@ def test_streaming_chat_with_usage(client: openai.OpenAI) -> None:
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
 
 
+def test_a_repeated_long_prompt_reports_its_cached_tokens(client: openai.OpenAI) -> None:
+    """The engine's prefix cache, seen as OpenAI reports it: ``usage.prompt_tokens_details.cached_tokens``."""
+    # 48 words no other test sends: the first request finds nothing cached, and stores its full blocks.
+    document = " ".join(["b c a model q : world"] * 6 + ["france is"])
+    asked = [[{"role": "user", "content": f"{document} {question}"}] for question in ("hello", "paris", "the")]
+    first = client.chat.completions.create(model="acme/chat", messages=asked[0], max_tokens=2, temperature=0)
+    assert first.usage is not None and first.usage.prompt_tokens > 40
+    assert first.usage.prompt_tokens_details is not None and first.usage.prompt_tokens_details.cached_tokens == 0
+    # Another question on the same document: its first 32-token block is reused, the rest prefilled.
+    second = client.chat.completions.create(model="acme/chat", messages=asked[1], max_tokens=2, temperature=0)
+    assert second.usage is not None and second.usage.prompt_tokens_details is not None
+    assert 32 <= second.usage.prompt_tokens_details.cached_tokens < second.usage.prompt_tokens
+    # A stream says the same in its usage chunk.
+    stream = client.chat.completions.create(
+        model="acme/chat", messages=asked[2], max_tokens=2, stream=True, stream_options={"include_usage": True}
+    )
+    last = list(stream)[-1]
+    assert last.usage is not None and last.usage.prompt_tokens_details is not None
+    assert last.usage.prompt_tokens_details.cached_tokens == second.usage.prompt_tokens_details.cached_tokens
+
+
 def test_adapters_change_the_output_and_run_on_their_base(client: openai.OpenAI) -> None:
     def run(model: str) -> str:
         resp = client.completions.create(model=model, prompt="the capital of", max_tokens=12, temperature=0)

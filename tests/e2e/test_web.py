@@ -155,7 +155,9 @@ def test_tour_upload_watch_deploy_and_chat(page: Any, server: Server, tiny_llama
     assert endpoint.startswith("admin/tiny-chat-")
     page.get_by_label("Max tokens").fill("12")
     page.get_by_label("Temperature").fill("0")
-    page.get_by_label("Message").fill("Hello there")
+    # Long enough (over 32 tokens) that asking again finds its first block in the engine's prefix cache.
+    message = "Hello there, " + " ".join(["the capital of france is paris"] * 6)
+    page.get_by_label("Message").fill(message)
     page.get_by_role("button", name="Send").click()
     reply = page.locator(".msg.assistant p").first
     page.wait_for_function(
@@ -175,10 +177,12 @@ def test_tour_upload_watch_deploy_and_chat(page: Any, server: Server, tiny_llama
         "document.querySelector('.msg.assistant .stats') !== null"
     )
     assert page.locator(".msg.assistant p").first.inner_text() == first_reply
+    again = page.locator(".msg.assistant .stats").first.inner_text()
+    assert re.search(r"· prompt \d+ tokens \(32 cached\) ·", again), again  # the prompt's first block was reused
     # View code: this conversation as a request, ready to copy.
     page.get_by_text("View code").click()
     code = page.locator("#pg-code-text").inner_text()
-    assert f'model="{endpoint}"' in code and '"content": "Hello there"' in code and "max_tokens=12" in code
+    assert f'model="{endpoint}"' in code and f'"content": "{message}"' in code and "max_tokens=12" in code
     assert '"role": "assistant"' in code and "temperature=0" in code
     shot(page, "playground")
     # A refused message goes back into the box; nothing typed is lost.

@@ -79,6 +79,8 @@ class TokenStep:
     logprob: float | None = None
     top_logprobs: list[tuple[int, float]] | None = None
     finish_reason: str | None = None
+    # On the first token only: how many of the prompt's tokens came from the prefix cache, not prefilled.
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ class Generation:
     _accepted: float = field(default_factory=time.monotonic)
     deployment: str | None = None  # the dedicated deployment that answers (its wire id), if any
     tool_plan: ToolPlan | None = None  # how tool calls are read from the answers, for the router
+    cached_tokens: int = 0  # of the prompt, the tokens the engine found in its prefix cache (most of any choice)
 
     async def deltas(self) -> AsyncIterator[Delta]:
         queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
@@ -136,6 +137,7 @@ class Generation:
                         self._observer.token(self.model_name, now - last)
                     last = now
                     self.completion_tokens += 1
+                    self.cached_tokens = max(self.cached_tokens, step.cached_tokens)
                     final = step.finish_reason is not None
                     text = detok.add(step.token_id, last=final)
                     info = [self._token_info(step)] if want_logprobs else []

@@ -54,14 +54,15 @@ def request_from_json(d: dict[str, Any]) -> GenerationRequest:
 
 
 def step_to_wire(s: TokenStep) -> list[Any]:
-    """A token step as a 4-item list: the hot path sends one per generated token, so no key names."""
+    """A token step as a 5-item list: the hot path sends one per generated token, so no key names."""
     top = [[t, lp] for t, lp in s.top_logprobs] if s.top_logprobs is not None else None
-    return [s.token_id, s.logprob, top, s.finish_reason]
+    return [s.token_id, s.logprob, top, s.finish_reason, s.cached_tokens]
 
 
 def step_from_wire(d: list[Any]) -> TokenStep:
-    token, logprob, top, finish = d
-    return TokenStep(int(token), logprob, [(int(t), float(lp)) for t, lp in top] if top is not None else None, finish)
+    token, logprob, top, finish, cached = d
+    tops = [(int(t), float(lp)) for t, lp in top] if top is not None else None
+    return TokenStep(int(token), logprob, tops, finish, int(cached))
 
 
 def pooling_to_json(p: Pooling) -> dict[str, Any]:

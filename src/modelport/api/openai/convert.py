@@ -181,11 +181,13 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def usage(gen: Generation) -> dict[str, int]:
+def usage(gen: Generation) -> dict[str, Any]:
     return {
         "prompt_tokens": gen.prompt_tokens,
         "completion_tokens": gen.completion_tokens,
         "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+        # OpenAI's field for prompt caching: the prompt tokens that were not computed again.
+        "prompt_tokens_details": {"cached_tokens": gen.cached_tokens},
     }
 
 

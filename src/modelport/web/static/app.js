@@ -355,7 +355,11 @@ function replyStats(reply, usage, started, first) {
   stats.className = "stats";
   const now = performance.now();
   const parts = [];
-  if (usage) parts.push(`${usage.completion_tokens} tokens`, `prompt ${usage.prompt_tokens} tokens`);
+  if (usage) {
+    // A conversation's earlier turns are usually in the engine's prefix cache: say how much was reused.
+    const cached = (usage.prompt_tokens_details || {}).cached_tokens || 0;
+    parts.push(`${usage.completion_tokens} tokens`, `prompt ${usage.prompt_tokens} tokens${cached ? ` (${cached} cached)` : ""}`);
+  }
   if (first !== null) {
     parts.push(`first token ${Math.round(first - started)} ms`);
     if (usage && usage.completion_tokens > 1 && now > first) {

@@ -56,6 +56,7 @@ class Sequence:
     finished: bool = False
     prefix_keys: list[bytes] | None = None  # its prompt's prefix-cache keys, once looked up (prefix.py)
     stored_blocks: int = 0  # of those, the blocks already in the prefix cache or copied from it
+    cached_tokens: int = 0  # of its prompt, the tokens copied from the prefix cache when it was first admitted
 
     def __post_init__(self) -> None:
         params = self.request.params
@@ -252,6 +253,8 @@ class BatchRunner:
         row = self.running.index(seq)
         seq.length = self.cache.copy_in(row, [b.keys for b in blocks], [b.values for b in blocks])
         seq.stored_blocks = len(blocks)
+        if not seq.state.output_ids:  # back after a preemption, it reports what its first admission found
+            seq.cached_tokens = seq.length
 
     def _store_prefix(self, seq: Sequence, row: int, prefix: PrefixCache) -> None:
         """Copy the full blocks of ``seq``'s prompt that are now in its row into the prefix cache."""
@@ -388,7 +391,8 @@ class BatchRunner:
                 self._finish(seq)
                 continue
             reason = "stop" if complete else self._finish_reason(seq, r.token_id)
-            seq.emit(TokenStep(r.token_id, r.logprob, r.top_logprobs, reason))
+            cached = seq.cached_tokens if len(seq.state.output_ids) == 1 else 0
+            seq.emit(TokenStep(r.token_id, r.logprob, r.top_logprobs, reason, cached))
             if reason:
                 self._finish(seq)
 
