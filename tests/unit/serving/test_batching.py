@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from modelport.serving.engine import GenerationRequest, SamplingParams, TokenStep
 from modelport.serving.engines.torch.lora import read_adapter
 from modelport.serving.engines.torch.memory import MIN_CHUNK, Footprint, MemoryLedger
 from modelport.serving.engines.torch.runner import BatchRunner, Sequence
+from tests.support.reference import greedy
 from tests.support.tinymodels import make_llama, make_lora
 
 EOS = 2
@@ -30,11 +30,7 @@ def family(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
 
 
 def reference(base: Path, lora: Path | None, prompt: list[int], max_new: int) -> list[int]:
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    if lora is not None:
-        model = PeftModel.from_pretrained(model, lora)
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new, do_sample=False, eos_token_id=EOS)
-    return list(out[0, len(prompt) :].tolist())
+    return greedy(base, lora, prompt, max_new, eos_token_id=EOS)
 
 
 def sequences(loras: list[Path], max_tokens: list[int]) -> tuple[list[Sequence], dict[int, list[TokenStep]]]:

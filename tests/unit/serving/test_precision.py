@@ -72,9 +72,9 @@ def test_the_engine_reports_its_precision_and_prices_weights_by_it(
     assert fp32.stats()["dtype"] == "float32"
     # A float32 checkpoint of 1,000 parameters takes 2,000 bytes loaded in bf16: the LRU budget counts that.
     stored = Artifact("m", tmp_path, Manifest(kind=ModelKind.MODEL, parameters=1000, dtype="F32"), 4000)
-    assert engine._resident_bytes(stored) == 2000 and fp32._resident_bytes(stored) == 4000
+    assert engine._resident(stored) == (torch.bfloat16, 2000) and fp32._resident(stored) == (torch.float32, 4000)
     unknown = Artifact("m", tmp_path, Manifest(kind=ModelKind.MODEL), 4000)
-    assert engine._resident_bytes(unknown) == 4000  # no parameter count: the files' size, to be safe
+    assert engine._resident(unknown)[1] == 4000  # no parameter count: the files' size, to be safe
 
 
 @pytest.fixture(scope="module")

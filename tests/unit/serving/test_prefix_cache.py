@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from modelport.manifest import Manifest, ModelKind
@@ -16,6 +15,7 @@ from modelport.serving.engine import Artifact, GenerationRequest, SamplingParams
 from modelport.serving.engines.torch.lora import read_adapter
 from modelport.serving.engines.torch.prefix import BLOCK, Block, PrefixCache
 from modelport.serving.engines.torch.runner import BatchRunner, Sequence
+from tests.support.reference import greedy
 from tests.support.tinymodels import make_llama, make_lora
 
 SYSTEM = [1] + [3 + (i * 7) % 15 for i in range(2 * BLOCK + 5)]  # 70 tokens: two full blocks and a bit
@@ -59,12 +59,8 @@ def artifact(path: Path, name: str) -> Artifact:
     return Artifact(name, path, Manifest(kind=ModelKind.MODEL), 0)
 
 
-def reference(base: Path, lora: Path | None, prompt: list[int], n: int) -> list[int]:
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    if lora is not None:
-        model = PeftModel.from_pretrained(model, lora)
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None)
-    return list(out[0, len(prompt) :].tolist())
+def reference(base: Path, lora: Path | None, prompt: list[int], max_new: int) -> list[int]:
+    return greedy(base, lora, prompt, max_new, eos_token_id=None)
 
 
 def run(runner: BatchRunner, requests: list[GenerationRequest], adapter: Path | None = None) -> list[list[int]]:
@@ -109,6 +105,28 @@ def test_a_shared_system_prompt_is_prefilled_once_and_answers_stay_exact(family:
     # The adapter's own second request reuses what its first stored, and still equals PEFT.
     assert run(runner, [request(base, second, adapter=lora)], lora_path) == [reference(base_path, lora_path, second, 6)]
     assert prefix.reused_tokens == 6 * BLOCK
+
+
+def test_the_first_token_says_how_much_of_the_prompt_came_from_the_cache(family: tuple[Path, Path]) -> None:
+    """What the API reports as ``usage.prompt_tokens_details.cached_tokens``."""
+    base_path, _ = family
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, attn_implementation="sdpa")
+    runner = BatchRunner(
+        model, context_length=256, max_num_seqs=2, max_adapters=1, prefill_budget=512, prefix=PrefixCache(1 << 20)
+    )
+    base = artifact(base_path, "base")
+
+    def steps(prompt: list[int]) -> list[TokenStep]:
+        out: list[TokenStep] = []
+        runner.submit(Sequence(request(base, prompt), out.append, None))
+        while runner.busy:
+            runner.step()
+        return out
+
+    first = steps([*SYSTEM, 4, 5])
+    assert first and all(s.cached_tokens == 0 for s in first)  # nothing was cached yet
+    again = steps([*SYSTEM, 6, 7])
+    assert again[0].cached_tokens == 2 * BLOCK and all(s.cached_tokens == 0 for s in again[1:])
 
 
 def test_a_prompt_that_is_all_cached_still_computes_its_last_token(family: tuple[Path, Path]) -> None:

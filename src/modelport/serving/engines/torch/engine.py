@@ -234,22 +234,23 @@ class TorchEngine:
                     self._models.move_to_end(artifact.id)
                     loaded.pending += 1
                     return loaded
-                self._make_room(self._resident_bytes(artifact))
+                dtype, size = self._resident(artifact)
+                self._make_room(size)
             started = time.perf_counter()
-            worker = self._load(artifact, context_length, pooling)
+            worker = self._load(artifact, context_length, pooling, dtype)
             log.info("loaded %s on %s in %.2fs", artifact.id, self.device, time.perf_counter() - started)
-            loaded = _Loaded(worker, self._resident_bytes(artifact), self.precision.for_model(artifact.manifest.dtype))
+            loaded = _Loaded(worker, size, dtype)
             with self._lock:
                 self._models[artifact.id] = loaded
                 loaded.pending += 1
             return loaded
 
-    def _resident_bytes(self, artifact: Artifact) -> int:
-        """The weights' bytes once loaded: a float32 checkpoint served in bf16 takes half its file size."""
+    def _resident(self, artifact: Artifact) -> tuple[torch.dtype, int]:
+        """The dtype it is served in, and its weights' bytes once loaded: a float32 checkpoint served in bf16
+        takes half its file size."""
+        dtype = self.precision.for_model(artifact.manifest.dtype)
         params = artifact.manifest.parameters
-        if not params:
-            return artifact.weight_bytes
-        return params * self.precision.for_model(artifact.manifest.dtype).itemsize
+        return dtype, params * dtype.itemsize if params else artifact.weight_bytes
 
     def _release(self, loaded: _Loaded) -> None:
         with self._lock:
@@ -276,8 +277,9 @@ class TorchEngine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _load(self, artifact: Artifact, context_length: int, pooling: Pooling | None) -> BatchRunner | Embedder:
-        dtype = self.precision.for_model(artifact.manifest.dtype)
+    def _load(
+        self, artifact: Artifact, context_length: int, pooling: Pooling | None, dtype: torch.dtype
+    ) -> BatchRunner | Embedder:
         try:
             if pooling is not None:
                 return Embedder.load(
