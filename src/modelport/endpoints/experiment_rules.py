@@ -17,8 +17,9 @@ from typing import Any
 
 from modelport.endpoints.routes import LIVE
 from modelport.endpoints.routing import COMPARE_WINDOW_S
-from modelport.endpoints.traffic import CONTROL, Summary, TrafficStats, percentile_of
+from modelport.endpoints.traffic import CONTROL, Summary, TrafficStats
 from modelport.errors import Conflict, InvalidRequest, NotFound
+from modelport.serving.observe import percentile_of
 from modelport.storage.db.tables import Endpoint
 
 AB, SHADOW_KIND = "ab", "shadow"  # ``Experiment.kind``

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from modelport.endpoints.rollout_spec import HIGHER_IS_WORSE, PERCENTILE, Gate
-from modelport.endpoints.traffic import TrafficStats, percentile_of
+from modelport.endpoints.traffic import TrafficStats
+from modelport.serving.observe import percentile_of
 
 PASS, BREACHED, UNAVAILABLE = "METRIC_VERDICT_PASS", "METRIC_VERDICT_BREACHED", "METRIC_VERDICT_UNAVAILABLE"
 MIN_SAMPLES: Final = 5  # requests in the window below which a deployment's latency or error rate means little

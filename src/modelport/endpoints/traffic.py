@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelport.serving.engine import Artifact, Engine, GenerationRequest, Pooling, TokenStep
+from modelport.serving.observe import percentile_of
 from modelport.storage.db.tables import Experiment
 
 log = logging.getLogger(__name__)
@@ -151,15 +152,6 @@ class TrafficStats:
         samples = self.window(deployment_id, seconds)
         ok = [s.seconds for s in samples if s.ok]
         return Summary(len(samples), sum(1 for s in samples if not s.ok), percentile_of(ok, 50), percentile_of(ok, 95))
-
-
-def percentile_of(values: list[float], percentile: float) -> float | None:
-    """The nearest-rank percentile; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, -(-int(percentile * len(ordered)) // 100))
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 @dataclass

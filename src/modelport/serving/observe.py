@@ -42,6 +42,16 @@ class Served:
     seconds: float
 
 
+def percentile_of(values: list[float], percentile: float) -> float | None:
+    """The nearest-rank percentile of timings (the console's charts, the rollout and A/B gates); None for
+    no values. Integer arithmetic, so 99.9 of 1,000 values is the 999th, not float error's 1,000th."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-int(percentile * len(ordered)) // 100))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
 class Observer(Protocol):
     def first_token(self, model: str, seconds: float) -> None:
         """A sequence's first token arrived ``seconds`` after the request was accepted."""

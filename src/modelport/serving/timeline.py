@@ -14,7 +14,6 @@ Memory is bounded whatever tenants do: at most ``MAX_MODELS`` names (the least r
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 import time
@@ -23,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelport.serving.observe import Outcome, Served
+from modelport.serving.observe import Outcome, Served, percentile_of
 
 BUCKET_S = 10
 KEEP_S = 3600
@@ -49,14 +48,6 @@ def _sample(samples: list[float], seen: list[int], which: int, value: float) -> 
         samples.append(value)
     elif (slot := random.randrange(seen[which])) < SAMPLES:
         samples[slot] = value
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The ``q``-th percentile (nearest rank); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 class Timeline:
@@ -118,9 +109,9 @@ def _point(b: _Bucket) -> dict[str, Any]:
         "errors": b.errors,
         "requests_per_s": round(b.requests / BUCKET_S, 3),
         "tokens_per_s": round(b.tokens / BUCKET_S, 2),
-        "ttft_ms_p50": ms(percentile(b.ttft, 50)),
-        "ttft_ms_p95": ms(percentile(b.ttft, 95)),
-        "latency_ms_p50": ms(percentile(b.latency, 50)),
-        "latency_ms_p95": ms(percentile(b.latency, 95)),
-        "latency_ms_p99": ms(percentile(b.latency, 99)),
+        "ttft_ms_p50": ms(percentile_of(b.ttft, 50)),
+        "ttft_ms_p95": ms(percentile_of(b.ttft, 95)),
+        "latency_ms_p50": ms(percentile_of(b.latency, 50)),
+        "latency_ms_p95": ms(percentile_of(b.latency, 95)),
+        "latency_ms_p99": ms(percentile_of(b.latency, 99)),
     }

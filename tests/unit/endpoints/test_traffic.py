@@ -18,13 +18,13 @@ from modelport.endpoints.traffic import (
     Mirror,
     QpsBudget,
     TrafficStats,
-    percentile_of,
     pick,
     sampled,
     shares,
 )
 from modelport.manifest import Manifest, ModelKind
 from modelport.serving.engine import Artifact, GenerationRequest, SamplingParams, TokenStep
+from modelport.serving.observe import percentile_of
 from modelport.storage.db.tables import Experiment
 
 

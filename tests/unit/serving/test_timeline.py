@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from modelport.serving import timeline
-from modelport.serving.observe import Kind, Outcome, Served
-from modelport.serving.timeline import BUCKET_S, KEEP_S, Timeline, percentile
+from modelport.serving.observe import Kind, Outcome, Served, percentile_of
+from modelport.serving.timeline import BUCKET_S, KEEP_S, Timeline
 
 
 class Clock:
@@ -67,6 +67,6 @@ def test_memory_is_bounded_whatever_the_traffic(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_percentile_is_the_nearest_rank() -> None:
-    assert percentile([], 50) is None
-    assert percentile([3.0], 99) == 3.0
-    assert [percentile([1.0, 2.0, 3.0, 4.0], q) for q in (25, 50, 95)] == [1.0, 2.0, 4.0]
+    assert percentile_of([], 50) is None
+    assert percentile_of([3.0], 99) == 3.0
+    assert [percentile_of([1.0, 2.0, 3.0, 4.0], q) for q in (25, 50, 95)] == [1.0, 2.0, 4.0]
