@@ -73,8 +73,11 @@ class ClusterServerless:
 
     def engines(self) -> list[RemoteEngine]:
         with self._lock:
-            members = [m for m in self._members.values() if m.engine is not None]
-        return [RemoteEngine(f"ray-{m.index}", m.engine, m.models) for m in members if m.engine is not None]
+            return [
+                RemoteEngine(f"ray-{m.index}", m.engine, m.models)
+                for m in self._members.values()
+                if m.engine is not None
+            ]
 
     # --- the supervisor's pass -------------------------------------------------------------------------
     def tend(self, controlling: bool) -> None:
@@ -114,7 +117,7 @@ class ClusterServerless:
                 self._members[index] = _Member(index, handle)
 
     def _adopt(self) -> None:
-        running = self.placement.running(SERVERLESS).get("pool", [])
+        running = self._running()
         extra = []
         with self._lock:
             known = {m.handle.name for m in self._members.values()}
@@ -134,10 +137,14 @@ class ClusterServerless:
         if time.monotonic() - self._followed < FOLLOW_S:
             return
         self._followed = time.monotonic()
-        running = self.placement.running(SERVERLESS).get("pool", [])
+        running = self._running()
         with self._lock:
             known = {m.handle.name: m for m in self._members.values()}
             self._members = {i: known.get(h.name) or _Member(i, h) for i, h in running}
+
+    def _running(self) -> list[tuple[int, ReplicaHandle]]:
+        """The pool's actors the cluster runs now, by index (a failed or duplicate launch may repeat one)."""
+        return self.placement.running(SERVERLESS).get("pool", [])
 
     def _drop(self, m: _Member) -> None:
         """Stop it; one that never answered makes its index wait before the next launch (1, 2, 4 … 30 s)."""

@@ -79,7 +79,7 @@ class _Worker:
     bases: set[str] = field(default_factory=set)  # what the pool has sent here: the affinity
     adapters: set[str] = field(default_factory=set)
     name: str = ""  # a remote engine's label; ours are "worker-<index>"
-    told: object = None  # the holdings a remote engine last reported (replaced as a whole when it reports)
+    told: dict[str, list[str]] | None = None  # the holdings a remote engine last reported (a new dict each time)
 
     @property
     def label(self) -> str:
