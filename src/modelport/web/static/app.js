@@ -507,10 +507,10 @@ function setupCharts(box) {
   }
   function render(data) {
     const xs = data.points.map((p) => p.t);
+    const latest = [...data.points].reverse().find((p) => p.requests > 0);  // what each chart's text states
     for (const [id, chart] of Object.entries(CHARTS)) {
       const figure = box.querySelector(`#chart-${id}`);
       const ys = chart.series.map(([key]) => data.points.map((p) => p[key]));
-      const latest = [...data.points].reverse().find((p) => p.requests > 0);
       const now = latest
         ? chart.series.map(([key, label]) => `${label} ${latest[key] ?? "-"} ${chart.unit}`).join(", ")
         : "no requests in the last hour";
